@@ -1,0 +1,110 @@
+//! Record types that flow between ctrflow's operators.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// One hashed feature: the model coordinate it lands in and its value.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    /// Bucket in `0..2^bits`.
+    pub index: u32,
+    /// 1.0 for categorical features, the transformed number for numeric ones.
+    pub value: f32,
+}
+
+/// The hashed features of one impression. Inline up to 24 (a typical event has about 15),
+/// so the hot path does not allocate.
+pub type Features = SmallVec<[Feature; 24]>;
+
+/// Event time: epoch milliseconds, from the event's `ts`.
+pub type EventTime = i64;
+
+/// One decoded input event, keyed by the impression it is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interaction {
+    /// Event time in epoch milliseconds.
+    pub ts: EventTime,
+    /// Position in the source (line number, or partition and offset packed by the source).
+    /// Breaks ties between equal `ts`, so that processing order is deterministic.
+    pub pos: u64,
+    /// The impression this event is, or answers.
+    pub id: CompactString,
+    /// What happened.
+    pub kind: InteractionKind,
+}
+
+/// The kinds of event of the input contract.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InteractionKind {
+    /// An item was shown to a user; carries the features it is scored and trained with.
+    Impression {
+        /// User id.
+        user: CompactString,
+        /// Item id.
+        item: CompactString,
+        /// Hashed features, computed once: serving and training use exactly these.
+        features: Features,
+    },
+    /// The user clicked the item.
+    Click,
+    /// The user liked the item.
+    Like,
+    /// The user skipped the item after `dwell_ms` milliseconds.
+    Skip {
+        /// How long the item was on screen before the skip.
+        dwell_ms: u32,
+    },
+}
+
+/// A score for one impression, computed before its label is known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Impression id.
+    pub id: CompactString,
+    /// User id.
+    pub user: CompactString,
+    /// Item id.
+    pub item: CompactString,
+    /// Predicted click probability.
+    pub score: f32,
+    /// Version of the model that produced the score (updates applied so far).
+    pub model_version: u64,
+    /// The impression's event time.
+    pub event_ts: EventTime,
+}
+
+/// How an impression's label was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LabelSource {
+    /// A click inside the attribution window.
+    Click,
+    /// A like inside the attribution window.
+    Like,
+    /// A skip faster than `fast_skip_ms`: the instant negative.
+    FastSkip,
+    /// No decisive feedback before the watermark passed `ts + window`.
+    Expired,
+}
+
+impl LabelSource {
+    /// Whether this label is a positive.
+    pub fn is_positive(self) -> bool {
+        matches!(self, LabelSource::Click | LabelSource::Like)
+    }
+}
+
+/// A labelled impression, as learned from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// Impression id.
+    pub id: CompactString,
+    /// The impression's event time.
+    pub impression_ts: EventTime,
+    /// Event time at which the label became final.
+    pub label_ts: EventTime,
+    /// The score served for the impression (progressive validation uses this).
+    pub served: f32,
+    /// How the label was decided.
+    pub label: LabelSource,
+}

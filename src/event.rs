@@ -1,0 +1,526 @@
+//! Decoding the input contract (DESIGN.md § Input) into borrowed, typed events.
+//!
+//! Decoding borrows from the payload wherever the JSON string has no escapes, keeps up to
+//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. A bad
+//! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
+//! panics on any input.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use smallvec::SmallVec;
+
+/// `ctx` fields kept inline before spilling to the heap.
+pub const INLINE_CTX: usize = 12;
+
+/// Default largest accepted event, in bytes.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// One decoded event, borrowing from its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// An item shown to a user.
+    Impression(Impression<'a>),
+    /// Feedback on an earlier impression.
+    Feedback(Feedback<'a>),
+}
+
+impl Event<'_> {
+    /// Event time in epoch milliseconds.
+    pub fn ts(&self) -> i64 {
+        match self {
+            Event::Impression(i) => i.ts,
+            Event::Feedback(f) => f.ts,
+        }
+    }
+}
+
+/// An impression: `{"type":"impression","id","ts","user","item","ctx":{..}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Impression<'a> {
+    /// Impression id, answered by feedback events.
+    pub id: Cow<'a, str>,
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// User id.
+    pub user: Cow<'a, str>,
+    /// Item id.
+    pub item: Cow<'a, str>,
+    /// Context fields in payload order.
+    pub ctx: SmallVec<[(Cow<'a, str>, CtxValue<'a>); INLINE_CTX]>,
+}
+
+impl<'a> Impression<'a> {
+    /// The value of context field `name`, if present.
+    pub fn ctx_get(&self, name: &str) -> Option<&CtxValue<'a>> {
+        self.ctx.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// A context value: strings are categorical, numbers numeric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CtxValue<'a> {
+    /// A categorical value.
+    Str(Cow<'a, str>),
+    /// A finite number.
+    Num(f64),
+}
+
+/// Feedback on an impression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback<'a> {
+    /// The impression answered.
+    pub id: Cow<'a, str>,
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// What the user did.
+    pub kind: FeedbackKind,
+}
+
+/// What the user did with an impression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackKind {
+    /// A click.
+    Click,
+    /// A like.
+    Like,
+    /// A skip after `dwell_ms` milliseconds on screen.
+    Skip {
+        /// Time on screen before the skip.
+        dwell_ms: u32,
+    },
+}
+
+/// Why an event was rejected. `Display` gives the reason written to the dead-letter record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Larger than the configured limit; not parsed at all.
+    #[error("oversized event: {len} bytes, the limit is {limit}")]
+    Oversized {
+        /// Payload size.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// Not a JSON object.
+    #[error("malformed JSON: {detail}")]
+    Malformed {
+        /// The parser's message.
+        detail: String,
+    },
+    /// A required field is absent.
+    #[error("missing field `{field}`")]
+    MissingField {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type or an unusable value.
+    #[error("field `{field}`: {detail}")]
+    InvalidField {
+        /// The field (`ctx.<name>` for context fields).
+        field: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// `type` is not one of impression, click, like, skip.
+    #[error("unknown event type {found:?}")]
+    UnknownType {
+        /// The type found.
+        found: String,
+    },
+}
+
+impl DecodeError {
+    /// A short, fixed label for counting rejects by reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Oversized { .. } => "oversized",
+            DecodeError::Malformed { .. } => "malformed_json",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::UnknownType { .. } => "unknown_type",
+        }
+    }
+}
+
+/// Decodes one payload, rejecting payloads over `max_bytes` without parsing them.
+pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event<'_>, DecodeError> {
+    if payload.len() > max_bytes {
+        return Err(DecodeError::Oversized {
+            len: payload.len(),
+            limit: max_bytes,
+        });
+    }
+    let failure = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let result = EventSeed { failure: &failure }
+        .deserialize(&mut de)
+        .and_then(|event| de.end().map(|()| event));
+    match result {
+        Ok(raw) => raw.finish(),
+        Err(e) => Err(failure
+            .into_inner()
+            .unwrap_or_else(|| DecodeError::Malformed {
+                detail: e.to_string(),
+            })),
+    }
+}
+
+/// Fields as read, before the per-type checks of [`RawEvent::finish`].
+#[derive(Default)]
+struct RawEvent<'a> {
+    kind: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    ts: Option<i64>,
+    user: Option<Cow<'a, str>>,
+    item: Option<Cow<'a, str>>,
+    ctx: SmallVec<[(Cow<'a, str>, CtxValue<'a>); INLINE_CTX]>,
+    dwell_ms: Option<u32>,
+}
+
+impl<'a> RawEvent<'a> {
+    fn finish(self) -> Result<Event<'a>, DecodeError> {
+        let kind = self
+            .kind
+            .ok_or(DecodeError::MissingField { field: "type" })?;
+        let id = self.id.ok_or(DecodeError::MissingField { field: "id" })?;
+        let ts = self.ts.ok_or(DecodeError::MissingField { field: "ts" })?;
+        let feedback = |id, kind| Ok(Event::Feedback(Feedback { id, ts, kind }));
+        match kind.as_ref() {
+            "impression" => Ok(Event::Impression(Impression {
+                user: self
+                    .user
+                    .ok_or(DecodeError::MissingField { field: "user" })?,
+                item: self
+                    .item
+                    .ok_or(DecodeError::MissingField { field: "item" })?,
+                id,
+                ts,
+                ctx: self.ctx,
+            })),
+            "click" => feedback(id, FeedbackKind::Click),
+            "like" => feedback(id, FeedbackKind::Like),
+            "skip" => {
+                let dwell_ms = self
+                    .dwell_ms
+                    .ok_or(DecodeError::MissingField { field: "dwell_ms" })?;
+                feedback(id, FeedbackKind::Skip { dwell_ms })
+            }
+            other => Err(DecodeError::UnknownType {
+                found: other.chars().take(64).collect(),
+            }),
+        }
+    }
+}
+
+/// Reads the top-level object. Field errors are recorded in `failure` with the field's
+/// name, because serde's own error type cannot carry which field failed.
+struct EventSeed<'f> {
+    failure: &'f RefCell<Option<DecodeError>>,
+}
+
+impl EventSeed<'_> {
+    fn fail<E: de::Error>(&self, field: &str, detail: impl fmt::Display) -> E {
+        *self.failure.borrow_mut() = Some(DecodeError::InvalidField {
+            field: field.to_owned(),
+            detail: detail.to_string(),
+        });
+        E::custom("invalid field")
+    }
+
+    fn field<'de, A, T>(&self, map: &mut A, name: &str) -> Result<T, A::Error>
+    where
+        A: MapAccess<'de>,
+        T: de::Deserialize<'de>,
+    {
+        map.next_value::<T>().map_err(|e| self.fail(name, e))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = RawEvent<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawEvent::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "type" => raw.kind = Some(self.field::<_, Str>(&mut map, "type")?.0),
+                "id" => raw.id = Some(self.field::<_, Str>(&mut map, "id")?.0),
+                "user" => raw.user = Some(self.field::<_, Str>(&mut map, "user")?.0),
+                "item" => raw.item = Some(self.field::<_, Str>(&mut map, "item")?.0),
+                "ts" => raw.ts = Some(self.field(&mut map, "ts")?),
+                "dwell_ms" => raw.dwell_ms = Some(self.field(&mut map, "dwell_ms")?),
+                "ctx" => map
+                    .next_value_seed(CtxSeed {
+                        out: &mut raw.ctx,
+                        event: &self,
+                    })
+                    // A failing `ctx.<name>` is already recorded; anything else is `ctx` itself.
+                    .map_err(|e| {
+                        let recorded = self.failure.borrow().is_some();
+                        if recorded { e } else { self.fail("ctx", e) }
+                    })?,
+                // Unknown top-level fields are allowed: producers may add fields.
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// A string that borrows when the JSON has no escapes.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads `ctx` straight into the event's inline vector.
+struct CtxSeed<'a, 'de, 'f> {
+    out: &'a mut SmallVec<[(Cow<'de, str>, CtxValue<'de>); INLINE_CTX]>,
+    event: &'a EventSeed<'f>,
+}
+
+impl<'de> DeserializeSeed<'de> for CtxSeed<'_, 'de, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CtxSeed<'_, 'de, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of strings and numbers")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            match map.next_value::<CtxValueDe<'de>>() {
+                Ok(CtxValueDe(value)) => self.out.push((key, value)),
+                Err(e) => return Err(self.event.fail(&format!("ctx.{key}"), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct CtxValueDe<'de>(CtxValue<'de>);
+
+impl<'de> de::Deserialize<'de> for CtxValueDe<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CtxValueDe<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a finite number")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CtxValueDe(CtxValue::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CtxValueDe(CtxValue::Str(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(CtxValueDe(CtxValue::Num(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(CtxValueDe(CtxValue::Num(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() {
+                    Ok(CtxValueDe(CtxValue::Num(v)))
+                } else {
+                    Err(E::custom("number is not finite"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Event<'_> {
+        decode(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap()
+    }
+
+    fn err(s: &str) -> DecodeError {
+        decode(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_the_contract_examples() {
+        let imp = ok(
+            r#"{"type":"impression","id":"imp-81723","ts":1763800000123,"user":"u42","item":"v9001",
+            "ctx":{"device":"ios","country":"PL","position":3,"hour":13,"category":"music"}}"#,
+        );
+        let Event::Impression(i) = imp else { panic!() };
+        assert_eq!(
+            (i.id.as_ref(), i.ts, i.user.as_ref(), i.item.as_ref()),
+            ("imp-81723", 1763800000123, "u42", "v9001")
+        );
+        assert!(matches!(i.id, Cow::Borrowed(_)), "unescaped strings borrow");
+        assert_eq!(i.ctx.len(), 5);
+        assert!(!i.ctx.spilled());
+        assert_eq!(i.ctx_get("position"), Some(&CtxValue::Num(3.0)));
+        assert_eq!(i.ctx_get("device"), Some(&CtxValue::Str("ios".into())));
+
+        assert_eq!(
+            ok(r#"{"type":"click","id":"imp-81723","ts":1763800004012}"#),
+            Event::Feedback(Feedback {
+                id: "imp-81723".into(),
+                ts: 1763800004012,
+                kind: FeedbackKind::Click
+            })
+        );
+        assert!(matches!(
+            ok(r#"{"type":"like","id":"a","ts":1}"#),
+            Event::Feedback(Feedback {
+                kind: FeedbackKind::Like,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ok(r#"{"type":"skip","id":"a","ts":1,"dwell_ms":1277}"#),
+            Event::Feedback(Feedback {
+                kind: FeedbackKind::Skip { dwell_ms: 1277 },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn escaped_strings_and_unknown_fields_are_fine() {
+        let Event::Impression(i) = ok(
+            r#"{"type":"impression","id":"a\"b","ts":5,"user":"u","item":"i","extra":[1,{"x":2}],"ctx":{}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(i.id, "a\"b");
+    }
+
+    #[test]
+    fn bad_events_name_the_field() {
+        assert_eq!(err("not json").reason(), "malformed_json");
+        assert_eq!(err("[1,2]").reason(), "malformed_json");
+        assert_eq!(
+            err(r#"{"type":"click","id":"a","ts":1} trailing"#).reason(),
+            "malformed_json"
+        );
+        assert_eq!(
+            err(r#"{"type":"click","ts":1}"#),
+            DecodeError::MissingField { field: "id" }
+        );
+        assert_eq!(
+            err(r#"{"type":"skip","id":"a","ts":1}"#),
+            DecodeError::MissingField { field: "dwell_ms" }
+        );
+        assert_eq!(
+            err(r#"{"type":"impression","id":"a","ts":1,"item":"i"}"#),
+            DecodeError::MissingField { field: "user" }
+        );
+        let e = err(r#"{"type":"click","id":"a","ts":"yesterday"}"#);
+        assert!(
+            matches!(&e, DecodeError::InvalidField { field, .. } if field == "ts"),
+            "{e}"
+        );
+        let e = err(r#"{"type":"click","id":7,"ts":1}"#);
+        assert!(
+            matches!(&e, DecodeError::InvalidField { field, .. } if field == "id"),
+            "{e}"
+        );
+        let e = err(r#"{"type":"skip","id":"a","ts":1,"dwell_ms":-5}"#);
+        assert!(
+            matches!(&e, DecodeError::InvalidField { field, .. } if field == "dwell_ms"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"type":"impression","id":"a","ts":1,"user":"u","item":"i","ctx":{"device":true}}"#,
+        );
+        assert!(
+            matches!(&e, DecodeError::InvalidField { field, .. } if field == "ctx.device"),
+            "{e}"
+        );
+        let e = err(r#"{"type":"impression","id":"a","ts":1,"user":"u","item":"i","ctx":[1]}"#);
+        assert!(
+            matches!(&e, DecodeError::InvalidField { field, .. } if field == "ctx"),
+            "{e}"
+        );
+        assert_eq!(
+            err(r#"{"type":"purchase","id":"a","ts":1}"#).reason(),
+            "unknown_type"
+        );
+        // JSON has no NaN; out-of-range numbers are rejected by the parser.
+        assert_eq!(
+            err(r#"{"type":"click","id":"a","ts":NaN}"#).reason(),
+            "malformed_json"
+        );
+        assert!(
+            decode(
+                br#"{"type":"impression","id":"a","ts":1,"user":"u","item":"i","ctx":{"x":1e999}}"#,
+                1 << 20
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn oversized_is_rejected_before_parsing() {
+        let big = vec![b'x'; 100];
+        assert_eq!(
+            decode(&big, 10).unwrap_err(),
+            DecodeError::Oversized {
+                len: 100,
+                limit: 10
+            }
+        );
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        use proptest::prelude::*;
+        proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..200))| {
+            let _ = decode(&bytes, 1 << 20);
+        });
+    }
+}
