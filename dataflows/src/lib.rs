@@ -1,8 +1,12 @@
-//! ctrflow's timely dataflow: the record types and the operators that join impressions with
-//! their feedback, score and train.
+//! ctrflow's timely dataflow: the record types that flow between operators, and the
+//! operators that join impressions with their feedback, score and train.
+//!
+//! The maths comes in through [`Learner`], which `ctrflow` implements, so this crate never
+//! depends on it.
 #![warn(missing_docs)]
 
 pub mod learner;
+pub mod operators;
 pub mod record;
 
 pub use learner::Learner;

@@ -45,6 +45,9 @@ pub enum InteractionKind {
         item: CompactString,
         /// Hashed features, computed once: serving and training use exactly these.
         features: Features,
+        /// The true click probability, when the source knows it (the generator's
+        /// `ctx._p_true`); used only to report the Bayes-optimal loss, never learned from.
+        reference: Option<f32>,
     },
     /// The user clicked the item.
     Click,
@@ -107,4 +110,6 @@ pub struct Example {
     pub served: f32,
     /// How the label was decided.
     pub label: LabelSource,
+    /// The impression's true click probability, when the source knows it.
+    pub reference: Option<f32>,
 }

@@ -1,0 +1,809 @@
+//! Online learning: score each impression, join it with its feedback, learn from the label.
+//!
+//! # Why one operator
+//!
+//! Scoring, the label join and training share one model and must interleave in event-time
+//! order: an impression is scored with every label that became final before it, and with
+//! none after. Split into operators, a batch would be scored before the labels of the same
+//! batch were learned (or after), so serving would not see the freshest model. Keeping the
+//! three steps in one operator makes the order exact, and with one worker the whole run is
+//! deterministic.
+//!
+//! # Event time
+//!
+//! The timely timestamp is a watermark in epoch milliseconds: the source sends each record
+//! at its current watermark, so a record that is not late has `ts >= ` the time it was sent
+//! at. When the input frontier reaches `f`, every record with `ts < f` that will ever
+//! arrive on time has arrived, so the operator processes buffered records with `ts < f`
+//! in `(ts, pos)` order and then closes the attribution windows that ended before `f`.
+//! A record that arrives with `ts` below the frontier already processed is late; it is
+//! processed at once, in order among the records of its batch.
+//!
+//! # Labels (DESIGN.md § Labels)
+//!
+//! A click or like within `window_ms` is a positive, a skip faster than `fast_skip_ms` an
+//! immediate negative, and an impression whose window closes undecided a negative. The
+//! first decisive feedback wins; later feedback is counted as a duplicate. Feedback for an
+//! impression that already expired is counted as late, for one never seen as an orphan.
+//! When the input ends (the frontier is empty) every open window closes.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+
+use compact_str::CompactString;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::learner::Learner;
+use crate::record::{
+    EventTime, Example, Features, Interaction, InteractionKind, LabelSource, Score,
+};
+
+/// The timely timestamp: a watermark in epoch milliseconds.
+pub type Watermark = u64;
+
+/// Label-join settings (`[label]` in the pipeline config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConfig {
+    /// Attribution window: a click or like this long after the impression still counts.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    /// A skip with `dwell_ms` below this is an immediate negative.
+    #[serde(default = "default_fast_skip_ms")]
+    pub fast_skip_ms: u32,
+}
+
+const fn default_window_ms() -> u64 {
+    30 * 60 * 1000
+}
+
+const fn default_fast_skip_ms() -> u32 {
+    2000
+}
+
+impl Default for LabelConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: default_window_ms(),
+            fast_skip_ms: default_fast_skip_ms(),
+        }
+    }
+}
+
+impl LabelConfig {
+    /// Every problem with these settings, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.window_ms == 0 {
+            problems.push("label.window_ms must be > 0, got 0".to_owned());
+        }
+        if self.window_ms > 30 * 24 * 3600 * 1000 {
+            problems.push(format!(
+                "label.window_ms must be at most 30 days, got {}",
+                self.window_ms
+            ));
+        }
+        if u64::from(self.fast_skip_ms) > self.window_ms {
+            problems.push(format!(
+                "label.fast_skip_ms ({}) must not exceed label.window_ms ({})",
+                self.fast_skip_ms, self.window_ms
+            ));
+        }
+        problems
+    }
+}
+
+/// What the label join saw, per worker; summed over workers for reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinStats {
+    /// Impressions scored (exactly one score each).
+    pub impressions: u64,
+    /// Positives from a click.
+    pub positive_click: u64,
+    /// Positives from a like.
+    pub positive_like: u64,
+    /// Immediate negatives from a fast skip.
+    pub negative_fast_skip: u64,
+    /// Negatives from a window that closed undecided.
+    pub negative_expired: u64,
+    /// Skips too slow to decide anything.
+    pub slow_skip: u64,
+    /// Feedback for an impression already decided.
+    pub duplicate_feedback: u64,
+    /// Feedback for an impression whose window had closed.
+    pub late_feedback: u64,
+    /// Feedback for an impression never seen.
+    pub orphan_feedback: u64,
+    /// Impressions whose id was seen before: not scored again.
+    pub duplicate_impressions: u64,
+    /// Impressions that arrived after their own window closed: scored, not learned from.
+    pub late_impressions: u64,
+}
+
+impl JoinStats {
+    /// Labelled examples learned from.
+    pub fn examples(&self) -> u64 {
+        self.positive_click + self.positive_like + self.negative_fast_skip + self.negative_expired
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &JoinStats) {
+        self.impressions += other.impressions;
+        self.positive_click += other.positive_click;
+        self.positive_like += other.positive_like;
+        self.negative_fast_skip += other.negative_fast_skip;
+        self.negative_expired += other.negative_expired;
+        self.slow_skip += other.slow_skip;
+        self.duplicate_feedback += other.duplicate_feedback;
+        self.late_feedback += other.late_feedback;
+        self.orphan_feedback += other.orphan_feedback;
+        self.duplicate_impressions += other.duplicate_impressions;
+        self.late_impressions += other.late_impressions;
+    }
+}
+
+/// The worker that owns impression `id`'s label join: impressions and their feedback meet
+/// there. A fixed hash, so every process of a cluster agrees.
+pub fn route(id: &str) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
+/// Extension trait for learning online from a stream of interactions.
+pub trait LearnOnline<'scope> {
+    /// Scores every impression with `learner` before its label is known, joins it with its
+    /// feedback, and updates `learner` with each label as it becomes final. Returns the
+    /// scores (one per impression) and the labelled examples; `stats` counts what the join
+    /// saw.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::{cell::RefCell, rc::Rc};
+    /// use ctrflow_dataflows::operators::{JoinStats, LabelConfig, LearnOnline};
+    /// use ctrflow_dataflows::{Feature, Interaction, InteractionKind, Learner};
+    /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
+    ///
+    /// /// Predicts the running click rate; enough to show the flow.
+    /// struct Mean { clicks: f32, seen: f32 }
+    /// impl Learner for Mean {
+    ///     fn predict(&self, _: &[Feature]) -> f32 { (self.clicks + 1.0) / (self.seen + 2.0) }
+    ///     fn update(&mut self, _: &[Feature], positive: bool) {
+    ///         self.seen += 1.0;
+    ///         self.clicks += f32::from(u8::from(positive));
+    ///     }
+    ///     fn version(&self) -> u64 { self.seen as u64 }
+    /// }
+    ///
+    /// let event = |ts, id: &str, kind| Interaction { ts, pos: ts as u64, id: id.into(), kind };
+    /// let shown = || InteractionKind::Impression {
+    ///     user: "u".into(), item: "i".into(), features: Default::default(), reference: None,
+    /// };
+    /// let input = vec![
+    ///     event(0, "a", shown()),
+    ///     event(5, "a", InteractionKind::Click),
+    ///     event(10, "b", shown()),
+    /// ];
+    /// let (scores, examples) = timely::example(move |scope| {
+    ///     let stats = Rc::new(RefCell::new(JoinStats::default()));
+    ///     let (scores, examples) = input
+    ///     .to_stream(scope)
+    ///     .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &LabelConfig::default(), stats);
+    ///     (scores.capture(), examples.capture())
+    /// });
+    /// fn data<D>(events: std::sync::mpsc::Receiver<Event<u64, Vec<D>>>) -> Vec<D> {
+    ///     let batches = events.try_iter().filter_map(|e| match e {
+    ///         Event::Messages(_, batch) => Some(batch),
+    ///         Event::Progress(_) => None,
+    ///     });
+    ///     batches.flatten().collect()
+    /// }
+    /// let scores = data(scores);
+    /// assert_eq!(scores[0].score, 0.5);
+    /// assert_eq!(scores[1].score, 2.0 / 3.0, "b is scored after a's click was learned");
+    /// let examples = data(examples);
+    /// assert_eq!(examples.len(), 2, "a clicked; b expires when the input ends");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn learn_online<L: Learner + 'static>(
+        self,
+        learner: L,
+        config: &LabelConfig,
+        stats: Rc<RefCell<JoinStats>>,
+    ) -> (
+        Stream<'scope, Watermark, Vec<Score>>,
+        Stream<'scope, Watermark, Vec<Example>>,
+    );
+}
+
+/// What the operator emits, split into scores and examples on the way out.
+type Learned = Result<Score, Example>;
+
+impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>> {
+    fn learn_online<L: Learner + 'static>(
+        self,
+        learner: L,
+        config: &LabelConfig,
+        stats: Rc<RefCell<JoinStats>>,
+    ) -> (
+        Stream<'scope, Watermark, Vec<Score>>,
+        Stream<'scope, Watermark, Vec<Example>>,
+    ) {
+        let mut join = LabelJoin::new(learner, config.clone(), stats);
+        let exchange = Exchange::new(|x: &Interaction| route(&x.id));
+        let learned: Stream<'scope, Watermark, Vec<Learned>> =
+            self.unary_frontier(exchange, "LearnOnline", move |_cap, _info| {
+                let mut held = None;
+                let mut out = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        if held.is_none() {
+                            held = cap.retain_least(0);
+                        }
+                        join.buffer.append(data);
+                    });
+                    let Some(cap) = held.as_mut() else { return };
+                    let watermark = frontier.frontier().iter().min().copied();
+                    join.advance(watermark.unwrap_or(Watermark::MAX), &mut out);
+                    if !out.is_empty() {
+                        output.session(&cap).give_iterator(out.drain(..));
+                    }
+                    match watermark {
+                        Some(w) if w > *cap.time() => cap.downgrade(&w),
+                        Some(_) => {}
+                        None => held = None,
+                    }
+                }
+            });
+        learned.ok_err(|x| x)
+    }
+}
+
+/// An impression whose window is still open, or closed but remembered for duplicates.
+#[derive(Debug)]
+struct Pending {
+    ts: EventTime,
+    served: f32,
+    features: Features,
+    reference: Option<f32>,
+    decided: bool,
+}
+
+/// The per-worker state of [`LearnOnline`].
+struct LabelJoin<L> {
+    learner: L,
+    fast_skip_ms: u32,
+    stats: Rc<RefCell<JoinStats>>,
+    /// Records received and not yet processed, kept sorted by `(ts, pos)` when processing.
+    buffer: Vec<Interaction>,
+    windows: Windows,
+}
+
+impl<L: Learner> LabelJoin<L> {
+    fn new(learner: L, config: LabelConfig, stats: Rc<RefCell<JoinStats>>) -> Self {
+        Self {
+            learner,
+            fast_skip_ms: config.fast_skip_ms,
+            stats,
+            buffer: Vec::new(),
+            windows: Windows::new(config.window_ms),
+        }
+    }
+
+    /// Processes every buffered record with `ts < watermark`, in order, then closes the
+    /// windows that ended before `watermark`.
+    fn advance(&mut self, watermark: Watermark, out: &mut Vec<Learned>) {
+        let watermark = EventTime::try_from(watermark).unwrap_or(EventTime::MAX);
+        if self.buffer.is_empty() && watermark <= self.windows.processed_to {
+            return;
+        }
+        // Stable sort: it detects the already-sorted runs that sources produce, so this is
+        // close to linear.
+        self.buffer.sort_by_key(|x| (x.ts, x.pos));
+        let ready = self.buffer.partition_point(|x| x.ts < watermark);
+        let stats = &mut *self.stats.borrow_mut();
+        for record in self.buffer.drain(..ready) {
+            self.windows
+                .close_before(record.ts, &mut self.learner, stats, out);
+            match record.kind {
+                InteractionKind::Impression {
+                    user,
+                    item,
+                    features,
+                    reference,
+                } => {
+                    if self.windows.pending.contains_key(&record.id) {
+                        stats.duplicate_impressions += 1;
+                        continue;
+                    }
+                    let score = self.learner.predict(&features);
+                    stats.impressions += 1;
+                    out.push(Ok(Score {
+                        id: record.id.clone(),
+                        user,
+                        item,
+                        score,
+                        model_version: self.learner.version(),
+                        event_ts: record.ts,
+                    }));
+                    let entry = Pending {
+                        ts: record.ts,
+                        served: score,
+                        features,
+                        reference,
+                        decided: false,
+                    };
+                    if !self.windows.open(record.id, entry) {
+                        // Its window closed before it arrived: no feedback can be trusted.
+                        stats.late_impressions += 1;
+                    }
+                }
+                feedback => {
+                    let label = match feedback {
+                        InteractionKind::Click => Some(LabelSource::Click),
+                        InteractionKind::Like => Some(LabelSource::Like),
+                        InteractionKind::Skip { dwell_ms } if dwell_ms < self.fast_skip_ms => {
+                            Some(LabelSource::FastSkip)
+                        }
+                        _ => None,
+                    };
+                    let Some(entry) = self.windows.pending.get_mut(&record.id) else {
+                        if self.windows.closed.contains_key(&route(&record.id)) {
+                            stats.late_feedback += 1;
+                        } else {
+                            stats.orphan_feedback += 1;
+                        }
+                        continue;
+                    };
+                    let Some(label) = label else {
+                        stats.slow_skip += 1;
+                        continue;
+                    };
+                    if entry.decided {
+                        stats.duplicate_feedback += 1;
+                        continue;
+                    }
+                    entry.decided = true;
+                    learn(
+                        &mut self.learner,
+                        stats,
+                        &record.id,
+                        entry,
+                        label,
+                        record.ts,
+                        out,
+                    );
+                }
+            }
+        }
+        self.windows
+            .close_before(watermark, &mut self.learner, stats, out);
+    }
+}
+
+/// Attribution windows: the impressions still open, and the recently closed ones.
+struct Windows {
+    window_ms: EventTime,
+    /// Impressions whose window has not closed, decided or not.
+    pending: FxHashMap<CompactString, Pending>,
+    /// Window deadlines in the order impressions were opened. Impressions are processed in
+    /// `ts` order and the window is one length, so this is deadline order too (late
+    /// impressions aside, which only close a little later than they could).
+    deadlines: VecDeque<(EventTime, CompactString)>,
+    /// Hashes of impressions whose window closed, remembered for one more window so late
+    /// feedback is told apart from orphans, with the time each is forgotten.
+    closed: FxHashMap<u64, EventTime>,
+    closed_order: VecDeque<(EventTime, u64)>,
+    /// Windows ending before this are closed; records before it are processed.
+    processed_to: EventTime,
+}
+
+impl Windows {
+    fn new(window_ms: u64) -> Self {
+        Self {
+            window_ms: EventTime::try_from(window_ms).unwrap_or(EventTime::MAX),
+            pending: FxHashMap::default(),
+            deadlines: VecDeque::new(),
+            closed: FxHashMap::default(),
+            closed_order: VecDeque::new(),
+            processed_to: EventTime::MIN,
+        }
+    }
+
+    /// Opens the window of impression `id`; false if it had already closed by its arrival.
+    fn open(&mut self, id: CompactString, entry: Pending) -> bool {
+        let deadline = entry.ts.saturating_add(self.window_ms);
+        if deadline < self.processed_to {
+            return false;
+        }
+        self.deadlines.push_back((deadline, id.clone()));
+        self.pending.insert(id, entry);
+        true
+    }
+
+    /// Closes every window whose deadline is before `until`: undecided impressions become
+    /// negatives and are learned from.
+    fn close_before<L: Learner>(
+        &mut self,
+        until: EventTime,
+        learner: &mut L,
+        stats: &mut JoinStats,
+        out: &mut Vec<Learned>,
+    ) {
+        self.processed_to = self.processed_to.max(until);
+        while let Some((deadline, _)) = self.deadlines.front() {
+            if *deadline >= until {
+                break;
+            }
+            let Some((deadline, id)) = self.deadlines.pop_front() else {
+                break;
+            };
+            if let Some(mut entry) = self.pending.remove(&id) {
+                if !entry.decided {
+                    learn(
+                        learner,
+                        stats,
+                        &id,
+                        &mut entry,
+                        LabelSource::Expired,
+                        deadline,
+                        out,
+                    );
+                }
+                let forget = deadline.saturating_add(self.window_ms);
+                let key = route(&id);
+                self.closed.insert(key, forget);
+                self.closed_order.push_back((forget, key));
+            }
+        }
+        while let Some(&(forget, key)) = self.closed_order.front() {
+            if forget >= until {
+                break;
+            }
+            self.closed_order.pop_front();
+            if self.closed.get(&key) == Some(&forget) {
+                self.closed.remove(&key);
+            }
+        }
+    }
+}
+
+/// Counts `label`, updates the learner with the features `entry` was scored with, and emits
+/// the example.
+fn learn<L: Learner>(
+    learner: &mut L,
+    stats: &mut JoinStats,
+    id: &CompactString,
+    entry: &mut Pending,
+    label: LabelSource,
+    label_ts: EventTime,
+    out: &mut Vec<Learned>,
+) {
+    match label {
+        LabelSource::Click => stats.positive_click += 1,
+        LabelSource::Like => stats.positive_like += 1,
+        LabelSource::FastSkip => stats.negative_fast_skip += 1,
+        LabelSource::Expired => stats.negative_expired += 1,
+    }
+    learner.update(&entry.features, label.is_positive());
+    out.push(Err(Example {
+        id: id.clone(),
+        impression_ts: entry.ts,
+        label_ts,
+        served: entry.served,
+        label,
+        reference: entry.reference,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Feature;
+
+    /// Records every update; predicts from the number of updates so far.
+    #[derive(Default)]
+    struct Recorder {
+        updates: Vec<(Vec<u32>, bool)>,
+    }
+
+    impl Learner for Recorder {
+        fn predict(&self, _: &[Feature]) -> f32 {
+            1.0 / (self.updates.len() as f32 + 2.0)
+        }
+        fn update(&mut self, x: &[Feature], positive: bool) {
+            self.updates
+                .push((x.iter().map(|f| f.index).collect(), positive));
+        }
+        fn version(&self) -> u64 {
+            self.updates.len() as u64
+        }
+    }
+
+    const WINDOW: u64 = 1000;
+
+    fn join() -> LabelJoin<Recorder> {
+        let config = LabelConfig {
+            window_ms: WINDOW,
+            fast_skip_ms: 100,
+        };
+        LabelJoin::new(Recorder::default(), config, Rc::default())
+    }
+
+    fn impression(ts: EventTime, id: &str, feature: u32) -> Interaction {
+        let features = [Feature {
+            index: feature,
+            value: 1.0,
+        }]
+        .into_iter()
+        .collect();
+        let kind = InteractionKind::Impression {
+            user: "u".into(),
+            item: "i".into(),
+            features,
+            reference: None,
+        };
+        Interaction {
+            ts,
+            pos: ts as u64,
+            id: id.into(),
+            kind,
+        }
+    }
+
+    fn feedback(ts: EventTime, id: &str, kind: InteractionKind) -> Interaction {
+        Interaction {
+            ts,
+            pos: ts as u64,
+            id: id.into(),
+            kind,
+        }
+    }
+
+    fn run(
+        join: &mut LabelJoin<Recorder>,
+        records: Vec<Interaction>,
+        watermark: Watermark,
+    ) -> (Vec<Score>, Vec<Example>) {
+        join.buffer.extend(records);
+        let mut out = Vec::new();
+        join.advance(watermark, &mut out);
+        let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
+        (
+            scores.into_iter().flatten().collect(),
+            examples.into_iter().filter_map(Result::err).collect(),
+        )
+    }
+
+    #[test]
+    fn click_is_a_positive_learned_with_the_served_features() {
+        let mut j = join();
+        let (scores, examples) = run(
+            &mut j,
+            vec![
+                impression(10, "a", 7),
+                feedback(20, "a", InteractionKind::Click),
+            ],
+            30,
+        );
+        assert_eq!(scores.len(), 1);
+        assert_eq!(examples.len(), 1);
+        assert_eq!(examples[0].label, LabelSource::Click);
+        assert_eq!(examples[0].served, scores[0].score);
+        assert_eq!(j.learner.updates, vec![(vec![7], true)]);
+        assert_eq!(j.stats.borrow().positive_click, 1);
+    }
+
+    #[test]
+    fn fast_skip_is_an_immediate_negative_and_a_slow_skip_decides_nothing() {
+        let mut j = join();
+        let (_, examples) = run(
+            &mut j,
+            vec![
+                impression(0, "fast", 1),
+                impression(0, "slow", 2),
+                feedback(50, "fast", InteractionKind::Skip { dwell_ms: 50 }),
+                feedback(500, "slow", InteractionKind::Skip { dwell_ms: 500 }),
+            ],
+            600,
+        );
+        assert_eq!(
+            examples
+                .iter()
+                .map(|e| (e.id.as_str(), e.label))
+                .collect::<Vec<_>>(),
+            [("fast", LabelSource::FastSkip)]
+        );
+        assert_eq!(examples[0].label_ts, 50);
+        let stats = j.stats.borrow().clone();
+        assert_eq!((stats.negative_fast_skip, stats.slow_skip), (1, 1));
+        drop(stats);
+        // The slow skip's window closes at 0 + WINDOW: a negative then, not before.
+        let (_, examples) = run(&mut j, vec![], WINDOW);
+        assert!(
+            examples.is_empty(),
+            "a deadline equal to the watermark is still open"
+        );
+        let (_, examples) = run(&mut j, vec![], WINDOW + 1);
+        assert_eq!(examples.len(), 1);
+        assert_eq!(
+            (
+                examples[0].id.as_str(),
+                examples[0].label,
+                examples[0].label_ts
+            ),
+            ("slow", LabelSource::Expired, WINDOW as i64)
+        );
+    }
+
+    #[test]
+    fn first_decisive_feedback_wins_and_later_feedback_is_counted() {
+        let mut j = join();
+        let (_, examples) = run(
+            &mut j,
+            vec![
+                impression(0, "a", 1),
+                feedback(10, "a", InteractionKind::Skip { dwell_ms: 10 }),
+                feedback(20, "a", InteractionKind::Click),
+                feedback(30, "a", InteractionKind::Like),
+                feedback(40, "nobody", InteractionKind::Click),
+            ],
+            100,
+        );
+        assert_eq!(examples.len(), 1);
+        assert_eq!(examples[0].label, LabelSource::FastSkip);
+        let stats = j.stats.borrow();
+        assert_eq!((stats.duplicate_feedback, stats.orphan_feedback), (2, 1));
+        assert_eq!(j.learner.updates.len(), 1, "later feedback is not applied");
+    }
+
+    #[test]
+    fn feedback_after_the_window_is_late_not_applied() {
+        let mut j = join();
+        let records = vec![
+            impression(0, "a", 1),
+            feedback(WINDOW as i64 + 5, "a", InteractionKind::Click),
+        ];
+        let (_, examples) = run(&mut j, records, 2 * WINDOW);
+        assert_eq!(examples.len(), 1);
+        assert_eq!(examples[0].label, LabelSource::Expired);
+        assert_eq!(j.stats.borrow().late_feedback, 1);
+        assert_eq!(j.learner.updates, vec![(vec![1], false)]);
+    }
+
+    #[test]
+    fn records_wait_for_the_watermark_and_are_processed_in_time_order() {
+        let mut j = join();
+        // The click comes first in the batch but later in event time than impression b.
+        let (scores, _) = run(
+            &mut j,
+            vec![
+                feedback(20, "a", InteractionKind::Click),
+                impression(30, "b", 2),
+                impression(10, "a", 1),
+            ],
+            25,
+        );
+        assert_eq!(
+            scores.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "b waits: 30 >= watermark"
+        );
+        assert_eq!(j.learner.updates.len(), 1, "the click at 20 was processed");
+        let (scores, _) = run(&mut j, vec![], 31);
+        assert_eq!(scores.len(), 1);
+        assert_eq!(
+            scores[0].model_version, 1,
+            "b is scored after a's click was learned"
+        );
+        assert_eq!(scores[0].score, 1.0 / 3.0);
+    }
+
+    #[test]
+    fn duplicate_impressions_are_scored_once_and_late_ones_not_learned() {
+        let mut j = join();
+        let (scores, _) = run(
+            &mut j,
+            vec![impression(0, "a", 1), impression(5, "a", 1)],
+            10,
+        );
+        assert_eq!(scores.len(), 1);
+        assert_eq!(j.stats.borrow().duplicate_impressions, 1);
+        run(&mut j, vec![], 5 * WINDOW);
+        let (scores, examples) = run(&mut j, vec![impression(10, "old", 3)], 5 * WINDOW + 1);
+        assert_eq!(scores.len(), 1, "a late impression is still scored");
+        assert!(examples.is_empty());
+        assert_eq!(j.stats.borrow().late_impressions, 1);
+        run(&mut j, vec![], Watermark::MAX);
+        assert!(
+            !j.learner.updates.iter().any(|(x, _)| x == &[3]),
+            "nor learned from"
+        );
+    }
+
+    /// The whole operator on `workers` timely workers: exactly one score per impression and
+    /// one label each, whatever worker the records start on.
+    fn every_impression_scored_once_and_labelled(workers: usize) {
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::{Inspect, ToStream};
+
+        let seen = Arc::new(Mutex::new((Vec::new(), Vec::new(), JoinStats::default())));
+        let collected = Arc::clone(&seen);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let peers = worker.peers();
+            let collected = Arc::clone(&collected);
+            let stats = Rc::new(RefCell::new(JoinStats::default()));
+            let stats_out = Rc::clone(&stats);
+            worker.dataflow::<Watermark, _, _>(|scope| {
+                // Each worker starts with a different share, so records cross workers.
+                let records: Vec<Interaction> = (0..1000)
+                    .filter(|n| n % peers == index)
+                    .flat_map(|n| {
+                        let id = format!("imp-{n}");
+                        let mut records = vec![impression(n as i64 * 10, &id, n as u32)];
+                        match n % 4 {
+                            0 => records.push(feedback(
+                                n as i64 * 10 + 5,
+                                &id,
+                                InteractionKind::Click,
+                            )),
+                            1 => records.push(feedback(
+                                n as i64 * 10 + 5,
+                                &id,
+                                InteractionKind::Skip { dwell_ms: 5 },
+                            )),
+                            _ => {}
+                        }
+                        records
+                    })
+                    .collect();
+                let (scores, examples) = records.to_stream(scope).learn_online(
+                    Recorder::default(),
+                    &LabelConfig::default(),
+                    stats,
+                );
+                let sink = Arc::clone(&collected);
+                scores.inspect(move |s| sink.lock().unwrap().0.push(s.id.clone()));
+                let sink = Arc::clone(&collected);
+                examples.inspect(move |e| sink.lock().unwrap().1.push((e.id.clone(), e.label)));
+            });
+            while worker.step() {}
+            collected.lock().unwrap().2.merge(&stats_out.borrow());
+        })
+        .unwrap();
+        let (mut scores, mut examples, stats) = std::mem::take(&mut *seen.lock().unwrap());
+        scores.sort();
+        scores.dedup();
+        assert_eq!(scores.len(), 1000);
+        assert_eq!(stats.impressions, 1000);
+        examples.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(examples.len(), 1000);
+        let positives = examples.iter().filter(|(_, l)| l.is_positive()).count();
+        assert_eq!(positives, 250);
+        assert_eq!(
+            (stats.negative_fast_skip, stats.negative_expired),
+            (250, 500)
+        );
+    }
+
+    #[test]
+    fn one_score_and_one_label_per_impression_1w() {
+        every_impression_scored_once_and_labelled(1);
+    }
+
+    #[test]
+    fn one_score_and_one_label_per_impression_2w() {
+        every_impression_scored_once_and_labelled(2);
+    }
+
+    #[test]
+    fn one_score_and_one_label_per_impression_4w() {
+        every_impression_scored_once_and_labelled(4);
+    }
+}
