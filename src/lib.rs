@@ -1,9 +1,17 @@
 //! ctrflow: a stream processor that learns click-through rates online.
 //!
 //! Events (impressions and their feedback) are decoded ([`event`]), turned into hashed
-//! feature vectors, scored by the freshest model before their label is known, joined with
-//! their feedback under an attribution window, and learned from with the very features
-//! they were scored with. See `../shared/DESIGN.md` for the contract.
+//! feature vectors ([`features`]), scored by the freshest model ([`model`]) before their
+//! label is known, joined with their feedback under an attribution window, and learned
+//! from with the very features they were scored with (`ctrflow_dataflows`). Progressive
+//! validation ([`progressive`]) measures the model on every example before it learns from
+//! it. See `../shared/DESIGN.md` for the contract.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod event;
+pub mod features;
+pub mod gen;
+pub mod model;
+pub mod progressive;
+pub mod replay;

@@ -1,0 +1,7 @@
+//! JSON Lines files: a replayable source, and sinks for scores, examples and dead letters.
+
+mod sink;
+mod source;
+
+pub use sink::JsonlSink;
+pub use source::{Block, FileSource, FileSourceConfig};
