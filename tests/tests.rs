@@ -1,1 +1,7 @@
+//! ctrflow's integration tests: one binary, one module per area.
 
+/// Fixtures: the binary, temp dirs, generated inputs.
+mod util;
+
+/// `ctrflow replay` end to end: learning, determinism, bad input, workers.
+mod replay;
