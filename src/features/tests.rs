@@ -1,0 +1,502 @@
+//! Tests of the featurizer: feature set rules, and SIMD == scalar on random inputs.
+
+use std::borrow::Cow;
+
+use proptest::prelude::*;
+use smallvec::SmallVec;
+
+use super::*;
+use crate::event::{DEFAULT_MAX_EVENT_BYTES, Event, decode};
+
+const CONTRACT_EVENT: &str = r#"{"type":"impression","id":"imp-81723","ts":1763800000123,"user":"u42","item":"v9001","ctx":{"device":"ios","country":"PL","position":3,"hour":13,"category":"music"}}"#;
+
+fn impression(json: &str) -> Impression<'_> {
+    match decode(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES) {
+        Ok(Event::Impression(imp)) => imp,
+        other => panic!("not an impression: {other:?}"),
+    }
+}
+
+fn imp<'a>(user: &'a str, item: &'a str, ctx: &[(&'a str, CtxValue<'a>)]) -> Impression<'a> {
+    Impression {
+        id: "imp".into(),
+        ts: 1,
+        user: user.into(),
+        item: item.into(),
+        ctx: ctx
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(*k), v.clone()))
+            .collect(),
+    }
+}
+
+fn s(v: &str) -> CtxValue<'_> {
+    CtxValue::Str(v.into())
+}
+
+/// Features by both paths, asserting they agree bit for bit.
+fn features(f: &mut Featurizer, imp: &Impression<'_>) -> Features {
+    let (mut fast, mut reference) = (Features::new(), Features::new());
+    f.featurize(imp, &mut fast);
+    f.featurize_scalar(imp, &mut reference);
+    assert_same(&fast, &reference);
+    fast
+}
+
+fn assert_same(a: &[Feature], b: &[Feature]) {
+    let bits = |v: &[Feature]| {
+        v.iter()
+            .map(|f| (f.index, f.value.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(a), bits(b));
+}
+
+fn featurizer(config: FeatureConfig) -> Featurizer {
+    Featurizer::new(&config).unwrap()
+}
+
+fn cat(seed: u32, value: &str, mask: u32) -> Feature {
+    Feature {
+        index: hash_scalar(seed, value.as_bytes()) & mask,
+        value: 1.0,
+    }
+}
+
+#[test]
+fn contract_event_follows_the_spec() {
+    let mut f = featurizer(FeatureConfig::default());
+    let m = f.mask();
+    assert_eq!(m, (1 << 22) - 1);
+    let got = features(&mut f, &impression(CONTRACT_EVENT));
+    let (user, item) = (hash::top_seed("user"), hash::top_seed("item"));
+    let ctx = hash::ctx_seed;
+    let cross = |a: u32, b: u32, va: u32, vb: u32| Feature {
+        index: cross_mix(hash::cross_seed(a, b), va, vb) & m,
+        value: 1.0,
+    };
+    let h = |seed: u32, v: &str| hash_scalar(seed, v.as_bytes());
+    let want = [
+        Feature {
+            index: hash::top_seed("bias") & m,
+            value: 1.0,
+        },
+        cat(user, "u42", m),
+        cat(item, "v9001", m),
+        cat(ctx("device"), "ios", m),
+        cat(ctx("country"), "PL", m),
+        cat(ctx("position"), "3", m),
+        cat(ctx("hour"), "13", m),
+        // No override: log1p of a string does not apply; strings are categorical.
+        cat(ctx("category"), "music", m),
+        cross(
+            user,
+            ctx("category"),
+            h(user, "u42"),
+            h(ctx("category"), "music"),
+        ),
+        cross(
+            item,
+            ctx("device"),
+            h(item, "v9001"),
+            h(ctx("device"), "ios"),
+        ),
+        cross(
+            ctx("position"),
+            ctx("device"),
+            h(ctx("position"), "3"),
+            h(ctx("device"), "ios"),
+        ),
+    ];
+    assert_same(&got, &want);
+}
+
+#[test]
+fn equal_values_in_different_fields_differ() {
+    let mut f = featurizer(FeatureConfig {
+        crosses: vec![],
+        ..FeatureConfig::default()
+    });
+    let got = features(
+        &mut f,
+        &imp("a", "a", &[("x", s("a")), ("y", s("a")), ("user", s("a"))]),
+    );
+    let indices: Vec<u32> = got[1..].iter().map(|f| f.index).collect();
+    let mut unique = indices.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), indices.len(), "{indices:?}");
+}
+
+#[test]
+fn reserved_fields_never_reach_the_model() {
+    let mut f = featurizer(FeatureConfig::default());
+    let with = features(
+        &mut f,
+        &imp(
+            "u",
+            "i",
+            &[
+                ("_p_true", CtxValue::Num(0.04)),
+                ("_x", s("y")),
+                ("device", s("ios")),
+            ],
+        ),
+    );
+    let without = features(&mut f, &imp("u", "i", &[("device", s("ios"))]));
+    assert_same(&with, &without);
+    // bias, user, item, device, item x device.
+    assert_eq!(with.len(), 5);
+}
+
+#[test]
+fn crosses_need_both_sides_present_and_categorical() {
+    let config = FeatureConfig {
+        numeric: [("price".to_owned(), NumericTransform::Raw)].into(),
+        crosses: vec![
+            ["user".to_owned(), "device".to_owned()],
+            ["price".to_owned(), "device".to_owned()],
+            ["hour".to_owned(), "device".to_owned()],
+        ],
+        numeric_default: NumericTransform::Categorical,
+        ..FeatureConfig::default()
+    };
+    let mut f = featurizer(config);
+    // No device: no cross at all.
+    assert_eq!(
+        features(&mut f, &imp("u", "i", &[("price", CtxValue::Num(2.0))])).len(),
+        4
+    );
+    // Device, numeric price: user x device only; hour (default categorical) crosses.
+    let got = features(
+        &mut f,
+        &imp(
+            "u",
+            "i",
+            &[("price", CtxValue::Num(2.0)), ("device", s("ios"))],
+        ),
+    );
+    assert_eq!(got.len(), 6);
+    let got = features(
+        &mut f,
+        &imp(
+            "u",
+            "i",
+            &[
+                ("price", CtxValue::Num(2.0)),
+                ("device", s("ios")),
+                ("hour", CtxValue::Num(7.9)),
+            ],
+        ),
+    );
+    assert_eq!(got.len(), 8);
+    // A string price is categorical, so its cross appears.
+    let got = features(
+        &mut f,
+        &imp("u", "i", &[("price", s("cheap")), ("device", s("ios"))]),
+    );
+    assert_eq!(got.len(), 7);
+}
+
+#[test]
+fn numeric_transforms() {
+    let config = FeatureConfig {
+        numeric: [
+            ("raw".to_owned(), NumericTransform::Raw),
+            ("log".to_owned(), NumericTransform::Log1p),
+            ("cat".to_owned(), NumericTransform::Categorical),
+            (
+                "b".to_owned(),
+                NumericTransform::Buckets(vec![0.0, 10.0, 100.0]),
+            ),
+        ]
+        .into(),
+        crosses: vec![],
+        ..FeatureConfig::default()
+    };
+    let mut f = featurizer(config);
+    let m = f.mask();
+    let one = |f: &mut Featurizer, field: &str, x: f64| {
+        let got = features(f, &imp("u", "i", &[(field, CtxValue::Num(x))]));
+        got[3]
+    };
+    let numeric = |field: &str, value: f32| Feature {
+        index: hash::ctx_seed(field) & m,
+        value,
+    };
+    assert_eq!(one(&mut f, "raw", -2.5), numeric("raw", -2.5));
+    assert_eq!(one(&mut f, "raw", 1e300), numeric("raw", f32::MAX));
+    assert_eq!(one(&mut f, "log", (1.0f64).exp_m1()), numeric("log", 1.0));
+    assert_eq!(one(&mut f, "log", -(2.0f64).exp_m1()), numeric("log", -2.0));
+    let c = hash::ctx_seed("cat");
+    assert_eq!(one(&mut f, "cat", 3.0), cat(c, "3", m));
+    assert_eq!(one(&mut f, "cat", 3.99), cat(c, "3", m));
+    assert_eq!(one(&mut f, "cat", -3.99), cat(c, "-3", m));
+    assert_eq!(one(&mut f, "cat", -0.5), cat(c, "0", m));
+    assert_eq!(one(&mut f, "cat", 1e300), cat(c, &i64::MAX.to_string(), m));
+    // The number 3 and the string "3" are the same feature.
+    let as_str = features(&mut f, &imp("u", "i", &[("cat", s("3"))]));
+    assert_eq!(as_str[3], cat(c, "3", m));
+    let b = hash::ctx_seed("b");
+    for (x, k) in [
+        (-1.0, "0"),
+        (0.0, "1"),
+        (5.0, "1"),
+        (10.0, "2"),
+        (99.9, "2"),
+        (100.0, "3"),
+        (1e9, "3"),
+    ] {
+        assert_eq!(one(&mut f, "b", x), cat(b, k, m), "x = {x}");
+    }
+    // Unconfigured numbers use numeric_default (log1p).
+    assert_eq!(one(&mut f, "other", 0.0), numeric("other", 0.0));
+}
+
+#[test]
+fn bits_mask_every_index() {
+    for bits in [1u8, 5, 17, 30] {
+        let mut f = featurizer(FeatureConfig {
+            bits,
+            ..FeatureConfig::default()
+        });
+        assert_eq!(f.mask(), (1u32 << bits) - 1);
+        let got = features(&mut f, &impression(CONTRACT_EVENT));
+        assert_eq!(got.len(), 11);
+        assert!(got.iter().all(|x| x.index < (1u32 << bits)), "{got:?}");
+    }
+}
+
+#[test]
+fn invalid_config_is_an_error_listing_every_problem() {
+    let err = Featurizer::new(&FeatureConfig {
+        bits: 0,
+        crosses: vec![["a".to_owned(), "a".to_owned()]],
+        ..FeatureConfig::default()
+    })
+    .unwrap_err();
+    let FeatureConfigError::Invalid { problems } = &err;
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        err.to_string()
+            .contains("features.bits must be in 1..=30, got 0")
+    );
+}
+
+#[test]
+fn field_cache_is_bounded() {
+    let mut f = featurizer(FeatureConfig::default());
+    let names: Vec<String> = (0..MAX_CACHED_FIELDS + 10)
+        .map(|i| format!("f{i}"))
+        .collect();
+    for chunk in names.chunks(50) {
+        let ctx: Vec<(&str, CtxValue<'_>)> = chunk.iter().map(|n| (n.as_str(), s("v"))).collect();
+        features(&mut f, &imp("u", "i", &ctx));
+    }
+    assert_eq!(f.schema.fields.len(), MAX_CACHED_FIELDS);
+}
+
+#[test]
+fn scalar_backend_is_the_reference() {
+    let mut f = Featurizer::with_backend(&FeatureConfig::default(), Backend::scalar()).unwrap();
+    assert!(!f.backend().is_simd());
+    features(&mut f, &impression(CONTRACT_EVENT));
+}
+
+// ---- allocation counting ----------------------------------------------------------------
+
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// Counts allocations made by the current thread while counting is on, so that tests
+    /// running in parallel do not disturb each other.
+    pub struct Counting;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn note() {
+        if ON.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+    }
+
+    // SAFETY: defers every operation to `System`; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note();
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Allocations made by `f` on this thread.
+    pub fn allocations(f: impl FnOnce()) -> u64 {
+        COUNT.with(|c| c.set(0));
+        ON.with(|on| on.set(true));
+        f();
+        ON.with(|on| on.set(false));
+        COUNT.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
+#[test]
+fn featurize_does_not_allocate_once_warm() {
+    let events = [
+        CONTRACT_EVENT,
+        r#"{"type":"impression","id":"b","ts":2,"user":"a-much-longer-user-id-0123456789","item":"x","ctx":{"device":"android","position":12,"price":9.99,"_p_true":0.05,"category":"news","hour":0}}"#,
+    ];
+    let imps: Vec<Impression<'_>> = events.iter().map(|e| impression(e)).collect();
+    for backend in [Backend::detect(), Backend::scalar()] {
+        let mut f = Featurizer::with_backend(&FeatureConfig::default(), backend).unwrap();
+        let mut out = Features::new();
+        for imp in &imps {
+            f.featurize(imp, &mut out);
+            f.featurize_scalar(imp, &mut out);
+        }
+        let n = counting::allocations(|| {
+            for _ in 0..100 {
+                for imp in &imps {
+                    f.featurize(imp, &mut out);
+                    f.featurize_scalar(imp, &mut out);
+                }
+            }
+        });
+        assert_eq!(n, 0, "{} allocated", backend.name());
+        assert!(!out.spilled());
+    }
+}
+
+// ---- SIMD == scalar --------------------------------------------------------------------
+
+fn arb_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-z0-9]{1,12}",
+        "\\PC{0,40}",
+        proptest::collection::vec(any::<u8>(), 0..100)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        "[a-zA-Z0-9]{90,100}",
+    ]
+}
+
+fn arb_number() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (-50i64..50).prop_map(|n| n as f64),
+        -1e3f64..1e3,
+        any::<f64>().prop_filter("finite", |x| x.is_finite()),
+    ]
+}
+
+fn arb_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "device", "country", "position", "hour", "category", "price", "age", "_p_true", "_x",
+            "user", "item",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_]{0,8}",
+    ]
+}
+
+fn arb_ctx() -> impl Strategy<Value = Vec<(String, Result<String, f64>)>> {
+    let value = prop_oneof![arb_string().prop_map(Ok), arb_number().prop_map(Err)];
+    proptest::collection::vec((arb_name(), value), 0..20)
+}
+
+fn arb_config() -> impl Strategy<Value = FeatureConfig> {
+    let transform = prop_oneof![
+        Just(NumericTransform::Raw),
+        Just(NumericTransform::Log1p),
+        Just(NumericTransform::Categorical),
+        Just(NumericTransform::Buckets(vec![-10.0, 0.0, 2.5, 100.0])),
+    ];
+    (1u8..=30, transform.clone(), transform).prop_map(|(bits, default, age)| {
+        let mut config = FeatureConfig {
+            bits,
+            numeric_default: default,
+            ..FeatureConfig::default()
+        };
+        config.numeric.insert("age".to_owned(), age);
+        config
+            .crosses
+            .push(["age".to_owned(), "country".to_owned()]);
+        config.crosses.push(["user".to_owned(), "item".to_owned()]);
+        config
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn featurize_matches_the_scalar_reference(
+        config in arb_config(),
+        user in arb_string(),
+        item in arb_string(),
+        ctx in arb_ctx(),
+    ) {
+        let mut f = featurizer(config);
+        let ctx: SmallVec<[(Cow<'_, str>, CtxValue<'_>); 12]> = ctx
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Ok(s) => CtxValue::Str(s.as_str().into()),
+                    Err(x) => CtxValue::Num(*x),
+                };
+                (Cow::Borrowed(k.as_str()), v)
+            })
+            .collect();
+        let imp = Impression { id: "i".into(), ts: 0, user: user.into(), item: item.into(), ctx };
+        let (mut fast, mut reference) = (Features::new(), Features::new());
+        f.featurize(&imp, &mut fast);
+        f.featurize_scalar(&imp, &mut reference);
+        let bits = |v: &Features| v.iter().map(|f| (f.index, f.value.to_bits())).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&fast), bits(&reference));
+        prop_assert!(fast.iter().all(|x| x.index <= f.mask() && x.value.is_finite()));
+    }
+
+    #[test]
+    fn batch_hash_matches_the_scalar_reference(
+        keys in proptest::collection::vec((any::<u32>(), proptest::collection::vec(any::<u8>(), 0..100)), 0..40),
+    ) {
+        let mut batch = KeyBatch::new();
+        for (seed, key) in &keys {
+            batch.push(*seed, key);
+        }
+        let (mut fast, mut reference) = (Vec::new(), Vec::new());
+        hash_batch(Backend::detect(), &batch, &mut fast);
+        hash_batch_scalar(&batch, &mut reference);
+        let direct: Vec<u32> = keys.iter().map(|(s, k)| hash_scalar(*s, k)).collect();
+        prop_assert_eq!(&fast, &reference);
+        prop_assert_eq!(&fast, &direct);
+    }
+
+    #[test]
+    fn cross_batch_matches_the_scalar_reference(
+        triples in proptest::collection::vec(any::<(u32, u32, u32)>(), 0..40),
+    ) {
+        let seeds: Vec<u32> = triples.iter().map(|t| t.0).collect();
+        let a: Vec<u32> = triples.iter().map(|t| t.1).collect();
+        let b: Vec<u32> = triples.iter().map(|t| t.2).collect();
+        let (mut fast, mut reference) = (Vec::new(), Vec::new());
+        cross_batch(Backend::detect(), &seeds, &a, &b, &mut fast);
+        cross_batch_scalar(&seeds, &a, &b, &mut reference);
+        prop_assert_eq!(fast, reference);
+    }
+}
