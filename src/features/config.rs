@@ -165,7 +165,7 @@ impl NumericTransform {
         }
         for (i, w) in bounds.windows(2).enumerate() {
             // Written so that NaN fails too (already reported above, but never "increasing").
-            if !(w[0] < w[1]) {
+            if w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less) {
                 problems.push(format!(
                     "{key}.buckets must be strictly increasing, got {} at [{i}] then {} at [{}]",
                     w[0],

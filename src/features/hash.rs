@@ -29,6 +29,7 @@
 //!   Value `1.0`.
 //! - **Index** = hash `& (2^bits − 1)`.
 
+#[cfg(target_arch = "x86_64")]
 use super::hash_simd;
 
 /// Seed domain of the top-level field names (`bias`, `user`, `item`).
@@ -152,18 +153,21 @@ impl Backend {
 
 /// Byte alignment and zero padding of each key in a [`KeyBatch`]: the SIMD path loads keys
 /// 16 bytes at a time and relies on the bytes after a key, up to the next multiple of 16,
-/// being zero.
+/// being zero. Every key, even an empty one, owns at least one such 16-byte chunk.
 pub const KEY_ALIGN: usize = 16;
 
 /// A batch of keys to hash, each with its own seed, stored in one reusable buffer.
 ///
 /// Each key starts at a multiple of [`KEY_ALIGN`] and is followed by zeros up to the next
-/// one. Clearing keeps the capacity, so a reused batch stops allocating once warm.
+/// one (a whole chunk of zeros for an empty key). Clearing keeps the capacity, so a reused
+/// batch stops allocating once warm.
 #[derive(Debug, Clone, Default)]
 pub struct KeyBatch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) offsets: Vec<usize>,
     pub(crate) lens: Vec<usize>,
+    /// `len as u32`, as the hash mixes it in.
+    pub(crate) lens32: Vec<u32>,
     pub(crate) seeds: Vec<u32>,
 }
 
@@ -178,6 +182,7 @@ impl KeyBatch {
         self.bytes.clear();
         self.offsets.clear();
         self.lens.clear();
+        self.lens32.clear();
         self.seeds.clear();
     }
 
@@ -192,13 +197,20 @@ impl KeyBatch {
     }
 
     /// Appends `key` with `seed`; returns its position in the batch.
+    #[inline]
     pub fn push(&mut self, seed: u32, key: &[u8]) -> usize {
         let offset = self.bytes.len();
-        self.bytes.extend_from_slice(key);
-        let padded = self.bytes.len().next_multiple_of(KEY_ALIGN);
-        self.bytes.resize(padded, 0);
+        if let Some(chunk) = small_chunk(key) {
+            // A fixed-size append: no memcpy/memset calls for the typical short key.
+            self.bytes.extend_from_slice(&chunk);
+        } else {
+            self.bytes.extend_from_slice(key);
+            let padded = self.bytes.len().next_multiple_of(KEY_ALIGN);
+            self.bytes.resize(padded, 0);
+        }
         self.offsets.push(offset);
         self.lens.push(key.len());
+        self.lens32.push(key.len() as u32);
         self.seeds.push(seed);
         self.seeds.len() - 1
     }
@@ -213,6 +225,45 @@ impl KeyBatch {
         let (&seed, &offset, &len) = (self.seeds.get(i)?, self.offsets.get(i)?, self.lens.get(i)?);
         Some((seed, self.bytes.get(offset..offset + len)?))
     }
+}
+
+/// A key of at most 16 bytes, zero padded to 16; `None` for longer keys. Reads the key with
+/// overlapping fixed-size loads instead of a variable-length copy.
+#[inline(always)]
+fn small_chunk(key: &[u8]) -> Option<[u8; KEY_ALIGN]> {
+    let len = key.len();
+    let word = |at: usize| -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(src) = key.get(at..at + 8) {
+            w.copy_from_slice(src);
+        }
+        u64::from_le_bytes(w)
+    };
+    let half = |at: usize| -> u64 {
+        let mut w = [0u8; 4];
+        if let Some(src) = key.get(at..at + 4) {
+            w.copy_from_slice(src);
+        }
+        u64::from(u32::from_le_bytes(w))
+    };
+    let (lo, hi) = match len {
+        0 => (0, 0),
+        1..=3 => {
+            let mut lo = 0u64;
+            for (i, &b) in key.iter().enumerate() {
+                lo |= u64::from(b) << (8 * i);
+            }
+            (lo, 0)
+        }
+        // Bytes [len-4, len) shifted so that the overlap with [0, 4) drops out.
+        4..=8 => (half(0) | (half(len - 4) << (8 * (len - 4))), 0),
+        9..=16 => (word(0), word(len - 8) >> (8 * (16 - len))),
+        _ => return None,
+    };
+    let mut chunk = [0u8; KEY_ALIGN];
+    chunk[..8].copy_from_slice(&lo.to_le_bytes());
+    chunk[8..].copy_from_slice(&hi.to_le_bytes());
+    Some(chunk)
 }
 
 /// Hashes every key of `batch` with the scalar reference: `out[i] = H(seed_i, key_i)`.
@@ -293,6 +344,17 @@ mod tests {
     }
 
     #[test]
+    fn small_chunk_is_the_zero_padded_key() {
+        let key: Vec<u8> = (1..=17).collect();
+        for len in 0..=16 {
+            let mut want = [0u8; KEY_ALIGN];
+            want[..len].copy_from_slice(&key[..len]);
+            assert_eq!(small_chunk(&key[..len]), Some(want), "len {len}");
+        }
+        assert_eq!(small_chunk(&key), None);
+    }
+
+    #[test]
     fn key_batch_pads_and_reads_back() {
         let mut batch = KeyBatch::new();
         assert_eq!(batch.push(7, b"abc"), 0);
@@ -301,7 +363,11 @@ mod tests {
         assert_eq!(batch.get(1), Some((8, &b"-42"[..])));
         assert_eq!(batch.get(2), Some((9, &b""[..])));
         assert_eq!(batch.get(3), None);
-        assert_eq!(batch.bytes.len() % KEY_ALIGN, 0);
+        assert_eq!(
+            batch.bytes.len(),
+            3 * KEY_ALIGN,
+            "even an empty key owns a chunk"
+        );
         assert!(batch.bytes[3..16].iter().all(|&b| b == 0));
         let mut out = Vec::new();
         hash_batch_scalar(&batch, &mut out);
