@@ -7,3 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod event;
+pub mod model;
+pub mod progressive;

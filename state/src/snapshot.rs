@@ -321,7 +321,10 @@ mod tests {
         let path = write_sample(dir.path());
         let (version, payload) = read_snapshot(&path, *b"FTRL").unwrap();
         assert_eq!(version, 7);
-        assert_eq!(payload, (0..1000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        assert_eq!(
+            payload,
+            (0..1000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()
+        );
         let any = read_snapshot_any(&path).unwrap();
         assert_eq!(any.kind, *b"FTRL");
         // Only the snapshot itself is left in the directory: the temp file was renamed.
@@ -344,7 +347,10 @@ mod tests {
         bytes[HEADER_LEN + 500] ^= 0x10;
         std::fs::write(&path, &bytes).unwrap();
         let err = read_snapshot(&path, *b"FTRL").unwrap_err();
-        assert!(matches!(err, SnapshotError::ChecksumMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, SnapshotError::ChecksumMismatch { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("corrupt"));
     }
 
@@ -380,7 +386,11 @@ mod tests {
     fn foreign_file_is_bad_magic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("foreign.json");
-        for content in [&b"{\"not\": \"a snapshot\", \"padding\": 123456789}"[..], b"{}", b""] {
+        for content in [
+            &b"{\"not\": \"a snapshot\", \"padding\": 123456789}"[..],
+            b"{}",
+            b"",
+        ] {
             std::fs::write(&path, content).unwrap();
             let err = read_snapshot(&path, *b"FTRL").unwrap_err();
             // An empty file has no wrong magic, it is just short.
@@ -407,7 +417,11 @@ mod tests {
             }
             other => panic!("{other}"),
         }
-        assert!(err.to_string().contains(r#"holds a "FTRL" snapshot, expected "SGD\x00""#), "{err}");
+        assert!(
+            err.to_string()
+                .contains(r#"holds a "FTRL" snapshot, expected "SGD\x00""#),
+            "{err}"
+        );
     }
 
     #[test]
