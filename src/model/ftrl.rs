@@ -1,0 +1,818 @@
+//! FTRL-Proximal logistic regression, shared lock-free by all workers of a process.
+//!
+//! # The algorithm
+//!
+//! Per-coordinate FTRL-Proximal, Algorithm 1 of McMahan et al., *Ad Click Prediction: a View
+//! from the Trenches* (KDD 2013). Each coordinate `i` keeps two numbers, `z_i` and `n_i`; its
+//! weight is computed lazily when needed:
+//!
+//! ```text
+//! w_i = 0                                               if |z_i| <= λ1
+//! w_i = -(z_i - sgn(z_i) λ1) / ((β + √n_i) / α + λ2)    otherwise
+//! ```
+//!
+//! For an example `x` with label `y ∈ {0, 1}`: `p = σ(Σ w_i x_i)`, and for every `i` with
+//! `x_i ≠ 0`: `g_i = (p - y) x_i`, `σ_i = (√(n_i + g_i²) - √n_i) / α`,
+//! `z_i += g_i - σ_i w_i`, `n_i += g_i²`. Feature values are real (not only 1.0), so the
+//! gradient carries `x_i`. The model adds its own bias coordinate (value 1.0, at index
+//! `2^bits`, outside the hashed range so it never collides with a feature); a featurizer that
+//! also emits a bias feature is harmless.
+//!
+//! `update` computes `p` with the current weights, as the algorithm requires; the weights
+//! used in `z_i`'s update are the ones that produced `p`. [`FtrlHandle::predict_and_update`]
+//! does both in two passes over the features and returns the pre-update score; no
+//! allocation, one division per non-zero weight, two square roots per updated coordinate.
+//!
+//! # Sharing across workers
+//!
+//! timely runs N worker threads in one process. Rather than N models (each learning from
+//! 1/N of the data, and needing a merge) or a lock (serializing the hot path), all workers
+//! share one table of coordinates and update it Hogwild-style (Niu et al., *HOGWILD!*, NIPS
+//! 2011):
+//!
+//! - Each coordinate is one `AtomicU64` packing `(z: f32, n: f32)`. A read is one relaxed
+//!   load and a write one relaxed store, so a coordinate is never torn: `z` and `n` always
+//!   belong together.
+//! - An update is load, compute, store — not a compare-and-swap loop. When two workers update
+//!   the same coordinate at the same instant, one of the two updates is lost. With sparse
+//!   hashed features two workers rarely touch the same coordinate at once, and losing an
+//!   occasional step of an online gradient method only adds a little noise; Niu et al. show
+//!   convergence is kept when collisions are sparse. The frequent coordinates (the bias, a
+//!   popular country) are the ones that may lose steps, and they are the ones with the most
+//!   steps to spare.
+//! - What it costs: with more than one worker, training is not bit-for-bit reproducible (it
+//!   depends on thread interleaving), and a prediction may mix coordinates from just before
+//!   and just after another worker's update. Relaxed atomics compile to plain loads and
+//!   stores on x86-64 and AArch64, so the single-worker path pays nothing for the sharing.
+//! - With one worker it is exactly sequential FTRL, deterministic for a given input order.
+//!
+//! `f32` halves the memory of `f64` state (8 bytes per coordinate: 32 MiB at the default
+//! `bits = 22`) and keeps both halves in one atomic word. Its 24-bit mantissa means `n_i` of a
+//! coordinate seen tens of millions of times stops growing by tiny `g²`; its learning rate is
+//! then already ~α/√n, so the effect is negligible.
+//!
+//! # Version
+//!
+//! The model version is the number of updates applied, over all handles. A shared counter
+//! bumped on every update would be a contended cache line written by every worker on every
+//! example, so each handle counts locally and adds its count to the shared counter every
+//! 1024 updates, on [`FtrlHandle::flush`], and when dropped. A handle's
+//! [`version`](Learner::version) is the shared count plus its own unpublished updates: exact
+//! with one worker, and with N workers behind by at most the other workers' unpublished
+//! updates (< 1024 each). Flush every handle before saving a checkpoint.
+//!
+//! # Robustness
+//!
+//! Non-finite feature values count as 0 and finite ones are clamped to ±1e6
+//! ([`MAX_FEATURE_VALUE`](super::MAX_FEATURE_VALUE)); the logit is clamped before the sigmoid,
+//! so a prediction is always finite and inside `(0, 1)`; an update whose result would not be
+//! finite is dropped, so no NaN or infinity ever enters `z` or `n`. Feature indices are masked
+//! into `0..2^bits`, so no input can index out of bounds.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use ctrflow_dataflows::Learner;
+use ctrflow_dataflows::record::Feature;
+use ctrflow_state::snapshot::{self, Kind};
+
+use super::codec::{Reader, corrupt};
+use super::logistic::sigmoid;
+use super::{ModelConfig, ModelError, Optimizer, PUBLISH_EVERY, PaddedCounter, sanitize};
+
+/// Snapshot kind tag of an FTRL model.
+pub const SNAPSHOT_KIND: Kind = *b"FTRL";
+
+/// Payload version written by this build.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Bytes per saved coordinate: index `u32`, `z` `f32`, `n` `f32`.
+const ENTRY_LEN: usize = 12;
+
+/// How many features' weights `predict_and_update` remembers between its two passes; longer
+/// examples recompute the rest (a typical event has about 15 features).
+const REMEMBERED: usize = 32;
+
+/// Hyper-parameters in the form the hot path uses.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    bits: u8,
+    mask: u32,
+    bias: usize,
+    alpha: f64,
+    beta: f64,
+    l1: f64,
+    l2: f64,
+    l1_f: f32,
+    l2_f: f32,
+    inv_alpha: f32,
+    beta_over_alpha: f32,
+}
+
+impl Params {
+    fn new(bits: u8, alpha: f64, beta: f64, l1: f64, l2: f64) -> Self {
+        Self {
+            bits,
+            mask: (1u32 << bits) - 1,
+            bias: 1usize << bits,
+            alpha,
+            beta,
+            l1,
+            l2,
+            l1_f: l1 as f32,
+            l2_f: l2 as f32,
+            inv_alpha: (1.0 / alpha) as f32,
+            beta_over_alpha: (beta / alpha) as f32,
+        }
+    }
+
+    /// The lazy FTRL weight of a coordinate holding `(z, n)`.
+    #[inline(always)]
+    fn weight(&self, z: f32, n: f32) -> f32 {
+        if z.abs() <= self.l1_f {
+            0.0
+        } else {
+            (self.l1_f.copysign(z) - z)
+                / (self.beta_over_alpha + n.sqrt() * self.inv_alpha + self.l2_f)
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> (f32, f32) {
+    (f32::from_bits(v as u32), f32::from_bits((v >> 32) as u32))
+}
+
+#[inline(always)]
+fn pack(z: f32, n: f32) -> u64 {
+    u64::from(z.to_bits()) | (u64::from(n.to_bits()) << 32)
+}
+
+#[derive(Debug)]
+struct Shared {
+    params: Params,
+    /// `2^bits` hashed coordinates, then the bias.
+    coords: Box<[AtomicU64]>,
+    version: PaddedCounter,
+}
+
+/// An FTRL-Proximal model: the shared weight table. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct FtrlModel {
+    shared: Arc<Shared>,
+}
+
+impl FtrlModel {
+    /// A fresh, all-zero model with `config`'s `bits`, `alpha`, `beta`, `l1` and `l2` (the
+    /// `optimizer` field is not looked at).
+    pub fn new(config: &ModelConfig) -> Result<Self, ModelError> {
+        config.check()?;
+        Ok(Self::from_params(
+            Params::new(config.bits, config.alpha, config.beta, config.l1, config.l2),
+            0,
+        ))
+    }
+
+    fn from_params(params: Params, version: u64) -> Self {
+        let coords = (0..=params.bias).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            shared: Arc::new(Shared {
+                params,
+                coords,
+                version: PaddedCounter(AtomicU64::new(version)),
+            }),
+        }
+    }
+
+    /// A new handle for one worker. All handles share this model's weights.
+    pub fn handle(&self) -> FtrlHandle {
+        FtrlHandle {
+            shared: Arc::clone(&self.shared),
+            p: self.shared.params,
+            unpublished: 0,
+        }
+    }
+
+    /// The hyper-parameters as a config (optimizer `ftrl`, SGD keys at their defaults).
+    pub fn config(&self) -> ModelConfig {
+        let p = &self.shared.params;
+        ModelConfig {
+            optimizer: Optimizer::Ftrl,
+            bits: p.bits,
+            alpha: p.alpha,
+            beta: p.beta,
+            l1: p.l1,
+            l2: p.l2,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// Updates published by all handles (see the module doc on versions).
+    pub fn version(&self) -> u64 {
+        self.shared.version.0.load(Relaxed)
+    }
+
+    /// Number of coordinates, including the bias: `2^bits + 1`.
+    pub fn coordinates(&self) -> usize {
+        self.shared.coords.len()
+    }
+
+    fn weights(&self) -> impl Iterator<Item = f32> + '_ {
+        let p = self.shared.params;
+        self.shared.coords.iter().map(move |c| {
+            let (z, n) = unpack(c.load(Relaxed));
+            p.weight(z, n)
+        })
+    }
+
+    /// Number of non-zero weights (coordinates whose |z| exceeds λ1), bias included.
+    pub fn nonzero_weights(&self) -> usize {
+        self.weights().filter(|w| *w != 0.0).count()
+    }
+
+    /// Euclidean norm of the weight vector, bias included.
+    pub fn weight_norm(&self) -> f64 {
+        self.weights()
+            .map(|w| f64::from(w) * f64::from(w))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Saves the model to `path` atomically, as a snapshot of kind `FTRL`: a header (bits,
+    /// α, β, λ1, λ2, version, number of coordinates, number of entries), then one
+    /// `(index: u32, z: f32, n: f32)` entry per coordinate that is not all-zero.
+    ///
+    /// The version saved is the published one: flush the handles first. Handles may keep
+    /// updating while this runs; the file then holds each coordinate as it was when read.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
+        let p = &self.shared.params;
+        let mut payload = Vec::with_capacity(64);
+        payload.extend_from_slice(&u32::from(p.bits).to_le_bytes());
+        for v in [p.alpha, p.beta, p.l1, p.l2] {
+            payload.extend_from_slice(&v.to_le_bytes());
+        }
+        payload.extend_from_slice(&self.version().to_le_bytes());
+        payload.extend_from_slice(&(self.coordinates() as u64).to_le_bytes());
+        let count_at = payload.len();
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        let mut count = 0u64;
+        for (i, c) in self.shared.coords.iter().enumerate() {
+            let v = c.load(Relaxed);
+            if v != 0 {
+                let (z, n) = unpack(v);
+                payload.extend_from_slice(&(i as u32).to_le_bytes());
+                payload.extend_from_slice(&z.to_le_bytes());
+                payload.extend_from_slice(&n.to_le_bytes());
+                count += 1;
+            }
+        }
+        payload[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+        snapshot::write_snapshot(path, SNAPSHOT_KIND, SNAPSHOT_VERSION, &payload)?;
+        Ok(())
+    }
+
+    /// Loads a model saved by [`save`](Self::save). A missing, foreign, truncated, corrupt or
+    /// non-FTRL file is an error, never a panic.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let (version, payload) = snapshot::read_snapshot(path, SNAPSHOT_KIND)?;
+        Self::from_snapshot(path, version, &payload)
+    }
+
+    pub(crate) fn from_snapshot(
+        path: &Path,
+        version: u32,
+        payload: &[u8],
+    ) -> Result<Self, ModelError> {
+        if version != SNAPSHOT_VERSION {
+            return Err(ModelError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        let mut r = Reader::new(path, payload);
+        let bits = r.u32("bits")?;
+        let (alpha, beta, l1, l2) = (r.f64("alpha")?, r.f64("beta")?, r.f64("l1")?, r.f64("l2")?);
+        let model_version = r.u64("version")?;
+        let coordinates = r.u64("coordinates")?;
+        let count = r.u64("entry count")?;
+        let config = ModelConfig {
+            bits: u8::try_from(bits).unwrap_or(u8::MAX),
+            alpha,
+            beta,
+            l1,
+            l2,
+            ..ModelConfig::default()
+        };
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(corrupt(path, problems.join("; ")));
+        }
+        let model = Self::from_params(Params::new(config.bits, alpha, beta, l1, l2), model_version);
+        if coordinates != model.coordinates() as u64 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{coordinates} coordinates for bits = {bits}, expected {}",
+                    model.coordinates()
+                ),
+            ));
+        }
+        if Some(r.remaining() as u64) != count.checked_mul(ENTRY_LEN as u64) {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{count} entries announced, {} bytes of entries present",
+                    r.remaining()
+                ),
+            ));
+        }
+        for _ in 0..count {
+            let index = r.u32("entry index")?;
+            let (z, n) = (r.f32("entry z")?, r.f32("entry n")?);
+            let Some(slot) = model.shared.coords.get(index as usize) else {
+                return Err(corrupt(path, format!("entry index {index} out of range")));
+            };
+            if !z.is_finite() || !n.is_finite() || n < 0.0 {
+                return Err(corrupt(path, format!("entry {index} has z = {z}, n = {n}")));
+            }
+            slot.store(pack(z, n), Relaxed);
+        }
+        Ok(model)
+    }
+}
+
+/// One worker's handle on an [`FtrlModel`]: scores and learns through the shared weights.
+///
+/// `Send`, so it can move into a timely worker; clones share the weights and start with no
+/// unpublished updates.
+#[derive(Debug)]
+pub struct FtrlHandle {
+    shared: Arc<Shared>,
+    /// A copy of the parameters, so the hot path reads them from the handle, not through
+    /// the `Arc`.
+    p: Params,
+    unpublished: u64,
+}
+
+impl Clone for FtrlHandle {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            p: self.p,
+            unpublished: 0,
+        }
+    }
+}
+
+impl Drop for FtrlHandle {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl FtrlHandle {
+    #[inline(always)]
+    fn slot(&self, index: u32) -> &AtomicU64 {
+        &self.shared.coords[(index & self.p.mask) as usize]
+    }
+
+    /// Applies gradient `g` to the coordinate in `slot`, whose weight was `w` when the
+    /// prediction was made.
+    #[inline(always)]
+    fn step(&self, slot: &AtomicU64, w: f32, g: f32) {
+        let (z, n) = unpack(slot.load(Relaxed));
+        let n_new = n + g * g;
+        let sigma = (n_new.sqrt() - n.sqrt()) * self.p.inv_alpha;
+        let z_new = z + g - sigma * w;
+        if z_new.is_finite() && n_new.is_finite() {
+            slot.store(pack(z_new, n_new), Relaxed);
+        }
+    }
+
+    /// Scores `x`, then learns from it with label `positive`; returns the score from
+    /// before the update. One pass to predict, one to update, no allocation.
+    #[inline]
+    pub fn predict_and_update(&mut self, x: &[Feature], positive: bool) -> f32 {
+        let p = &self.p;
+        let coords = &self.shared.coords;
+        let bias = &coords[p.bias];
+        let (bz, bn) = unpack(bias.load(Relaxed));
+        let bias_w = p.weight(bz, bn);
+        let mut logit = bias_w;
+        let mut remembered = [0f32; REMEMBERED];
+        for (i, f) in x.iter().enumerate() {
+            let (z, n) = unpack(self.slot(f.index).load(Relaxed));
+            let w = p.weight(z, n);
+            if let Some(r) = remembered.get_mut(i) {
+                *r = w;
+            }
+            logit += w * sanitize(f.value);
+        }
+        let prediction = sigmoid(logit);
+
+        let residual = prediction - if positive { 1.0 } else { 0.0 };
+        self.step(bias, bias_w, residual);
+        for (i, f) in x.iter().enumerate() {
+            let v = sanitize(f.value);
+            if v == 0.0 {
+                // Zero gradient: z and n would not change.
+                continue;
+            }
+            let slot = self.slot(f.index);
+            let w = match remembered.get(i) {
+                Some(w) => *w,
+                // Past the remembered weights, re-read the coordinate. It differs from the
+                // prediction's only if another worker or a duplicate index earlier in this
+                // example updated it in between: a slightly fresher weight, harmless.
+                None => {
+                    let (z, n) = unpack(slot.load(Relaxed));
+                    self.p.weight(z, n)
+                }
+            };
+            self.step(slot, w, residual * v);
+        }
+
+        self.unpublished += 1;
+        if self.unpublished >= PUBLISH_EVERY {
+            self.flush();
+        }
+        prediction
+    }
+
+    /// Adds this handle's unpublished update count to the shared model version.
+    pub fn flush(&mut self) {
+        if self.unpublished > 0 {
+            self.shared.version.0.fetch_add(self.unpublished, Relaxed);
+            self.unpublished = 0;
+        }
+    }
+
+    /// The model this handle updates.
+    pub fn model(&self) -> FtrlModel {
+        FtrlModel {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Learner for FtrlHandle {
+    #[inline]
+    fn predict(&self, x: &[Feature]) -> f32 {
+        let p = &self.p;
+        let (bz, bn) = unpack(self.shared.coords[p.bias].load(Relaxed));
+        let mut logit = p.weight(bz, bn);
+        for f in x {
+            let (z, n) = unpack(self.slot(f.index).load(Relaxed));
+            logit += p.weight(z, n) * sanitize(f.value);
+        }
+        sigmoid(logit)
+    }
+
+    #[inline]
+    fn update(&mut self, x: &[Feature], positive: bool) {
+        self.predict_and_update(x, positive);
+    }
+
+    #[inline]
+    fn version(&self) -> u64 {
+        self.shared.version.0.load(Relaxed) + self.unpublished
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::logistic::{entropy, logloss};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn config(bits: u8) -> ModelConfig {
+        ModelConfig {
+            bits,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// A synthetic CTR-like stream: 15 active features per example out of a vocabulary,
+    /// a hidden sparse logistic model with a ~5% base rate. Returns (features, label).
+    pub(crate) fn synthetic(seed: u64, examples: usize) -> Vec<(Vec<Feature>, bool)> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let vocab = 30_000u32;
+        let truth: Vec<f32> = (0..vocab)
+            .map(|_| {
+                if rng.random_bool(0.3) {
+                    rng.random_range(-2.5..2.5)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (0..examples)
+            .map(|_| {
+                let x: Vec<Feature> = (0..15)
+                    .map(|slot| {
+                        // 15 fields of vocab/15 values each, skewed towards low values.
+                        let per = vocab / 15;
+                        let v = (rng.random::<f32>().powi(3) * per as f32) as u32;
+                        Feature {
+                            index: (slot * per + v).wrapping_mul(2_654_435_761) >> 12,
+                            value: if slot == 14 {
+                                rng.random_range(0.0..2.0)
+                            } else {
+                                1.0
+                            },
+                        }
+                    })
+                    .collect();
+                let logit: f32 = -4.0
+                    + x.iter()
+                        .map(|f| truth[((f.index as usize) * 7) % vocab as usize] * f.value)
+                        .sum::<f32>();
+                let y = rng.random::<f32>() < 1.0 / (1.0 + (-logit).exp());
+                (x, y)
+            })
+            .collect()
+    }
+
+    fn progressive_logloss(h: &mut FtrlHandle, data: &[(Vec<Feature>, bool)]) -> (f64, f64) {
+        let mut loss = 0.0;
+        let mut positives = 0usize;
+        for (x, y) in data {
+            loss += logloss(f64::from(h.predict_and_update(x, *y)), *y);
+            positives += usize::from(*y);
+        }
+        let n = data.len() as f64;
+        (loss / n, entropy(positives as f64 / n))
+    }
+
+    #[test]
+    fn learns_synthetic_problem() {
+        let data = synthetic(1, 200_000);
+        let model = FtrlModel::new(&config(20)).unwrap();
+        let mut h = model.handle();
+        let (_, base) = progressive_logloss(&mut h, &data[..100_000]);
+        let (late, _) = progressive_logloss(&mut h, &data[100_000..]);
+        assert!(
+            late < 0.85 * base,
+            "logloss {late} vs base-rate entropy {base}"
+        );
+        assert!(model.nonzero_weights() > 10);
+        assert!(model.weight_norm().is_finite() && model.weight_norm() > 0.0);
+    }
+
+    #[test]
+    fn predictions_finite_for_extreme_inputs() {
+        let model = FtrlModel::new(&config(8)).unwrap();
+        let mut h = model.handle();
+        let values = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+            1.0,
+        ];
+        for round in 0..200 {
+            for (k, &value) in values.iter().enumerate() {
+                let x = [
+                    Feature {
+                        index: k as u32,
+                        value,
+                    },
+                    Feature {
+                        index: u32::MAX - k as u32,
+                        value,
+                    },
+                    Feature {
+                        index: 3,
+                        value: 1.0,
+                    },
+                ];
+                let p = h.predict(&x);
+                assert!(p > 0.0 && p < 1.0, "{value}: {p}");
+                let p = h.predict_and_update(&x, (round + k) % 2 == 0);
+                assert!(p > 0.0 && p < 1.0, "{value}: {p}");
+            }
+        }
+        for c in model.shared.coords.iter() {
+            let (z, n) = unpack(c.load(Relaxed));
+            assert!(z.is_finite() && n.is_finite() && n >= 0.0);
+        }
+        assert!(model.weight_norm().is_finite());
+        let empty: [Feature; 0] = [];
+        let p = h.predict(&empty);
+        assert!(p > 0.0 && p < 1.0);
+    }
+
+    /// Straightforward sequential FTRL over a plain vector, in the same float operation
+    /// order as the handle: the reference the lock-free two-pass version must match.
+    fn reference_update(state: &mut [(f32, f32)], p: &Params, x: &[Feature], y: bool) -> f32 {
+        let mut logit = p.weight(state[p.bias].0, state[p.bias].1);
+        let mut ws = vec![logit];
+        for f in x {
+            let (z, n) = state[(f.index & p.mask) as usize];
+            let w = p.weight(z, n);
+            ws.push(w);
+            logit += w * sanitize(f.value);
+        }
+        let prediction = sigmoid(logit);
+        let r = prediction - if y { 1.0 } else { 0.0 };
+        let ix = std::iter::once((p.bias, 1.0)).chain(
+            x.iter()
+                .map(|f| ((f.index & p.mask) as usize, sanitize(f.value))),
+        );
+        for ((i, v), w) in ix.zip(ws) {
+            if v == 0.0 {
+                continue;
+            }
+            let g = r * v;
+            let (z, n) = state[i];
+            let n_new = n + g * g;
+            let sigma = (n_new.sqrt() - n.sqrt()) * p.inv_alpha;
+            state[i] = (z + g - sigma * w, n_new);
+        }
+        prediction
+    }
+
+    #[test]
+    fn matches_reference_including_long_examples_and_duplicates() {
+        let model = FtrlModel::new(&config(10)).unwrap();
+        let p = model.shared.params;
+        let mut h = model.handle();
+        let mut state = vec![(0f32, 0f32); model.coordinates()];
+        let mut rng = StdRng::seed_from_u64(9);
+        for i in 0..3000 {
+            // Short examples with colliding indices; long ones (beyond the 32 remembered
+            // weights) with distinct indices, see `predict_and_update`.
+            let x: Vec<Feature> = if i % 2 == 0 {
+                (0..rng.random_range(0..=REMEMBERED))
+                    .map(|_| Feature {
+                        index: rng.random_range(0..300) * 3_000_017,
+                        value: rng.random_range(-1.0..3.0),
+                    })
+                    .collect()
+            } else {
+                let start = rng.random_range(0..1000);
+                (0..rng.random_range(0..100))
+                    .map(|k| Feature {
+                        index: start + k,
+                        value: rng.random_range(-1.0..3.0),
+                    })
+                    .collect()
+            };
+            let y = i % 7 == 0;
+            let got = h.predict_and_update(&x, y);
+            let want = reference_update(&mut state, &p, &x, y);
+            assert_eq!(got.to_bits(), want.to_bits(), "example {i}");
+        }
+        for (c, (z, n)) in model.shared.coords.iter().zip(state) {
+            assert_eq!(unpack(c.load(Relaxed)), (z, n));
+        }
+    }
+
+    #[test]
+    fn save_load_identical_predictions() {
+        let data = synthetic(2, 20_000);
+        let model = FtrlModel::new(&config(16)).unwrap();
+        let mut h = model.handle();
+        for (x, y) in &data {
+            h.update(x, *y);
+        }
+        h.flush();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ftrl.snap");
+        model.save(&path).unwrap();
+        let loaded = FtrlModel::load(&path).unwrap();
+        assert_eq!(loaded.version(), 20_000);
+        assert_eq!(loaded.config(), model.config());
+        assert_eq!(loaded.nonzero_weights(), model.nonzero_weights());
+        let lh = loaded.handle();
+        for (x, _) in data.iter().take(2000) {
+            assert_eq!(lh.predict(x).to_bits(), h.predict(x).to_bits());
+        }
+        // The file is sparse: far smaller than 2^16 coordinates × 12 bytes.
+        assert!(std::fs::metadata(&path).unwrap().len() < 12 << 16);
+    }
+
+    #[test]
+    fn corrupt_or_foreign_file_is_an_error() {
+        let model = FtrlModel::new(&config(8)).unwrap();
+        let mut h = model.handle();
+        for i in 0..100u32 {
+            h.update(
+                &[Feature {
+                    index: i,
+                    value: 1.0,
+                }],
+                i % 4 == 0,
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ftrl.snap");
+        model.save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        let mut bad = good.clone();
+        bad[40] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+
+        std::fs::write(&path, b"bits = 22\n").unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(err.to_string().contains("not a ctrflow snapshot"), "{err}");
+
+        // Intact framing, nonsense payload.
+        snapshot::write_snapshot(&path, SNAPSHOT_KIND, SNAPSHOT_VERSION, &[1, 2, 3]).unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+        let mut payload = good[28..good.len() - 4].to_vec();
+        payload[0] = 77; // bits
+        snapshot::write_snapshot(&path, SNAPSHOT_KIND, SNAPSHOT_VERSION, &payload).unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(err.to_string().contains("model.bits"), "{err}");
+        snapshot::write_snapshot(&path, SNAPSHOT_KIND, 9, &payload).unwrap();
+        let err = FtrlModel::load(&path).unwrap_err();
+        assert!(
+            matches!(err, ModelError::UnsupportedVersion { found: 9, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_threads_share_and_learn() {
+        let data = synthetic(3, 200_000);
+        let model = FtrlModel::new(&config(20)).unwrap();
+        let (first, second) = data.split_at(data.len() / 2);
+        std::thread::scope(|s| {
+            for part in [first, second] {
+                let mut h = model.handle();
+                s.spawn(move || {
+                    for (x, y) in part {
+                        let p = h.predict_and_update(x, *y);
+                        assert!(p > 0.0 && p < 1.0);
+                    }
+                });
+            }
+        });
+        // Both handles were dropped, so both flushed.
+        assert_eq!(model.version(), 200_000);
+        let holdout = synthetic(3, 220_000).split_off(200_000);
+        let h = model.handle();
+        let mut loss = 0.0;
+        let mut positives = 0usize;
+        for (x, y) in &holdout {
+            loss += logloss(f64::from(h.predict(x)), *y);
+            positives += usize::from(*y);
+        }
+        let loss = loss / holdout.len() as f64;
+        let base = entropy(positives as f64 / holdout.len() as f64);
+        assert!(loss < 0.85 * base, "logloss {loss} vs base {base}");
+    }
+
+    #[test]
+    fn version_exact_with_one_handle() {
+        let model = FtrlModel::new(&config(8)).unwrap();
+        let mut h = model.handle();
+        let x = [Feature {
+            index: 1,
+            value: 1.0,
+        }];
+        for i in 1..=3000u64 {
+            h.update(&x, false);
+            assert_eq!(h.version(), i);
+        }
+        assert_eq!(model.version(), 2048); // published in blocks of 1024
+        h.flush();
+        assert_eq!(model.version(), 3000);
+        let mut h2 = h.clone();
+        h2.update(&x, true);
+        assert_eq!(h2.version(), 3001);
+        drop(h2);
+        assert_eq!(model.version(), 3001);
+    }
+
+    #[test]
+    fn single_worker_is_deterministic() {
+        let data = synthetic(4, 5000);
+        let run = || {
+            let model = FtrlModel::new(&config(12)).unwrap();
+            let mut h = model.handle();
+            data.iter()
+                .map(|(x, y)| h.predict_and_update(x, *y).to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}
