@@ -11,7 +11,7 @@
 pub mod config;
 pub mod event;
 pub mod features;
-pub mod gen;
+pub mod generator;
 pub mod model;
 pub mod progressive;
 pub mod replay;

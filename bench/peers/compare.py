@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Side-by-side: Vowpal Wabbit (FTRL-Proximal) vs `ctrflow replay` on one events file.
+
+Converts the events to VW text format (not timed, see to_vw.py), runs VW's own C++ driver
+over the whole file in one call, runs `ctrflow replay --input FILE --json`, and prints one
+table. Both processes are measured the same way: wall time around the child process, peak
+RSS from GNU time (`/usr/bin/time -f %M`), or os.wait4's rusage without it.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import to_vw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CROSSES = ["uc", "id", "pd"]
+
+
+TIME = "/usr/bin/time"
+
+
+def run_measured(cmd, stdout_path, stderr_path):
+    """Runs cmd; returns (exit code, wall seconds, peak RSS in MiB).
+
+    Peak RSS comes from GNU time when present: the rusage of a child forked straight from
+    this (large) Python process can report the parent's RSS at fork time instead of the
+    child's own. Otherwise, from os.wait4's rusage of the child.
+    """
+    rss_file = stdout_path + ".maxrss"
+    wrapped = [TIME, "-f", "%M", "-o", rss_file] + cmd if os.access(TIME, os.X_OK) else cmd
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_kib = usage.ru_maxrss
+    if wrapped is not cmd:
+        with open(rss_file) as f:
+            # GNU time writes "Command exited with non-zero status N" first on failure.
+            rss_kib = int(f.read().split()[-1])
+        os.remove(rss_file)
+    return proc.returncode, wall, rss_kib / 1024.0
+
+
+def auc(scores, positive):
+    """Exact ROC AUC (Mann-Whitney with average ranks for ties)."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    rank_sum = avg_rank[inverse][positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def logloss(p, y):
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
+def metrics(p, y):
+    base = float(y.mean())
+    entropy = -(base * math.log(base) + (1 - base) * math.log(1 - base))
+    ll = logloss(p, y)
+    return {
+        "logloss": ll,
+        "normalized_entropy": ll / entropy,
+        "auc": auc(p, y),
+        "calibration": float(p.mean() / base),
+    }
+
+
+def convert(events, out_dir):
+    paths = {k: os.path.join(out_dir, f) for k, f in
+             [("vw", "events.vw"), ("labels", "labels.npy"), ("p_true", "p_true.npy")]}
+    fresh = all(os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(events)
+                for p in paths.values())
+    if fresh:
+        print(f"reusing {paths['vw']} (newer than {events})", file=sys.stderr)
+        return paths, None
+    print(f"converting {events} -> {paths['vw']} (not timed) ...", file=sys.stderr)
+    t = time.perf_counter()
+    counts = to_vw.convert(events, paths["vw"], paths["labels"], paths["p_true"])
+    print(f"  {dict(counts)} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return paths, counts
+
+
+def vw_command(a, vw_file, preds=None):
+    cmd = [sys.executable, "-m", "vowpalwabbit", "--data", vw_file,
+           "--ftrl", "--ftrl_alpha", str(a.alpha), "--ftrl_beta", str(a.beta),
+           "--l1", str(a.l1), "--l2", str(a.l2), "-b", str(a.bits),
+           "--loss_function", "logistic", "--link", "logistic"]
+    for q in CROSSES:
+        cmd += ["-q", q]
+    if preds:
+        cmd += ["-p", preds]
+    return cmd
+
+
+def run_vw(a, paths, out_dir):
+    # Interpreter start + pylibvw import + an empty workspace: the Python-wrapper overhead
+    # that the `vw` binary would not have. Reported, not subtracted.
+    _, startup, _ = run_measured(
+        [sys.executable, "-c", "import vowpalwabbit; vowpalwabbit.Workspace('--quiet').finish()"],
+        os.path.join(out_dir, "startup.out"), os.devnull)
+    # VW's driver writes each prediction with its own write(2) call, which costs more than
+    # the learning itself here; so the timed run has no -p, and an otherwise identical run
+    # (single pass, deterministic: same predictions) writes them for AUC and logloss.
+    cmd = vw_command(a, paths["vw"])
+    print("running VW:", " ".join(cmd[1:]), file=sys.stderr)
+    log = os.path.join(out_dir, "vw.log")
+    code, wall, rss = run_measured(cmd, os.path.join(out_dir, "vw.out"), log)
+    if code != 0:
+        sys.exit(f"VW failed with exit code {code}; see {log}")
+    with open(log) as f:
+        m = re.search(r"average loss = ([0-9.eE+-]+)", f.read())
+    vw_avg_loss = float(m.group(1)) if m else float("nan")
+
+    preds = os.path.join(out_dir, "vw_preds.txt")
+    print("running VW again with -p", preds, file=sys.stderr)
+    log_p = os.path.join(out_dir, "vw_p.log")
+    code, wall_p, _ = run_measured(vw_command(a, paths["vw"], preds),
+                                   os.path.join(out_dir, "vw_p.out"), log_p)
+    if code != 0:
+        sys.exit(f"VW failed with exit code {code}; see {log_p}")
+    p = np.fromfile(preds, sep=" ")
+    y = np.load(paths["labels"]) == 1
+    if len(p) != len(y):
+        sys.exit(f"VW wrote {len(p)} predictions for {len(y)} examples")
+    row = {"examples": len(y), "wall_secs": wall, "examples_per_sec": len(y) / wall,
+           "peak_rss_mib": rss, "startup_secs": startup, "wall_secs_with_p": wall_p,
+           "vw_average_loss": vw_avg_loss, **metrics(p, y)}
+    pt = np.load(paths["p_true"])
+    if not np.isnan(pt).any():
+        row["reference_logloss"] = logloss(pt, y)
+        row["reference_auc"] = auc(pt, y)
+    row["positives"] = int(y.sum())
+    return row
+
+
+def run_ctrflow(a, events, out_dir):
+    binary = a.ctrflow
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        return None, f"no ctrflow binary at {binary} (build it: cargo build --release)"
+    probe = subprocess.run([binary, "replay", "--help"], capture_output=True)
+    if probe.returncode != 0 or b"--input" not in probe.stdout:
+        return None, f"{binary} has no `replay` subcommand yet"
+    cmd = [binary, "replay", "--input", events, "--json"]
+    print("running ctrflow:", " ".join(cmd), file=sys.stderr)
+    stdout = os.path.join(out_dir, "ctrflow.json")
+    code, wall, rss = run_measured(cmd, stdout, os.path.join(out_dir, "ctrflow.log"))
+    if code != 0:
+        return None, f"ctrflow replay failed with exit code {code}; see {out_dir}/ctrflow.log"
+    with open(stdout) as f:
+        text = f.read()
+    try:
+        report = json.loads(text)
+    except ValueError:
+        lines = [line for line in text.splitlines() if line.lstrip().startswith("{")]
+        if not lines:
+            return None, f"ctrflow replay printed no JSON object; see {stdout}"
+        report = json.loads(lines[-1])
+    row = dict(report)
+    row["examples"] = report.get("impressions")
+    row["self_examples_per_sec"] = report.get("examples_per_sec")
+    row["wall_secs"] = wall
+    row["examples_per_sec"] = (report.get("impressions") or 0) / wall
+    row["peak_rss_mib"] = rss
+    return row, None
+
+
+ROWS = [
+    ("examples", "examples", "{:,.0f}"),
+    ("examples/s (wall)", "examples_per_sec", "{:,.0f}"),
+    ("wall seconds", "wall_secs", "{:.2f}"),
+    ("  VW again, with -p preds", "wall_secs_with_p", "{:.2f}"),
+    ("peak RSS MiB", "peak_rss_mib", "{:,.0f}"),
+    ("progressive logloss", "logloss", "{:.5f}"),
+    ("normalized entropy", "normalized_entropy", "{:.4f}"),
+    ("AUC", "auc", "{:.4f}"),
+    ("calibration (mean p / CTR)", "calibration", "{:.3f}"),
+    ("reference logloss (p_true)", "reference_logloss", "{:.5f}"),
+    ("self-reported examples/s", "self_examples_per_sec", "{:,.0f}"),
+    ("bad events", "bad_events", "{:,.0f}"),
+]
+
+
+def fmt(spec, v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    try:
+        return spec.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def table(vw, cf, a):
+    lines = [f"{'':28} {'VW ' + a.vw_version:>16} {'ctrflow':>16} {'ctrflow/VW':>11}"]
+    for label, key, spec in ROWS:
+        v, c = vw.get(key), (cf or {}).get(key)
+        ratio = "-"
+        if isinstance(v, (int, float)) and isinstance(c, (int, float)) and v:
+            ratio = f"{c / v:.2f}x"
+        lines.append(f"{label:28} {fmt(spec, v):>16} {fmt(spec, c):>16} {ratio:>11}")
+    return "\n".join(lines)
+
+
+def main():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "..", "target"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("events", help="events JSONL file (as `ctrflow gen` writes it)")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "out"))
+    ap.add_argument("--ctrflow", default=os.path.join(target, "release", "ctrflow"))
+    ap.add_argument("--alpha", type=float, default=0.1, help="FTRL alpha")
+    ap.add_argument("--beta", type=float, default=1.0, help="FTRL beta")
+    ap.add_argument("--l1", type=float, default=1.0, help="McMahan lambda1 (= VW --l1 with --ftrl)")
+    ap.add_argument("--l2", type=float, default=1.0, help="McMahan lambda2 (= VW --l2 with --ftrl)")
+    ap.add_argument("--bits", type=int, default=22)
+    ap.add_argument("--skip-ctrflow", action="store_true")
+    a = ap.parse_args()
+    from importlib.metadata import version
+    a.vw_version = version("vowpalwabbit")
+    os.makedirs(a.out_dir, exist_ok=True)
+
+    paths, _ = convert(a.events, a.out_dir)
+    vw = run_vw(a, paths, a.out_dir)
+    cf, why = (None, "skipped (--skip-ctrflow)") if a.skip_ctrflow else run_ctrflow(a, a.events, a.out_dir)
+
+    print()
+    print(table(vw, cf, a))
+    print()
+    print(f"VW: {' '.join(vw_command(a, 'events.vw')[3:])} (python -m vowpalwabbit: VW's C++ driver)")
+    print(f"    FTRL alpha={a.alpha} beta={a.beta} lambda1={a.l1} lambda2={a.l2}, 2^{a.bits} weights; "
+          f"{vw['positives']:,} positives ({vw['positives'] / vw['examples']:.2%})")
+    print(f"VW time is the VW call only (conversion to VW text excluded), without -p; it includes "
+          f"{vw['startup_secs']:.2f}s of Python start + pylibvw import, measured separately.")
+    print(f"VW metrics come from an identical run with -p (VW's own average loss: "
+          f"{vw['vw_average_loss']:.6f}); -p costs one write(2) per prediction.")
+    print("VW learns from pre-joined labels with no delay; ctrflow learns under real label delay "
+          "from the raw events (and parses JSON).")
+    if cf is None:
+        print(f"ctrflow: {why}")
+    else:
+        print("ctrflow: `replay --input FILE --json`, its default model settings; "
+              "wall time includes reading and decoding the JSONL.")
+    with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
+        json.dump({"vw": vw, "ctrflow": cf, "ctrflow_note": why}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
