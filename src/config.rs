@@ -80,14 +80,19 @@ impl Default for InputConfig {
 impl InputConfig {
     /// The watermark after seeing events up to `max_ts`.
     pub fn watermark(&self, max_ts: i64) -> Watermark {
-        let behind = max_ts.saturating_sub(self.allowed_lateness_ms as i64).max(0) as u64;
+        let behind = max_ts
+            .saturating_sub(self.allowed_lateness_ms as i64)
+            .max(0) as u64;
         let step = self.watermark_step_ms.max(1);
         behind / step * step
     }
 
     fn validate(&self, problems: &mut Vec<String>) {
         if self.max_event_bytes < 64 {
-            problems.push(format!("input.max_event_bytes must be at least 64, got {}", self.max_event_bytes));
+            problems.push(format!(
+                "input.max_event_bytes must be at least 64, got {}",
+                self.max_event_bytes
+            ));
         }
         if self.watermark_step_ms == 0 {
             problems.push("input.watermark_step_ms must be > 0, got 0".to_owned());
@@ -105,6 +110,13 @@ pub struct MetricsConfig {
     /// Examples in the sliding window of recent metrics.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// The window slides in this many steps (memory grows with it).
+    #[serde(default = "default_window_slices")]
+    pub window_slices: usize,
+}
+
+const fn default_window_slices() -> usize {
+    10
 }
 
 const fn default_window() -> usize {
@@ -113,7 +125,10 @@ const fn default_window() -> usize {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { window: default_window() }
+        Self {
+            window: default_window(),
+            window_slices: default_window_slices(),
+        }
     }
 }
 
@@ -152,19 +167,27 @@ impl PipelineConfig {
     /// Loads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
         Self::parse(&text, &name)
     }
 
     /// Parses and validates TOML text; `name` is used in messages.
     pub fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: name.to_owned(), message: e.to_string() })?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_owned(),
+            message: e.to_string(),
+        })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: name.to_owned(), problems })
+            Err(ConfigError::Invalid {
+                path: name.to_owned(),
+                problems,
+            })
         }
     }
 
@@ -178,6 +201,14 @@ impl PipelineConfig {
         if self.metrics.window == 0 {
             problems.push("metrics.window must be > 0, got 0".to_owned());
         }
+        if !(1..=1000).contains(&self.metrics.window_slices)
+            || self.metrics.window_slices > self.metrics.window.max(1)
+        {
+            problems.push(format!(
+                "metrics.window_slices must be in 1..=1000 and at most metrics.window, got {}",
+                self.metrics.window_slices
+            ));
+        }
         problems
     }
 }
@@ -188,7 +219,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(PipelineConfig::parse("", "t").unwrap(), PipelineConfig::default());
+        assert_eq!(
+            PipelineConfig::parse("", "t").unwrap(),
+            PipelineConfig::default()
+        );
     }
 
     #[test]
@@ -199,17 +233,32 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported() {
-        let text = "[label]\nwindow_ms = 0\n[input]\nwatermark_step_ms = 0\n[metrics]\nwindow = 0\n";
-        let ConfigError::Invalid { problems, .. } = PipelineConfig::parse(text, "t").unwrap_err() else { panic!() };
+        let text =
+            "[model]\nalpha = -0.1\n[input]\nwatermark_step_ms = 0\n[metrics]\nwindow_slices = 0\n";
+        let ConfigError::Invalid { problems, .. } = PipelineConfig::parse(text, "t").unwrap_err()
+        else {
+            panic!()
+        };
         assert_eq!(problems.len(), 3, "{problems:?}");
-        for key in ["label.window_ms", "input.watermark_step_ms", "metrics.window"] {
-            assert!(problems.iter().any(|p| p.contains(key)), "{key} in {problems:?}");
+        for key in [
+            "model.alpha",
+            "input.watermark_step_ms",
+            "metrics.window_slices",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key} in {problems:?}"
+            );
         }
     }
 
     #[test]
     fn watermark_trails_and_steps() {
-        let input = InputConfig { allowed_lateness_ms: 2000, watermark_step_ms: 100, ..InputConfig::default() };
+        let input = InputConfig {
+            allowed_lateness_ms: 2000,
+            watermark_step_ms: 100,
+            ..InputConfig::default()
+        };
         assert_eq!(input.watermark(10_550), 8500);
         assert_eq!(input.watermark(i64::MIN), 0);
     }

@@ -19,6 +19,8 @@ pub const INLINE_CTX: usize = 12;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// One decoded event, borrowing from its payload.
+// Returned by value and consumed at once; boxing the impression would allocate per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<'a> {
     /// An item shown to a user.

@@ -510,7 +510,7 @@ impl Samplers {
 /// Produces contract JSON lines, one event at a time, in event-time order.
 ///
 /// ```
-/// use ctrflow::r#gen::{GenConfig, Generator};
+/// use ctrflow::generator::{GenConfig, Generator};
 /// let mut g = Generator::new(&GenConfig { count: 100, ..GenConfig::default() })?;
 /// let mut out = Vec::new();
 /// while g.next_event(&mut out).is_some() {}

@@ -22,7 +22,7 @@ enum Command {
     /// progressive metrics.
     Replay(ReplayArgs),
     /// Write synthetic events (seeded; optional drift) to a JSON Lines file.
-    Gen(ctrflow::gen::GenArgs),
+    Gen(ctrflow::generator::GenArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,12 +87,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = replay::run(&options)?;
             if args.json {
-                println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).context("encoding the report")?
+                );
             } else {
                 print!("{}", report.render());
             }
             Ok(())
         }
-        Command::Gen(args) => ctrflow::gen::run(&args),
+        Command::Gen(args) => {
+            let stats = args.run().context("generating events")?;
+            eprintln!(
+                "wrote {} events: {} impressions, {} clicks, {} likes, {} fast skips, {} slow skips (CTR {:.4})",
+                stats.events,
+                stats.impressions,
+                stats.clicks,
+                stats.likes,
+                stats.fast_skips,
+                stats.slow_skips,
+                stats.clicks as f64 / stats.impressions.max(1) as f64
+            );
+            Ok(())
+        }
     }
 }

@@ -16,11 +16,11 @@
 //! on thread timing, so only a 1-worker run is bit-for-bit reproducible. The logloss
 //! difference against one worker is measured in `bench/` and quoted in the README.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -78,14 +78,14 @@ pub struct ReplayReport {
     /// Labelled examples per second.
     pub examples_per_sec: f64,
     /// Progressive logloss over all examples (nats).
-    pub logloss: f64,
+    pub logloss: Option<f64>,
     /// Logloss divided by the entropy of the observed click rate; below 1 means the model
     /// knows more than the base rate.
-    pub normalized_entropy: f64,
+    pub normalized_entropy: Option<f64>,
     /// Area under the ROC curve of the served scores.
-    pub auc: f64,
+    pub auc: Option<f64>,
     /// Mean served score divided by the observed click rate.
-    pub calibration: f64,
+    pub calibration: Option<f64>,
     /// Logloss of the true probabilities (when the input carries `ctx._p_true`): the best
     /// any model could do.
     pub reference_logloss: Option<f64>,
@@ -121,7 +121,7 @@ pub struct ModelReport {
     /// Updates applied.
     pub version: u64,
     /// Coordinates with a non-zero weight.
-    pub nonzero_weights: u64,
+    pub nonzero_weights: usize,
     /// Euclidean norm of the weights.
     pub weight_norm: f64,
 }
@@ -168,6 +168,10 @@ struct WorkerResult {
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
 
+fn progressive(config: &PipelineConfig) -> Progressive {
+    Progressive::with_window(config.metrics.window, config.metrics.window_slices)
+}
+
 /// Runs the replay and returns its report.
 pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let config = &options.config;
@@ -177,7 +181,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     );
     // Fail on a bad feature config before starting any thread.
     Featurizer::new(&config.features)?;
-    let model = Model::new(&config.model);
+    let model = Model::from_config(&config.model)?;
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
@@ -205,7 +209,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let mut input = InputHandle::<Watermark, _>::new();
             let probe = ProbeHandle::new();
             let join = Rc::new(RefCell::new(JoinStats::default()));
-            let progressive = Rc::new(RefCell::new(Progressive::new(config.metrics.window)));
+            let progressive = Rc::new(RefCell::new(progressive(&config)));
             worker.dataflow::<Watermark, _, _>(|scope| {
                 let (scored, examples) = input
                     .to_stream(scope)
@@ -213,18 +217,17 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     .learn_online(model.handle(), &config.label, Rc::clone(&join));
                 let sink = scores.clone();
                 let mut line = Vec::new();
-                let scored = scored.inspect_batch(move |_, batch| {
-                    if let Some(sink) = &sink {
+                let scored = scored.inspect_core(move |event| {
+                    if let (Some(sink), Ok((_, batch))) = (&sink, event) {
                         write_scores(sink, batch, &mut line);
                     }
                 });
                 let metrics = Rc::clone(&progressive);
                 examples
-                    .inspect_batch(move |_, batch| {
-                        let mut metrics = metrics.borrow_mut();
-                        for e in batch {
-                            metrics.observe(e.served, e.label.is_positive(), e.reference);
-                        }
+                    .inspect(move |e| {
+                        metrics
+                            .borrow_mut()
+                            .observe(e.served, e.label.is_positive(), e.reference)
                     })
                     .probe_with(&probe);
                 scored.probe_with(&probe);
@@ -265,7 +268,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     }
                 }
                 worker.step();
-                let done = bytes_read.fetch_add((block.end - block.start) as u64, Ordering::Relaxed);
+                let done =
+                    bytes_read.fetch_add((block.end - block.start) as u64, Ordering::Relaxed);
                 if index == 0 {
                     bar.set_position(done);
                 }
@@ -273,8 +277,13 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             input.close();
             while worker.step() {}
             let join = join.borrow().clone();
-            let progressive = progressive.replace(Progressive::new(1));
-            WorkerResult { events, join, progressive, bad }
+            let progressive = progressive.replace(Progressive::with_window(1, 1));
+            WorkerResult {
+                events,
+                join,
+                progressive,
+                bad,
+            }
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
         .join()
@@ -284,7 +293,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
 
     let mut events = 0;
     let mut join = JoinStats::default();
-    let mut progressive = Progressive::new(config.metrics.window);
+    let mut progressive = progressive(config);
     let mut bad = BadEvents::default();
     for result in results {
         let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
@@ -296,12 +305,25 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     bad.samples.sort_by_key(|b| b.line);
     bad.samples.truncate(BAD_SAMPLES);
     for sink in [&scores, &dead_letters].into_iter().flatten() {
-        sink.lock().map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?.flush()?;
+        sink.lock()
+            .map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?
+            .flush()?;
     }
     if let Some(path) = &options.model_out {
-        model.save(path).with_context(|| format!("saving the model to {}", path.display()))?;
+        model
+            .save(path)
+            .with_context(|| format!("saving the model to {}", path.display()))?;
     }
-    Ok(report(options, workers, events, elapsed, join, &progressive, bad, &model))
+    Ok(report(
+        options,
+        workers,
+        events,
+        elapsed,
+        join,
+        &progressive,
+        bad,
+        &model,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -347,7 +369,12 @@ fn report(
 }
 
 /// Turns a decoded event into the dataflow's record, hashing an impression's features.
-fn interaction(event: Event<'_>, line: u64, featurizer: &mut Featurizer, features: &mut Features) -> Interaction {
+fn interaction(
+    event: Event<'_>,
+    line: u64,
+    featurizer: &mut Featurizer,
+    features: &mut Features,
+) -> Interaction {
     match event {
         Event::Impression(imp) => {
             featurizer.featurize(&imp, features);
@@ -393,7 +420,9 @@ struct ScoreRecord<'a> {
 }
 
 fn write_scores(sink: &Mutex<JsonlSink>, batch: &[Score], line: &mut Vec<u8>) {
-    let emit_ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let emit_ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let Ok(mut sink) = sink.lock() else { return };
     for s in batch {
         line.clear();
@@ -428,20 +457,30 @@ struct DeadLetterSource<'a> {
     offset: u64,
 }
 
-fn dead_letter(sink: &Mutex<JsonlSink>, source: &FileSource, line: u64, payload: &[u8], error: &DecodeError, buf: &mut Vec<u8>) {
+fn dead_letter(
+    sink: &Mutex<JsonlSink>,
+    source: &FileSource,
+    line: u64,
+    payload: &[u8],
+    error: &DecodeError,
+    buf: &mut Vec<u8>,
+) {
     let topic = source.path().to_string_lossy();
     let record = DeadLetter {
         error: error.to_string(),
-        source: DeadLetterSource { topic: &topic, partition: 0, offset: line },
+        source: DeadLetterSource {
+            topic: &topic,
+            partition: 0,
+            offset: line,
+        },
         payload: String::from_utf8_lossy(payload),
     };
     buf.clear();
-    if serde_json::to_writer(&mut *buf, &record).is_ok() {
-        if let Ok(mut sink) = sink.lock() {
-            if sink.send(buf).is_err() {
-                tracing::warn!(line, "Failed to write a dead letter.");
-            }
-        }
+    if serde_json::to_writer(&mut *buf, &record).is_ok()
+        && let Ok(mut sink) = sink.lock()
+        && sink.send(buf).is_err()
+    {
+        tracing::warn!(line, "Failed to write a dead letter.");
     }
 }
 
@@ -457,6 +496,11 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// A metric for people: `-` when undefined (no examples, or one class only).
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 fn truncate_utf8(s: &mut String, max: usize) {
@@ -475,23 +519,48 @@ impl ReplayReport {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "replay of {} with {} worker(s)", self.input, self.workers);
+        let _ = writeln!(
+            s,
+            "replay of {} with {} worker(s)",
+            self.input, self.workers
+        );
         let _ = writeln!(
             s,
             "  {} events, {} impressions, {} examples in {:.2} s: {:.0} events/s, {:.0} examples/s",
-            self.events, self.impressions, self.examples, self.elapsed_secs, self.events_per_sec, self.examples_per_sec
+            self.events,
+            self.impressions,
+            self.examples,
+            self.elapsed_secs,
+            self.events_per_sec,
+            self.examples_per_sec
         );
-        let _ = writeln!(s, "  progressive logloss   {:.5}", self.logloss);
+        let _ = writeln!(s, "  progressive logloss   {}", fmt(self.logloss, 5));
         if let Some(reference) = self.reference_logloss {
-            let _ = writeln!(s, "  Bayes-optimal logloss {reference:.5}  (true probabilities from ctx._p_true)");
+            let _ = writeln!(
+                s,
+                "  Bayes-optimal logloss {reference:.5}  (true probabilities from ctx._p_true)"
+            );
         }
-        let _ = writeln!(s, "  normalized entropy    {:.4}", self.normalized_entropy);
-        let _ = writeln!(s, "  AUC                   {:.4}", self.auc);
-        let _ = writeln!(s, "  calibration           {:.4}  (mean score / observed CTR {:.4})", self.calibration, self.overall.ctr);
         let _ = writeln!(
             s,
-            "  last {} examples: logloss {:.5}, AUC {:.4}, calibration {:.4}",
-            self.recent.count, self.recent.logloss, self.recent.auc, self.recent.calibration
+            "  normalized entropy    {}",
+            fmt(self.normalized_entropy, 4)
+        );
+        let _ = writeln!(s, "  AUC                   {}", fmt(self.auc, 4));
+        let _ = writeln!(
+            s,
+            "  calibration           {}  (mean score {} / observed CTR {})",
+            fmt(self.calibration, 4),
+            fmt(self.overall.mean_prediction, 4),
+            fmt(self.overall.ctr, 4)
+        );
+        let _ = writeln!(
+            s,
+            "  last {} examples: logloss {}, AUC {}, calibration {}",
+            self.recent.count,
+            fmt(self.recent.logloss, 5),
+            fmt(self.recent.auc, 4),
+            fmt(self.recent.calibration, 4)
         );
         let j = &self.join;
         let _ = writeln!(

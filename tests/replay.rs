@@ -27,14 +27,23 @@ fn learns_and_reports_the_contract_keys() {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
     assert_eq!(report["impressions"], 60_000);
-    assert_eq!(report["examples"], 60_000, "every impression gets exactly one label");
+    assert_eq!(
+        report["examples"], 60_000,
+        "every impression gets exactly one label"
+    );
     assert_eq!(report["bad_events"], 0);
     let ne = report["normalized_entropy"].as_f64().unwrap();
-    assert!(ne < 0.99, "the model learns something even from 60k impressions: NE {ne}");
+    assert!(
+        ne < 0.99,
+        "the model learns something even from 60k impressions: NE {ne}"
+    );
     let auc = report["auc"].as_f64().unwrap();
     assert!(auc > 0.6, "AUC {auc}");
     let reference = report["reference_logloss"].as_f64().unwrap();
-    assert!(reference < report["logloss"].as_f64().unwrap(), "nothing beats the true probabilities");
+    assert!(
+        reference < report["logloss"].as_f64().unwrap(),
+        "nothing beats the true probabilities"
+    );
 }
 
 #[test]
@@ -69,8 +78,14 @@ fn one_worker_replays_are_deterministic_bit_for_bit() {
     assert_eq!(scores_a.len(), 20_000);
     assert_eq!(scores_a, scores_b, "same scores and model versions");
     assert_eq!(model_a, model_b, "same model, byte for byte");
-    let versions: Vec<u64> = scores_a.iter().map(|s| s["model_version"].as_u64().unwrap()).collect();
-    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "versions only grow with one worker");
+    let versions: Vec<u64> = scores_a
+        .iter()
+        .map(|s| s["model_version"].as_u64().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "versions only grow with one worker"
+    );
     assert!(versions.last().unwrap() > &0);
 }
 
@@ -79,13 +94,23 @@ fn bad_lines_are_counted_with_their_line_numbers_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.jsonl");
     let mut file = std::fs::File::create(&input).unwrap();
-    let good = |n: u32| format!(r#"{{"type":"impression","id":"i{n}","ts":{},"user":"u{n}","item":"v1","ctx":{{"device":"ios"}}}}"#, 1000 + n);
+    let good = |n: u32| {
+        format!(
+            r#"{{"type":"impression","id":"i{n}","ts":{},"user":"u{n}","item":"v1","ctx":{{"device":"ios"}}}}"#,
+            1000 + n
+        )
+    };
     writeln!(file, "{}", good(1)).unwrap(); // line 1
     writeln!(file, "this is not json").unwrap(); // 2
     writeln!(file, r#"{{"type":"click","id":"i1","ts":"soon"}}"#).unwrap(); // 3
     writeln!(file, r#"{{"type":"click","id":"i1","ts":NaN}}"#).unwrap(); // 4
     writeln!(file, r#"{{"type":"purchase","id":"i1","ts":1500}}"#).unwrap(); // 5
-    writeln!(file, "{{\"type\":\"impression\",\"junk\":\"{}\"}}", "x".repeat(10 << 20)).unwrap(); // 6: 10 MB
+    writeln!(
+        file,
+        "{{\"type\":\"impression\",\"junk\":\"{}\"}}",
+        "x".repeat(10 << 20)
+    )
+    .unwrap(); // 6: 10 MB
     writeln!(file, "{}", good(2)).unwrap(); // 7
     writeln!(file, r#"{{"type":"click","id":"i2","ts":1010}}"#).unwrap(); // 8
     drop(file);
@@ -94,19 +119,31 @@ fn bad_lines_are_counted_with_their_line_numbers_and_skipped() {
     assert_eq!(report["bad_events"], 5, "{report}");
     assert_eq!(report["impressions"], 2);
     assert_eq!(report["positive_click"], 1);
-    let lines: Vec<u64> = report["bad_event_samples"].as_array().unwrap().iter().map(|b| b["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = report["bad_event_samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [2, 3, 4, 5, 6]);
     let reasons = &report["bad_events_by_reason"];
     assert_eq!(reasons["malformed_json"], 1);
     assert_eq!(reasons["invalid_field"], 2);
     assert_eq!(reasons["unknown_type"], 1);
     assert_eq!(reasons["oversized"], 1);
-    let letters: Vec<serde_json::Value> =
-        std::fs::read_to_string(dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(letters.len(), 5);
     assert_eq!(letters[0]["payload"], "this is not json");
     assert_eq!(letters[0]["source"]["offset"], 2);
-    assert!(letters[1]["error"].as_str().unwrap().contains("`ts`"), "{}", letters[1]);
+    assert!(
+        letters[1]["error"].as_str().unwrap().contains("`ts`"),
+        "{}",
+        letters[1]
+    );
 }
 
 #[test]
@@ -115,13 +152,26 @@ fn several_workers_score_every_impression_once() {
     let input = generate(dir.path(), "events.jsonl", 30_000, 11);
     for workers in ["2", "4"] {
         let scores = dir.path().join(format!("scores-{workers}.jsonl"));
-        let report = replay_json(&input, &["--workers", workers, "--scores-out", scores.to_str().unwrap()]);
+        let report = replay_json(
+            &input,
+            &[
+                "--workers",
+                workers,
+                "--scores-out",
+                scores.to_str().unwrap(),
+            ],
+        );
         assert_eq!(report["impressions"], 30_000);
         assert_eq!(report["examples"], 30_000);
         let ids: HashSet<String> = std::fs::read_to_string(&scores)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(ids.len(), 30_000, "{workers} workers");
         assert!(report["normalized_entropy"].as_f64().unwrap() < 1.0);
@@ -130,7 +180,10 @@ fn several_workers_score_every_impression_once() {
 
 #[test]
 fn a_missing_input_is_a_clear_error() {
-    let output = ctrflow().args(["replay", "--input", "/nonexistent/events.jsonl"]).output().unwrap();
+    let output = ctrflow()
+        .args(["replay", "--input", "/nonexistent/events.jsonl"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/events.jsonl"), "{stderr}");

@@ -21,12 +21,30 @@ pub fn run_ok(command: &mut Command) -> Output {
 /// Writes `count` generated impressions (and their feedback) to `dir/name`.
 pub fn generate(dir: &Path, name: &str, count: u64, seed: u64) -> PathBuf {
     let path = dir.join(name);
-    run_ok(ctrflow().args(["gen", "--count", &count.to_string(), "--seed", &seed.to_string(), "--out"]).arg(&path));
+    run_ok(
+        ctrflow()
+            .args([
+                "gen",
+                "--count",
+                &count.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--out",
+            ])
+            .arg(&path),
+    );
     path
 }
 
 /// Runs `replay --json` with extra arguments and returns the report.
 pub fn replay_json(input: &Path, extra: &[&str]) -> serde_json::Value {
-    let output = run_ok(ctrflow().arg("replay").arg("--input").arg(input).arg("--json").args(extra));
+    let output = run_ok(
+        ctrflow()
+            .arg("replay")
+            .arg("--input")
+            .arg(input)
+            .arg("--json")
+            .args(extra),
+    );
     serde_json::from_slice(&output.stdout).expect("the report is one JSON object")
 }

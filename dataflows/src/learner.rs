@@ -14,4 +14,7 @@ pub trait Learner {
     /// Model version: the number of updates applied so far. A function of the examples
     /// learned, never of wall-clock time, so replays are deterministic.
     fn version(&self) -> u64;
+    /// Publishes whatever the handle buffers (counts, pending updates) to the shared model;
+    /// called when the input ends, and before a checkpoint.
+    fn flush(&mut self) {}
 }

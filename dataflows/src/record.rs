@@ -35,6 +35,9 @@ pub struct Interaction {
 }
 
 /// The kinds of event of the input contract.
+// Impressions carry their features inline on purpose: boxing them would allocate per event,
+// and most records are impressions anyway.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum InteractionKind {
     /// An item was shown to a user; carries the features it is scored and trained with.

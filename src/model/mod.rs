@@ -17,11 +17,11 @@
 //! let model = Model::from_config(&ModelConfig { bits: 10, ..ModelConfig::default() })?;
 //! let mut learner = model.handle();
 //! let x = [Feature { index: 7, value: 1.0 }, Feature { index: 42, value: 0.5 }];
-//! for _ in 0..100 {
+//! for _ in 0..1000 {
 //!     learner.update(&x, true);
 //! }
 //! assert!(learner.predict(&x) > 0.9);
-//! assert_eq!(learner.version(), 100);
+//! assert_eq!(learner.version(), 1000);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -350,6 +350,10 @@ impl Learner for ModelHandle {
             ModelHandle::Ftrl(h) => h.version(),
             ModelHandle::Sgd(h) => h.version(),
         }
+    }
+
+    fn flush(&mut self) {
+        ModelHandle::flush(self);
     }
 }
 

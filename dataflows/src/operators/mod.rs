@@ -2,4 +2,4 @@
 
 pub mod learn_online;
 
-pub use learn_online::{JoinStats, LabelConfig, LearnOnline, Watermark};
+pub use learn_online::{DelayCorrection, JoinStats, LabelConfig, LearnOnline, Watermark};
