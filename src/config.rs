@@ -198,6 +198,12 @@ impl PipelineConfig {
         problems.extend(self.label.validate());
         problems.extend(self.features.validate());
         problems.extend(self.model.validate());
+        if self.model.bits < self.features.bits {
+            problems.push(format!(
+                "model.bits ({}) must be at least features.bits ({}), or hashed features would share coordinates",
+                self.model.bits, self.features.bits
+            ));
+        }
         if self.metrics.window == 0 {
             problems.push("metrics.window must be > 0, got 0".to_owned());
         }

@@ -5,3 +5,6 @@ mod util;
 
 /// `ctrflow replay` end to end: learning, determinism, bad input, workers.
 mod replay;
+
+/// Every file in `configs/` parses and validates.
+mod configs;

@@ -149,17 +149,17 @@ def run_vw(a, paths, out_dir):
     return row
 
 
-def run_ctrflow(a, events, out_dir):
+def run_ctrflow(a, events, out_dir, workers):
     binary = a.ctrflow
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         return None, f"no ctrflow binary at {binary} (build it: cargo build --release)"
     probe = subprocess.run([binary, "replay", "--help"], capture_output=True)
     if probe.returncode != 0 or b"--input" not in probe.stdout:
         return None, f"{binary} has no `replay` subcommand yet"
-    cmd = [binary, "replay", "--input", events, "--json"]
+    cmd = [binary, "replay", "--input", events, "--json", "--workers", str(workers)]
     print("running ctrflow:", " ".join(cmd), file=sys.stderr)
-    stdout = os.path.join(out_dir, "ctrflow.json")
-    code, wall, rss = run_measured(cmd, stdout, os.path.join(out_dir, "ctrflow.log"))
+    stdout = os.path.join(out_dir, f"ctrflow-{workers}w.json")
+    code, wall, rss = run_measured(cmd, stdout, os.path.join(out_dir, f"ctrflow-{workers}w.log"))
     if code != 0:
         return None, f"ctrflow replay failed with exit code {code}; see {out_dir}/ctrflow.log"
     with open(stdout) as f:
@@ -205,14 +205,22 @@ def fmt(spec, v):
         return str(v)
 
 
-def table(vw, cf, a):
-    lines = [f"{'':28} {'VW ' + a.vw_version:>16} {'ctrflow':>16} {'ctrflow/VW':>11}"]
+def table(vw, runs, a):
+    """One VW column, then for each ctrflow run its column and its ratio to VW."""
+    head = f"{'':28} {'VW ' + a.vw_version:>16}"
+    for name, _ in runs:
+        head += f" {name:>16} {'/VW':>7}"
+    lines = [head]
     for label, key, spec in ROWS:
-        v, c = vw.get(key), (cf or {}).get(key)
-        ratio = "-"
-        if isinstance(v, (int, float)) and isinstance(c, (int, float)) and v:
-            ratio = f"{c / v:.2f}x"
-        lines.append(f"{label:28} {fmt(spec, v):>16} {fmt(spec, c):>16} {ratio:>11}")
+        v = vw.get(key)
+        line = f"{label:28} {fmt(spec, v):>16}"
+        for _, cf in runs:
+            c = (cf or {}).get(key)
+            ratio = "-"
+            if isinstance(v, (int, float)) and isinstance(c, (int, float)) and v:
+                ratio = f"{c / v:.3f}x"
+            line += f" {fmt(spec, c):>16} {ratio:>7}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -228,6 +236,7 @@ def main():
     ap.add_argument("--l2", type=float, default=1.0, help="McMahan lambda2 (= VW --l2 with --ftrl)")
     ap.add_argument("--bits", type=int, default=22)
     ap.add_argument("--skip-ctrflow", action="store_true")
+    ap.add_argument("--workers", default="1,2", help="ctrflow worker counts to run, comma-separated")
     a = ap.parse_args()
     from importlib.metadata import version
     a.vw_version = version("vowpalwabbit")
@@ -235,10 +244,16 @@ def main():
 
     paths, _ = convert(a.events, a.out_dir)
     vw = run_vw(a, paths, a.out_dir)
-    cf, why = (None, "skipped (--skip-ctrflow)") if a.skip_ctrflow else run_ctrflow(a, a.events, a.out_dir)
+    runs, why = [], "skipped (--skip-ctrflow)"
+    if not a.skip_ctrflow:
+        for workers in [int(w) for w in a.workers.split(",") if w]:
+            cf, why = run_ctrflow(a, a.events, a.out_dir, workers)
+            if cf is not None:
+                runs.append((f"ctrflow {workers}w", cf))
+    cf = runs[0][1] if runs else None
 
     print()
-    print(table(vw, cf, a))
+    print(table(vw, runs, a))
     print()
     print(f"VW: {' '.join(vw_command(a, 'events.vw')[3:])} (python -m vowpalwabbit: VW's C++ driver)")
     print(f"    FTRL alpha={a.alpha} beta={a.beta} lambda1={a.l1} lambda2={a.l2}, 2^{a.bits} weights; "
@@ -255,7 +270,7 @@ def main():
         print("ctrflow: `replay --input FILE --json`, its default model settings; "
               "wall time includes reading and decoding the JSONL.")
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
-        json.dump({"vw": vw, "ctrflow": cf, "ctrflow_note": why}, f, indent=2)
+        json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ pub trait Learner {
     /// Model version: the number of updates applied so far. A function of the examples
     /// learned, never of wall-clock time, so replays are deterministic.
     fn version(&self) -> u64;
+    /// A hint that `x` will be predicted or learned shortly: the model may start fetching
+    /// its coordinates, so that the memory latency of a large model overlaps other work.
+    fn prefetch(&self, _x: &[Feature]) {}
     /// Publishes whatever the handle buffers (counts, pending updates) to the shared model;
     /// called when the input ends, and before a checkpoint.
     fn flush(&mut self) {}

@@ -13,9 +13,9 @@ pub struct Feature {
     pub value: f32,
 }
 
-/// The hashed features of one impression. Inline up to 24 (a typical event has about 15),
+/// The hashed features of one impression. Inline up to 16 (a typical event has about 12),
 /// so the hot path does not allocate.
-pub type Features = SmallVec<[Feature; 24]>;
+pub type Features = SmallVec<[Feature; 16]>;
 
 /// Event time: epoch milliseconds, from the event's `ts`.
 pub type EventTime = i64;

@@ -460,6 +460,13 @@ impl FtrlHandle {
 
 impl Learner for FtrlHandle {
     #[inline]
+    fn prefetch(&self, x: &[Feature]) {
+        for f in x {
+            super::prefetch(self.slot(f.index));
+        }
+    }
+
+    #[inline]
     fn predict(&self, x: &[Feature]) -> f32 {
         let p = &self.p;
         let (bz, bn) = unpack(self.shared.coords[p.bias].load(Relaxed));

@@ -327,7 +327,29 @@ impl ModelHandle {
     }
 }
 
+/// Asks the CPU to start loading `value`'s cache line; never faults, changes nothing.
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint; it reads nothing architecturally and cannot fault,
+        // and the pointer comes from a valid reference anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 impl Learner for ModelHandle {
+    #[inline]
+    fn prefetch(&self, x: &[Feature]) {
+        match self {
+            ModelHandle::Ftrl(h) => h.prefetch(x),
+            ModelHandle::Sgd(_) => {}
+        }
+    }
+
     #[inline]
     fn predict(&self, x: &[Feature]) -> f32 {
         match self {

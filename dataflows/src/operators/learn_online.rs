@@ -174,7 +174,7 @@ pub trait LearnOnline<'scope> {
     /// # Examples
     /// ```
     /// use std::{cell::RefCell, rc::Rc};
-    /// use ctrflow_dataflows::operators::{JoinStats, LabelConfig, LearnOnline};
+    /// use ctrflow_dataflows::operators::{DelayCorrection, JoinStats, LabelConfig, LearnOnline};
     /// use ctrflow_dataflows::{Feature, Interaction, InteractionKind, Learner};
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
     ///
@@ -200,9 +200,11 @@ pub trait LearnOnline<'scope> {
     /// ];
     /// let (scores, examples) = timely::example(move |scope| {
     ///     let stats = Rc::new(RefCell::new(JoinStats::default()));
+    ///     // Learn each label once, when final, and serve the model's output as is.
+    ///     let config = LabelConfig { delay_correction: DelayCorrection::None, ..LabelConfig::default() };
     ///     let (scores, examples) = input
-    ///     .to_stream(scope)
-    ///     .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &LabelConfig::default(), stats);
+    ///         .to_stream(scope)
+    ///         .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &config, stats);
     ///     (scores.capture(), examples.capture())
     /// });
     /// fn data<D>(events: std::sync::mpsc::Receiver<Event<u64, Vec<D>>>) -> Vec<D> {
@@ -330,7 +332,18 @@ impl<L: Learner> LabelJoin<L> {
             stats,
             out,
         };
-        for record in self.buffer.drain(..ready) {
+        let rest = self.buffer.split_off(ready);
+        let mut batch = std::mem::replace(&mut self.buffer, rest).into_iter();
+        while let Some(record) = batch.next() {
+            // The model is far larger than the cache: start fetching the coordinates of an
+            // impression a few records ahead, so its score does not wait on memory.
+            if let Some(Interaction {
+                kind: InteractionKind::Impression { features, .. },
+                ..
+            }) = batch.as_slice().get(PREFETCH_AHEAD)
+            {
+                step.learner.prefetch(features);
+            }
             self.windows.close_before(record.ts, &mut step);
             match record.kind {
                 InteractionKind::Impression {
@@ -339,7 +352,7 @@ impl<L: Learner> LabelJoin<L> {
                     features,
                     reference,
                 } => {
-                    if self.windows.pending.contains_key(&record.id) {
+                    if self.windows.is_open(&record.id) {
                         step.stats.duplicate_impressions += 1;
                         continue;
                     }
@@ -375,7 +388,7 @@ impl<L: Learner> LabelJoin<L> {
                         }
                         _ => None,
                     };
-                    let Some(entry) = self.windows.pending.get_mut(&record.id) else {
+                    let Some(entry) = self.windows.get_mut(&record.id) else {
                         if self.windows.closed.contains_key(&route(&record.id)) {
                             step.stats.late_feedback += 1;
                         } else {
@@ -398,6 +411,9 @@ impl<L: Learner> LabelJoin<L> {
         self.windows.close_before(watermark, &mut step);
     }
 }
+
+/// How many records ahead the model's coordinates are prefetched.
+const PREFETCH_AHEAD: usize = 8;
 
 /// When labels reach the learner, and how served scores are corrected for it.
 ///
@@ -533,19 +549,26 @@ impl<L: Learner> Step<'_, L> {
 }
 
 /// Attribution windows: the impressions still open, and the recently closed ones.
+///
+/// Impressions are opened in `ts` order and every window has the same length, so windows
+/// close in the order they opened, and provisional negatives fall due in that order too.
+/// Open impressions therefore live in a ring indexed by their opening sequence number:
+/// closing is a pop from the front and the provisional-negative scan a cursor, with no
+/// lookup; only feedback looks an id up, in a small map from id to sequence number.
+/// (A late impression, opened after newer ones, closes with them: at most one window
+/// length late.)
 struct Windows {
     window_ms: EventTime,
     /// After this long undecided, an impression gets its provisional negative; `None` when
     /// labels are learned only when final.
     wait_ms: Option<EventTime>,
-    /// Impressions whose window has not closed, decided or not.
-    pending: FxHashMap<CompactString, Pending>,
-    /// Window deadlines in the order impressions were opened. Impressions are processed in
-    /// `ts` order and the window is one length, so this is deadline order too (late
-    /// impressions aside, which only close a little later than they could).
-    deadlines: VecDeque<(EventTime, CompactString)>,
-    /// When each impression's provisional negative is due, in the same order.
-    waits: VecDeque<(EventTime, CompactString)>,
+    /// Open impressions, oldest first; `ring[i]` has sequence number `first + i`.
+    ring: VecDeque<(CompactString, Pending)>,
+    first: u64,
+    /// The next impression whose provisional negative may be due.
+    wait_cursor: u64,
+    /// Sequence number of every open impression.
+    index: FxHashMap<CompactString, u64>,
     /// Hashes of impressions whose window closed, remembered for one more window so late
     /// feedback is told apart from orphans, with the time each is forgotten.
     closed: FxHashMap<u64, EventTime>,
@@ -563,27 +586,34 @@ impl Windows {
         Self {
             window_ms: EventTime::try_from(config.window_ms).unwrap_or(EventTime::MAX),
             wait_ms,
-            pending: FxHashMap::default(),
-            deadlines: VecDeque::new(),
-            waits: VecDeque::new(),
+            ring: VecDeque::new(),
+            first: 0,
+            wait_cursor: 0,
+            index: FxHashMap::default(),
             closed: FxHashMap::default(),
             closed_order: VecDeque::new(),
             processed_to: EventTime::MIN,
         }
     }
 
+    fn is_open(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Pending> {
+        let seq = *self.index.get(id)?;
+        let at = usize::try_from(seq - self.first).ok()?;
+        self.ring.get_mut(at).map(|(_, entry)| entry)
+    }
+
     /// Opens the window of impression `id`; false if it had already closed by its arrival.
     fn open(&mut self, id: CompactString, entry: Pending) -> bool {
-        let deadline = entry.ts.saturating_add(self.window_ms);
-        if deadline < self.processed_to {
+        if entry.ts.saturating_add(self.window_ms) < self.processed_to {
             return false;
         }
-        if let Some(wait) = self.wait_ms {
-            self.waits
-                .push_back((entry.ts.saturating_add(wait), id.clone()));
-        }
-        self.deadlines.push_back((deadline, id.clone()));
-        self.pending.insert(id, entry);
+        self.index
+            .insert(id.clone(), self.first + self.ring.len() as u64);
+        self.ring.push_back((id, entry));
         true
     }
 
@@ -592,37 +622,42 @@ impl Windows {
     fn close_before<L: Learner>(&mut self, until: EventTime, step: &mut Step<'_, L>) {
         self.processed_to = self.processed_to.max(until);
         loop {
-            let wait = self.waits.front().map(|(t, _)| *t).filter(|t| *t < until);
             let deadline = self
-                .deadlines
+                .ring
                 .front()
-                .map(|(t, _)| *t)
+                .map(|(_, e)| e.ts.saturating_add(self.window_ms))
                 .filter(|t| *t < until);
+            let wait = self.wait_ms.and_then(|wait_ms| {
+                let at = usize::try_from(self.wait_cursor.checked_sub(self.first)?).ok()?;
+                let (_, entry) = self.ring.get(at)?;
+                Some((at, entry.ts.saturating_add(wait_ms))).filter(|(_, t)| *t < until)
+            });
             match (wait, deadline) {
-                (Some(w), d) if d.is_none_or(|d| w <= d) => {
-                    let Some((_, id)) = self.waits.pop_front() else {
-                        break;
-                    };
-                    if let Some(entry) = self.pending.get_mut(&id)
+                (Some((at, w)), d) if d.is_none_or(|d| w <= d) => {
+                    self.wait_cursor += 1;
+                    if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD) {
+                        step.learner.prefetch(&ahead.features);
+                    }
+                    if let Some((_, entry)) = self.ring.get_mut(at)
                         && !entry.decided
-                        && !entry.provisional
                     {
                         step.provisional(entry);
                     }
                 }
                 (_, Some(deadline)) => {
-                    let Some((_, id)) = self.deadlines.pop_front() else {
+                    let Some((id, mut entry)) = self.ring.pop_front() else {
                         break;
                     };
-                    if let Some(mut entry) = self.pending.remove(&id) {
-                        if !entry.decided {
-                            step.finalize(&id, &mut entry, LabelSource::Expired, deadline);
-                        }
-                        let forget = deadline.saturating_add(self.window_ms);
-                        let key = route(&id);
-                        self.closed.insert(key, forget);
-                        self.closed_order.push_back((forget, key));
+                    self.first += 1;
+                    self.wait_cursor = self.wait_cursor.max(self.first);
+                    self.index.remove(&id);
+                    if !entry.decided {
+                        step.finalize(&id, &mut entry, LabelSource::Expired, deadline);
                     }
+                    let forget = deadline.saturating_add(self.window_ms);
+                    let key = route(&id);
+                    self.closed.insert(key, forget);
+                    self.closed_order.push_back((forget, key));
                 }
                 _ => break,
             }
