@@ -256,7 +256,12 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
                         if held.is_none() {
                             held = cap.retain_least(0);
                         }
-                        join.buffer.append(data);
+                        if join.buffer.is_empty() {
+                            // Take the batch whole rather than moving every record.
+                            std::mem::swap(&mut join.buffer, data);
+                        } else {
+                            join.buffer.append(data);
+                        }
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let watermark = frontier.frontier().iter().min().copied();
@@ -289,6 +294,8 @@ struct Pending {
     decided: bool,
     /// A provisional negative was learned for it (see [`Schedule`]).
     provisional: bool,
+    /// Its window closed; it is kept one more window to tell late feedback from orphans.
+    closed: bool,
 }
 
 /// The per-worker state of [`LearnOnline`].
@@ -373,6 +380,7 @@ impl<L: Learner> LabelJoin<L> {
                         reference,
                         decided: false,
                         provisional: false,
+                        closed: false,
                     };
                     if !self.windows.open(record.id, entry) {
                         // Its window closed before it arrived: no feedback can be trusted.
@@ -389,13 +397,13 @@ impl<L: Learner> LabelJoin<L> {
                         _ => None,
                     };
                     let Some(entry) = self.windows.get_mut(&record.id) else {
-                        if self.windows.closed.contains_key(&route(&record.id)) {
-                            step.stats.late_feedback += 1;
-                        } else {
-                            step.stats.orphan_feedback += 1;
-                        }
+                        step.stats.orphan_feedback += 1;
                         continue;
                     };
+                    if entry.closed {
+                        step.stats.late_feedback += 1;
+                        continue;
+                    }
                     let Some(label) = label else {
                         step.stats.slow_skip += 1;
                         continue;
@@ -550,29 +558,29 @@ impl<L: Learner> Step<'_, L> {
 
 /// Attribution windows: the impressions still open, and the recently closed ones.
 ///
-/// Impressions are opened in `ts` order and every window has the same length, so windows
-/// close in the order they opened, and provisional negatives fall due in that order too.
-/// Open impressions therefore live in a ring indexed by their opening sequence number:
-/// closing is a pop from the front and the provisional-negative scan a cursor, with no
-/// lookup; only feedback looks an id up, in a small map from id to sequence number.
-/// (A late impression, opened after newer ones, closes with them: at most one window
-/// length late.)
+/// Impressions are opened in `ts` order and every window has the same length, so
+/// provisional negatives fall due, windows close, and closed impressions are forgotten all
+/// in the order the impressions opened. They therefore live in one ring indexed by their
+/// opening sequence number, with a cursor per kind of deadline: no lookup and no reordering
+/// on the way, and only feedback looks an id up, in a map from id to sequence number. A
+/// closed impression stays one more window so that feedback for it counts as late, not as
+/// an orphan. (A late impression, opened after newer ones, closes with them: at most one
+/// window length late.)
 struct Windows {
     window_ms: EventTime,
     /// After this long undecided, an impression gets its provisional negative; `None` when
     /// labels are learned only when final.
     wait_ms: Option<EventTime>,
-    /// Open impressions, oldest first; `ring[i]` has sequence number `first + i`.
+    /// Impressions opened and not yet forgotten, oldest first; `ring[i]` has sequence
+    /// number `first + i`.
     ring: VecDeque<(CompactString, Pending)>,
     first: u64,
     /// The next impression whose provisional negative may be due.
     wait_cursor: u64,
-    /// Sequence number of every open impression.
+    /// The next impression whose window may close.
+    close_cursor: u64,
+    /// Sequence number of every impression in the ring.
     index: FxHashMap<CompactString, u64>,
-    /// Hashes of impressions whose window closed, remembered for one more window so late
-    /// feedback is told apart from orphans, with the time each is forgotten.
-    closed: FxHashMap<u64, EventTime>,
-    closed_order: VecDeque<(EventTime, u64)>,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
 }
@@ -589,13 +597,13 @@ impl Windows {
             ring: VecDeque::new(),
             first: 0,
             wait_cursor: 0,
+            close_cursor: 0,
             index: FxHashMap::default(),
-            closed: FxHashMap::default(),
-            closed_order: VecDeque::new(),
             processed_to: EventTime::MIN,
         }
     }
 
+    /// Whether impression `id` was seen within the last two windows.
     fn is_open(&self, id: &str) -> bool {
         self.index.contains_key(id)
     }
@@ -617,23 +625,26 @@ impl Windows {
         true
     }
 
+    /// The ring position of sequence number `cursor` and the time its deadline `after` the
+    /// impression falls, if that is before `until`.
+    fn due(&self, cursor: u64, after: EventTime, until: EventTime) -> Option<(usize, EventTime)> {
+        let at = usize::try_from(cursor.checked_sub(self.first)?).ok()?;
+        let (_, entry) = self.ring.get(at)?;
+        Some((at, entry.ts.saturating_add(after))).filter(|(_, t)| *t < until)
+    }
+
     /// Learns the provisional negatives due, and closes the windows that ended, before
-    /// `until`, in time order: undecided impressions become negatives.
+    /// `until`, in time order: undecided impressions become negatives. Then forgets the
+    /// impressions closed for a whole window.
     fn close_before<L: Learner>(&mut self, until: EventTime, step: &mut Step<'_, L>) {
         self.processed_to = self.processed_to.max(until);
         loop {
-            let deadline = self
-                .ring
-                .front()
-                .map(|(_, e)| e.ts.saturating_add(self.window_ms))
-                .filter(|t| *t < until);
-            let wait = self.wait_ms.and_then(|wait_ms| {
-                let at = usize::try_from(self.wait_cursor.checked_sub(self.first)?).ok()?;
-                let (_, entry) = self.ring.get(at)?;
-                Some((at, entry.ts.saturating_add(wait_ms))).filter(|(_, t)| *t < until)
-            });
-            match (wait, deadline) {
-                (Some((at, w)), d) if d.is_none_or(|d| w <= d) => {
+            let wait = self
+                .wait_ms
+                .and_then(|wait_ms| self.due(self.wait_cursor, wait_ms, until));
+            let close = self.due(self.close_cursor, self.window_ms, until);
+            match (wait, close) {
+                (Some((at, w)), c) if c.is_none_or(|(_, c)| w <= c) => {
                     self.wait_cursor += 1;
                     if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD) {
                         step.learner.prefetch(&ahead.features);
@@ -644,32 +655,29 @@ impl Windows {
                         step.provisional(entry);
                     }
                 }
-                (_, Some(deadline)) => {
-                    let Some((id, mut entry)) = self.ring.pop_front() else {
-                        break;
-                    };
-                    self.first += 1;
-                    self.wait_cursor = self.wait_cursor.max(self.first);
-                    self.index.remove(&id);
-                    if !entry.decided {
-                        step.finalize(&id, &mut entry, LabelSource::Expired, deadline);
+                (_, Some((at, deadline))) => {
+                    self.close_cursor += 1;
+                    self.wait_cursor = self.wait_cursor.max(self.close_cursor);
+                    if let Some((id, entry)) = self.ring.get_mut(at) {
+                        if !entry.decided {
+                            step.finalize(id, entry, LabelSource::Expired, deadline);
+                        }
+                        entry.closed = true;
+                        entry.features.clear();
                     }
-                    let forget = deadline.saturating_add(self.window_ms);
-                    let key = route(&id);
-                    self.closed.insert(key, forget);
-                    self.closed_order.push_back((forget, key));
                 }
                 _ => break,
             }
         }
-        while let Some(&(forget, key)) = self.closed_order.front() {
-            if forget >= until {
+        let forget_after = self.window_ms.saturating_mul(2);
+        while let Some((_, entry)) = self.ring.front() {
+            if !entry.closed || entry.ts.saturating_add(forget_after) >= until {
                 break;
             }
-            self.closed_order.pop_front();
-            if self.closed.get(&key) == Some(&forget) {
-                self.closed.remove(&key);
+            if let Some((id, _)) = self.ring.pop_front() {
+                self.index.remove(&id);
             }
+            self.first += 1;
         }
     }
 }
