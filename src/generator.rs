@@ -128,10 +128,10 @@ const POSITIONS: u32 = 10;
 /// Categories whose item biases and affinities flip with [`DriftKind::FlipItems`].
 const FLIPPED_CATEGORIES: usize = 6;
 
-const USER_BIAS_SD: f64 = 0.5;
-const ITEM_BIAS_SD: f64 = 0.7;
+const USER_BIAS_SD: f64 = 0.8;
+const ITEM_BIAS_SD: f64 = 1.0;
 const CATEGORY_SD: f64 = 0.3;
-const AFFINITY_SD: f64 = 0.5;
+const AFFINITY_SD: f64 = 0.7;
 const ITEM_DEVICE_SD: f64 = 0.25;
 const COUNTRY_SD: f64 = 0.2;
 const NEW_COUNTRY_EFFECT: f64 = 0.3;
