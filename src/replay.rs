@@ -256,6 +256,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     max_ts = max_ts.max(record.ts);
                     input.send(record);
                 }
+                source.release(block);
                 let watermark = config.input.watermark(max_ts);
                 if watermark > *input.time() {
                     input.advance_to(watermark);

@@ -72,12 +72,22 @@ impl FileSource {
             Some(unsafe { Mmap::map(&file) }.map_err(error)?)
         };
         let bytes = map.as_deref().unwrap_or_default();
-        let blocks = cut_blocks(bytes, config.block_bytes.max(1));
-        Ok(Self {
+        let mut source = Self {
             path: path.to_owned(),
-            map,
-            blocks,
-        })
+            map: None,
+            blocks: Vec::new(),
+        };
+        // Cutting reads every page: let them go as it goes, until a worker reads its blocks.
+        let mut released = 0;
+        let blocks = cut_blocks(bytes, config.block_bytes.max(1), |end| {
+            if end - released >= RELEASE_BYTES || end == bytes.len() {
+                release(map.as_ref(), released, end);
+                released = end;
+            }
+        });
+        source.map = map;
+        source.blocks = blocks;
+        Ok(source)
     }
 
     /// The file's path.
@@ -124,13 +134,41 @@ impl FileSource {
             .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
     }
 
+    /// Tells the kernel `block` has been read: its pages leave this process's resident set
+    /// (they are file pages, so reading them again only reloads them). Without this, the
+    /// whole input file ends up counted in the process's RSS.
+    pub fn release(&self, block: Block) {
+        release(self.map.as_ref(), block.start, block.end);
+    }
+
     fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or_default()
     }
 }
 
-/// Cuts `bytes` into blocks of about `target` bytes ending at line ends.
-fn cut_blocks(bytes: &[u8], target: usize) -> Vec<Block> {
+/// Bytes the initial cut reads before releasing them.
+const RELEASE_BYTES: usize = 64 << 20;
+
+/// Drops `start..end` of `map` from the resident set (see [`FileSource::release`]).
+fn release(map: Option<&Mmap>, start: usize, end: usize) {
+    #[cfg(unix)]
+    if let Some(map) = map {
+        // SAFETY: the map is a read-only mapping of a file. MADV_DONTNEED on it discards
+        // page-table references only; any later access faults the same bytes back in from
+        // the file, so no live reference can observe different contents.
+        let advised = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        // Only a hint: failing to give memory back is not an error worth stopping for.
+        let _ = advised;
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, end);
+}
+
+/// Cuts `bytes` into blocks of about `target` bytes ending at line ends, calling `cut` with
+/// the end of each block.
+fn cut_blocks(bytes: &[u8], target: usize, mut cut: impl FnMut(usize)) -> Vec<Block> {
     let mut blocks = Vec::with_capacity(bytes.len() / target + 1);
     let (mut start, mut line) = (0, 1u64);
     while start < bytes.len() {
@@ -146,6 +184,7 @@ fn cut_blocks(bytes: &[u8], target: usize) -> Vec<Block> {
             first_line: line,
         });
         line += memchr::memchr_iter(b'\n', &bytes[start..end]).count() as u64;
+        cut(end);
         start = end;
     }
     blocks
@@ -204,6 +243,17 @@ mod tests {
             all_lines(&source, 1),
             vec![(1, "a".to_owned()), (4, "b".to_owned())]
         );
+    }
+
+    #[test]
+    fn released_blocks_read_the_same() {
+        let text: String = (0..1000).map(|n| format!("line {n}\n")).collect();
+        let (_f, source) = source(&text, 100);
+        let before = all_lines(&source, 1);
+        for block in source.blocks() {
+            source.release(*block);
+        }
+        assert_eq!(all_lines(&source, 1), before);
     }
 
     #[test]
