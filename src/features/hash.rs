@@ -29,6 +29,7 @@
 //!   Value `1.0`.
 //! - **Index** = hash `& (2^bits − 1)`.
 
+use super::grid::{KeyGrid, hash_grid_scalar};
 #[cfg(target_arch = "x86_64")]
 use super::hash_simd;
 
@@ -231,6 +232,17 @@ impl KeyBatch {
 /// overlapping fixed-size loads instead of a variable-length copy.
 #[inline(always)]
 fn small_chunk(key: &[u8]) -> Option<[u8; KEY_ALIGN]> {
+    let (lo, hi) = small_words(key)?;
+    let mut chunk = [0u8; KEY_ALIGN];
+    chunk[..8].copy_from_slice(&lo.to_le_bytes());
+    chunk[8..].copy_from_slice(&hi.to_le_bytes());
+    Some(chunk)
+}
+
+/// A key of at most 16 bytes as two little-endian words, zero padded: bytes `0..8` and
+/// `8..16`; `None` for longer keys. Overlapping fixed-size loads, no variable-length copy.
+#[inline(always)]
+pub(crate) fn small_words(key: &[u8]) -> Option<(u64, u64)> {
     let len = key.len();
     let word = |at: usize| -> u64 {
         let mut w = [0u8; 8];
@@ -246,24 +258,20 @@ fn small_chunk(key: &[u8]) -> Option<[u8; KEY_ALIGN]> {
         }
         u64::from(u32::from_le_bytes(w))
     };
-    let (lo, hi) = match len {
+    let byte = |at: usize| -> u64 { key.get(at).map_or(0, |&b| u64::from(b)) };
+    Some(match len {
         0 => (0, 0),
-        1..=3 => {
-            let mut lo = 0u64;
-            for (i, &b) in key.iter().enumerate() {
-                lo |= u64::from(b) << (8 * i);
-            }
-            (lo, 0)
-        }
+        // First, middle and last byte; for 1 or 2 bytes some coincide, and or-ing the same
+        // byte into the same place twice is harmless.
+        1..=3 => (
+            byte(0) | (byte(len / 2) << (8 * (len / 2))) | (byte(len - 1) << (8 * (len - 1))),
+            0,
+        ),
         // Bytes [len-4, len) shifted so that the overlap with [0, 4) drops out.
         4..=8 => (half(0) | (half(len - 4) << (8 * (len - 4))), 0),
         9..=16 => (word(0), word(len - 8) >> (8 * (16 - len))),
         _ => return None,
-    };
-    let mut chunk = [0u8; KEY_ALIGN];
-    chunk[..8].copy_from_slice(&lo.to_le_bytes());
-    chunk[8..].copy_from_slice(&hi.to_le_bytes());
-    Some(chunk)
+    })
 }
 
 /// Hashes every key of `batch` with the scalar reference: `out[i] = H(seed_i, key_i)`.
@@ -285,6 +293,20 @@ pub fn hash_batch(backend: Backend, batch: &KeyBatch, out: &mut Vec<u32>) {
         // SAFETY: `Kind::Avx2` is only constructed by `Backend::detect` after
         // `is_x86_feature_detected!("avx2")` returned true.
         Kind::Avx2 => unsafe { hash_simd::hash_batch_avx2(batch, out) },
+    }
+}
+
+/// Hashes every position of `grid` with `backend`: `out[p] = H(seed_p, key_p)`,
+/// bit-identical whatever the backend; `out.len()` becomes [`KeyGrid::len`].
+pub fn hash_grid(backend: Backend, grid: &KeyGrid, out: &mut Vec<u32>) {
+    match backend.0 {
+        Kind::Scalar => hash_grid_scalar(grid, out),
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => {
+            // SAFETY: as in `hash_batch`, AVX2 was detected.
+            unsafe { hash_simd::hash_grid_avx2(grid, out) };
+            grid.patch_long(out);
+        }
     }
 }
 

@@ -21,12 +21,13 @@
 //! this module is empty and the scalar reference is used.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::{cross_batch_avx2, hash_batch_avx2};
+pub(crate) use avx2::{cross_batch_avx2, hash_batch_avx2, hash_grid_avx2};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use crate::features::grid::{GRID_LANES, KeyGrid, Row};
     use crate::features::hash::{C1, C2, F1, F2, KEY_ALIGN, KeyBatch, N, cross_mix, hash_scalar};
 
     const LANES: usize = 8;
@@ -270,6 +271,42 @@ mod avx2 {
                     *d = x;
                 }
             }
+        }
+    }
+
+    /// Hashes one grid row: its blocks while some lane's key reaches them, then the length
+    /// and the finalizer. A long key's lane (length [`crate::features::grid::LONG`], negative as `i32`) computes
+    /// garbage that the caller replaces.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hash_row(row: &Row) -> __m256i {
+        let len = load8(&row.lens);
+        let mut h = load8(&row.seeds);
+        for (i, block) in row.blocks.iter().enumerate() {
+            if _mm256_movemask_epi8(_mm256_cmpgt_epi32(len, _mm256_set1_epi32(4 * i as i32))) == 0 {
+                break;
+            }
+            let limit = _mm256_set1_epi32((4 * i + 3) as i32);
+            h = block_round(h, load8(block), len, limit);
+        }
+        fmix(_mm256_xor_si256(h, len))
+    }
+
+    /// [`crate::features::hash::hash_grid`] on AVX2, except for the long keys, which the
+    /// caller patches in. Rows are block-major already: one load per block, no transpose.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn hash_grid_avx2(grid: &KeyGrid, out: &mut Vec<u32>) {
+        const _: () = assert!(GRID_LANES == LANES);
+        out.clear();
+        out.resize(grid.len(), 0);
+        for (row, dst) in grid.rows().iter().zip(out.chunks_exact_mut(LANES)) {
+            let h = hash_row(row);
+            // SAFETY: `dst` is 8 writable u32; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) };
         }
     }
 

@@ -379,7 +379,65 @@ fn featurize_does_not_allocate_once_warm() {
         });
         assert_eq!(n, 0, "{} allocated", backend.name());
         assert!(!out.spilled());
+
+        // The batch paths, on a batch that is not a multiple of the group size.
+        let batch: Vec<Impression<'_>> = imps.iter().cycle().take(21).cloned().collect();
+        let mut outs = vec![Features::new(); batch.len()];
+        f.featurize_batch(&batch, &mut outs);
+        f.featurize_batch_lanes(&batch, &mut outs);
+        let n = counting::allocations(|| {
+            for _ in 0..20 {
+                f.featurize_batch(&batch, &mut outs);
+                f.featurize_batch_lanes(&batch, &mut outs);
+            }
+        });
+        assert_eq!(n, 0, "{} batch paths allocated", backend.name());
+        assert!(outs.iter().all(|o| !o.spilled()));
     }
+}
+
+#[test]
+fn batches_with_wide_and_varied_events_match_the_reference() {
+    let names: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+    let wide: Vec<(&str, CtxValue<'_>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), CtxValue::Num(i as f64)))
+        .collect();
+    let long = "a-user-id-longer-than-sixteen-bytes";
+    let events = [
+        impression(CONTRACT_EVENT),
+        imp(long, "i", &[("device", s("ios")), ("category", s(long))]),
+        imp("u", "i", &wide),
+        imp("", "", &[]),
+        imp("u", "i", &[("country", s("PL")), ("device", s("tv"))]),
+    ];
+    for backend in [Backend::detect(), Backend::scalar()] {
+        let config = FeatureConfig {
+            numeric_default: NumericTransform::Categorical,
+            ..FeatureConfig::default()
+        };
+        let mut f = Featurizer::with_backend(&config, backend).unwrap();
+        for n in [0, 1, 3, 7, 8, 9, 17, 40] {
+            let batch: Vec<Impression<'_>> = events.iter().cycle().take(n).cloned().collect();
+            let mut reference = Features::new();
+            let (mut a, mut b) = (vec![Features::new(); n], vec![Features::new(); n]);
+            f.featurize_batch(&batch, &mut a);
+            f.featurize_batch_lanes(&batch, &mut b);
+            for ((imp, a), b) in batch.iter().zip(&a).zip(&b) {
+                f.featurize_scalar(imp, &mut reference);
+                assert_same(a, &reference);
+                assert_same(b, &reference);
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "one output per impression")]
+fn batch_needs_one_output_per_impression() {
+    let mut f = featurizer(FeatureConfig::default());
+    f.featurize_batch(&[impression(CONTRACT_EVENT)], &mut []);
 }
 
 // ---- SIMD == scalar --------------------------------------------------------------------
@@ -441,8 +499,117 @@ fn arb_config() -> impl Strategy<Value = FeatureConfig> {
     })
 }
 
+type ArbImp = (String, String, Vec<(String, Result<String, f64>)>);
+
+fn arb_imp() -> impl Strategy<Value = ArbImp> {
+    (arb_string(), arb_string(), arb_ctx())
+}
+
+/// An impression borrowing from a generated one.
+fn to_imp(imp: &ArbImp) -> Impression<'_> {
+    let (user, item, ctx) = imp;
+    let ctx = ctx
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Ok(s) => CtxValue::Str(s.as_str().into()),
+                Err(x) => CtxValue::Num(*x),
+            };
+            (Cow::Borrowed(k.as_str()), v)
+        })
+        .collect();
+    Impression {
+        id: "i".into(),
+        ts: 0,
+        user: user.as_str().into(),
+        item: item.as_str().into(),
+        ctx,
+    }
+}
+
+/// A batch of events: a few shared layouts with varied values, as a stream has, plus fully
+/// random events.
+fn arb_batch() -> impl Strategy<Value = Vec<ArbImp>> {
+    let layouts = proptest::collection::vec(arb_imp(), 1..4);
+    let picks = proptest::collection::vec((any::<prop::sample::Index>(), arb_imp(), 0u8..4), 0..40);
+    (layouts, picks).prop_map(|(layouts, picks)| {
+        picks
+            .into_iter()
+            .map(|(layout, random, kind)| {
+                let (_, _, ctx) = &layouts[layout.index(layouts.len())];
+                match kind {
+                    // The layout of a shared event, values (and user, item) of another.
+                    0 | 1 => {
+                        let (user, item, values) = &random;
+                        let ctx = ctx
+                            .iter()
+                            .zip(values.iter().chain(ctx.iter()).cycle())
+                            .map(|((name, _), (_, value))| (name.clone(), value.clone()))
+                            .collect();
+                        (user.clone(), item.clone(), ctx)
+                    }
+                    2 => layouts[layout.index(layouts.len())].clone(),
+                    _ => random,
+                }
+            })
+            .collect()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn featurize_batch_matches_the_scalar_reference(
+        config in arb_config(),
+        batch in arb_batch(),
+    ) {
+        let imps: Vec<Impression<'_>> = batch.iter().map(to_imp).collect();
+        let bits = |v: &Features| v.iter().map(|f| (f.index, f.value.to_bits())).collect::<Vec<_>>();
+        for backend in [Backend::detect(), Backend::scalar()] {
+            let mut f = Featurizer::with_backend(&config, backend).unwrap();
+            let mut reference = Features::new();
+            // Dirty outputs: every path must clear them.
+            let dirty = |n| vec![Features::from_elem(Feature { index: 7, value: 7.0 }, 30); n];
+            let (mut batched, mut lanes, mut single) = (dirty(imps.len()), dirty(imps.len()), dirty(1));
+            f.featurize_batch(&imps, &mut batched);
+            f.featurize_batch_lanes(&imps, &mut lanes);
+            for (i, imp) in imps.iter().enumerate() {
+                f.featurize_scalar(imp, &mut reference);
+                f.featurize(imp, &mut single[0]);
+                prop_assert_eq!(bits(&batched[i]), bits(&reference), "featurize_batch, event {}", i);
+                prop_assert_eq!(bits(&lanes[i]), bits(&reference), "featurize_batch_lanes, event {}", i);
+                prop_assert_eq!(bits(&single[0]), bits(&reference), "featurize, event {}", i);
+            }
+        }
+    }
+
+    #[test]
+    fn grid_hash_matches_the_scalar_reference(
+        keys in proptest::collection::vec(
+            (0usize..70, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40)),
+            0..60,
+        ),
+    ) {
+        let mut grid = KeyGrid::new();
+        let mut want = Vec::new();
+        for (pos, seed, key) in &keys {
+            grid.set(*pos, *seed, key);
+            if want.len() <= *pos {
+                want.resize(pos + 1, None);
+            }
+            want[*pos] = Some(hash_scalar(*seed, key));
+        }
+        let (mut fast, mut reference) = (Vec::new(), Vec::new());
+        hash_grid(Backend::detect(), &grid, &mut fast);
+        hash_grid_scalar(&grid, &mut reference);
+        prop_assert_eq!(&fast, &reference);
+        prop_assert_eq!(fast.len(), want.len().next_multiple_of(GRID_LANES));
+        for (p, &h) in fast.iter().enumerate() {
+            let want = want.get(p).copied().flatten().unwrap_or(hash_scalar(0, b""));
+            prop_assert_eq!(h, want, "position {}", p);
+        }
+    }
 
     #[test]
     fn featurize_matches_the_scalar_reference(
