@@ -652,87 +652,69 @@ impl Featurizer {
     /// One event without batching: `ctx` names through the position cache, keys hashed one
     /// by one with the scalar reference as the walk meets them, features pushed directly.
     fn featurize_direct(&mut self, imp: &Impression<'_>, out: &mut Features) {
-        out.clear();
-        out.push(self.bias());
+        let bias = self.bias();
         let Featurizer {
             schema,
             cache,
-            scratch: s,
+            scratch,
             ..
         } = self;
-        let mask = schema.mask;
-        s.side_hashes.clear();
-        s.side_hashes.resize(schema.sides, None);
         let lookup = |schema: &mut Schema, pos: usize, name: &str| cache.field(schema, pos, name);
-        schema.walk(imp, lookup, |seed, side, value| {
-            let h = match value {
-                Value::Bytes(bytes) => hash_scalar(seed, bytes),
-                Value::Int(n) => hash_scalar(seed, itoa::Buffer::new().format(n).as_bytes()),
-                Value::Numeric(value) => {
-                    out.push(Feature {
-                        index: seed & mask,
-                        value,
-                    });
-                    return;
-                }
-            };
-            out.push(Feature {
-                index: h & mask,
-                value: 1.0,
-            });
-            if let Some(slot @ None) = s.side_hashes.get_mut(usize::from(side)) {
-                *slot = Some(h);
-            }
-        });
-        for c in &schema.crosses {
-            let side = |side: u16| s.side_hashes.get(usize::from(side)).copied().flatten();
-            if let (Some(a), Some(b)) = (side(c.a), side(c.b)) {
-                out.push(Feature {
-                    index: cross_mix(c.seed, a, b) & mask,
-                    value: 1.0,
-                });
-            }
-        }
+        scalar_walk(schema, scratch, bias, imp, lookup, out);
     }
 
     /// The reference: the same features as [`Featurizer::featurize`], one scalar hash at a
     /// time, in the order of the module docs.
     pub fn featurize_scalar(&mut self, imp: &Impression<'_>, out: &mut Features) {
-        out.clear();
-        out.push(self.bias());
-        let mask = self.schema.mask;
-        let s = &mut self.scratch;
-        s.side_hashes.clear();
-        s.side_hashes.resize(self.schema.sides, None);
+        let bias = self.bias();
         let lookup = |schema: &mut Schema, _: usize, name: &str| schema.field(name);
-        self.schema.walk(imp, lookup, |seed, side, value| {
-            let h = match value {
-                Value::Bytes(bytes) => hash_scalar(seed, bytes),
-                Value::Int(n) => hash_scalar(seed, itoa::Buffer::new().format(n).as_bytes()),
-                Value::Numeric(value) => {
-                    out.push(Feature {
-                        index: seed & mask,
-                        value,
-                    });
-                    return;
-                }
-            };
+        scalar_walk(&mut self.schema, &mut self.scratch, bias, imp, lookup, out);
+    }
+}
+
+/// Walks `imp` in the order of the module docs, hashing each key with the scalar reference
+/// as it comes; `lookup` resolves `ctx` field names (through a cache or not: the result is
+/// the same field either way).
+fn scalar_walk(
+    schema: &mut Schema,
+    s: &mut Scratch,
+    bias: Feature,
+    imp: &Impression<'_>,
+    lookup: impl FnMut(&mut Schema, usize, &str) -> Field,
+    out: &mut Features,
+) {
+    out.clear();
+    out.push(bias);
+    let mask = schema.mask;
+    s.side_hashes.clear();
+    s.side_hashes.resize(schema.sides, None);
+    schema.walk(imp, lookup, |seed, side, value| {
+        let h = match value {
+            Value::Bytes(bytes) => hash_scalar(seed, bytes),
+            Value::Int(n) => hash_scalar(seed, itoa::Buffer::new().format(n).as_bytes()),
+            Value::Numeric(value) => {
+                out.push(Feature {
+                    index: seed & mask,
+                    value,
+                });
+                return;
+            }
+        };
+        out.push(Feature {
+            index: h & mask,
+            value: 1.0,
+        });
+        if let Some(slot @ None) = s.side_hashes.get_mut(usize::from(side)) {
+            *slot = Some(h);
+        }
+    });
+    for c in &schema.crosses {
+        let side = |side: u16| s.side_hashes.get(usize::from(side)).copied().flatten();
+        if let (Some(a), Some(b)) = (side(c.a), side(c.b)) {
             out.push(Feature {
-                index: h & mask,
+                index: cross_mix(c.seed, a, b) & mask,
                 value: 1.0,
             });
-            if let Some(slot @ None) = s.side_hashes.get_mut(usize::from(side)) {
-                *slot = Some(h);
-            }
-        });
-        for c in &self.schema.crosses {
-            let side = |side: u16| s.side_hashes.get(usize::from(side)).copied().flatten();
-            if let (Some(a), Some(b)) = (side(c.a), side(c.b)) {
-                out.push(Feature {
-                    index: cross_mix(c.seed, a, b) & mask,
-                    value: 1.0,
-                });
-            }
         }
     }
 }
