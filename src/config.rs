@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use ctrflow_connectors::file::FileSourceConfig;
+use ctrflow_connectors::kafka::KafkaConfig;
 use ctrflow_dataflows::operators::{LabelConfig, Watermark};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,9 @@ pub struct PipelineConfig {
     /// Progressive validation.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Kafka topics and clients (`run`, `demo`, `gen --out kafka://`).
+    #[serde(default)]
+    pub kafka: KafkaConfig,
 }
 
 /// Reading and decoding input, and event time (`[input]`).
@@ -215,6 +219,7 @@ impl PipelineConfig {
                 self.metrics.window_slices
             ));
         }
+        self.kafka.validate(&mut problems);
         problems
     }
 }

@@ -228,7 +228,7 @@ impl GenConfig {
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return bad(
-                "rate",
+                "event-rate",
                 format!("must be a positive number, got {}", self.rate),
             );
         }
@@ -268,13 +268,17 @@ pub struct GenArgs {
     pub items: u32,
     /// Impressions per event-time second (25/s: 2M impressions cover about a day).
     #[arg(long, default_value_t = 25.0)]
-    pub rate: f64,
+    pub event_rate: f64,
     /// Event time of the first impression's clock, epoch milliseconds.
     #[arg(long, default_value_t = 1_763_800_000_000)]
     pub start_ts: i64,
-    /// Output JSONL file; `-` for stdout.
+    /// Output: a JSONL file, `-` for stdout, or `kafka://HOST:PORT/TOPIC` (keyed by user).
     #[arg(long, default_value = "-")]
     pub out: PathBuf,
+    /// With a Kafka output: messages per second of wall-clock time (as fast as possible
+    /// when absent).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
 }
 
 impl GenArgs {
@@ -287,7 +291,7 @@ impl GenArgs {
             drift_kinds: self.drift_kind.clone(),
             users: self.users,
             items: self.items,
-            rate: self.rate,
+            rate: self.event_rate,
             start_ts: self.start_ts,
         }
     }

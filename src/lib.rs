@@ -9,9 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod features;
 pub mod generator;
 pub mod model;
+pub mod pipeline;
+pub mod produce;
 pub mod progressive;
 pub mod replay;
+pub mod run;

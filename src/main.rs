@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,8 +23,44 @@ enum Command {
     /// Run the learning dataflow over a JSON Lines file as fast as possible and report
     /// progressive metrics.
     Replay(ReplayArgs),
-    /// Write synthetic events (seeded; optional drift) to a JSON Lines file.
+    /// Write synthetic events (seeded; optional drift) to a JSON Lines file or a Kafka
+    /// topic.
     Gen(ctrflow::generator::GenArgs),
+    /// The long-running worker: Kafka `events` in, `scores` and `dead-letters` out.
+    /// Stops cleanly on SIGINT/SIGTERM (a second signal exits at once).
+    Run(RunArgs),
+    /// Everything in one process: an in-process Kafka-protocol broker, the generator
+    /// (with a concept drift half way) and the worker; a live progress line, a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Pipeline configuration (TOML); `[kafka]` says which brokers and topics.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Timely worker threads.
+    #[arg(long, short, default_value_t = 1)]
+    workers: usize,
+    /// Print the final report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Impressions to generate (feedback events come in addition).
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Timely worker threads.
+    #[arg(long, short, default_value_t = 2)]
+    workers: usize,
+    /// Partitions of the events topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,7 +135,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => {
-            let stats = args.run().context("generating events")?;
+            let out = args.out.to_string_lossy();
+            let stats = if out.starts_with("kafka://") {
+                let target: ctrflow::produce::KafkaTarget =
+                    out.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                let stop = stop_on_signals()?;
+                ctrflow::produce::produce(
+                    &args.config(),
+                    &target,
+                    args.rate,
+                    &stop,
+                    &AtomicU64::new(0),
+                )?
+            } else {
+                args.run().context("generating events")?
+            };
             eprintln!(
                 "wrote {} events: {} impressions, {} clicks, {} likes, {} fast skips, {} slow skips (CTR {:.4})",
                 stats.events,
@@ -110,5 +162,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Run(args) => {
+            let config = PipelineConfig::load(&args.config)?;
+            let stop = stop_on_signals()?;
+            let report = ctrflow::run::run(&ctrflow::run::RunOptions {
+                config,
+                workers: args.workers,
+                stop,
+            })?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).context("encoding the report")?
+                );
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let stop = stop_on_signals()?;
+            let report = ctrflow::demo::run(&ctrflow::demo::DemoOptions {
+                impressions: args.events,
+                workers: args.workers,
+                partitions: args.partitions,
+                seed: args.seed,
+                stop,
+            })?;
+            print!("{}", report.render());
+            Ok(())
+        }
     }
+}
+
+/// A flag SIGINT and SIGTERM set; a second signal exits at once (status 130).
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    Ok(stop)
 }

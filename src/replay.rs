@@ -16,27 +16,23 @@
 //! on thread timing, so only a 1-worker run is bit-for-bit reproducible. The logloss
 //! difference against one worker is measured in `bench/` and quoted in the README.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::file::{FileSource, JsonlSink};
-use ctrflow_dataflows::operators::{JoinStats, LearnOnline, Watermark};
-use ctrflow_dataflows::{Features, Interaction, InteractionKind, Score};
+use ctrflow_dataflows::Score;
+use ctrflow_dataflows::operators::JoinStats;
 use serde::Serialize;
-use timely::dataflow::operators::{Inspect, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
-use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
-use crate::features::Featurizer;
+use crate::event::DecodeError;
 use crate::model::Model;
+use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
 
 /// What `replay` was asked to do.
@@ -94,7 +90,7 @@ pub struct ReplayReport {
     /// Rejected lines by reason.
     pub bad_events_by_reason: BTreeMap<&'static str, u64>,
     /// The first rejected lines, with their line numbers.
-    pub bad_event_samples: Vec<BadLine>,
+    pub bad_event_samples: Vec<BadSample>,
     /// Label-join counters.
     #[serde(flatten)]
     pub join: JoinStats,
@@ -104,15 +100,6 @@ pub struct ReplayReport {
     pub recent: Summary,
     /// The model after the run.
     pub model: ModelReport,
-}
-
-/// A rejected line.
-#[derive(Debug, Clone, Serialize)]
-pub struct BadLine {
-    /// 1-based line number.
-    pub line: u64,
-    /// Why it was rejected.
-    pub reason: String,
 }
 
 /// The model at the end of a run.
@@ -126,37 +113,6 @@ pub struct ModelReport {
     pub weight_norm: f64,
 }
 
-/// Rejected lines of one worker.
-#[derive(Debug, Default)]
-struct BadEvents {
-    count: u64,
-    by_reason: BTreeMap<&'static str, u64>,
-    samples: Vec<BadLine>,
-}
-
-/// Rejected lines kept as samples in the report.
-const BAD_SAMPLES: usize = 20;
-
-impl BadEvents {
-    fn record(&mut self, line: u64, error: &DecodeError) {
-        self.count += 1;
-        *self.by_reason.entry(error.reason()).or_default() += 1;
-        if self.samples.len() < BAD_SAMPLES {
-            let mut reason = error.to_string();
-            truncate_utf8(&mut reason, 200);
-            self.samples.push(BadLine { line, reason });
-        }
-    }
-
-    fn merge(&mut self, other: BadEvents) {
-        self.count += other.count;
-        for (reason, n) in other.by_reason {
-            *self.by_reason.entry(reason).or_default() += n;
-        }
-        self.samples.extend(other.samples);
-    }
-}
-
 /// What one worker hands back when the input is done.
 struct WorkerResult {
     events: u64,
@@ -168,10 +124,6 @@ struct WorkerResult {
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
 
-fn progressive(config: &PipelineConfig) -> Progressive {
-    Progressive::with_window(config.metrics.window, config.metrics.window_slices)
-}
-
 /// Runs the replay and returns its report.
 pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let config = &options.config;
@@ -180,7 +132,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             .with_context(|| format!("reading {}", options.input.display()))?,
     );
     // Fail on a bad feature config before starting any thread.
-    Featurizer::new(&config.features)?;
+    Ingest::new(config)?;
     let model = Model::from_config(&config.model)?;
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
@@ -206,55 +158,36 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
-            let mut input = InputHandle::<Watermark, _>::new();
-            let probe = ProbeHandle::new();
-            let join = Rc::new(RefCell::new(JoinStats::default()));
-            let progressive = Rc::new(RefCell::new(progressive(&config)));
-            worker.dataflow::<Watermark, _, _>(|scope| {
-                let (scored, examples) = input
-                    .to_stream(scope)
-                    .container::<Vec<Interaction>>()
-                    .learn_online(model.handle(), &config.label, Rc::clone(&join));
-                let sink = scores.clone();
-                let mut line = Vec::new();
-                let scored = scored.inspect_core(move |event| {
-                    if let (Some(sink), Ok((_, batch))) = (&sink, event) {
-                        write_scores(sink, batch, &mut line);
-                    }
-                });
-                let metrics = Rc::clone(&progressive);
-                examples
-                    .inspect(move |e| {
-                        metrics
-                            .borrow_mut()
-                            .observe(e.served, e.label.is_positive(), e.reference)
-                    })
-                    .probe_with(&probe);
-                scored.probe_with(&probe);
+            let sink = scores.clone();
+            let mut line = Vec::new();
+            let mut dataflow = pipeline::build(worker, &config, &model, move |batch| {
+                if let Some(sink) = &sink {
+                    write_scores(sink, batch, &mut line);
+                }
             });
-
-            let mut featurizer = Featurizer::new(&config.features).expect("validated before start");
+            let input = &mut dataflow.input;
+            let probe = &dataflow.probe;
+            let mut ingest = Ingest::new(&config).expect("validated before start");
             let mut bad = BadEvents::default();
             let mut events = 0u64;
             let mut max_ts = i64::MIN;
-            let mut features = Features::new();
             let mut sent_at = std::collections::VecDeque::new();
             let mut dead = Vec::new();
             for block in source.share(index, peers) {
                 for (line, payload) in source.lines(block) {
                     events += 1;
-                    let record = match event::decode(payload, config.input.max_event_bytes) {
-                        Ok(event) => interaction(event, line, &mut featurizer, &mut features),
+                    match ingest.record(payload, line) {
+                        Ok(record) => {
+                            max_ts = max_ts.max(record.ts);
+                            input.send(record);
+                        }
                         Err(error) => {
-                            bad.record(line, &error);
+                            bad.record(At::Line { line }, &error);
                             if let Some(sink) = &dead_letters {
                                 dead_letter(sink, &source, line, payload, &error, &mut dead);
                             }
-                            continue;
                         }
-                    };
-                    max_ts = max_ts.max(record.ts);
-                    input.send(record);
+                    }
                 }
                 source.release(block);
                 let watermark = config.input.watermark(max_ts);
@@ -275,10 +208,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     bar.set_position(done);
                 }
             }
-            input.close();
+            dataflow.input.close();
             while worker.step() {}
-            let join = join.borrow().clone();
-            let progressive = progressive.replace(Progressive::with_window(1, 1));
+            let join = dataflow.join.borrow().clone();
+            let progressive = dataflow.progressive.replace(Progressive::with_window(1, 1));
             WorkerResult {
                 events,
                 join,
@@ -294,7 +227,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
 
     let mut events = 0;
     let mut join = JoinStats::default();
-    let mut progressive = progressive(config);
+    let mut progressive = pipeline::progressive(config);
     let mut bad = BadEvents::default();
     for result in results {
         let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
@@ -303,8 +236,6 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         progressive.merge(&result.progressive);
         bad.merge(result.bad);
     }
-    bad.samples.sort_by_key(|b| b.line);
-    bad.samples.truncate(BAD_SAMPLES);
     for sink in [&scores, &dead_letters].into_iter().flatten() {
         sink.lock()
             .map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?
@@ -369,93 +300,16 @@ fn report(
     }
 }
 
-/// Turns a decoded event into the dataflow's record, hashing an impression's features.
-fn interaction(
-    event: Event<'_>,
-    line: u64,
-    featurizer: &mut Featurizer,
-    features: &mut Features,
-) -> Interaction {
-    match event {
-        Event::Impression(imp) => {
-            featurizer.featurize(&imp, features);
-            let reference = match imp.ctx_get("_p_true") {
-                Some(CtxValue::Num(p)) if (0.0..=1.0).contains(p) => Some(*p as f32),
-                _ => None,
-            };
-            Interaction {
-                ts: imp.ts,
-                pos: line,
-                id: imp.id.as_ref().into(),
-                kind: InteractionKind::Impression {
-                    user: imp.user.as_ref().into(),
-                    item: imp.item.as_ref().into(),
-                    features: std::mem::take(features),
-                    reference,
-                },
-            }
-        }
-        Event::Feedback(fb) => Interaction {
-            ts: fb.ts,
-            pos: line,
-            id: fb.id.as_ref().into(),
-            kind: match fb.kind {
-                FeedbackKind::Click => InteractionKind::Click,
-                FeedbackKind::Like => InteractionKind::Like,
-                FeedbackKind::Skip { dwell_ms } => InteractionKind::Skip { dwell_ms },
-            },
-        },
-    }
-}
-
-/// The contract's score record.
-#[derive(Serialize)]
-struct ScoreRecord<'a> {
-    id: &'a str,
-    user: &'a str,
-    item: &'a str,
-    score: f32,
-    model_version: u64,
-    event_ts: i64,
-    emit_ts: u64,
-}
-
 fn write_scores(sink: &Mutex<JsonlSink>, batch: &[Score], line: &mut Vec<u8>) {
-    let emit_ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let emit_ts = pipeline::now_ms();
     let Ok(mut sink) = sink.lock() else { return };
-    for s in batch {
-        line.clear();
-        let record = ScoreRecord {
-            id: &s.id,
-            user: &s.user,
-            item: &s.item,
-            score: s.score,
-            model_version: s.model_version,
-            event_ts: s.event_ts,
-            emit_ts,
-        };
-        if serde_json::to_writer(&mut *line, &record).is_ok() && sink.send(line).is_err() {
+    for score in batch {
+        pipeline::encode_score(score, emit_ts, line);
+        if sink.send(line).is_err() {
             tracing::warn!("Failed to write scores; the rest of the run goes on.");
             return;
         }
     }
-}
-
-/// The contract's dead-letter record.
-#[derive(Serialize)]
-struct DeadLetter<'a> {
-    error: String,
-    source: DeadLetterSource<'a>,
-    payload: std::borrow::Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-struct DeadLetterSource<'a> {
-    topic: &'a str,
-    partition: u32,
-    offset: u64,
 }
 
 fn dead_letter(
@@ -467,18 +321,8 @@ fn dead_letter(
     buf: &mut Vec<u8>,
 ) {
     let topic = source.path().to_string_lossy();
-    let record = DeadLetter {
-        error: error.to_string(),
-        source: DeadLetterSource {
-            topic: &topic,
-            partition: 0,
-            offset: line,
-        },
-        payload: String::from_utf8_lossy(payload),
-    };
-    buf.clear();
-    if serde_json::to_writer(&mut *buf, &record).is_ok()
-        && let Ok(mut sink) = sink.lock()
+    pipeline::encode_dead_letter(error, &topic, 0, line as i64, payload, buf);
+    if let Ok(mut sink) = sink.lock()
         && sink.send(buf).is_err()
     {
         tracing::warn!(line, "Failed to write a dead letter.");
@@ -502,17 +346,6 @@ fn progress_bar(enabled: bool, total: u64) -> indicatif::ProgressBar {
 /// A metric for people: `-` when undefined (no examples, or one class only).
 fn fmt(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
 }
 
 impl ReplayReport {
@@ -588,7 +421,14 @@ impl ReplayReport {
             let _ = writeln!(s, "    {reason}: {n}");
         }
         for b in &self.bad_event_samples {
-            let _ = writeln!(s, "    line {}: {}", b.line, b.reason);
+            match b.at {
+                At::Line { line } => {
+                    let _ = writeln!(s, "    line {line}: {}", b.reason);
+                }
+                At::Offset { partition, offset } => {
+                    let _ = writeln!(s, "    partition {partition} offset {offset}: {}", b.reason);
+                }
+            }
         }
         s
     }

@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
 # The test command (README § Tests): the whole suite — unit, integration, doc tests and
-# benches in test mode. Later a real Kafka-protocol broker is started here for the
-# `kafka-it` tests.
+# benches in test mode — with a real, separate Kafka-protocol broker (tansu) started on
+# 127.0.0.1 for the `kafka-it` tests and stopped afterwards.
+#
+# The broker binary is built once into ~/.cache/ctrflow (20-40 min on a fresh machine;
+# tests/broker.sh) and reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ctrflow/target}"
+export CTRFLOW_BROKER_PORT="${CTRFLOW_BROKER_PORT:-19092}"
+export CTRFLOW_TEST_BROKER="127.0.0.1:$CTRFLOW_BROKER_PORT"
+export CTRFLOW_TEST_RESTART_PORT="${CTRFLOW_TEST_RESTART_PORT:-19192}"
 
-cargo test --workspace --all-targets --no-fail-fast
+broker_dir="$(mktemp -d)"
+cleanup() {
+    bash tests/broker.sh stop "$broker_dir" || true
+    rm -rf "$broker_dir"
+}
+trap cleanup EXIT
+
+# Build the broker (once) while nothing else competes for the cores, then start it.
+bash tests/broker.sh install
+bash tests/broker.sh start "$broker_dir"
+
+cargo test --workspace --all-targets --features ctrflow/kafka-it --no-fail-fast
 cargo test --workspace --doc

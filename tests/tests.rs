@@ -8,3 +8,14 @@ mod replay;
 
 /// Every file in `configs/` parses and validates.
 mod configs;
+
+/// Kafka fixtures shared by the broker tests.
+#[cfg_attr(not(feature = "kafka-it"), allow(dead_code))]
+mod kafka_util;
+
+/// `ctrflow run` in-process against librdkafka's mock cluster, with injected faults.
+mod kafka_mock;
+
+/// `ctrflow run` against a real, separate broker (tests/run.sh starts it).
+#[cfg(feature = "kafka-it")]
+mod kafka;

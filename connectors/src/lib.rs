@@ -6,5 +6,6 @@
 
 pub mod error;
 pub mod file;
+pub mod kafka;
 
 pub use error::ConnectorError;

@@ -1,0 +1,199 @@
+//! `ctrflow demo`: everything in one process — a Kafka-protocol broker (librdkafka's
+//! `MockCluster`, real Kafka over TCP on 127.0.0.1), the generator producing events with
+//! a concept drift half way, and the worker of `ctrflow run` consuming them.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ctrflow_connectors::kafka::MockCluster;
+
+use crate::config::PipelineConfig;
+use crate::generator::{DriftKind, GenConfig, GenStats};
+use crate::produce::{self, KafkaTarget};
+use crate::run::{self, Progress, RunOptions, RunReport};
+
+/// What the demo was asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Impressions to generate (feedback events come in addition).
+    pub impressions: u64,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Partitions of the `events` topic.
+    pub partitions: i32,
+    /// Generator seed.
+    pub seed: u64,
+    /// Stops the demo early (Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What the demo did.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The broker's address while it ran.
+    pub bootstrap: String,
+    /// What was generated.
+    pub generated: GenStats,
+    /// The worker's report.
+    pub run: RunReport,
+}
+
+/// Runs the demo, drawing a progress line on stderr.
+pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka broker")?;
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = PipelineConfig::default();
+    config.kafka.brokers = bootstrap.clone();
+    config.kafka.group_id = "ctrflow-demo".to_owned();
+    config.kafka.consumer.idle_timeout_ms = 500;
+    for (topic, partitions) in [
+        (&config.kafka.topics.events, options.partitions),
+        (&config.kafka.topics.scores, options.partitions),
+        (&config.kafka.topics.dead_letters, 1),
+    ] {
+        cluster
+            .create_topic(topic, partitions, 1)
+            .with_context(|| format!("creating topic {topic}"))?;
+    }
+    eprintln!("Kafka-protocol broker (in-process) listening at {bootstrap}");
+    eprintln!(
+        "  watch the scores with: kcat -b {bootstrap} -C -t {} -o beginning",
+        config.kafka.topics.scores
+    );
+
+    let generator = GenConfig {
+        count: options.impressions,
+        seed: options.seed,
+        drift_at: Some(options.impressions / 2),
+        drift_kinds: vec![DriftKind::FlipItems],
+        ..GenConfig::default()
+    };
+    let target = KafkaTarget {
+        brokers: bootstrap.clone(),
+        topic: config.kafka.topics.events.clone(),
+    };
+    let produced = Arc::new(AtomicU64::new(0));
+    let mut producing = Some({
+        let produced = Arc::clone(&produced);
+        let stop = Arc::clone(&options.stop);
+        std::thread::Builder::new()
+            .name("demo-generator".to_owned())
+            .spawn(move || produce::produce(&generator, &target, None, &stop, &produced))
+            .context("starting the generator")?
+    });
+
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let running = run::start(&RunOptions {
+        config: config.clone(),
+        workers: options.workers,
+        stop: Arc::clone(&worker_stop),
+    })?;
+    let status = Arc::clone(running.status());
+    let line = ProgressLine::new();
+    let mut generated = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let progress = status.snapshot(&config);
+        line.draw(&progress);
+        if let Some(handle) = producing.take_if(|h| h.is_finished()) {
+            generated = Some(
+                handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the generator panicked"))??,
+            );
+        }
+        let all_read = generated.is_some() && progress.events >= produced.load(Ordering::Relaxed);
+        if all_read || options.stop.load(Ordering::Relaxed) || running.is_finished() {
+            break;
+        }
+    }
+    worker_stop.store(true, Ordering::Relaxed);
+    let report = running.join()?;
+    line.finish();
+    let generated = match (generated, producing) {
+        (Some(g), _) => g,
+        (None, Some(handle)) => handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the generator panicked"))??,
+        (None, None) => unreachable!("the generator is joined once"),
+    };
+    drop(cluster);
+    Ok(DemoReport {
+        bootstrap,
+        generated,
+        run: report,
+    })
+}
+
+/// The live line: a spinner on a terminal, a log line every 5 s otherwise.
+struct ProgressLine {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: std::cell::Cell<Instant>,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_log: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn draw(&self, p: &Progress) {
+        let f = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.d$}"));
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let message = format!(
+            "{} events ({:.0}/s), {} scores, logloss {} (recent {}), AUC {}, lag {}",
+            p.events,
+            p.events as f64 / secs,
+            p.scores,
+            f(p.overall.logloss, 4),
+            f(p.recent.logloss, 4),
+            f(p.overall.auc, 3),
+            p.lag.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(message);
+                bar.tick();
+            }
+            None if self.last_log.get().elapsed() >= Duration::from_secs(5) => {
+                self.last_log.set(Instant::now());
+                eprintln!("{message}");
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl DemoReport {
+    /// The summary printed at the end.
+    pub fn render(&self) -> String {
+        let g = &self.generated;
+        format!(
+            "demo: generated {} events ({} impressions, CTR {:.4}) with a concept drift half way\n{}",
+            g.events,
+            g.impressions,
+            g.ctr(),
+            self.run.render()
+        )
+    }
+}

@@ -1,0 +1,325 @@
+//! What `replay` and `run` share: the learning dataflow of one worker, turning payloads
+//! into its records, and the contract's output records.
+//!
+//! The two commands differ only in where payloads come from (a file's blocks, Kafka
+//! partitions) and where outputs go (files, topics); everything between is built here, so
+//! a replay measures exactly the dataflow a worker runs.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ctrflow_dataflows::operators::{JoinStats, LearnOnline, Watermark};
+use ctrflow_dataflows::{Features, Interaction, InteractionKind, Score};
+use serde::Serialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+use timely::worker::Worker;
+
+use crate::config::PipelineConfig;
+use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
+use crate::features::Featurizer;
+use crate::model::Model;
+use crate::progressive::Progressive;
+
+/// The dataflow's input.
+pub type Input = InputHandle<Watermark, CapacityContainerBuilder<Vec<Interaction>>>;
+
+/// One worker's learning dataflow and the handles to drive and observe it.
+pub struct Dataflow {
+    /// Where records go in, at the worker's watermark.
+    pub input: Input,
+    /// Passes a time once every record before it is scored and learned from.
+    pub probe: ProbeHandle<Watermark>,
+    /// Label-join counters of this worker.
+    pub join: Rc<RefCell<JoinStats>>,
+    /// Progressive metrics of the examples this worker learned from.
+    pub progressive: Rc<RefCell<Progressive>>,
+    /// The dataflow's identifier, to drop it on shutdown.
+    pub id: usize,
+}
+
+impl std::fmt::Debug for Dataflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataflow")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Empty progressive metrics as configured.
+pub fn progressive(config: &PipelineConfig) -> Progressive {
+    Progressive::with_window(config.metrics.window, config.metrics.window_slices)
+}
+
+/// Builds the learning dataflow on `worker`: records in, one score per impression handed
+/// to `on_scores` (in batches), examples into the progressive metrics.
+pub fn build(
+    worker: &mut Worker,
+    config: &PipelineConfig,
+    model: &Model,
+    mut on_scores: impl FnMut(&[Score]) + 'static,
+) -> Dataflow {
+    let mut input = Input::new();
+    let probe = ProbeHandle::new();
+    let join = Rc::new(RefCell::new(JoinStats::default()));
+    let progressive = Rc::new(RefCell::new(progressive(config)));
+    let id = worker.next_dataflow_index();
+    worker.dataflow::<Watermark, _, _>(|scope| {
+        let (scored, examples) = input
+            .to_stream(scope)
+            .container::<Vec<Interaction>>()
+            .learn_online(model.handle(), &config.label, Rc::clone(&join));
+        let scored = scored.inspect_core(move |event| {
+            if let Ok((_, batch)) = event {
+                on_scores(batch);
+            }
+        });
+        let metrics = Rc::clone(&progressive);
+        examples
+            .inspect(move |e| {
+                metrics
+                    .borrow_mut()
+                    .observe(e.served, e.label.is_positive(), e.reference)
+            })
+            .probe_with(&probe);
+        scored.probe_with(&probe);
+    });
+    Dataflow {
+        input,
+        probe,
+        join,
+        progressive,
+        id,
+    }
+}
+
+/// Turns payloads into the dataflow's records: decode, validate, hash an impression's
+/// features. Owns the buffers, so that a typical event allocates nothing.
+#[derive(Debug)]
+pub struct Ingest {
+    featurizer: Featurizer,
+    features: Features,
+    max_event_bytes: usize,
+}
+
+impl Ingest {
+    /// Ready for `config` (validated: the featurizer cannot fail here).
+    pub fn new(config: &PipelineConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            featurizer: Featurizer::new(&config.features)?,
+            features: Features::new(),
+            max_event_bytes: config.input.max_event_bytes,
+        })
+    }
+
+    /// The record of `payload`, found at position `pos` of its source, or why it is bad.
+    pub fn record(&mut self, payload: &[u8], pos: u64) -> Result<Interaction, DecodeError> {
+        let event = event::decode(payload, self.max_event_bytes)?;
+        Ok(interaction(
+            event,
+            pos,
+            &mut self.featurizer,
+            &mut self.features,
+        ))
+    }
+}
+
+/// Turns a decoded event into the dataflow's record, hashing an impression's features.
+fn interaction(
+    event: Event<'_>,
+    pos: u64,
+    featurizer: &mut Featurizer,
+    features: &mut Features,
+) -> Interaction {
+    match event {
+        Event::Impression(imp) => {
+            featurizer.featurize(&imp, features);
+            let reference = match imp.ctx_get("_p_true") {
+                Some(CtxValue::Num(p)) if (0.0..=1.0).contains(p) => Some(*p as f32),
+                _ => None,
+            };
+            Interaction {
+                ts: imp.ts,
+                pos,
+                id: imp.id.as_ref().into(),
+                kind: InteractionKind::Impression {
+                    user: imp.user.as_ref().into(),
+                    item: imp.item.as_ref().into(),
+                    features: std::mem::take(features),
+                    reference,
+                },
+            }
+        }
+        Event::Feedback(fb) => Interaction {
+            ts: fb.ts,
+            pos,
+            id: fb.id.as_ref().into(),
+            kind: match fb.kind {
+                FeedbackKind::Click => InteractionKind::Click,
+                FeedbackKind::Like => InteractionKind::Like,
+                FeedbackKind::Skip { dwell_ms } => InteractionKind::Skip { dwell_ms },
+            },
+        },
+    }
+}
+
+/// Rejected events of one worker: counted by reason, the first few kept as samples.
+#[derive(Debug, Default)]
+pub struct BadEvents {
+    /// How many.
+    pub count: u64,
+    /// How many per reason.
+    pub by_reason: BTreeMap<&'static str, u64>,
+    /// The first ones, with their position.
+    pub samples: Vec<BadSample>,
+}
+
+/// A rejected event.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadSample {
+    /// Where it was.
+    #[serde(flatten)]
+    pub at: At,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Where a rejected event was in its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(untagged)]
+pub enum At {
+    /// A file's 1-based line.
+    Line {
+        /// The line.
+        line: u64,
+    },
+    /// A topic's partition and offset.
+    Offset {
+        /// The partition.
+        partition: i32,
+        /// The offset.
+        offset: i64,
+    },
+}
+
+/// Rejected events kept as samples in a report.
+pub const BAD_SAMPLES: usize = 20;
+
+impl BadEvents {
+    /// Counts one rejected event found `at`.
+    pub fn record(&mut self, at: At, error: &DecodeError) {
+        self.count += 1;
+        *self.by_reason.entry(error.reason()).or_default() += 1;
+        if self.samples.len() < BAD_SAMPLES {
+            let mut reason = error.to_string();
+            truncate_utf8(&mut reason, 200);
+            self.samples.push(BadSample { at, reason });
+        }
+    }
+
+    /// Adds another worker's.
+    pub fn merge(&mut self, other: BadEvents) {
+        self.count += other.count;
+        for (reason, n) in other.by_reason {
+            *self.by_reason.entry(reason).or_default() += n;
+        }
+        self.samples.extend(other.samples);
+        self.samples.sort_by_key(|b| b.at);
+        self.samples.truncate(BAD_SAMPLES);
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The contract's score record.
+#[derive(Serialize)]
+struct ScoreRecord<'a> {
+    id: &'a str,
+    user: &'a str,
+    item: &'a str,
+    score: f32,
+    model_version: u64,
+    event_ts: i64,
+    emit_ts: u64,
+}
+
+/// Writes `score` in the contract's form into `buf` (cleared first).
+pub fn encode_score(score: &Score, emit_ts: u64, buf: &mut Vec<u8>) {
+    buf.clear();
+    let record = ScoreRecord {
+        id: &score.id,
+        user: &score.user,
+        item: &score.item,
+        score: score.score,
+        model_version: score.model_version,
+        event_ts: score.event_ts,
+        emit_ts,
+    };
+    // Serializing plain fields into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &record);
+}
+
+/// The contract's dead-letter record, plus `payload_bytes`: the original's length, which
+/// tells when `payload` was cut to [`DEAD_LETTER_PAYLOAD_BYTES`].
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    error: String,
+    source: DeadLetterSource<'a>,
+    payload: Cow<'a, str>,
+    payload_bytes: usize,
+}
+
+/// Bytes of a bad payload kept in its dead letter: enough to see what was wrong, small
+/// enough that a 10 MB junk message does not make a dead letter the broker refuses.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
+
+#[derive(Serialize)]
+struct DeadLetterSource<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+/// Writes the dead letter of `payload`, rejected for `error`, from `topic`, `partition`
+/// at `offset`, into `buf` (cleared first).
+pub fn encode_dead_letter(
+    error: &DecodeError,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    buf: &mut Vec<u8>,
+) {
+    buf.clear();
+    let record = DeadLetter {
+        error: error.to_string(),
+        source: DeadLetterSource {
+            topic,
+            partition,
+            offset,
+        },
+        payload: String::from_utf8_lossy(&payload[..payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)]),
+        payload_bytes: payload.len(),
+    };
+    let _ = serde_json::to_writer(&mut *buf, &record);
+}

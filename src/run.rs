@@ -1,0 +1,567 @@
+//! `ctrflow run`: the long-running worker — Kafka `events` in, `scores` and `dead-letters`
+//! out, through the same learning dataflow as `replay` ([`crate::pipeline`]).
+//!
+//! # Event time across partitions and workers
+//!
+//! Each worker reads its share of the partitions ([`KafkaSource`]) and sends records at
+//! its watermark: the oldest newest event time among its active partitions, minus
+//! `input.allowed_lateness_ms`. A partition that is caught up and silent for
+//! `kafka.consumer.idle_timeout_ms` stops holding it back; a worker whose partitions are
+//! all idle (or that has none) follows the slowest worker still reading, so a quiet worker
+//! never stalls the others; when all are idle, the watermark follows the newest event time
+//! read. An impression is therefore scored once every partition has moved past it (plus
+//! the allowed lateness), or at the latest when the worker stops.
+//!
+//! # Shutdown
+//!
+//! On SIGINT/SIGTERM (or [`RunOptions::stop`]) every worker stops reading; once all have,
+//! they advance to just past the newest event time read, so every impression read is
+//! scored, commit their positions, and leave. Impressions still waiting for feedback are
+//! not expired (that would learn false negatives); until checkpoints land (`[state]`)
+//! their labels are lost with the process, and a restart resumes from the committed
+//! offsets.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ctrflow_connectors::kafka::{KafkaSink, KafkaSource, SourceTime};
+use ctrflow_dataflows::operators::{JoinStats, Watermark};
+use serde::Serialize;
+
+use crate::config::PipelineConfig;
+use crate::model::Model;
+use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
+use crate::progressive::{Progressive, Summary};
+
+/// What `run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Pipeline settings (`[kafka]` says where).
+    pub config: PipelineConfig,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Set to stop: read no more, score what was read, flush, return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Live counters of a running worker process, readable from any thread.
+#[derive(Debug)]
+pub struct RunStatus {
+    started: Instant,
+    /// Messages read.
+    pub events: AtomicU64,
+    /// Bad events sent to the dead-letter topic.
+    pub bad_events: AtomicU64,
+    /// Scores sent.
+    pub scores: AtomicU64,
+    /// Scores or dead letters the producer refused (logged).
+    pub send_errors: AtomicU64,
+    /// Newest event time read by any worker.
+    newest_ts: AtomicI64,
+    /// Workers that stopped reading.
+    stopped: AtomicUsize,
+    /// Workers that finished.
+    finished: AtomicUsize,
+    /// Per worker: messages behind the partitions' high watermarks (-1: unknown).
+    lag: Vec<AtomicI64>,
+    /// Per worker: the watermark its input stands at.
+    watermark: Vec<AtomicU64>,
+    /// Per worker: all its partitions are idle (or it has none).
+    idle: Vec<AtomicBool>,
+    /// Per worker: its latest progressive metrics.
+    progressive: Vec<Mutex<Option<Progressive>>>,
+}
+
+impl RunStatus {
+    fn new(workers: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            events: AtomicU64::new(0),
+            bad_events: AtomicU64::new(0),
+            scores: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            newest_ts: AtomicI64::new(i64::MIN),
+            stopped: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            lag: (0..workers).map(|_| AtomicI64::new(-1)).collect(),
+            watermark: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            idle: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            progressive: (0..workers).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Where a worker whose partitions are all idle moves its input: along with the
+    /// slowest worker that is still reading (it must not hold the others back, nor run
+    /// ahead of them: records its partitions get later would be late), or, when every
+    /// worker is idle, to the watermark of the newest event time read (the lateness
+    /// allowance still applies: producers may deliver older events to other partitions).
+    fn idle_target(&self, me: usize, input: &crate::config::InputConfig) -> Option<Watermark> {
+        let active = (0..self.idle.len())
+            .filter(|&w| w != me && !self.idle[w].load(Ordering::Relaxed))
+            .map(|w| self.watermark[w].load(Ordering::Relaxed))
+            .min();
+        match active {
+            Some(w) => Some(w),
+            None => {
+                let newest = self.newest_ts.load(Ordering::Relaxed);
+                (newest != i64::MIN).then(|| input.watermark(newest))
+            }
+        }
+    }
+
+    /// A snapshot for a progress line.
+    pub fn snapshot(&self, config: &PipelineConfig) -> Progress {
+        let mut merged = pipeline::progressive(config);
+        for slot in &self.progressive {
+            if let Ok(slot) = slot.lock()
+                && let Some(p) = slot.as_ref()
+            {
+                merged.merge(p);
+            }
+        }
+        let lags: Vec<i64> = self.lag.iter().map(|l| l.load(Ordering::Relaxed)).collect();
+        Progress {
+            elapsed: self.started.elapsed(),
+            events: self.events.load(Ordering::Relaxed),
+            bad_events: self.bad_events.load(Ordering::Relaxed),
+            scores: self.scores.load(Ordering::Relaxed),
+            lag: lags.iter().all(|l| *l >= 0).then(|| lags.iter().sum()),
+            watermark: self
+                .watermark
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0),
+            overall: merged.summary(),
+            recent: merged.window_summary(),
+        }
+    }
+}
+
+/// Where a running worker process stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Since the start.
+    #[serde(skip)]
+    pub elapsed: Duration,
+    /// Messages read.
+    pub events: u64,
+    /// Bad events.
+    pub bad_events: u64,
+    /// Scores sent.
+    pub scores: u64,
+    /// Messages behind the end of the input topic, when known.
+    pub lag: Option<i64>,
+    /// The oldest watermark among the workers (event time, epoch ms).
+    pub watermark: u64,
+    /// Progressive metrics over all examples.
+    pub overall: Summary,
+    /// Over the recent window.
+    pub recent: Summary,
+}
+
+/// The end-of-run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Timely workers used.
+    pub workers: usize,
+    /// Messages read.
+    pub events: u64,
+    /// Impressions scored.
+    pub impressions: u64,
+    /// Labelled examples learned from.
+    pub examples: u64,
+    /// Wall-clock seconds.
+    pub elapsed_secs: f64,
+    /// Messages read per second.
+    pub events_per_sec: f64,
+    /// Scores sent.
+    pub scores: u64,
+    /// Messages the broker acknowledged (scores and dead letters).
+    pub delivered: u64,
+    /// Deliveries that failed and were sent again.
+    pub failed_deliveries: u64,
+    /// Bad events (sent to the dead-letter topic).
+    pub bad_events: u64,
+    /// Bad events by reason.
+    pub bad_events_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// The first bad events with their partition and offset.
+    pub bad_event_samples: Vec<BadSample>,
+    /// Label-join counters.
+    #[serde(flatten)]
+    pub join: JoinStats,
+    /// Progressive metrics over all examples.
+    pub overall: Summary,
+    /// Over the recent window.
+    pub recent: Summary,
+}
+
+struct WorkerResult {
+    join: JoinStats,
+    progressive: Progressive,
+    bad: BadEvents,
+}
+
+/// How long a worker with nothing to do waits for input; bounds the extra latency of
+/// records that reach it from other workers while it waits.
+const IDLE_WAIT: Duration = Duration::from_millis(2);
+
+/// How often a worker publishes its metrics and lag to [`RunStatus`].
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// A running worker process: its status, and the handle to wait for its report.
+pub struct Running {
+    status: Arc<RunStatus>,
+    guards: timely::communication::WorkerGuards<WorkerResult>,
+    sink: Arc<KafkaSink>,
+    config: PipelineConfig,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to Kafka and starts the workers; returns at once.
+pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
+    let config = options.config.clone();
+    let workers = options.workers.max(1);
+    Ingest::new(&config)?;
+    let model = Model::from_config(&config.model)?;
+    let sink = Arc::new(KafkaSink::new(&config.kafka).context("connecting the producer")?);
+    // Sources are created here, not in the workers, so that a bad broker address or a
+    // missing topic fails the command before any dataflow exists.
+    let mut sources = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        sources.push(Mutex::new(Some(
+            KafkaSource::new(&config.kafka, worker, workers).context("connecting the consumer")?,
+        )));
+    }
+    let sources = Arc::new(sources);
+    let status = Arc::new(RunStatus::new(workers));
+    let guards = {
+        let config = config.clone();
+        let status = Arc::clone(&status);
+        let sink = Arc::clone(&sink);
+        let stop = Arc::clone(&options.stop);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let source = sources[worker.index()]
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .expect("one source per worker");
+            work(worker, source, &config, &model, &sink, &status, &stop)
+        })
+        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
+    };
+    Ok(Running {
+        status,
+        guards,
+        sink,
+        config,
+        workers,
+    })
+}
+
+impl Running {
+    /// Live counters.
+    pub fn status(&self) -> &Arc<RunStatus> {
+        &self.status
+    }
+
+    /// Whether every worker has returned.
+    pub fn is_finished(&self) -> bool {
+        self.status.finished.load(Ordering::Relaxed) == self.workers
+    }
+
+    /// Waits for the workers, flushes the producer and reports.
+    pub fn join(self) -> anyhow::Result<RunReport> {
+        let mut join = JoinStats::default();
+        let mut progressive = pipeline::progressive(&self.config);
+        let mut bad = BadEvents::default();
+        for result in self.guards.join() {
+            let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+            join.merge(&result.join);
+            progressive.merge(&result.progressive);
+            bad.merge(result.bad);
+        }
+        self.sink
+            .flush()
+            .context("flushing scores and dead letters")?;
+        let elapsed = self.status.started.elapsed().as_secs_f64().max(1e-9);
+        let stats = self.sink.stats();
+        let events = self.status.events.load(Ordering::Relaxed);
+        Ok(RunReport {
+            workers: self.workers,
+            events,
+            impressions: join.impressions,
+            examples: join.examples(),
+            elapsed_secs: elapsed,
+            events_per_sec: events as f64 / elapsed,
+            scores: self.status.scores.load(Ordering::Relaxed),
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            failed_deliveries: stats.failed.load(Ordering::Relaxed),
+            bad_events: bad.count,
+            bad_events_by_reason: bad.by_reason,
+            bad_event_samples: bad.samples,
+            join,
+            overall: progressive.summary(),
+            recent: progressive.window_summary(),
+        })
+    }
+}
+
+/// How often `run` logs where it stands.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs until `options.stop` is set, logging a status line every 10 s, then reports.
+pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
+    let running = start(options)?;
+    let mut last = Instant::now();
+    while !running.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() >= LOG_EVERY {
+            last = Instant::now();
+            let p = running.status().snapshot(&options.config);
+            tracing::info!(
+                events = p.events,
+                scores = p.scores,
+                bad_events = p.bad_events,
+                lag = ?p.lag,
+                watermark = p.watermark,
+                logloss = ?p.overall.logloss,
+                auc = ?p.overall.auc,
+                "Running."
+            );
+        }
+    }
+    running.join()
+}
+
+/// Packs a Kafka position into the dataflow's tie-breaking `pos`: records of one partition
+/// keep their order; partitions interleave deterministically.
+fn position(partition: i32, offset: i64) -> u64 {
+    ((offset.max(0) as u64) << 16) | (partition as u64 & 0xffff)
+}
+
+/// The first multiple of `step` above `ts`: a watermark that has passed `ts`.
+fn past(ts: i64, step: u64) -> Watermark {
+    let step = step.max(1);
+    (ts.max(0) as u64 / step + 1) * step
+}
+
+/// One worker: poll, ingest, advance the watermark, step; until told to stop.
+fn work(
+    worker: &mut timely::worker::Worker,
+    mut source: KafkaSource,
+    config: &PipelineConfig,
+    model: &Model,
+    sink: &Arc<KafkaSink>,
+    status: &Arc<RunStatus>,
+    stop: &AtomicBool,
+) -> WorkerResult {
+    let index = worker.index();
+    let peers = worker.peers();
+    let scores_topic = config.kafka.topics.scores.clone();
+    let dead_topic = config.kafka.topics.dead_letters.clone();
+    let events_topic = source.topic().to_owned();
+    let mut dataflow = {
+        let sink = Arc::clone(sink);
+        let status = Arc::clone(status);
+        let mut buf = Vec::with_capacity(256);
+        pipeline::build(worker, config, model, move |batch| {
+            let emit_ts = pipeline::now_ms();
+            for score in batch {
+                pipeline::encode_score(score, emit_ts, &mut buf);
+                if let Err(error) = sink.send(&scores_topic, Some(score.user.as_bytes()), &buf) {
+                    status.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, id = %score.id, "A score could not be queued.");
+                }
+            }
+            status
+                .scores
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        })
+    };
+    let mut ingest = Ingest::new(config).expect("validated before start");
+    let mut bad = BadEvents::default();
+    let mut dead = Vec::with_capacity(1024);
+    let mut newest = i64::MIN;
+    let step = config.input.watermark_step_ms;
+    let commit_every = Duration::from_millis(config.kafka.consumer.commit_interval_ms);
+    let mut commits: VecDeque<(Watermark, Vec<(i32, i64)>)> = VecDeque::new();
+    let mut last_snapshot = Instant::now();
+    let mut last_publish = Instant::now();
+    let poll_batch = config.kafka.consumer.poll_batch;
+
+    while !stop.load(Ordering::Relaxed) {
+        let input = &mut dataflow.input;
+        let busy = dataflow.probe.less_than(input.time());
+        let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+        let read = source.poll(poll_batch, wait, |message| {
+            let pos = position(message.partition, message.offset);
+            match ingest.record(message.payload, pos) {
+                Ok(record) => {
+                    let ts = record.ts;
+                    newest = newest.max(ts);
+                    input.send(record);
+                    Some(ts)
+                }
+                Err(error) => {
+                    let at = At::Offset {
+                        partition: message.partition,
+                        offset: message.offset,
+                    };
+                    bad.record(at, &error);
+                    pipeline::encode_dead_letter(
+                        &error,
+                        &events_topic,
+                        message.partition,
+                        message.offset,
+                        message.payload,
+                        &mut dead,
+                    );
+                    if let Err(error) = sink.send(&dead_topic, None, &dead) {
+                        status.send_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, ?at, "A dead letter could not be queued.");
+                    }
+                    status.bad_events.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        });
+        if read > 0 {
+            status.events.fetch_add(read as u64, Ordering::Relaxed);
+            status.newest_ts.fetch_max(newest, Ordering::Relaxed);
+        }
+        let time = source.time();
+        let idle = matches!(time, SourceTime::Idle(_) | SourceTime::Unassigned);
+        status.idle[index].store(idle, Ordering::Relaxed);
+        let target = match time {
+            SourceTime::Active(ts) => Some(config.input.watermark(ts)),
+            SourceTime::Idle(_) | SourceTime::Unassigned => {
+                status.idle_target(index, &config.input)
+            }
+            SourceTime::Unknown => None,
+        };
+        if let Some(t) = target
+            && t > *input.time()
+        {
+            input.advance_to(t);
+        }
+        // Records sent at a time that did not move (late ones, or a watermark standing
+        // still) would otherwise wait in the input's buffer for the next advance.
+        input.flush();
+        status.watermark[index].store(*input.time(), Ordering::Relaxed);
+        worker.step();
+
+        // Offsets go to the group only once everything read before them was processed.
+        if last_snapshot.elapsed() >= commit_every {
+            last_snapshot = Instant::now();
+            let processed_at = past(newest, 1).max(*dataflow.input.time() + 1);
+            commits.push_back((processed_at, source.positions()));
+        }
+        while let Some((t, _)) = commits.front()
+            && !dataflow.probe.less_than(t)
+        {
+            if let Some((_, positions)) = commits.pop_front() {
+                source.commit(&positions);
+            }
+        }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            last_publish = Instant::now();
+            publish(status, index, &source, &dataflow);
+            if let Err(error) = sink.retry_failed() {
+                tracing::error!(%error, "Failed deliveries could not be queued again.");
+            }
+        }
+    }
+
+    // Everyone stops reading first, so that the newest event time and the workers' input
+    // times are final...
+    status.watermark[index].store(*dataflow.input.time(), Ordering::SeqCst);
+    status.stopped.fetch_add(1, Ordering::SeqCst);
+    while status.stopped.load(Ordering::SeqCst) < peers {
+        worker.step_or_park(Some(IDLE_WAIT));
+    }
+    // ...then all advance to the same time, just past both: every record read is scored
+    // (records sent at a time complete only when the frontier passes it), no window closes
+    // early, and the probe tells when it is done.
+    let newest = status.newest_ts.load(Ordering::SeqCst);
+    let inputs = status.watermark.iter().map(|w| w.load(Ordering::SeqCst));
+    let mut last = inputs.max().unwrap_or(0) + 1;
+    if newest != i64::MIN {
+        last = last.max(past(newest, step));
+    }
+    dataflow.input.advance_to(last);
+    while dataflow.probe.less_than(&last) {
+        worker.step_or_park(Some(IDLE_WAIT));
+    }
+    source.commit(&source.positions());
+    publish(status, index, &source, &dataflow);
+    let result = WorkerResult {
+        join: dataflow.join.borrow().clone(),
+        progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
+        bad,
+    };
+    // Leave without closing the input: closing would expire every open attribution window.
+    worker.drop_dataflow(dataflow.id);
+    status.finished.fetch_add(1, Ordering::SeqCst);
+    result
+}
+
+fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pipeline::Dataflow) {
+    let lags = source.lag();
+    let lag = if lags.iter().all(|(_, l)| l.is_some()) {
+        lags.iter().map(|(_, l)| l.unwrap_or(0)).sum()
+    } else {
+        -1
+    };
+    status.lag[index].store(lag, Ordering::Relaxed);
+    if let Ok(mut slot) = status.progressive[index].lock() {
+        *slot = Some(dataflow.progressive.borrow().clone());
+    }
+}
+
+impl RunReport {
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let f = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.d$}"));
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "run with {} worker(s): {} events, {} impressions scored, {} examples in {:.1} s ({:.0} events/s)",
+            self.workers,
+            self.events,
+            self.impressions,
+            self.examples,
+            self.elapsed_secs,
+            self.events_per_sec
+        );
+        let _ = writeln!(
+            s,
+            "  logloss {}, normalized entropy {}, AUC {}, calibration {}",
+            f(self.overall.logloss, 5),
+            f(self.overall.normalized_entropy, 4),
+            f(self.overall.auc, 4),
+            f(self.overall.calibration, 4)
+        );
+        let _ = writeln!(
+            s,
+            "  outputs: {} scores, {} delivered, {} failed deliveries (sent again); {} bad events",
+            self.scores, self.delivered, self.failed_deliveries, self.bad_events
+        );
+        for (reason, n) in &self.bad_events_by_reason {
+            let _ = writeln!(s, "    {reason}: {n}");
+        }
+        s
+    }
+}

@@ -1,0 +1,250 @@
+//! `ctrflow run` against a real, separate Kafka-protocol broker (tansu), started by
+//! `tests/run.sh`, which passes its address in `CTRFLOW_TEST_BROKER`. Built with the
+//! `kafka-it` feature only.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use ctrflow::generator::GenConfig;
+use ctrflow::produce::{KafkaTarget, produce};
+
+use crate::kafka_util::{
+    Topics, WorkerProcess, assert_one_valid_score_per_impression, consume, json, produce_raw,
+    wait_for,
+};
+
+fn broker() -> String {
+    std::env::var("CTRFLOW_TEST_BROKER").expect(
+        "CTRFLOW_TEST_BROKER: run the Kafka tests through tests/run.sh, which starts a broker",
+    )
+}
+
+fn generate_into(
+    brokers: &str,
+    topic: &str,
+    impressions: u64,
+    seed: u64,
+    rate: Option<f64>,
+) -> ctrflow::generator::GenStats {
+    let config = GenConfig {
+        count: impressions,
+        seed,
+        ..GenConfig::default()
+    };
+    let target = KafkaTarget {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+    };
+    produce(
+        &config,
+        &target,
+        rate,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .expect("producing generated events")
+}
+
+#[test]
+fn a_hundred_thousand_events_give_exactly_one_score_per_impression() {
+    let brokers = broker();
+    let topics = Topics::create(&brokers, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let worker = WorkerProcess::start(dir.path(), &topics.config(&brokers, ""), 2);
+    let generated = generate_into(&brokers, &topics.events, 66_000, 3, None);
+    assert!(generated.events >= 100_000, "{generated:?}");
+
+    // Live, impressions are scored once every partition moved past them (the tail on
+    // shutdown): wait until the scores stop coming, then stop the worker.
+    let expected = generated.impressions as usize;
+    wait_for(
+        &brokers,
+        &topics.scores,
+        expected,
+        Duration::from_secs(5),
+        Duration::from_secs(240),
+    );
+    let report = worker.stop();
+    let scores = consume(
+        &brokers,
+        &topics.scores,
+        expected,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(report["events"], generated.events, "{report}");
+    assert_eq!(report["impressions"], generated.impressions, "{report}");
+    assert_eq!(report["scores"], generated.impressions, "{report}");
+    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    assert_eq!(report["bad_events"], 0, "{report}");
+    assert_eq!(report["failed_deliveries"], 0, "{report}");
+}
+
+#[test]
+fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
+    let brokers = broker();
+    let topics = Topics::create(&brokers, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut junk: Vec<u8> = (0..1_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+    junk[0] = b'{';
+    let bad: Vec<Vec<u8>> = vec![
+        b"this is not json".to_vec(),
+        br#"{"type":"impression","id":"bad-ts","ts":"yesterday","user":"u1","item":"v1","ctx":{}}"#
+            .to_vec(),
+        br#"{"type":"purchase","id":"imp-1","ts":1763800000000}"#.to_vec(),
+        junk,
+    ];
+    produce_raw(&brokers, &topics.events, &bad);
+    let worker = WorkerProcess::start(dir.path(), &topics.config(&brokers, ""), 1);
+    let generated = generate_into(&brokers, &topics.events, 3_000, 5, None);
+
+    wait_for(
+        &brokers,
+        &topics.scores,
+        3_000,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    );
+    let report = worker.stop();
+    let scores = consume(
+        &brokers,
+        &topics.scores,
+        3_000,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    let letters = json(&consume(
+        &brokers,
+        &topics.dead_letters,
+        bad.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    ));
+
+    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    assert_eq!(letters.len(), bad.len(), "{letters:?}");
+    // Keyless messages spread over the partitions: find each bad message's letter by its
+    // length (all four differ).
+    let letter = |i: usize| {
+        letters
+            .iter()
+            .find(|l| l["payload_bytes"] == bad[i].len())
+            .unwrap_or_else(|| panic!("no dead letter for bad message {i}: {letters:?}"))
+    };
+    let mut positions = std::collections::HashSet::new();
+    for i in 0..bad.len() {
+        let l = letter(i);
+        assert!(!l["error"].as_str().unwrap().is_empty(), "{l}");
+        assert_eq!(l["source"]["topic"], topics.events.as_str());
+        let at = (
+            l["source"]["partition"].as_i64().unwrap(),
+            l["source"]["offset"].as_i64().unwrap(),
+        );
+        assert!(positions.insert(at), "two letters at {at:?}");
+    }
+    assert_eq!(letter(0)["payload"], "this is not json");
+    assert!(
+        letter(0)["error"].as_str().unwrap().contains("malformed"),
+        "{}",
+        letter(0)
+    );
+    assert!(
+        letter(1)["error"].as_str().unwrap().contains("`ts`"),
+        "names the field: {}",
+        letter(1)
+    );
+    assert!(
+        letter(2)["error"].as_str().unwrap().contains("purchase"),
+        "{}",
+        letter(2)
+    );
+    let junk = letter(3)["payload"].as_str().unwrap();
+    assert!(
+        junk.len() < 4 * 64 * 1024,
+        "cut, not copied whole: {} bytes",
+        junk.len()
+    );
+    assert_eq!(report["bad_events"], bad.len(), "{report}");
+    assert_eq!(
+        report["events"],
+        generated.events + bad.len() as u64,
+        "{report}"
+    );
+}
+
+/// `tests/broker.sh` with a broker of this test's own on `port`, state in `dir`.
+fn broker_sh(command: &str, dir: &Path, port: u16) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/broker.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .arg(dir)
+        .env("CTRFLOW_BROKER_PORT", port.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "broker.sh {command}");
+}
+
+/// Stops the test's broker even when the test fails.
+struct OwnBroker<'a> {
+    dir: &'a Path,
+    port: u16,
+}
+
+impl Drop for OwnBroker<'_> {
+    fn drop(&mut self) {
+        broker_sh("stop", self.dir, self.port);
+    }
+}
+
+#[test]
+fn the_worker_reconnects_after_a_broker_restart_and_scores_everything() {
+    let port: u16 = std::env::var("CTRFLOW_TEST_RESTART_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(19192);
+    let dir = tempfile::tempdir().unwrap();
+    let broker_dir = dir.path().join("broker");
+    broker_sh("start", &broker_dir, port);
+    let _broker = OwnBroker {
+        dir: &broker_dir,
+        port,
+    };
+    let brokers = format!("127.0.0.1:{port}");
+    let topics = Topics::create(&brokers, 2);
+    let worker = WorkerProcess::start(dir.path(), &topics.config(&brokers, ""), 2);
+
+    // Traffic for about 6 s; the broker is down for 2 s in the middle of it.
+    let producing = {
+        let brokers = brokers.clone();
+        let events = topics.events.clone();
+        std::thread::spawn(move || generate_into(&brokers, &events, 20_000, 9, Some(5_000.0)))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    broker_sh("stop", &broker_dir, port);
+    std::thread::sleep(Duration::from_secs(2));
+    broker_sh("start", &broker_dir, port);
+    let generated = producing.join().unwrap();
+
+    let expected = generated.impressions as usize;
+    wait_for(
+        &brokers,
+        &topics.scores,
+        expected,
+        Duration::from_secs(5),
+        Duration::from_secs(180),
+    );
+    let report = worker.stop();
+    let scores = consume(
+        &brokers,
+        &topics.scores,
+        expected,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    assert_eq!(report["events"], generated.events, "{report}");
+    assert_eq!(report["impressions"], generated.impressions, "{report}");
+    assert_eq!(report["delivered"], generated.impressions, "{report}");
+    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+}

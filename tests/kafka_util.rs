@@ -1,0 +1,318 @@
+//! Kafka fixtures: topics, producing, consuming everything, and a `ctrflow run` process.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::util::ctrflow;
+
+/// A topic name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates `topics` (name, partitions) on `brokers` through the Admin API.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = futures_executor::block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+    }
+}
+
+/// A plain producer (not ctrflow's sink), for messages a test writes by hand.
+pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `payloads` to `topic` (keyless) and waits for their delivery.
+pub fn produce_raw(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
+    let producer = producer(brokers);
+    for payload in payloads {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).payload(payload))
+            .map_err(|(e, _)| e)
+            .expect("queue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+}
+
+/// Waits until `topic` holds `expected` messages, or until it stopped growing for
+/// `quiet` (at most `timeout`); returns how many it holds.
+pub fn wait_for(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    drop(metadata);
+    let deadline = Instant::now() + timeout;
+    let mut last = (0, Instant::now());
+    loop {
+        let mut total = 0;
+        for p in 0..partitions {
+            if let Ok((low, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                total += (high - low).max(0) as usize;
+            }
+        }
+        if total != last.0 {
+            last = (total, Instant::now());
+        }
+        if total >= expected || last.1.elapsed() >= quiet || Instant::now() >= deadline {
+            return total;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived (or `timeout`),
+/// then `grace` more to catch any extra; returns them all.
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    grace: Duration,
+) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    drop(list);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut done_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || done_at.is_some_and(|t| now >= t + grace) {
+            break;
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(message.payload().unwrap_or_default().to_vec());
+        }
+        if out.len() >= expected && done_at.is_none() {
+            done_at = Some(Instant::now());
+        }
+    }
+    out
+}
+
+/// The JSON of every message.
+pub fn json(messages: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice(m).expect("JSON"))
+        .collect()
+}
+
+/// The topics of one test.
+pub struct Topics {
+    pub events: String,
+    pub scores: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    /// Fresh topics: `partitions` for events and scores, one for dead letters.
+    pub fn create(brokers: &str, partitions: i32) -> Self {
+        let topics = Self {
+            events: unique("events"),
+            scores: unique("scores"),
+            dead_letters: unique("dead"),
+        };
+        create_topics(
+            brokers,
+            &[
+                (&topics.events, partitions),
+                (&topics.scores, partitions),
+                (&topics.dead_letters, 1),
+            ],
+        );
+        topics
+    }
+
+    /// A worker config for these topics; `extra` is appended (more TOML).
+    pub fn config(&self, brokers: &str, extra: &str) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+
+[kafka.topics]
+events = "{events}"
+scores = "{scores}"
+dead_letters = "{dead}"
+
+[kafka.consumer]
+# Above librdkafka's fetch.wait.max.ms (500): a caught-up partition fetches that often.
+idle_timeout_ms = 2000
+{extra}
+"#,
+            group = unique("group"),
+            events = self.events,
+            scores = self.scores,
+            dead = self.dead_letters,
+        )
+    }
+}
+
+/// A `ctrflow run` process.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `ctrflow run --config <dir>/worker.toml --workers N --json`.
+    pub fn start(dir: &Path, config: &str, workers: usize) -> Self {
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = ctrflow()
+            .args([
+                "run",
+                "--json",
+                "--workers",
+                &workers.to_string(),
+                "--config",
+            ])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ctrflow run");
+        Self { child }
+    }
+
+    /// SIGTERM, then the report it prints; fails the test unless it exits 0 within 60 s.
+    pub fn stop(mut self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ctrflow run did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let tail = &stderr[stderr.len().saturating_sub(3000)..];
+        assert!(status.success(), "ctrflow run exited {status}: ...{tail}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks the scores against the generated impressions: exactly one per impression, each
+/// a probability with a model version, keyed by the impression's user.
+pub fn assert_one_valid_score_per_impression(scores: &[serde_json::Value], impressions: u64) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for s in scores {
+        let id = s["id"].as_str().expect("id");
+        *seen.entry(id).or_default() += 1;
+        let p = s["score"].as_f64().expect("score");
+        assert!(p > 0.0 && p < 1.0 && p.is_finite(), "score {p} in {s}");
+        assert!(s["model_version"].is_u64(), "{s}");
+        assert!(s["event_ts"].is_i64(), "{s}");
+        assert!(s["emit_ts"].is_u64(), "{s}");
+        assert!(
+            s["user"].as_str().is_some_and(|u| u.starts_with('u')),
+            "{s}"
+        );
+        assert!(s["item"].as_str().is_some(), "{s}");
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        duplicated.is_empty(),
+        "scored more than once: {duplicated:?}"
+    );
+    for i in 0..impressions {
+        let id = format!("imp-{i}");
+        assert!(
+            seen.contains_key(id.as_str()),
+            "{id} was not scored ({} scores for {impressions} impressions)",
+            scores.len()
+        );
+    }
+    assert_eq!(scores.len() as u64, impressions);
+}
