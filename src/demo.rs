@@ -15,6 +15,9 @@ use crate::generator::{DriftKind, GenConfig, GenStats};
 use crate::produce::{self, KafkaTarget};
 use crate::run::{self, Progress, RunOptions, RunReport};
 
+/// Events the demo's generator may be ahead of the worker.
+const MAX_AHEAD: u64 = 50_000;
+
 /// What the demo was asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -75,16 +78,6 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         brokers: bootstrap.clone(),
         topic: config.kafka.topics.events.clone(),
     };
-    let produced = Arc::new(AtomicU64::new(0));
-    let mut producing = Some({
-        let produced = Arc::clone(&produced);
-        let stop = Arc::clone(&options.stop);
-        std::thread::Builder::new()
-            .name("demo-generator".to_owned())
-            .spawn(move || produce::produce(&generator, &target, None, &stop, &produced))
-            .context("starting the generator")?
-    });
-
     let worker_stop = Arc::new(AtomicBool::new(false));
     let running = run::start(&RunOptions {
         config: config.clone(),
@@ -92,8 +85,32 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         stop: Arc::clone(&worker_stop),
     })?;
     let status = Arc::clone(running.status());
+
+    // The generator stays at most MAX_AHEAD events ahead of the worker: the in-process
+    // broker keeps a bounded log per partition, and a reader that falls further behind
+    // would find its next messages already deleted.
+    let produced = Arc::new(AtomicU64::new(0));
+    let mut producing = Some({
+        let produced = Arc::clone(&produced);
+        let stop = Arc::clone(&options.stop);
+        let status = Arc::clone(&status);
+        std::thread::Builder::new()
+            .name("demo-generator".to_owned())
+            .spawn(move || {
+                let pace = |sent: u64| {
+                    while sent > status.events.load(Ordering::Relaxed) + MAX_AHEAD
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                };
+                produce::produce_paced(&generator, &target, None, &stop, &produced, &pace)
+            })
+            .context("starting the generator")?
+    });
     let line = ProgressLine::new();
     let mut generated = None;
+    let mut caught_up_since: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let progress = status.snapshot(&config);
@@ -106,7 +123,15 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
             );
         }
         let all_read = generated.is_some() && progress.events >= produced.load(Ordering::Relaxed);
-        if all_read || options.stop.load(Ordering::Relaxed) || running.is_finished() {
+        // Should the broker ever drop messages the worker did not read, stop anyway once
+        // the worker has caught up for a while (the report shows what was read).
+        let caught_up = generated.is_some() && progress.lag == Some(0);
+        let since = *caught_up_since.get_or_insert_with(Instant::now);
+        if !caught_up {
+            caught_up_since = None;
+        }
+        let stalled = caught_up && since.elapsed() >= Duration::from_secs(5);
+        if all_read || stalled || options.stop.load(Ordering::Relaxed) || running.is_finished() {
             break;
         }
     }

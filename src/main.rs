@@ -50,7 +50,7 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
     /// Impressions to generate (feedback events come in addition).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     events: u64,
     /// Timely worker threads.
     #[arg(long, short, default_value_t = 2)]

@@ -52,6 +52,19 @@ pub fn produce(
     stop: &AtomicBool,
     produced: &AtomicU64,
 ) -> anyhow::Result<GenStats> {
+    produce_paced(config, target, rate, stop, produced, &|_| ())
+}
+
+/// [`produce`], calling `pace` with the number of events sent after every batch; it may
+/// block to hold the producer back (the demo keeps it within reach of the worker).
+pub fn produce_paced(
+    config: &GenConfig,
+    target: &KafkaTarget,
+    rate: Option<f64>,
+    stop: &AtomicBool,
+    produced: &AtomicU64,
+    pace: &dyn Fn(u64),
+) -> anyhow::Result<GenStats> {
     let kafka = KafkaConfig {
         brokers: target.brokers.clone(),
         ..KafkaConfig::default()
@@ -77,6 +90,7 @@ pub fn produce(
             sent += 1;
         }
         produced.store(sent, Ordering::Relaxed);
+        pace(sent);
         sink.retry_failed()
             .with_context(|| format!("producing to {}", target.topic))?;
         if let Some(rate) = rate {

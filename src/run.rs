@@ -556,6 +556,14 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
+            "  last {} examples: logloss {}, AUC {}, calibration {}",
+            self.recent.count,
+            f(self.recent.logloss, 5),
+            f(self.recent.auc, 4),
+            f(self.recent.calibration, 4)
+        );
+        let _ = writeln!(
+            s,
             "  outputs: {} scores, {} delivered, {} failed deliveries (sent again); {} bad events",
             self.scores, self.delivered, self.failed_deliveries, self.bad_events
         );

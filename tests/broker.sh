@@ -7,7 +7,8 @@
 #
 # The binary lives outside the clone ($CTRFLOW_CACHE, default ~/.cache/ctrflow) so every
 # run on this machine reuses it. Storage is SQLite (a file in DIR): messages survive a broker
-# restart, which the reconnect test relies on.
+# restart, which the reconnect test relies on. CTRFLOW_BROKER_STORAGE=memory keeps messages in
+# memory instead (faster; for benchmarks).
 set -euo pipefail
 
 CACHE="${CTRFLOW_CACHE:-$HOME/.cache/ctrflow}"
@@ -32,13 +33,17 @@ start() {
     install
     mkdir -p "$dir"
     stop "$dir" 2>/dev/null || true
+    local storage="sqlite://tansu.db"
+    if [[ "${CTRFLOW_BROKER_STORAGE:-sqlite}" == memory ]]; then
+        storage="memory://tansu/"
+    fi
     (
         cd "$dir"
         # tansu takes the SQLite path relative to its working directory.
         nohup "$TANSU" broker \
             --listener-url "tcp://127.0.0.1:$PORT" \
             --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-            --storage-engine "sqlite://tansu.db" >>broker.log 2>&1 &
+            --storage-engine "$storage" >>broker.log 2>&1 &
         echo $! >broker.pid
     )
     for _ in $(seq 1 100); do
@@ -58,13 +63,17 @@ stop() {
     if [[ -f "$dir/broker.pid" ]]; then
         local pid
         pid="$(cat "$dir/broker.pid")"
-        # tansu shuts down cleanly on SIGINT (it ignores SIGTERM).
+        # tansu shuts down cleanly on SIGINT (it ignores SIGTERM). Give it time: killed hard,
+        # its SQLite storage panics on the next produce of an idempotent producer that
+        # outlived it (tansu 0.6.0, lite.rs:503), and the restarted broker stops serving.
         kill -INT "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
+        for _ in $(seq 1 300); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -9 "$pid" 2>/dev/null || true
+        if kill -9 "$pid" 2>/dev/null; then
+            echo "tansu did not stop on SIGINT within 30 s; killed" >&2
+        fi
         rm -f "$dir/broker.pid"
     fi
 }

@@ -25,3 +25,13 @@ bash tests/broker.sh start "$broker_dir"
 
 cargo test --workspace --all-targets --features ctrflow/kafka-it --no-fail-fast
 cargo test --workspace --doc
+
+# A client that is not ours: confluent-kafka from PyPI (librdkafka 2.16) produces events
+# to and reads scores from `ctrflow run`. Its venv is cached beside the broker.
+venv="${CTRFLOW_CACHE:-$HOME/.cache/ctrflow}/venv-confluent-2.16.1"
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import confluent_kafka" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "confluent-kafka==2.16.1"
+fi
+"$venv/bin/python" tests/clients/confluent_roundtrip.py \
+    --brokers "$CTRFLOW_TEST_BROKER" --ctrflow "$CARGO_TARGET_DIR/debug/ctrflow"
