@@ -10,8 +10,8 @@ use ctrflow::generator::GenConfig;
 use ctrflow::produce::{KafkaTarget, produce};
 
 use crate::kafka_util::{
-    Topics, WorkerProcess, assert_one_valid_score_per_impression, consume, json, produce_raw,
-    wait_for,
+    Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
+    assert_one_valid_score_per_impression, consume, json, produce_raw, wait_for,
 };
 
 fn broker() -> String {
@@ -251,14 +251,18 @@ fn the_worker_reconnects_after_a_broker_restart_and_scores_everything() {
         Duration::from_secs(60),
         Duration::from_secs(2),
     );
-    // A producer that outlives a broker restart may write a message twice (the broker lost
-    // what its idempotence needs; ctrflow's sink replaces a stalled producer and resends):
-    // the worker reads every copy, scores each impression once and counts the duplicates.
+    // A producer that outlives a broker restart may write a message twice (this broker
+    // loses what idempotence needs; ctrflow's sink replaces a stalled producer and resends
+    // what it could not confirm): the worker reads every input copy, scores each impression
+    // once and counts the duplicates; a score written twice is written identically.
     let events = report["events"].as_u64().unwrap();
     assert!(events >= generated.events, "{report}");
     let duplicates = report["duplicate_impressions"].as_u64().unwrap();
     assert!(duplicates <= events - generated.events, "{report}");
     assert_eq!(report["impressions"], generated.impressions, "{report}");
-    assert_eq!(report["delivered"], generated.impressions, "{report}");
-    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    assert!(
+        report["delivered"].as_u64().unwrap() >= generated.impressions,
+        "{report}"
+    );
+    assert_every_impression_scored_once_or_identically(&json(&scores), generated.impressions);
 }

@@ -316,3 +316,21 @@ pub fn assert_one_valid_score_per_impression(scores: &[serde_json::Value], impre
     }
     assert_eq!(scores.len() as u64, impressions);
 }
+
+/// After a broker restart: every impression is scored, and where a score was written twice
+/// (a producer that outlived the broker resends what it could not confirm) the copies are
+/// identical, so a consumer can deduplicate by id.
+pub fn assert_every_impression_scored_once_or_identically(
+    scores: &[serde_json::Value],
+    impressions: u64,
+) {
+    let mut by_id: HashMap<&str, &serde_json::Value> = HashMap::new();
+    for s in scores {
+        let id = s["id"].as_str().expect("id");
+        if let Some(first) = by_id.insert(id, s) {
+            assert_eq!(first, s, "two different scores for {id}");
+        }
+    }
+    let distinct: Vec<serde_json::Value> = by_id.into_values().cloned().collect();
+    assert_one_valid_score_per_impression(&distinct, impressions);
+}
