@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ctrflow_dataflows::operators::{JoinStats, LearnOnline, Watermark};
-use ctrflow_dataflows::{Features, Interaction, InteractionKind, Score};
+use ctrflow_dataflows::{Example, Features, Interaction, InteractionKind, Score};
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::{Inspect, Probe};
@@ -55,13 +55,18 @@ pub fn progressive(config: &PipelineConfig) -> Progressive {
     Progressive::with_window(config.metrics.window, config.metrics.window_slices)
 }
 
+/// What the `examples` output does with a batch of labelled impressions.
+pub type OnExamples = Box<dyn FnMut(&[Example])>;
+
 /// Builds the learning dataflow on `worker`: records in, one score per impression handed
-/// to `on_scores` (in batches), examples into the progressive metrics.
+/// to `on_scores` (in batches), examples into the progressive metrics and, with their
+/// hashed features, to `on_examples` when there is one.
 pub fn build(
     worker: &mut Worker,
     config: &PipelineConfig,
     model: &Model,
     mut on_scores: impl FnMut(&[Score]) + 'static,
+    mut on_examples: Option<OnExamples>,
 ) -> Dataflow {
     let mut input = Input::new();
     let probe = ProbeHandle::new();
@@ -72,7 +77,12 @@ pub fn build(
         let (scored, examples) = input
             .to_stream(scope)
             .container::<Vec<Interaction>>()
-            .learn_online(model.handle(), &config.label, Rc::clone(&join));
+            .learn_online(
+                model.handle(),
+                &config.label,
+                Rc::clone(&join),
+                on_examples.is_some(),
+            );
         let scored = scored.inspect_core(move |event| {
             if let Ok((_, batch)) = event {
                 on_scores(batch);
@@ -80,10 +90,16 @@ pub fn build(
         });
         let metrics = Rc::clone(&progressive);
         examples
-            .inspect(move |e| {
-                metrics
-                    .borrow_mut()
-                    .observe(e.served, e.label.is_positive(), e.reference)
+            .inspect_core(move |event| {
+                if let Ok((_, batch)) = event {
+                    let mut metrics = metrics.borrow_mut();
+                    for e in batch {
+                        metrics.observe(e.served, e.label.is_positive(), e.reference);
+                    }
+                    if let Some(out) = on_examples.as_mut() {
+                        out(batch);
+                    }
+                }
             })
             .probe_with(&probe);
         scored.probe_with(&probe);
@@ -320,6 +336,45 @@ pub fn encode_dead_letter(
         },
         payload: String::from_utf8_lossy(&payload[..payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)]),
         payload_bytes: payload.len(),
+    };
+    let _ = serde_json::to_writer(&mut *buf, &record);
+}
+
+/// The `examples` record: a labelled impression with the hashed features it was scored and
+/// trained with, for offline training on exactly the served features.
+#[derive(Serialize)]
+struct ExampleRecord<'a> {
+    id: &'a str,
+    impression_ts: i64,
+    label_ts: i64,
+    /// 1 for a click or like, 0 otherwise.
+    label: u8,
+    /// `click`, `like`, `fast_skip` or `expired`.
+    label_source: &'static str,
+    served: f32,
+    /// `[index, value]` pairs.
+    features: &'a [(u32, f32)],
+}
+
+/// Writes `example` as an `examples` record into `buf` (cleared first); `pairs` is scratch.
+pub fn encode_example(example: &Example, pairs: &mut Vec<(u32, f32)>, buf: &mut Vec<u8>) {
+    use ctrflow_dataflows::LabelSource;
+    buf.clear();
+    pairs.clear();
+    pairs.extend(example.features.iter().map(|f| (f.index, f.value)));
+    let record = ExampleRecord {
+        id: &example.id,
+        impression_ts: example.impression_ts,
+        label_ts: example.label_ts,
+        label: u8::from(example.label.is_positive()),
+        label_source: match example.label {
+            LabelSource::Click => "click",
+            LabelSource::Like => "like",
+            LabelSource::FastSkip => "fast_skip",
+            LabelSource::Expired => "expired",
+        },
+        served: example.served,
+        features: pairs,
     };
     let _ = serde_json::to_writer(&mut *buf, &record);
 }

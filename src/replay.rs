@@ -160,11 +160,12 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let peers = worker.peers();
             let sink = scores.clone();
             let mut line = Vec::new();
-            let mut dataflow = pipeline::build(worker, &config, &model, move |batch| {
+            let on_scores = move |batch: &[Score]| {
                 if let Some(sink) = &sink {
                     write_scores(sink, batch, &mut line);
                 }
-            });
+            };
+            let mut dataflow = pipeline::build(worker, &config, &model, on_scores, None);
             let input = &mut dataflow.input;
             let probe = &dataflow.probe;
             let mut ingest = Ingest::new(&config).expect("validated before start");

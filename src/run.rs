@@ -372,11 +372,12 @@ fn work(
     let scores_topic = config.kafka.topics.scores.clone();
     let dead_topic = config.kafka.topics.dead_letters.clone();
     let events_topic = source.topic().to_owned();
+    let on_examples = examples_output(config, sink, status);
     let mut dataflow = {
         let sink = Arc::clone(sink);
         let status = Arc::clone(status);
         let mut buf = Vec::with_capacity(256);
-        pipeline::build(worker, config, model, move |batch| {
+        let on_scores = move |batch: &[ctrflow_dataflows::Score]| {
             let emit_ts = pipeline::now_ms();
             for score in batch {
                 pipeline::encode_score(score, emit_ts, &mut buf);
@@ -388,7 +389,8 @@ fn work(
             status
                 .scores
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        })
+        };
+        pipeline::build(worker, config, model, on_scores, on_examples)
     };
     let mut ingest = Ingest::new(config).expect("validated before start");
     let mut bad = BadEvents::default();
@@ -515,6 +517,31 @@ fn work(
     worker.drop_dataflow(dataflow.id);
     status.finished.fetch_add(1, Ordering::SeqCst);
     result
+}
+
+/// The `examples` output, when `kafka.topics.examples` names a topic: keyed by impression id.
+fn examples_output(
+    config: &PipelineConfig,
+    sink: &Arc<KafkaSink>,
+    status: &Arc<RunStatus>,
+) -> Option<pipeline::OnExamples> {
+    let topic = config.kafka.topics.examples.clone();
+    if topic.is_empty() {
+        return None;
+    }
+    let sink = Arc::clone(sink);
+    let status = Arc::clone(status);
+    let mut buf = Vec::with_capacity(512);
+    let mut pairs = Vec::with_capacity(32);
+    Some(Box::new(move |batch| {
+        for example in batch {
+            pipeline::encode_example(example, &mut pairs, &mut buf);
+            if let Err(error) = sink.send(&topic, Some(example.id.as_bytes()), &buf) {
+                status.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, id = %example.id, "An example could not be queued.");
+            }
+        }
+    }))
 }
 
 fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pipeline::Dataflow) {

@@ -84,7 +84,7 @@ fn a_hundred_thousand_events_give_exactly_one_score_per_impression() {
 #[test]
 fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
     let brokers = broker();
-    let topics = Topics::create(&brokers, 2);
+    let topics = Topics::with_examples(&brokers, 2);
     let dir = tempfile::tempdir().unwrap();
     let mut junk: Vec<u8> = (0..1_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
     junk[0] = b'{';
@@ -122,7 +122,8 @@ fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
         Duration::from_secs(1),
     ));
 
-    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    let scores_json = json(&scores);
+    assert_one_valid_score_per_impression(&scores_json, generated.impressions);
     assert_eq!(letters.len(), bad.len(), "{letters:?}");
     // Keyless messages spread over the partitions: find each bad message's letter by its
     // length (all four differ).
@@ -144,6 +145,39 @@ fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
         assert!(positions.insert(at), "two letters at {at:?}");
     }
     assert_eq!(letter(0)["payload"], "this is not json");
+
+    // The examples output: one per label, each with the score served for its impression
+    // and the hashed features it was scored with.
+    let examples = report["examples"].as_u64().unwrap() as usize;
+    // 3000 impressions span 2 minutes of event time: the 30-minute windows stay open, so
+    // the labels so far are clicks, likes and fast skips.
+    assert!(examples > 500, "{report}");
+    let examples = json(&consume(
+        &brokers,
+        &topics.examples,
+        examples,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    ));
+    assert_eq!(examples.len() as u64, report["examples"].as_u64().unwrap());
+    let served: std::collections::HashMap<&str, f64> = scores_json
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["score"].as_f64().unwrap()))
+        .collect();
+    for e in &examples {
+        let id = e["id"].as_str().unwrap();
+        assert_eq!(e["served"].as_f64(), served.get(id).copied(), "{e}");
+        assert!(e["label"] == 0 || e["label"] == 1, "{e}");
+        let features = e["features"].as_array().unwrap();
+        assert!(
+            features.len() >= 6,
+            "bias, user, item, ctx fields, crosses: {e}"
+        );
+        assert!(
+            features.iter().all(|f| f[0].as_u64().unwrap() < 1 << 22),
+            "{e}"
+        );
+    }
     assert!(
         letter(0)["error"].as_str().unwrap().contains("malformed"),
         "{}",

@@ -163,6 +163,8 @@ pub struct Topics {
     pub events: String,
     pub scores: String,
     pub dead_letters: String,
+    /// The `examples` output, when the test asked for it (empty otherwise).
+    pub examples: String,
 }
 
 impl Topics {
@@ -172,6 +174,7 @@ impl Topics {
             events: unique("events"),
             scores: unique("scores"),
             dead_letters: unique("dead"),
+            examples: String::new(),
         };
         create_topics(
             brokers,
@@ -181,6 +184,14 @@ impl Topics {
                 (&topics.dead_letters, 1),
             ],
         );
+        topics
+    }
+
+    /// Fresh topics, with the `examples` output too.
+    pub fn with_examples(brokers: &str, partitions: i32) -> Self {
+        let mut topics = Self::create(brokers, partitions);
+        topics.examples = unique("examples");
+        create_topics(brokers, &[(&topics.examples, partitions)]);
         topics
     }
 
@@ -196,6 +207,7 @@ group_id = "{group}"
 events = "{events}"
 scores = "{scores}"
 dead_letters = "{dead}"
+examples = "{examples}"
 
 [kafka.consumer]
 # Above librdkafka's fetch.wait.max.ms (500): a caught-up partition fetches that often.
@@ -206,6 +218,7 @@ idle_timeout_ms = 2000
             events = self.events,
             scores = self.scores,
             dead = self.dead_letters,
+            examples = self.examples,
         )
     }
 }

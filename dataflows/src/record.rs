@@ -115,4 +115,9 @@ pub struct Example {
     pub label: LabelSource,
     /// The impression's true click probability, when the source knows it.
     pub reference: Option<f32>,
+    /// The hashed features it was scored and trained with, when the dataflow was asked to
+    /// emit them (the `examples` output); empty otherwise. A `Vec`, not [`Features`]: empty
+    /// it costs 24 bytes in every record of the operator's output, where the inline vector
+    /// would double the size of scores and examples alike.
+    pub features: Vec<Feature>,
 }

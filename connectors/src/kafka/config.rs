@@ -66,6 +66,10 @@ pub struct TopicsConfig {
     /// Bad events with their reason and source position.
     #[serde(default = "default_dead_letters")]
     pub dead_letters: String,
+    /// Every labelled impression with the hashed features it was scored with; empty: not
+    /// written.
+    #[serde(default)]
+    pub examples: String,
 }
 
 fn default_events() -> String {
@@ -86,6 +90,7 @@ impl Default for TopicsConfig {
             events: default_events(),
             scores: default_scores(),
             dead_letters: default_dead_letters(),
+            examples: String::new(),
         }
     }
 }
@@ -209,11 +214,16 @@ impl KafkaConfig {
         if self.group_id.trim().is_empty() {
             problems.push("kafka.group_id must not be empty".to_owned());
         }
+        let examples = (!self.topics.examples.is_empty())
+            .then_some(("kafka.topics.examples", &self.topics.examples));
         for (key, topic) in [
             ("kafka.topics.events", &self.topics.events),
             ("kafka.topics.scores", &self.topics.scores),
             ("kafka.topics.dead_letters", &self.topics.dead_letters),
-        ] {
+        ]
+        .into_iter()
+        .chain(examples)
+        {
             if !valid_topic(topic) {
                 problems.push(format!(
                     "{key} = {topic:?} is not a valid topic name (1-249 characters of [a-zA-Z0-9._-])"

@@ -204,7 +204,7 @@ pub trait LearnOnline<'scope> {
     ///     let config = LabelConfig { delay_correction: DelayCorrection::None, ..LabelConfig::default() };
     ///     let (scores, examples) = input
     ///         .to_stream(scope)
-    ///         .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &config, stats);
+    ///         .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &config, stats, false);
     ///     (scores.capture(), examples.capture())
     /// });
     /// fn data<D>(events: std::sync::mpsc::Receiver<Event<u64, Vec<D>>>) -> Vec<D> {
@@ -226,6 +226,7 @@ pub trait LearnOnline<'scope> {
         learner: L,
         config: &LabelConfig,
         stats: Rc<RefCell<JoinStats>>,
+        example_features: bool,
     ) -> (
         Stream<'scope, Watermark, Vec<Score>>,
         Stream<'scope, Watermark, Vec<Example>>,
@@ -241,11 +242,13 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
         learner: L,
         config: &LabelConfig,
         stats: Rc<RefCell<JoinStats>>,
+        example_features: bool,
     ) -> (
         Stream<'scope, Watermark, Vec<Score>>,
         Stream<'scope, Watermark, Vec<Example>>,
     ) {
         let mut join = LabelJoin::new(learner, config.clone(), stats);
+        join.example_features = example_features;
         let exchange = Exchange::new(|x: &Interaction| route(&x.id));
         let learned: Stream<'scope, Watermark, Vec<Learned>> =
             self.unary_frontier(exchange, "LearnOnline", move |_cap, _info| {
@@ -307,6 +310,8 @@ struct LabelJoin<L> {
     buffer: Vec<Interaction>,
     windows: Windows,
     schedule: Schedule,
+    /// Examples carry the impression's hashed features (for the `examples` output).
+    example_features: bool,
 }
 
 impl<L: Learner> LabelJoin<L> {
@@ -318,6 +323,7 @@ impl<L: Learner> LabelJoin<L> {
             buffer: Vec::new(),
             windows: Windows::new(&config),
             schedule: Schedule::new(config.delay_correction),
+            example_features: false,
         }
     }
 
@@ -338,6 +344,7 @@ impl<L: Learner> LabelJoin<L> {
             schedule: &mut self.schedule,
             stats,
             out,
+            example_features: self.example_features,
         };
         let rest = self.buffer.split_off(ready);
         let mut batch = std::mem::replace(&mut self.buffer, rest).into_iter();
@@ -510,6 +517,7 @@ struct Step<'a, L> {
     schedule: &'a mut Schedule,
     stats: &'a mut JoinStats,
     out: &'a mut Vec<Learned>,
+    example_features: bool,
 }
 
 impl<L: Learner> Step<'_, L> {
@@ -545,6 +553,13 @@ impl<L: Learner> Step<'_, L> {
             served: entry.served,
             label,
             reference: entry.reference,
+            // Copied only when asked for (one allocation per example then): the entry keeps
+            // its own for a click that may still come after a provisional label.
+            features: if self.example_features {
+                entry.features.to_vec()
+            } else {
+                Vec::new()
+            },
         }));
     }
 
@@ -1034,11 +1049,23 @@ mod tests {
                     Recorder::default(),
                     &LabelConfig::default(),
                     stats,
+                    true,
                 );
                 let sink = Arc::clone(&collected);
                 scores.inspect(move |s| sink.lock().unwrap().0.push(s.id.clone()));
                 let sink = Arc::clone(&collected);
-                examples.inspect(move |e| sink.lock().unwrap().1.push((e.id.clone(), e.label)));
+                examples.inspect(move |e| {
+                    // The features it was scored with: `impression` hashes imp-n to index n.
+                    let n: u32 = e.id.trim_start_matches("imp-").parse().unwrap();
+                    assert_eq!(
+                        e.features.as_slice(),
+                        [Feature {
+                            index: n,
+                            value: 1.0
+                        }]
+                    );
+                    sink.lock().unwrap().1.push((e.id.clone(), e.label))
+                });
             });
             while worker.step() {}
             collected.lock().unwrap().2.merge(&stats_out.borrow());
