@@ -5,8 +5,9 @@
 //!
 //! Each worker reads its share of the partitions ([`KafkaSource`]) and sends records at
 //! its watermark: the oldest newest event time among its active partitions, minus
-//! `input.allowed_lateness_ms`. A partition that is caught up and silent for
-//! `kafka.consumer.idle_timeout_ms` stops holding it back; a worker whose partitions are
+//! `input.allowed_lateness_ms`. A partition that the client's statistics have reported
+//! caught up, with no message since, for `kafka.consumer.idle_timeout_ms` stops holding it
+//! back; a worker whose partitions are
 //! all idle (or that has none) follows the slowest worker still reading, so a quiet worker
 //! never stalls the others; when all are idle, the watermark follows the newest event time
 //! read. An impression is therefore scored once every partition has moved past it (plus

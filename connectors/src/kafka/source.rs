@@ -70,6 +70,11 @@ struct Partition {
     last_message: Instant,
     /// A message arrived in the current poll (`last_message` is set once per poll).
     touched: bool,
+    /// The client statistics last looked at (their `at_ms`).
+    stats_seen: u64,
+    /// Since when (`at_ms` of the first of them) every statistics report said this
+    /// partition was caught up, with no message since.
+    quiet_since_ms: Option<u64>,
     /// Where the client's statistics last saw this partition, shared with its context.
     seen: Arc<Seen>,
 }
@@ -230,6 +235,8 @@ impl KafkaSource {
                     max_ts: i64::MIN,
                     last_message: now,
                     touched: false,
+                    stats_seen: 0,
+                    quiet_since_ms: None,
                     seen: shared,
                 });
             }
@@ -314,6 +321,7 @@ impl KafkaSource {
             for p in &mut self.partitions {
                 if std::mem::take(&mut p.touched) {
                     p.last_message = now;
+                    p.quiet_since_ms = None;
                 }
             }
         }
@@ -321,16 +329,33 @@ impl KafkaSource {
     }
 
     /// Where this worker's partitions stand in event time.
-    pub fn time(&self) -> SourceTime {
+    ///
+    /// A partition is idle once the client's statistics (every second) have said, for
+    /// `idle_timeout`, that it is caught up, with no message since. Silence alone is not
+    /// enough: a partition whose first fetch is still on its way, or that the client's
+    /// queue starves behind other partitions, is silent without being idle, and treating
+    /// it as idle would make everything it then delivers late.
+    pub fn time(&mut self) -> SourceTime {
         if self.partitions.is_empty() {
             return SourceTime::Unassigned;
         }
-        let now = Instant::now();
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let idle_ms = self.idle_timeout.as_millis() as u64;
         let mut active = None::<i64>;
         let mut newest = None::<i64>;
-        for p in &self.partitions {
-            let idle = now.duration_since(p.last_message) >= self.idle_timeout
-                && p.caught_up(self.started);
+        for p in &mut self.partitions {
+            let at_ms = p.seen.at_ms.load(Ordering::Acquire);
+            if at_ms != p.stats_seen {
+                p.stats_seen = at_ms;
+                if p.caught_up(self.started) {
+                    p.quiet_since_ms.get_or_insert(at_ms);
+                } else {
+                    p.quiet_since_ms = None;
+                }
+            }
+            let idle = p
+                .quiet_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= idle_ms);
             if p.max_ts != i64::MIN {
                 newest = Some(newest.map_or(p.max_ts, |n| n.max(p.max_ts)));
             }
