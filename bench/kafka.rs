@@ -209,7 +209,7 @@ fn read(brokers: &str, topic: &str, stop: &AtomicBool, mut f: impl FnMut(&[u8], 
 /// The `id` of an impression or a score (both are written without escapes by ctrflow's
 /// generator and encoder); `None` for feedback. A scan, not a JSON parse: the measuring
 /// readers share the 2 cores with what they measure.
-fn id_of(payload: &[u8]) -> Option<(String, bool)> {
+fn id_of(payload: &[u8]) -> Option<String> {
     let is_impression = payload.starts_with(br#"{"type":"impression""#);
     let is_score = payload.starts_with(br#"{"id":""#);
     if !is_impression && !is_score {
@@ -219,7 +219,7 @@ fn id_of(payload: &[u8]) -> Option<(String, bool)> {
     let start = payload.windows(key.len()).position(|w| w == key)? + key.len();
     let len = payload[start..].iter().position(|&b| b == b'"')?;
     let id = std::str::from_utf8(&payload[start..start + len]).ok()?;
-    Some((id.to_owned(), true))
+    Some(id.to_owned())
 }
 
 fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
@@ -241,7 +241,7 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         std::thread::spawn(move || {
             let mut sent = HashMap::new();
             read(&brokers, &topic, &stop, |payload, ts| {
-                if let Some((id, true)) = id_of(payload) {
+                if let Some(id) = id_of(payload) {
                     sent.insert(id, ts);
                 }
             });
@@ -257,7 +257,7 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         std::thread::spawn(move || {
             let mut scored = HashMap::new();
             read(&brokers, &topic, &stop, |payload, _| {
-                if let Some((id, true)) = id_of(payload) {
+                if let Some(id) = id_of(payload) {
                     scored.insert(id, now_ms());
                 }
             });

@@ -124,15 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !args.no_progress && !args.json,
             };
             let report = replay::run(&options)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).context("encoding the report")?
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
+            print_report(&report, args.json, || report.render())
         }
         Command::Gen(args) => {
             let out = args.out.to_string_lossy();
@@ -170,15 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers: args.workers,
                 stop,
             })?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).context("encoding the report")?
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
+            print_report(&report, args.json, || report.render())
         }
         Command::Demo(args) => {
             let stop = stop_on_signals()?;
@@ -193,6 +177,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints `report` as one JSON object, or as `render` says for people.
+fn print_report(
+    report: &impl serde::Serialize,
+    json: bool,
+    render: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).context("encoding the report")?
+        );
+    } else {
+        print!("{}", render());
+    }
+    Ok(())
 }
 
 /// A flag SIGINT and SIGTERM set; a second signal exits at once (status 130).

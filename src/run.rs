@@ -459,13 +459,11 @@ fn work(
             status.newest_ts.fetch_max(newest, Ordering::Relaxed);
         }
         let time = source.time();
-        let idle = matches!(time, SourceTime::Idle(_) | SourceTime::Unassigned);
+        let idle = matches!(time, SourceTime::Idle | SourceTime::Unassigned);
         status.idle[index].store(idle, Ordering::Relaxed);
         let target = match time {
             SourceTime::Active(ts) => Some(config.input.watermark(ts)),
-            SourceTime::Idle(_) | SourceTime::Unassigned => {
-                status.idle_target(index, &config.input)
-            }
+            SourceTime::Idle | SourceTime::Unassigned => status.idle_target(index, &config.input),
             SourceTime::Unknown => None,
         };
         if let Some(t) = target

@@ -11,7 +11,7 @@ use ctrflow::produce::{KafkaTarget, produce};
 
 use crate::kafka_util::{
     Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
-    assert_one_valid_score_per_impression, consume, json, produce_raw, wait_for,
+    assert_one_valid_score_per_impression, consume, json, produce_raw,
 };
 
 fn broker() -> String {
@@ -55,28 +55,16 @@ fn a_hundred_thousand_events_give_exactly_one_score_per_impression() {
     let generated = generate_into(&brokers, &topics.events, 66_000, 3, None);
     assert!(generated.events >= 100_000, "{generated:?}");
 
-    // Live, impressions are scored once every partition moved past them (the tail on
-    // shutdown): wait until the scores stop coming, then stop the worker.
-    let expected = generated.impressions as usize;
-    wait_for(
+    let (report, scores) = worker.stop_when_scored(
         &brokers,
         &topics.scores,
-        expected,
-        Duration::from_secs(5),
+        generated.impressions as usize,
         Duration::from_secs(240),
-    );
-    let report = worker.stop();
-    let scores = consume(
-        &brokers,
-        &topics.scores,
-        expected,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
     );
     assert_eq!(report["events"], generated.events, "{report}");
     assert_eq!(report["impressions"], generated.impressions, "{report}");
     assert_eq!(report["scores"], generated.impressions, "{report}");
-    assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    assert_one_valid_score_per_impression(&scores, generated.impressions);
     assert_eq!(report["bad_events"], 0, "{report}");
     assert_eq!(report["failed_deliveries"], 0, "{report}");
 }
@@ -99,21 +87,8 @@ fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
     let worker = WorkerProcess::start(dir.path(), &topics.config(&brokers, ""), 1);
     let generated = generate_into(&brokers, &topics.events, 3_000, 5, None);
 
-    wait_for(
-        &brokers,
-        &topics.scores,
-        3_000,
-        Duration::from_secs(5),
-        Duration::from_secs(120),
-    );
-    let report = worker.stop();
-    let scores = consume(
-        &brokers,
-        &topics.scores,
-        3_000,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    );
+    let (report, scores) =
+        worker.stop_when_scored(&brokers, &topics.scores, 3_000, Duration::from_secs(120));
     let letters = json(&consume(
         &brokers,
         &topics.dead_letters,
@@ -122,8 +97,7 @@ fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
         Duration::from_secs(1),
     ));
 
-    let scores_json = json(&scores);
-    assert_one_valid_score_per_impression(&scores_json, generated.impressions);
+    assert_one_valid_score_per_impression(&scores, generated.impressions);
     assert_eq!(letters.len(), bad.len(), "{letters:?}");
     // Keyless messages spread over the partitions: find each bad message's letter by its
     // length (all four differ).
@@ -160,7 +134,7 @@ fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
         Duration::from_secs(1),
     ));
     assert_eq!(examples.len() as u64, report["examples"].as_u64().unwrap());
-    let served: std::collections::HashMap<&str, f64> = scores_json
+    let served: std::collections::HashMap<&str, f64> = scores
         .iter()
         .map(|s| (s["id"].as_str().unwrap(), s["score"].as_f64().unwrap()))
         .collect();
@@ -269,21 +243,11 @@ fn the_worker_reconnects_after_a_broker_restart_and_scores_everything() {
     broker_sh("start", &broker_dir, port);
     let generated = producing.join().unwrap();
 
-    let expected = generated.impressions as usize;
-    wait_for(
+    let (report, scores) = worker.stop_when_scored(
         &brokers,
         &topics.scores,
-        expected,
-        Duration::from_secs(5),
+        generated.impressions as usize,
         Duration::from_secs(180),
-    );
-    let report = worker.stop();
-    let scores = consume(
-        &brokers,
-        &topics.scores,
-        expected,
-        Duration::from_secs(60),
-        Duration::from_secs(2),
     );
     // A producer that outlives a broker restart may write a message twice (this broker
     // loses what idempotence needs; ctrflow's sink replaces a stalled producer and resends
@@ -298,5 +262,5 @@ fn the_worker_reconnects_after_a_broker_restart_and_scores_everything() {
         report["delivered"].as_u64().unwrap() >= generated.impressions,
         "{report}"
     );
-    assert_every_impression_scored_once_or_identically(&json(&scores), generated.impressions);
+    assert_every_impression_scored_once_or_identically(&scores, generated.impressions);
 }

@@ -69,6 +69,14 @@ pub fn produce_raw(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
     producer.flush(Duration::from_secs(30)).expect("delivered");
 }
 
+/// How many partitions `topic` has.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0].partitions().len() as i32
+}
+
 /// Waits until `topic` holds `expected` messages, or until it stopped growing for
 /// `quiet` (at most `timeout`); returns how many it holds.
 pub fn wait_for(
@@ -82,11 +90,7 @@ pub fn wait_for(
         .set("bootstrap.servers", brokers)
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    drop(metadata);
+    let partitions = partitions(&consumer, topic);
     let deadline = Instant::now() + timeout;
     let mut last = (0, Instant::now());
     loop {
@@ -121,10 +125,7 @@ pub fn consume(
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let partitions = partitions(&consumer, topic);
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition_offset(topic, p, Offset::Beginning)
@@ -248,6 +249,29 @@ impl WorkerProcess {
             .spawn()
             .expect("starting ctrflow run");
         Self { child }
+    }
+
+    /// Lets the worker score until `topic` holds `expected` scores or stops growing for 5 s
+    /// (at most `timeout`): live, an impression is scored once every partition moved past
+    /// it, the tail on shutdown. Then stops it and reads all of `topic`. Returns the report
+    /// and the scores.
+    pub fn stop_when_scored(
+        self,
+        brokers: &str,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> (serde_json::Value, Vec<serde_json::Value>) {
+        wait_for(brokers, topic, expected, Duration::from_secs(5), timeout);
+        let report = self.stop();
+        let scores = consume(
+            brokers,
+            topic,
+            expected,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        );
+        (report, json(&scores))
     }
 
     /// SIGTERM, then the report it prints; fails the test unless it exits 0 within 60 s.

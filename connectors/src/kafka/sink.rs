@@ -183,7 +183,7 @@ impl KafkaSink {
     /// every half second).
     pub fn retry_failed(&self) -> Result<usize, ConnectorError> {
         self.restart_if_stalled()?;
-        if self.take_failed_is_empty() {
+        if self.no_failed() {
             self.failing_rounds.store(0, Ordering::Relaxed);
             return Ok(0);
         }
@@ -231,7 +231,7 @@ impl KafkaSink {
         Ok(())
     }
 
-    fn take_failed_is_empty(&self) -> bool {
+    fn no_failed(&self) -> bool {
         self.shared.failed.lock().map_or(true, |f| f.is_empty())
     }
 

@@ -41,8 +41,8 @@ pub enum SourceTime {
     Unknown,
     /// The oldest newest event time among active partitions.
     Active(i64),
-    /// Every partition is idle; the newest event time read from any of them.
-    Idle(i64),
+    /// Every partition is idle.
+    Idle,
     /// This worker owns no partition (more workers than partitions).
     Unassigned,
 }
@@ -342,7 +342,7 @@ impl KafkaSource {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let idle_ms = self.idle_timeout.as_millis() as u64;
         let mut active = None::<i64>;
-        let mut newest = None::<i64>;
+        let mut read_any = false;
         for p in &mut self.partitions {
             let at_ms = p.seen.at_ms.load(Ordering::Acquire);
             if at_ms != p.stats_seen {
@@ -356,9 +356,7 @@ impl KafkaSource {
             let idle = p
                 .quiet_since_ms
                 .is_some_and(|since| now_ms.saturating_sub(since) >= idle_ms);
-            if p.max_ts != i64::MIN {
-                newest = Some(newest.map_or(p.max_ts, |n| n.max(p.max_ts)));
-            }
+            read_any |= p.max_ts != i64::MIN;
             if !idle {
                 if p.max_ts == i64::MIN {
                     return SourceTime::Unknown;
@@ -366,10 +364,10 @@ impl KafkaSource {
                 active = Some(active.map_or(p.max_ts, |a| a.min(p.max_ts)));
             }
         }
-        match (active, newest) {
+        match (active, read_any) {
             (Some(ts), _) => SourceTime::Active(ts),
-            (None, Some(ts)) => SourceTime::Idle(ts),
-            (None, None) => SourceTime::Unknown,
+            (None, true) => SourceTime::Idle,
+            (None, false) => SourceTime::Unknown,
         }
     }
 
