@@ -10,6 +10,7 @@ use std::path::Path;
 use ctrflow_connectors::file::FileSourceConfig;
 use ctrflow_connectors::kafka::KafkaConfig;
 use ctrflow_dataflows::operators::{LabelConfig, Watermark};
+use ctrflow_state::StateConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::features::FeatureConfig;
@@ -37,6 +38,9 @@ pub struct PipelineConfig {
     /// Kafka topics and clients (`run`, `demo`, `gen --out kafka://`).
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Durable state and checkpoints (`run`).
+    #[serde(default)]
+    pub state: StateConfig,
 }
 
 /// Reading and decoding input, and event time (`[input]`).
@@ -220,6 +224,7 @@ impl PipelineConfig {
             ));
         }
         self.kafka.validate(&mut problems);
+        problems.extend(self.state.validate());
         problems
     }
 }

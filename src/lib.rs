@@ -8,11 +8,14 @@
 //! it. See `../shared/DESIGN.md` for the contract.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod entity;
 pub mod event;
 pub mod features;
 pub mod generator;
+pub mod inspect;
 pub mod model;
 pub mod pipeline;
 pub mod produce;

@@ -32,6 +32,31 @@ enum Command {
     /// Everything in one process: an in-process Kafka-protocol broker, the generator
     /// (with a concept drift half way) and the worker; a live progress line, a summary.
     Demo(DemoArgs),
+    /// What a worker's durable state holds: checkpoint, tables, offsets, model, label
+    /// joins, one user's or item's features. The worker must not be running.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The state directory (`state.dir`).
+    #[arg(long)]
+    state: PathBuf,
+    /// The worker's configuration (for the entity feature settings).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Show this user's features.
+    #[arg(long)]
+    user: Option<String>,
+    /// Show this item's features.
+    #[arg(long)]
+    item: Option<String>,
+    /// The category for the user×category features.
+    #[arg(long)]
+    category: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +200,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             print!("{}", report.render());
             Ok(())
+        }
+        Command::Inspect(args) => {
+            let config = match &args.config {
+                Some(path) => PipelineConfig::load(path)?,
+                None => PipelineConfig::default(),
+            };
+            let report = ctrflow::inspect::inspect(&ctrflow::inspect::InspectOptions {
+                state: args.state,
+                config,
+                user: args.user,
+                item: args.item,
+                category: args.category,
+            })?;
+            print_report(&report, args.json, || report.render())
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ctrflow_dataflows::operators::{JoinStats, LearnOnline, Watermark};
+use ctrflow_dataflows::operators::{JoinState, LearnOnline, Watermark};
 use ctrflow_dataflows::{Example, Features, Interaction, InteractionKind, Score};
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
@@ -20,6 +20,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
+use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
 use crate::features::Featurizer;
 use crate::model::Model;
@@ -34,8 +35,8 @@ pub struct Dataflow {
     pub input: Input,
     /// Passes a time once every record before it is scored and learned from.
     pub probe: ProbeHandle<Watermark>,
-    /// Label-join counters of this worker.
-    pub join: Rc<RefCell<JoinStats>>,
+    /// This worker's label join: its counters, and its state for checkpoints.
+    pub join: Rc<RefCell<JoinState>>,
     /// Progressive metrics of the examples this worker learned from.
     pub progressive: Rc<RefCell<Progressive>>,
     /// The dataflow's identifier, to drop it on shutdown.
@@ -58,20 +59,45 @@ pub fn progressive(config: &PipelineConfig) -> Progressive {
 /// What the `examples` output does with a batch of labelled impressions.
 pub type OnExamples = Box<dyn FnMut(&[Example])>;
 
+/// What a worker resumes from: its label join and progressive metrics as checkpointed.
+#[derive(Debug)]
+pub struct Restored {
+    /// The label join.
+    pub join: JoinState,
+    /// The progressive metrics.
+    pub progressive: Progressive,
+    /// The newest event time the worker had read.
+    pub newest: i64,
+    /// The time its input stood at.
+    pub input_time: Watermark,
+}
+
 /// Builds the learning dataflow on `worker`: records in, one score per impression handed
 /// to `on_scores` (in batches), examples into the progressive metrics and, with their
-/// hashed features, to `on_examples` when there is one.
+/// hashed features, to `on_examples` when there is one. `entities` supplies the entity
+/// features when they are enabled; `restored` is the worker's checkpointed state.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     worker: &mut Worker,
     config: &PipelineConfig,
     model: &Model,
+    entities: Option<&EntityStore>,
+    restored: Option<Restored>,
     mut on_scores: impl FnMut(&[Score]) + 'static,
     mut on_examples: Option<OnExamples>,
 ) -> Dataflow {
     let mut input = Input::new();
     let probe = ProbeHandle::new();
-    let join = Rc::new(RefCell::new(JoinStats::default()));
-    let progressive = Rc::new(RefCell::new(progressive(config)));
+    let (join, progressive) = match restored {
+        Some(r) => (r.join, r.progressive),
+        None => (JoinState::new(&config.label), progressive(config)),
+    };
+    let join = Rc::new(RefCell::new(join));
+    let progressive = Rc::new(RefCell::new(progressive));
+    let enrich = match entities {
+        Some(store) if config.features.entity.enabled => MaybeEntities::On(store.handle()),
+        _ => MaybeEntities::Off,
+    };
     let id = worker.next_dataflow_index();
     worker.dataflow::<Watermark, _, _>(|scope| {
         let (scored, examples) = input
@@ -79,7 +105,7 @@ pub fn build(
             .container::<Vec<Interaction>>()
             .learn_online(
                 model.handle(),
-                &config.label,
+                enrich,
                 Rc::clone(&join),
                 on_examples.is_some(),
             );
@@ -158,6 +184,11 @@ fn interaction(
                 Some(CtxValue::Num(p)) if (0.0..=1.0).contains(p) => Some(*p as f32),
                 _ => None,
             };
+            let category = match imp.ctx_get("category") {
+                Some(CtxValue::Str(c)) => c.as_ref(),
+                _ => "",
+            };
+            let entities = crate::entity::entities(&imp.user, &imp.item, category);
             Interaction {
                 ts: imp.ts,
                 pos,
@@ -167,6 +198,7 @@ fn interaction(
                     item: imp.item.as_ref().into(),
                     features: std::mem::take(features),
                     reference,
+                    entities,
                 },
             }
         }

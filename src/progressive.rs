@@ -52,7 +52,7 @@
 //! by age (newest to newest), so the merged window covers the last ~`W` examples of *each*
 //! worker rather than the last `W` of the merged stream.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::logistic::{entropy, logloss};
 
@@ -75,10 +75,40 @@ const OVERALL_SHIFT: u32 = 12;
 const WINDOW_SHIFT: u32 = 16;
 
 /// A histogram of predictions, `[negatives, positives]` per bin, bins increasing in `p`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Histogram {
     shift: u32,
+    #[serde(with = "sparse_bins")]
     bins: Box<[[u64; 2]]>,
+}
+
+/// Histograms are checkpointed as their non-empty bins: most of the 2^17 are empty.
+mod sparse_bins {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bins: &[[u64; 2]], s: S) -> Result<S::Ok, S::Error> {
+        let nonzero: Vec<(u32, [u64; 2])> = bins
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != [0, 0])
+            .map(|(i, b)| (i as u32, *b))
+            .collect();
+        (bins.len() as u32, nonzero).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Box<[[u64; 2]]>, D::Error> {
+        let (len, nonzero) = <(u32, Vec<(u32, [u64; 2])>)>::deserialize(d)?;
+        let mut bins = vec![[0u64; 2]; len as usize].into_boxed_slice();
+        for (i, b) in nonzero {
+            let slot = bins
+                .get_mut(i as usize)
+                .ok_or_else(|| serde::de::Error::custom(format!("bin {i} out of {len}")))?;
+            *slot = b;
+        }
+        Ok(bins)
+    }
 }
 
 impl Histogram {
@@ -147,7 +177,7 @@ impl Histogram {
 }
 
 /// Scalar sums over a set of examples.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Totals {
     count: u64,
     positives: u64,
@@ -235,8 +265,8 @@ pub struct Summary {
 }
 
 /// Progressive-validation accumulator: overall and sliding-window metrics. See the module
-/// doc.
-#[derive(Clone, Debug)]
+/// doc. Serializable, for checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Progressive {
     overall: Totals,
     overall_hist: Histogram,

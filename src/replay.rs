@@ -30,6 +30,7 @@ use ctrflow_dataflows::operators::JoinStats;
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
+use crate::entity::EntityStore;
 use crate::event::DecodeError;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
@@ -134,6 +135,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     // Fail on a bad feature config before starting any thread.
     Ingest::new(config)?;
     let model = Model::from_config(&config.model)?;
+    let entities = EntityStore::new(&config.features.entity, config.features.bits, None);
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
@@ -151,6 +153,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let config = config.clone();
         let source = Arc::clone(&source);
         let model = model.clone();
+        let entities = entities.clone();
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
         let bytes_read = Arc::clone(&bytes_read);
@@ -165,7 +168,15 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     write_scores(sink, batch, &mut line);
                 }
             };
-            let mut dataflow = pipeline::build(worker, &config, &model, on_scores, None);
+            let mut dataflow = pipeline::build(
+                worker,
+                &config,
+                &model,
+                Some(&entities),
+                None,
+                on_scores,
+                None,
+            );
             let input = &mut dataflow.input;
             let probe = &dataflow.probe;
             let mut ingest = Ingest::new(&config).expect("validated before start");
@@ -211,7 +222,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             }
             dataflow.input.close();
             while worker.step() {}
-            let join = dataflow.join.borrow().clone();
+            let join = dataflow.join.borrow().stats.clone();
             let progressive = dataflow.progressive.replace(Progressive::with_window(1, 1));
             WorkerResult {
                 events,

@@ -27,10 +27,18 @@
 //!
 //! On SIGINT/SIGTERM (or [`RunOptions::stop`]) every worker stops reading; once all have,
 //! they advance to just past the newest event time read, so every impression read is
-//! scored, commit their positions, and leave. Impressions still waiting for feedback are
-//! not expired (that would learn false negatives); until checkpoints land (`[state]`)
-//! their labels are lost with the process, and a restart resumes from the committed
-//! offsets.
+//! scored, take a last checkpoint (with `[state]`), commit their positions, and leave.
+//! Impressions still waiting for feedback are not expired (that would learn false
+//! negatives): with durable state they are in the checkpoint and get their labels after
+//! a restart; without, they are lost with the process.
+//!
+//! # Checkpoints
+//!
+//! With `state.dir` set, every `state.checkpoint_interval_ms` the workers take a
+//! checkpoint together and a restart resumes from the newest one, re-reading Kafka from
+//! its offsets: see [`crate::checkpoint`]. Offsets are then committed to the consumer
+//! group only at checkpoints (for lag tools); the checkpoint, not the group, says where to
+//! resume.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -42,9 +50,11 @@ use ctrflow_connectors::kafka::{KafkaSink, KafkaSource, SourceTime};
 use ctrflow_dataflows::operators::{JoinStats, Watermark};
 use serde::Serialize;
 
+use crate::checkpoint::Checkpointer;
 use crate::config::PipelineConfig;
+use crate::entity::EntityStore;
 use crate::model::Model;
-use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
+use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
 use crate::progressive::{Progressive, Summary};
 
 /// What `run` was asked to do.
@@ -248,14 +258,56 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     let config = options.config.clone();
     let workers = options.workers.max(1);
     Ingest::new(&config)?;
-    let model = Model::from_config(&config.model)?;
+    let (checkpointer, model, entities, offsets) = if config.state.is_durable() {
+        let (checkpointer, resumed) = Checkpointer::open(&config, workers)?;
+        match &resumed.recovery {
+            ctrflow_state::Recovery::Fresh => {
+                tracing::info!(dir = %config.state.dir.display(), "No checkpoint: starting fresh.");
+            }
+            ctrflow_state::Recovery::Resumed {
+                manifest,
+                fell_back,
+            } => {
+                if let Some(reason) = fell_back {
+                    tracing::warn!(%reason, "The newest checkpoint is unusable: resuming from an older one.");
+                }
+                tracing::info!(
+                    epoch = manifest.epoch,
+                    watermark = manifest.watermark,
+                    model_version = manifest.model_version,
+                    offsets = ?resumed.offsets,
+                    "Resuming from a checkpoint."
+                );
+            }
+        }
+        (
+            Some(Arc::new(checkpointer)),
+            resumed.model,
+            resumed.entities,
+            resumed.offsets,
+        )
+    } else {
+        let model = Model::from_config(&config.model)?;
+        let entities = EntityStore::new(&config.features.entity, config.features.bits, None);
+        (None, model, entities, Default::default())
+    };
+    let mut restored = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let state = match &checkpointer {
+            Some(c) => c.restore_worker(worker, &config)?,
+            None => None,
+        };
+        restored.push(Mutex::new(state));
+    }
+    let restored = Arc::new(restored);
     let sink = Arc::new(KafkaSink::new(&config.kafka).context("connecting the producer")?);
     // Sources are created here, not in the workers, so that a bad broker address or a
     // missing topic fails the command before any dataflow exists.
     let mut sources = Vec::with_capacity(workers);
     for worker in 0..workers {
         sources.push(Mutex::new(Some(
-            KafkaSource::new(&config.kafka, worker, workers).context("connecting the consumer")?,
+            KafkaSource::new(&config.kafka, worker, workers, &offsets)
+                .context("connecting the consumer")?,
         )));
     }
     let sources = Arc::new(sources);
@@ -271,7 +323,18 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 .ok()
                 .and_then(|mut s| s.take())
                 .expect("one source per worker");
-            work(worker, source, &config, &model, &sink, &status, &stop)
+            let restored = restored[worker.index()]
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take());
+            let shared = Shared {
+                model: &model,
+                entities: &entities,
+                checkpointer: checkpointer.as_deref(),
+                sink: &sink,
+                status: &status,
+            };
+            work(worker, source, &config, shared, restored, &stop)
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
@@ -371,16 +434,33 @@ fn past(ts: i64, step: u64) -> Watermark {
     (ts.max(0) as u64 / step + 1) * step
 }
 
+/// What the workers of a process share.
+struct Shared<'a> {
+    model: &'a Model,
+    entities: &'a EntityStore,
+    checkpointer: Option<&'a Checkpointer>,
+    sink: &'a Arc<KafkaSink>,
+    status: &'a Arc<RunStatus>,
+}
+
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
 fn work(
     worker: &mut timely::worker::Worker,
     mut source: KafkaSource,
     config: &PipelineConfig,
-    model: &Model,
-    sink: &Arc<KafkaSink>,
-    status: &Arc<RunStatus>,
+    shared: Shared<'_>,
+    restored: Option<Restored>,
     stop: &AtomicBool,
 ) -> WorkerResult {
+    let Shared {
+        model,
+        entities,
+        checkpointer,
+        sink,
+        status,
+    } = shared;
+    // Resuming: the input starts where it stood at the checkpoint.
+    let resumed_at = restored.as_ref().map(|r| (r.newest, r.input_time));
     let index = worker.index();
     let peers = worker.peers();
     let scores_topic = config.kafka.topics.scores.clone();
@@ -404,12 +484,31 @@ fn work(
                 .scores
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
         };
-        pipeline::build(worker, config, model, on_scores, on_examples)
+        pipeline::build(
+            worker,
+            config,
+            model,
+            Some(entities),
+            restored,
+            on_scores,
+            on_examples,
+        )
     };
+    // Records sent into the dataflow, and checkpoint rounds taken part in.
+    let mut sent: u64 = 0;
+    let mut rounds_done: u64 = 0;
+    let round_due = |done: u64| checkpointer.is_some_and(|c| c.requested() > done);
     let mut ingest = Ingest::new(config).expect("validated before start");
     let mut bad = BadEvents::default();
     let mut dead = Vec::with_capacity(1024);
     let mut newest = i64::MIN;
+    if let Some((at_newest, input_time)) = resumed_at {
+        newest = at_newest;
+        status.newest_ts.fetch_max(newest, Ordering::Relaxed);
+        if input_time > *dataflow.input.time() {
+            dataflow.input.advance_to(input_time);
+        }
+    }
     let step = config.input.watermark_step_ms;
     let commit_every = Duration::from_millis(config.kafka.consumer.commit_interval_ms);
     let mut commits: VecDeque<(Watermark, Vec<(i32, i64)>)> = VecDeque::new();
@@ -419,6 +518,23 @@ fn work(
     let mut rounds: VecDeque<Watermark> = VecDeque::new();
 
     while !stop.load(Ordering::Relaxed) {
+        if let Some(c) = checkpointer {
+            if index == 0 {
+                c.request_if_due();
+            }
+            if round_due(rounds_done) {
+                rounds_done += 1;
+                checkpoint_round(
+                    worker,
+                    &mut dataflow,
+                    &source,
+                    sink,
+                    c,
+                    rounds_done,
+                    (sent, newest),
+                );
+            }
+        }
         let input = &mut dataflow.input;
         let busy = dataflow.probe.less_than(input.time());
         let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
@@ -429,6 +545,7 @@ fn work(
                     let ts = record.ts;
                     newest = newest.max(ts);
                     input.send(record);
+                    sent += 1;
                     Some(ts)
                 }
                 Err(error) => {
@@ -484,7 +601,10 @@ fn work(
         if read > 0 {
             rounds.push_back(*dataflow.input.time());
         }
-        while rounds.len() > MAX_ROUNDS_AHEAD && !stop.load(Ordering::Relaxed) {
+        while rounds.len() > MAX_ROUNDS_AHEAD
+            && !stop.load(Ordering::Relaxed)
+            && !round_due(rounds_done)
+        {
             match rounds.front() {
                 Some(t) if dataflow.probe.less_than(t) => {
                     worker.step_or_park(Some(IDLE_WAIT));
@@ -495,8 +615,9 @@ fn work(
             }
         }
 
-        // Offsets go to the group only once everything read before them was processed.
-        if last_snapshot.elapsed() >= commit_every {
+        // Offsets go to the group only once everything read before them was processed
+        // (with checkpoints, at checkpoints instead).
+        if checkpointer.is_none() && last_snapshot.elapsed() >= commit_every {
             last_snapshot = Instant::now();
             let processed_at = past(newest, 1).max(*dataflow.input.time() + 1);
             commits.push_back((processed_at, source.positions()));
@@ -522,6 +643,20 @@ fn work(
     status.watermark[index].store(*dataflow.input.time(), Ordering::SeqCst);
     status.stopped.fetch_add(1, Ordering::SeqCst);
     while status.stopped.load(Ordering::SeqCst) < peers {
+        if let Some(c) = checkpointer
+            && round_due(rounds_done)
+        {
+            rounds_done += 1;
+            checkpoint_round(
+                worker,
+                &mut dataflow,
+                &source,
+                sink,
+                c,
+                rounds_done,
+                (sent, newest),
+            );
+        }
         worker.step_or_park(Some(IDLE_WAIT));
     }
     // ...then all advance to the same time, just past both: every record read is scored
@@ -537,10 +672,25 @@ fn work(
     while dataflow.probe.less_than(&last) {
         worker.step_or_park(Some(IDLE_WAIT));
     }
-    source.commit(&source.positions());
+    match checkpointer {
+        Some(c) => {
+            rounds_done += 1;
+            c.request(rounds_done);
+            checkpoint_round(
+                worker,
+                &mut dataflow,
+                &source,
+                sink,
+                c,
+                rounds_done,
+                (sent, newest),
+            );
+        }
+        None => source.commit(&source.positions()),
+    }
     publish(status, index, &source, &dataflow);
     let result = WorkerResult {
-        join: dataflow.join.borrow().clone(),
+        join: dataflow.join.borrow().stats.clone(),
         progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
         bad,
     };
@@ -549,6 +699,79 @@ fn work(
     status.finished.fetch_add(1, Ordering::SeqCst);
     result
 }
+
+/// One checkpoint round on this worker (see [`crate::checkpoint`]): stop, wait until the
+/// dataflow is still, add this worker's part, let worker 0 commit, resume. Returns whether
+/// the checkpoint was committed.
+fn checkpoint_round(
+    worker: &mut timely::worker::Worker,
+    dataflow: &mut pipeline::Dataflow,
+    source: &KafkaSource,
+    sink: &KafkaSink,
+    checkpointer: &Checkpointer,
+    round: u64,
+    (sent, newest): (u64, i64),
+) -> bool {
+    let index = worker.index();
+    let started = Instant::now();
+    dataflow.input.flush();
+    checkpointer.pause(index, sent, *dataflow.input.time());
+    let watermark = loop {
+        worker.step_or_park(Some(CHECKPOINT_WAIT));
+        checkpointer.received(index, dataflow.join.borrow().received);
+        if let Some(t) = checkpointer.settled(round)
+            && !dataflow.probe.less_than(&t)
+        {
+            break t;
+        }
+    };
+    let positions = source.positions();
+    checkpointer.contribute(
+        index,
+        &dataflow.join.borrow(),
+        &dataflow.progressive.borrow(),
+        &positions,
+        (newest, *dataflow.input.time()),
+    );
+    if index == 0 {
+        while !checkpointer.all_contributed(round) {
+            worker.step_or_park(Some(CHECKPOINT_WAIT));
+        }
+        let flush = || {
+            sink.flush()
+                .context("flushing outputs before the checkpoint")
+        };
+        match checkpointer.commit(round, watermark, flush) {
+            Ok(stats) => tracing::debug!(
+                epoch = checkpointer.epoch(),
+                watermark,
+                ops = stats.ops,
+                bytes = stats.bytes,
+                write_secs = stats.seconds,
+                pause_secs = started.elapsed().as_secs_f64(),
+                "Checkpoint committed."
+            ),
+            Err(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "Checkpoint failed; the previous one stands, the next is tried at the next interval."
+            ),
+        }
+    }
+    let committed = loop {
+        if let Some(ok) = checkpointer.outcome(round) {
+            break ok;
+        }
+        worker.step_or_park(Some(CHECKPOINT_WAIT));
+    };
+    if committed {
+        dataflow.join.borrow_mut().checkpoint_done();
+        source.commit(&positions);
+    }
+    committed
+}
+
+/// How long a worker parks while waiting for the others during a checkpoint.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(1);
 
 /// The `examples` output, when `kafka.topics.examples` names a topic: keyed by impression id.
 fn examples_output(

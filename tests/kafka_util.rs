@@ -198,6 +198,11 @@ impl Topics {
 
     /// A worker config for these topics; `extra` is appended (more TOML).
     pub fn config(&self, brokers: &str, extra: &str) -> String {
+        self.config_with_group(brokers, &unique("group"), extra)
+    }
+
+    /// A worker config for these topics in consumer group `group`.
+    pub fn config_with_group(&self, brokers: &str, group: &str, extra: &str) -> String {
         format!(
             r#"
 [kafka]
@@ -215,7 +220,6 @@ examples = "{examples}"
 idle_timeout_ms = 2000
 {extra}
 "#,
-            group = unique("group"),
             events = self.events,
             scores = self.scores,
             dead = self.dead_letters,
@@ -310,6 +314,61 @@ impl WorkerProcess {
         let tail = &stderr[stderr.len().saturating_sub(3000)..];
         assert!(status.success(), "ctrflow run exited {status}: ...{tail}");
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+    }
+}
+
+impl WorkerProcess {
+    /// SIGKILL: the process dies wherever it is, with no chance to flush or checkpoint.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Waits until consumer group `group` has committed, for every partition of `topic`, the
+/// partition's end: everything was read and (with checkpoints) checkpointed.
+pub fn wait_committed(brokers: &str, group: &str, topic: &str, timeout: Duration) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let count = partitions(&consumer, topic);
+    let mut list = TopicPartitionList::new();
+    for p in 0..count {
+        list.add_partition(topic, p);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let committed = consumer
+            .committed_offsets(list.clone(), Duration::from_secs(10))
+            .ok();
+        let done = committed.as_ref().is_some_and(|c| {
+            (0..count).all(|p| {
+                let high = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .map_or(-1, |(_, h)| h);
+                matches!(
+                    c.find_partition(topic, p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o == high
+                )
+            })
+        });
+        drop(committed);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} did not reach the end of {topic}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -16,6 +16,9 @@ mod kafka_util;
 /// `ctrflow run` in-process against librdkafka's mock cluster, with injected faults.
 mod kafka_mock;
 
+/// Durable state: point-in-time entity features, kill -9 recovery.
+mod state;
+
 /// `ctrflow run` against a real, separate broker (tests/run.sh starts it).
 #[cfg(feature = "kafka-it")]
 mod kafka;

@@ -5,10 +5,12 @@
 //! depends on it.
 #![warn(missing_docs)]
 
+pub mod enrich;
 pub mod learner;
 pub mod operators;
 pub mod record;
 
+pub use enrich::{Enrich, Entities, NoEnrich, Signal};
 pub use learner::Learner;
 pub use record::{
     EventTime, Example, Feature, Features, Interaction, InteractionKind, LabelSource, Score,

@@ -4,6 +4,8 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::enrich::Entities;
+
 /// One hashed feature: the model coordinate it lands in and its value.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Feature {
@@ -13,9 +15,9 @@ pub struct Feature {
     pub value: f32,
 }
 
-/// The hashed features of one impression. Inline up to 16 (a typical event has about 12),
-/// so the hot path does not allocate.
-pub type Features = SmallVec<[Feature; 16]>;
+/// The hashed features of one impression. Inline up to 24 (a typical event has about 12,
+/// plus about 10 entity features), so the hot path does not allocate.
+pub type Features = SmallVec<[Feature; 24]>;
 
 /// Event time: epoch milliseconds, from the event's `ts`.
 pub type EventTime = i64;
@@ -46,8 +48,11 @@ pub enum InteractionKind {
         user: CompactString,
         /// Item id.
         item: CompactString,
-        /// Hashed features, computed once: serving and training use exactly these.
+        /// Hashed features, computed once: serving and training use exactly these (the
+        /// entity features are appended when it is scored).
         features: Features,
+        /// Keys of its entity features.
+        entities: Entities,
         /// The true click probability, when the source knows it (the generator's
         /// `ctx._p_true`); used only to report the Bayes-optimal loss, never learned from.
         reference: Option<f32>,

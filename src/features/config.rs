@@ -27,6 +27,9 @@ pub struct FeatureConfig {
     /// cross is present in an event only when both sides are present and categorical there.
     #[serde(default = "default_crosses")]
     pub crosses: Vec<[String; 2]>,
+    /// Incremental per-user, per-item and per-user×category features (`[features.entity]`).
+    #[serde(default)]
+    pub entity: crate::entity::EntityConfig,
 }
 
 const fn default_bits() -> u8 {
@@ -62,6 +65,7 @@ impl Default for FeatureConfig {
             numeric_default: default_numeric_default(),
             numeric: default_numeric(),
             crosses: default_crosses(),
+            entity: crate::entity::EntityConfig::default(),
         }
     }
 }
@@ -70,7 +74,7 @@ impl FeatureConfig {
     /// Every problem with this config, each naming the key, the value and what is allowed.
     /// Empty when the config is usable.
     pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.entity.validate();
         if !(1..=MAX_BITS).contains(&self.bits) {
             problems.push(format!(
                 "features.bits must be in 1..={MAX_BITS}, got {}",

@@ -185,6 +185,26 @@ impl FtrlModel {
         }
     }
 
+    /// Coordinates as raw words (`(z, n)` packed), for incremental checkpoints: how many.
+    pub(crate) fn raw_len(&self) -> usize {
+        self.shared.coords.len()
+    }
+
+    /// Raw word `i`.
+    pub(crate) fn raw(&self, i: usize) -> u64 {
+        self.shared.coords[i].load(Relaxed)
+    }
+
+    /// Sets raw word `i` (restoring a checkpoint, before any handle learns).
+    pub(crate) fn set_raw(&self, i: usize, word: u64) {
+        self.shared.coords[i].store(word, Relaxed);
+    }
+
+    /// Sets the version (restoring a checkpoint).
+    pub(crate) fn set_version(&self, version: u64) {
+        self.shared.version.0.store(version, Relaxed);
+    }
+
     /// A new handle for one worker. All handles share this model's weights.
     pub fn handle(&self) -> FtrlHandle {
         FtrlHandle {

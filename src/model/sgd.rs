@@ -100,6 +100,26 @@ impl SgdModel {
         }
     }
 
+    /// Weights as raw words (`f32` bits), for incremental checkpoints: how many.
+    pub(crate) fn raw_len(&self) -> usize {
+        self.shared.weights.len()
+    }
+
+    /// Raw word `i`.
+    pub(crate) fn raw(&self, i: usize) -> u64 {
+        u64::from(self.shared.weights[i].load(Relaxed))
+    }
+
+    /// Sets raw word `i` (restoring a checkpoint, before any handle learns).
+    pub(crate) fn set_raw(&self, i: usize, word: u64) {
+        self.shared.weights[i].store(word as u32, Relaxed);
+    }
+
+    /// Sets the version (restoring a checkpoint).
+    pub(crate) fn set_version(&self, version: u64) {
+        self.shared.version.0.store(version, Relaxed);
+    }
+
     /// A new handle for one worker. All handles share this model's weights.
     pub fn handle(&self) -> SgdHandle {
         SgdHandle {

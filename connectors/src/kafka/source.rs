@@ -173,12 +173,14 @@ impl std::fmt::Debug for KafkaSource {
 
 impl KafkaSource {
     /// Connects, waits for the topic's metadata (up to `consumer.startup_timeout_ms`), and
-    /// assigns this worker's partitions, each starting at the group's committed offset
-    /// or, without one, where `consumer.start` says.
+    /// assigns this worker's partitions, each starting at its offset in `start` (a
+    /// checkpoint's), else at the group's committed offset or, without one, where
+    /// `consumer.start` says.
     pub fn new(
         config: &KafkaConfig,
         worker: usize,
         workers: usize,
+        start: &HashMap<i32, i64>,
     ) -> Result<Self, ConnectorError> {
         let topic = config.topics.events.clone();
         let started = Instant::now();
@@ -205,7 +207,11 @@ impl KafkaSource {
         let mut assignment = TopicPartitionList::new();
         for &p in &mine {
             assignment
-                .add_partition_offset(&topic, p, Offset::Stored)
+                .add_partition_offset(
+                    &topic,
+                    p,
+                    start.get(&p).map_or(Offset::Stored, |&o| Offset::Offset(o)),
+                )
                 .map_err(|e| ConnectorError::kafka("assigning partitions", e))?;
         }
         consumer
@@ -231,7 +237,7 @@ impl KafkaSource {
                 slot.insert(id, i);
                 partitions.push(Partition {
                     id,
-                    next_offset: -1,
+                    next_offset: start.get(&id).copied().unwrap_or(-1),
                     max_ts: i64::MIN,
                     last_message: now,
                     touched: false,

@@ -40,6 +40,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
+use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
+
+use crate::enrich::{Enrich, Entities, Signal};
 use crate::learner::Learner;
 use crate::record::{
     EventTime, Example, Features, Interaction, InteractionKind, LabelSource, Score,
@@ -174,8 +177,8 @@ pub trait LearnOnline<'scope> {
     /// # Examples
     /// ```
     /// use std::{cell::RefCell, rc::Rc};
-    /// use ctrflow_dataflows::operators::{DelayCorrection, JoinStats, LabelConfig, LearnOnline};
-    /// use ctrflow_dataflows::{Feature, Interaction, InteractionKind, Learner};
+    /// use ctrflow_dataflows::operators::{DelayCorrection, JoinState, LabelConfig, LearnOnline};
+    /// use ctrflow_dataflows::{Feature, Interaction, InteractionKind, Learner, NoEnrich};
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
     ///
     /// /// Predicts the running click rate; enough to show the flow.
@@ -192,6 +195,7 @@ pub trait LearnOnline<'scope> {
     /// let event = |ts, id: &str, kind| Interaction { ts, pos: ts as u64, id: id.into(), kind };
     /// let shown = || InteractionKind::Impression {
     ///     user: "u".into(), item: "i".into(), features: Default::default(), reference: None,
+    ///     entities: Default::default(),
     /// };
     /// let input = vec![
     ///     event(0, "a", shown()),
@@ -199,12 +203,12 @@ pub trait LearnOnline<'scope> {
     ///     event(10, "b", shown()),
     /// ];
     /// let (scores, examples) = timely::example(move |scope| {
-    ///     let stats = Rc::new(RefCell::new(JoinStats::default()));
     ///     // Learn each label once, when final, and serve the model's output as is.
     ///     let config = LabelConfig { delay_correction: DelayCorrection::None, ..LabelConfig::default() };
+    ///     let state = Rc::new(RefCell::new(JoinState::new(&config)));
     ///     let (scores, examples) = input
     ///         .to_stream(scope)
-    ///         .learn_online(Mean { clicks: 0.0, seen: 0.0 }, &config, stats, false);
+    ///         .learn_online(Mean { clicks: 0.0, seen: 0.0 }, NoEnrich, state, false);
     ///     (scores.capture(), examples.capture())
     /// });
     /// fn data<D>(events: std::sync::mpsc::Receiver<Event<u64, Vec<D>>>) -> Vec<D> {
@@ -221,11 +225,15 @@ pub trait LearnOnline<'scope> {
     /// assert_eq!(examples.len(), 2, "a clicked; b expires when the input ends");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    fn learn_online<L: Learner + 'static>(
+    ///
+    /// `enrich` supplies entity features as of each impression's event time and learns of
+    /// every event; `state` is the join's state, shared with the caller for its counters
+    /// and for checkpoints (read it only between steps of the worker).
+    fn learn_online<L: Learner + 'static, E: Enrich + 'static>(
         self,
         learner: L,
-        config: &LabelConfig,
-        stats: Rc<RefCell<JoinStats>>,
+        enrich: E,
+        state: Rc<RefCell<JoinState>>,
         example_features: bool,
     ) -> (
         Stream<'scope, Watermark, Vec<Score>>,
@@ -237,38 +245,47 @@ pub trait LearnOnline<'scope> {
 type Learned = Result<Score, Example>;
 
 impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>> {
-    fn learn_online<L: Learner + 'static>(
+    fn learn_online<L: Learner + 'static, E: Enrich + 'static>(
         self,
         learner: L,
-        config: &LabelConfig,
-        stats: Rc<RefCell<JoinStats>>,
+        enrich: E,
+        state: Rc<RefCell<JoinState>>,
         example_features: bool,
     ) -> (
         Stream<'scope, Watermark, Vec<Score>>,
         Stream<'scope, Watermark, Vec<Example>>,
     ) {
-        let mut join = LabelJoin::new(learner, config.clone(), stats);
-        join.example_features = example_features;
+        let mut join = LabelJoin {
+            learner,
+            enrich,
+            state,
+            example_features,
+            entities: Vec::new(),
+        };
         let exchange = Exchange::new(|x: &Interaction| route(&x.id));
         let learned: Stream<'scope, Watermark, Vec<Learned>> =
-            self.unary_frontier(exchange, "LearnOnline", move |_cap, _info| {
-                let mut held = None;
+            self.unary_frontier(exchange, "LearnOnline", move |cap, _info| {
+                // Held from the start: records restored from a checkpoint are in the buffer
+                // before any input arrives, and must still be emitted for.
+                let mut held = Some(cap);
                 let mut out = Vec::new();
                 move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        if held.is_none() {
-                            held = cap.retain_least(0);
-                        }
-                        if join.buffer.is_empty() {
+                    input.for_each(|_cap, data| {
+                        let state = &mut *join.state.borrow_mut();
+                        state.received += data.len() as u64;
+                        if state.buffer.is_empty() {
                             // Take the batch whole rather than moving every record.
-                            std::mem::swap(&mut join.buffer, data);
+                            std::mem::swap(&mut state.buffer, data);
                         } else {
-                            join.buffer.append(data);
+                            state.buffer.append(data);
                         }
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let watermark = frontier.frontier().iter().min().copied();
                     join.advance(watermark.unwrap_or(Watermark::MAX), &mut out);
+                    // Publish the model version once per batch, so that a checkpoint (taken
+                    // between steps) records every update applied.
+                    join.learner.flush();
                     if !out.is_empty() {
                         output.session(&cap).give_iterator(out.drain(..));
                     }
@@ -287,11 +304,13 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
 }
 
 /// An impression whose window is still open, or closed but remembered for duplicates.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Pending {
     ts: EventTime,
     served: f32,
+    /// The features it was scored with, entity features included: it is trained with them.
     features: Features,
+    entities: Entities,
     reference: Option<f32>,
     /// The label is final.
     decided: bool,
@@ -301,53 +320,98 @@ struct Pending {
     closed: bool,
 }
 
-/// The per-worker state of [`LearnOnline`].
-struct LabelJoin<L> {
-    learner: L,
+/// The state of one worker's label join: what it has received and not processed, the open
+/// windows, the delay correction's counts and the join's counters. Shared (`Rc`) between
+/// the operator and the worker that built it, which reads the counters and takes
+/// checkpoints of it between steps.
+#[derive(Debug)]
+pub struct JoinState {
     fast_skip_ms: u32,
-    stats: Rc<RefCell<JoinStats>>,
+    /// What the join saw.
+    pub stats: JoinStats,
     /// Records received and not yet processed, kept sorted by `(ts, pos)` when processing.
     buffer: Vec<Interaction>,
     windows: Windows,
     schedule: Schedule,
-    /// Examples carry the impression's hashed features (for the `examples` output).
-    example_features: bool,
+    /// Records received since the worker started: a checkpoint waits until every record
+    /// sent has been received somewhere.
+    pub received: u64,
 }
 
-impl<L: Learner> LabelJoin<L> {
-    fn new(learner: L, config: LabelConfig, stats: Rc<RefCell<JoinStats>>) -> Self {
+impl JoinState {
+    /// An empty join with `config`'s settings.
+    pub fn new(config: &LabelConfig) -> Self {
         Self {
-            learner,
             fast_skip_ms: config.fast_skip_ms,
-            stats,
+            stats: JoinStats::default(),
             buffer: Vec::new(),
-            windows: Windows::new(&config),
+            windows: Windows::new(config),
             schedule: Schedule::new(config.delay_correction),
-            example_features: false,
+            received: 0,
         }
     }
 
+    /// Impressions in the attribution windows (open, or closed and remembered).
+    pub fn pending(&self) -> usize {
+        self.windows.ring.len()
+    }
+
+    /// Records received and not yet processed.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// The operator's closure state: the maths and the shared [`JoinState`].
+struct LabelJoin<L, E> {
+    learner: L,
+    enrich: E,
+    state: Rc<RefCell<JoinState>>,
+    /// Examples carry the impression's hashed features (for the `examples` output).
+    example_features: bool,
+    /// Scratch: the entities of a batch's impressions, for [`Enrich::prepare`].
+    entities: Vec<Entities>,
+}
+
+impl<L: Learner, E: Enrich> LabelJoin<L, E> {
     /// Processes every buffered record with `ts < watermark`, in order, then closes the
     /// windows that ended before `watermark`.
     fn advance(&mut self, watermark: Watermark, out: &mut Vec<Learned>) {
+        let state = &mut *self.state.borrow_mut();
+        let JoinState {
+            fast_skip_ms,
+            stats,
+            buffer,
+            windows,
+            schedule,
+            ..
+        } = state;
+        let fast_skip_ms = *fast_skip_ms;
         let watermark = EventTime::try_from(watermark).unwrap_or(EventTime::MAX);
-        if self.buffer.is_empty() && watermark <= self.windows.processed_to {
+        if buffer.is_empty() && watermark <= windows.processed_to {
             return;
         }
         // Stable sort: it detects the already-sorted runs that sources produce, so this is
         // close to linear.
-        self.buffer.sort_by_key(|x| (x.ts, x.pos));
-        let ready = self.buffer.partition_point(|x| x.ts < watermark);
-        let stats = &mut *self.stats.borrow_mut();
+        buffer.sort_by_key(|x| (x.ts, x.pos));
+        let ready = buffer.partition_point(|x| x.ts < watermark);
+        self.entities.clear();
+        self.entities
+            .extend(buffer[..ready].iter().filter_map(|x| match &x.kind {
+                InteractionKind::Impression { entities, .. } => Some(*entities),
+                _ => None,
+            }));
+        self.enrich.prepare(&self.entities);
         let mut step = Step {
             learner: &mut self.learner,
-            schedule: &mut self.schedule,
+            enrich: &mut self.enrich,
+            schedule,
             stats,
             out,
             example_features: self.example_features,
         };
-        let rest = self.buffer.split_off(ready);
-        let mut batch = std::mem::replace(&mut self.buffer, rest).into_iter();
+        let rest = buffer.split_off(ready);
+        let mut batch = std::mem::replace(buffer, rest).into_iter();
         while let Some(record) = batch.next() {
             // The model is far larger than the cache: start fetching the coordinates of an
             // impression a few records ahead, so its score does not wait on memory.
@@ -358,18 +422,22 @@ impl<L: Learner> LabelJoin<L> {
             {
                 step.learner.prefetch(features);
             }
-            self.windows.close_before(record.ts, &mut step);
+            windows.close_before(record.ts, &mut step);
             match record.kind {
                 InteractionKind::Impression {
                     user,
                     item,
-                    features,
+                    mut features,
                     reference,
+                    entities,
                 } => {
-                    if self.windows.is_open(&record.id) {
+                    if windows.is_open(&record.id) {
                         step.stats.duplicate_impressions += 1;
                         continue;
                     }
+                    // Point in time: the aggregates of everything before this impression.
+                    step.enrich.enrich(&entities, record.ts, &mut features);
+                    step.enrich.record(&entities, record.ts, Signal::Impression);
                     let score = step.schedule.serve(step.learner.predict(&features));
                     step.stats.impressions += 1;
                     step.out.push(Ok(Score {
@@ -384,12 +452,13 @@ impl<L: Learner> LabelJoin<L> {
                         ts: record.ts,
                         served: score,
                         features,
+                        entities,
                         reference,
                         decided: false,
                         provisional: false,
                         closed: false,
                     };
-                    if !self.windows.open(record.id, entry) {
+                    if !windows.open(record.id, entry) {
                         // Its window closed before it arrived: no feedback can be trusted.
                         step.stats.late_impressions += 1;
                     }
@@ -398,18 +467,29 @@ impl<L: Learner> LabelJoin<L> {
                     let label = match feedback {
                         InteractionKind::Click => Some(LabelSource::Click),
                         InteractionKind::Like => Some(LabelSource::Like),
-                        InteractionKind::Skip { dwell_ms } if dwell_ms < self.fast_skip_ms => {
+                        InteractionKind::Skip { dwell_ms } if dwell_ms < fast_skip_ms => {
                             Some(LabelSource::FastSkip)
                         }
                         _ => None,
                     };
-                    let Some(entry) = self.windows.get_mut(&record.id) else {
+                    let Some((seq, entry)) = windows.get_mut(&record.id) else {
                         step.stats.orphan_feedback += 1;
                         continue;
                     };
                     if entry.closed {
                         step.stats.late_feedback += 1;
                         continue;
+                    }
+                    // Every click, like and fast skip counts for the entity features, even
+                    // one that no longer decides the label.
+                    let signal = match label {
+                        Some(LabelSource::Click) => Some(Signal::Click),
+                        Some(LabelSource::Like) => Some(Signal::Like),
+                        Some(LabelSource::FastSkip) => Some(Signal::FastSkip),
+                        _ => None,
+                    };
+                    if let Some(signal) = signal {
+                        step.enrich.record(&entry.entities, record.ts, signal);
                     }
                     let Some(label) = label else {
                         step.stats.slow_skip += 1;
@@ -420,10 +500,11 @@ impl<L: Learner> LabelJoin<L> {
                         continue;
                     }
                     step.finalize(&record.id, entry, label, record.ts);
+                    windows.touched(seq);
                 }
             }
         }
-        self.windows.close_before(watermark, &mut step);
+        windows.close_before(watermark, &mut step);
     }
 }
 
@@ -459,7 +540,7 @@ const PREFETCH_AHEAD: usize = 8;
 ///
 /// `delay_correction = "none"` learns each label once, when final, and serves the model's
 /// output as is.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Schedule {
     correction: DelayCorrection,
     /// Positives that became final before their provisional negative was due.
@@ -512,15 +593,16 @@ pub enum DelayCorrection {
 }
 
 /// What processing one record may touch besides the windows.
-struct Step<'a, L> {
+struct Step<'a, L, E> {
     learner: &'a mut L,
+    enrich: &'a mut E,
     schedule: &'a mut Schedule,
     stats: &'a mut JoinStats,
     out: &'a mut Vec<Learned>,
     example_features: bool,
 }
 
-impl<L: Learner> Step<'_, L> {
+impl<L: Learner, E> Step<'_, L, E> {
     /// Makes `label` final for `entry`: counts it, emits the example, and learns it unless
     /// a provisional negative already stands for it.
     fn finalize(
@@ -581,6 +663,7 @@ impl<L: Learner> Step<'_, L> {
 /// closed impression stays one more window so that feedback for it counts as late, not as
 /// an orphan. (A late impression, opened after newer ones, closes with them: at most one
 /// window length late.)
+#[derive(Debug)]
 struct Windows {
     window_ms: EventTime,
     /// After this long undecided, an impression gets its provisional negative; `None` when
@@ -598,6 +681,10 @@ struct Windows {
     index: FxHashMap<CompactString, u64>,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
+    /// Sequence numbers `persisted.0..persisted.1` are in the last checkpoint.
+    persisted: (u64, u64),
+    /// Persisted impressions changed since the last checkpoint.
+    dirty: Vec<u64>,
 }
 
 impl Windows {
@@ -615,6 +702,16 @@ impl Windows {
             close_cursor: 0,
             index: FxHashMap::default(),
             processed_to: EventTime::MIN,
+            persisted: (0, 0),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Notes that the impression with sequence number `seq` changed (for the next
+    /// checkpoint, if the last one holds it).
+    fn touched(&mut self, seq: u64) {
+        if seq < self.persisted.1 {
+            self.dirty.push(seq);
         }
     }
 
@@ -623,10 +720,11 @@ impl Windows {
         self.index.contains_key(id)
     }
 
-    fn get_mut(&mut self, id: &str) -> Option<&mut Pending> {
+    /// The impression `id`'s sequence number and entry.
+    fn get_mut(&mut self, id: &str) -> Option<(u64, &mut Pending)> {
         let seq = *self.index.get(id)?;
         let at = usize::try_from(seq - self.first).ok()?;
-        self.ring.get_mut(at).map(|(_, entry)| entry)
+        self.ring.get_mut(at).map(|(_, entry)| (seq, entry))
     }
 
     /// Opens the window of impression `id`; false if it had already closed by its arrival.
@@ -651,7 +749,7 @@ impl Windows {
     /// Learns the provisional negatives due, and closes the windows that ended, before
     /// `until`, in time order: undecided impressions become negatives. Then forgets the
     /// impressions closed for a whole window.
-    fn close_before<L: Learner>(&mut self, until: EventTime, step: &mut Step<'_, L>) {
+    fn close_before<L: Learner, E>(&mut self, until: EventTime, step: &mut Step<'_, L, E>) {
         self.processed_to = self.processed_to.max(until);
         loop {
             let wait = self
@@ -668,6 +766,7 @@ impl Windows {
                         && !entry.decided
                     {
                         step.provisional(entry);
+                        self.touched(self.first + at as u64);
                     }
                 }
                 (_, Some((at, deadline))) => {
@@ -679,6 +778,7 @@ impl Windows {
                         }
                         entry.closed = true;
                         entry.features.clear();
+                        self.touched(self.first + at as u64);
                     }
                 }
                 _ => break,
@@ -697,9 +797,125 @@ impl Windows {
     }
 }
 
+/// Impressions awaiting their label, by worker and sequence number.
+const PENDING: Table<(u32, u64), (CompactString, Pending)> = Table::new(TableId::Pending);
+/// The rest of a worker's join state, under `(worker, JOIN_PART)`.
+const OPERATORS: Table<(u32, u8), JoinRecord> = Table::new(TableId::Operators);
+/// The label join's part of a worker's [`TableId::Operators`] entries.
+const JOIN_PART: u8 = 0;
+
+/// What a checkpoint keeps of a worker's [`JoinState`] besides its pending impressions.
+#[derive(Serialize, Deserialize)]
+struct JoinRecord {
+    stats: JoinStats,
+    buffer: Vec<Interaction>,
+    schedule: Schedule,
+    /// Sequence numbers `first..end` are in [`PENDING`].
+    first: u64,
+    end: u64,
+    wait_cursor: u64,
+    close_cursor: u64,
+    processed_to: EventTime,
+}
+
+/// # Checkpoints
+///
+/// Pending impressions are written incrementally: a checkpoint puts the impressions opened
+/// or changed since the last one and deletes those forgotten since, keyed by worker and
+/// sequence number; everything else (received but unprocessed records, cursors, counters)
+/// is one record per worker. Between [`checkpoint_into`](Self::checkpoint_into) and
+/// [`checkpoint_done`](Self::checkpoint_done) nothing may be processed.
+impl JoinState {
+    /// Adds what changed since the last checkpoint of worker `worker` to `batch`.
+    pub fn checkpoint_into(&self, worker: u32, batch: &mut Batch) {
+        let w = &self.windows;
+        let end = w.first + w.ring.len() as u64;
+        for seq in w.persisted.0..w.first.min(w.persisted.1) {
+            PENDING.delete(batch, &(worker, seq));
+        }
+        let mut changed = w.dirty.clone();
+        changed.sort_unstable();
+        changed.dedup();
+        let new = w.persisted.1.max(w.first)..end;
+        for seq in changed.into_iter().filter(|s| *s >= w.first).chain(new) {
+            if let Some(entry) = w.ring.get((seq - w.first) as usize) {
+                PENDING.put(batch, &(worker, seq), entry);
+            }
+        }
+        let record = JoinRecord {
+            stats: self.stats.clone(),
+            buffer: self.buffer.clone(),
+            schedule: self.schedule.clone(),
+            first: w.first,
+            end,
+            wait_cursor: w.wait_cursor,
+            close_cursor: w.close_cursor,
+            processed_to: w.processed_to,
+        };
+        OPERATORS.put(batch, &(worker, JOIN_PART), &record);
+    }
+
+    /// The checkpoint [`checkpoint_into`](Self::checkpoint_into) wrote was committed.
+    pub fn checkpoint_done(&mut self) {
+        let w = &mut self.windows;
+        w.persisted = (w.first, w.first + w.ring.len() as u64);
+        w.dirty.clear();
+    }
+
+    /// Worker `worker`'s join state from the checkpoint in `store`, or `None` if it holds
+    /// none.
+    pub fn restore(
+        store: &StateStore,
+        worker: u32,
+        config: &LabelConfig,
+    ) -> Result<Option<Self>, StateError> {
+        let Some(record) = OPERATORS.get(store, &(worker, JOIN_PART))? else {
+            return Ok(None);
+        };
+        let mut state = Self::new(config);
+        let w = &mut state.windows;
+        w.first = record.first;
+        let mut failure = None;
+        PENDING.scan(store, &worker, |(_, seq), (id, entry)| {
+            if seq != record.first + w.ring.len() as u64 {
+                failure = Some(format!(
+                    "pending impressions of worker {worker}: expected sequence number {}, found {seq}",
+                    record.first + w.ring.len() as u64
+                ));
+                return false;
+            }
+            w.index.insert(id.clone(), seq);
+            w.ring.push_back((id, entry));
+            true
+        })?;
+        let found = record.first + w.ring.len() as u64;
+        if failure.is_none() && found != record.end {
+            failure = Some(format!(
+                "pending impressions of worker {worker}: expected up to {}, found up to {found}",
+                record.end
+            ));
+        }
+        if let Some(reason) = failure {
+            return Err(StateError::Decode {
+                table: TableId::Pending.name(),
+                reason,
+            });
+        }
+        w.wait_cursor = record.wait_cursor;
+        w.close_cursor = record.close_cursor;
+        w.processed_to = record.processed_to;
+        w.persisted = (record.first, record.end);
+        state.stats = record.stats;
+        state.buffer = record.buffer;
+        state.schedule = record.schedule;
+        Ok(Some(state))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::NoEnrich;
     use crate::record::Feature;
 
     /// Records every update; predicts from the number of updates so far.
@@ -723,13 +939,23 @@ mod tests {
 
     const WINDOW: u64 = 1000;
 
-    fn join() -> LabelJoin<Recorder> {
+    fn labelled(learner: Recorder, config: LabelConfig) -> LabelJoin<Recorder, NoEnrich> {
+        LabelJoin {
+            learner,
+            enrich: NoEnrich,
+            state: Rc::new(RefCell::new(JoinState::new(&config))),
+            example_features: false,
+            entities: Vec::new(),
+        }
+    }
+
+    fn join() -> LabelJoin<Recorder, NoEnrich> {
         let config = LabelConfig {
             window_ms: WINDOW,
             fast_skip_ms: 100,
             delay_correction: DelayCorrection::None,
         };
-        LabelJoin::new(Recorder::default(), config, Rc::default())
+        labelled(Recorder::default(), config)
     }
 
     fn impression(ts: EventTime, id: &str, feature: u32) -> Interaction {
@@ -744,6 +970,7 @@ mod tests {
             item: "i".into(),
             features,
             reference: None,
+            entities: Entities::default(),
         };
         Interaction {
             ts,
@@ -763,11 +990,11 @@ mod tests {
     }
 
     fn run(
-        join: &mut LabelJoin<Recorder>,
+        join: &mut LabelJoin<Recorder, NoEnrich>,
         records: Vec<Interaction>,
         watermark: Watermark,
     ) -> (Vec<Score>, Vec<Example>) {
-        join.buffer.extend(records);
+        join.state.borrow_mut().buffer.extend(records);
         let mut out = Vec::new();
         join.advance(watermark, &mut out);
         let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
@@ -793,7 +1020,7 @@ mod tests {
         assert_eq!(examples[0].label, LabelSource::Click);
         assert_eq!(examples[0].served, scores[0].score);
         assert_eq!(j.learner.updates, vec![(vec![7], true)]);
-        assert_eq!(j.stats.borrow().positive_click, 1);
+        assert_eq!(j.state.borrow().stats.positive_click, 1);
     }
 
     #[test]
@@ -817,7 +1044,7 @@ mod tests {
             [("fast", LabelSource::FastSkip)]
         );
         assert_eq!(examples[0].label_ts, 50);
-        let stats = j.stats.borrow().clone();
+        let stats = j.state.borrow().stats.clone();
         assert_eq!((stats.negative_fast_skip, stats.slow_skip), (1, 1));
         // The slow skip's window closes at 0 + WINDOW: a negative then, not before.
         let (_, examples) = run(&mut j, vec![], WINDOW);
@@ -853,7 +1080,7 @@ mod tests {
         );
         assert_eq!(examples.len(), 1);
         assert_eq!(examples[0].label, LabelSource::FastSkip);
-        let stats = j.stats.borrow();
+        let stats = j.state.borrow().stats.clone();
         assert_eq!((stats.duplicate_feedback, stats.orphan_feedback), (2, 1));
         assert_eq!(j.learner.updates.len(), 1, "later feedback is not applied");
     }
@@ -868,7 +1095,7 @@ mod tests {
         let (_, examples) = run(&mut j, records, 2 * WINDOW);
         assert_eq!(examples.len(), 1);
         assert_eq!(examples[0].label, LabelSource::Expired);
-        assert_eq!(j.stats.borrow().late_feedback, 1);
+        assert_eq!(j.state.borrow().stats.late_feedback, 1);
         assert_eq!(j.learner.updates, vec![(vec![1], false)]);
     }
 
@@ -909,12 +1136,12 @@ mod tests {
             10,
         );
         assert_eq!(scores.len(), 1);
-        assert_eq!(j.stats.borrow().duplicate_impressions, 1);
+        assert_eq!(j.state.borrow().stats.duplicate_impressions, 1);
         run(&mut j, vec![], 5 * WINDOW);
         let (scores, examples) = run(&mut j, vec![impression(10, "old", 3)], 5 * WINDOW + 1);
         assert_eq!(scores.len(), 1, "a late impression is still scored");
         assert!(examples.is_empty());
-        assert_eq!(j.stats.borrow().late_impressions, 1);
+        assert_eq!(j.state.borrow().stats.late_impressions, 1);
         run(&mut j, vec![], Watermark::MAX);
         assert!(
             !j.learner.updates.iter().any(|(x, _)| x == &[3]),
@@ -922,13 +1149,13 @@ mod tests {
         );
     }
 
-    fn provisional_join() -> LabelJoin<Recorder> {
+    fn provisional_join() -> LabelJoin<Recorder, NoEnrich> {
         let config = LabelConfig {
             window_ms: WINDOW,
             fast_skip_ms: 100,
             delay_correction: DelayCorrection::ProvisionalNegatives,
         };
-        LabelJoin::new(Recorder::default(), config, Rc::default())
+        labelled(Recorder::default(), config)
     }
 
     #[test]
@@ -968,13 +1195,13 @@ mod tests {
                 ("late_click", LabelSource::Click)
             ]
         );
-        assert_eq!(j.stats.borrow().provisional_negatives, 2);
+        assert_eq!(j.state.borrow().stats.provisional_negatives, 2);
         // Expiry emits the contract's negative but learns nothing new.
         let (_, examples) = run(&mut j, vec![], 2 * WINDOW);
         assert_eq!(examples.len(), 1);
         assert_eq!(examples[0].label, LabelSource::Expired);
         assert_eq!(j.learner.updates.len(), 5);
-        let stats = j.stats.borrow();
+        let stats = j.state.borrow().stats.clone();
         assert_eq!(
             (
                 stats.positive_click,
@@ -1020,8 +1247,8 @@ mod tests {
             let index = worker.index();
             let peers = worker.peers();
             let collected = Arc::clone(&collected);
-            let stats = Rc::new(RefCell::new(JoinStats::default()));
-            let stats_out = Rc::clone(&stats);
+            let state = Rc::new(RefCell::new(JoinState::new(&LabelConfig::default())));
+            let state_out = Rc::clone(&state);
             worker.dataflow::<Watermark, _, _>(|scope| {
                 // Each worker starts with a different share, so records cross workers.
                 let records: Vec<Interaction> = (0..1000)
@@ -1047,8 +1274,8 @@ mod tests {
                     .collect();
                 let (scores, examples) = records.to_stream(scope).learn_online(
                     Recorder::default(),
-                    &LabelConfig::default(),
-                    stats,
+                    NoEnrich,
+                    state,
                     true,
                 );
                 let sink = Arc::clone(&collected);
@@ -1068,7 +1295,7 @@ mod tests {
                 });
             });
             while worker.step() {}
-            collected.lock().unwrap().2.merge(&stats_out.borrow());
+            collected.lock().unwrap().2.merge(&state_out.borrow().stats);
         })
         .unwrap();
         let (mut scores, mut examples, stats) = std::mem::take(&mut *seen.lock().unwrap());
@@ -1099,5 +1326,198 @@ mod tests {
     #[test]
     fn one_score_and_one_label_per_impression_4w() {
         every_impression_scored_once_and_labelled(4);
+    }
+
+    /// Appends one feature: the clicks recorded so far for the impression's user.
+    #[derive(Default)]
+    struct ClickCounter {
+        clicks: FxHashMap<u64, u32>,
+    }
+
+    impl Enrich for ClickCounter {
+        fn enrich(&mut self, entities: &Entities, _: EventTime, features: &mut Features) {
+            let clicks = self.clicks.get(&entities.user).copied().unwrap_or(0);
+            features.push(Feature {
+                index: 1_000_000,
+                value: clicks as f32,
+            });
+        }
+        fn record(&mut self, entities: &Entities, _: EventTime, signal: Signal) {
+            if signal == Signal::Click {
+                *self.clicks.entry(entities.user).or_default() += 1;
+            }
+        }
+    }
+
+    fn of_user(mut record: Interaction, user: u64) -> Interaction {
+        if let InteractionKind::Impression { entities, .. } = &mut record.kind {
+            entities.user = user;
+        }
+        record
+    }
+
+    #[test]
+    fn an_impression_is_scored_and_trained_without_its_own_click() {
+        let config = LabelConfig {
+            window_ms: WINDOW,
+            fast_skip_ms: 100,
+            delay_correction: DelayCorrection::None,
+        };
+        let mut j = LabelJoin {
+            learner: Recorder::default(),
+            enrich: ClickCounter::default(),
+            state: Rc::new(RefCell::new(JoinState::new(&config))),
+            example_features: true,
+            entities: Vec::new(),
+        };
+        // a (user 1) is clicked at 20, in the same batch; b (user 1) comes after the click,
+        // c (user 2) after it too but for another user.
+        j.state.borrow_mut().buffer.extend([
+            of_user(impression(10, "a", 1), 1),
+            feedback(20, "a", InteractionKind::Click),
+            of_user(impression(30, "b", 2), 1),
+            of_user(impression(40, "c", 3), 2),
+            feedback(50, "b", InteractionKind::Click),
+            feedback(60, "c", InteractionKind::Click),
+        ]);
+        let mut out = Vec::new();
+        j.advance(100, &mut out);
+        let clicks_seen = |id: &str| {
+            out.iter()
+                .filter_map(|x| x.as_ref().err())
+                .find(|e| e.id == id)
+                .map(|e| {
+                    e.features
+                        .iter()
+                        .find(|f| f.index == 1_000_000)
+                        .unwrap()
+                        .value
+                })
+                .unwrap()
+        };
+        assert_eq!(clicks_seen("a"), 0.0, "a's own click must not leak into a");
+        assert_eq!(clicks_seen("b"), 1.0, "b sees a's click, not its own");
+        assert_eq!(clicks_seen("c"), 0.0, "another user's clicks are not c's");
+        // Trained with exactly those features.
+        assert_eq!(j.learner.updates[0], (vec![1, 1_000_000], true));
+    }
+
+    /// A stream with clicks, fast and slow skips, duplicates and late feedback.
+    fn mixed_stream(n: usize) -> Vec<Interaction> {
+        let mut records = Vec::new();
+        for i in 0..n {
+            let ts = i as i64 * 7;
+            let id = format!("imp-{i}");
+            records.push(impression(ts, &id, i as u32 % 50));
+            match i % 5 {
+                0 => records.push(feedback(ts + 30, &id, InteractionKind::Click)),
+                1 => records.push(feedback(
+                    ts + 40,
+                    &id,
+                    InteractionKind::Skip { dwell_ms: 20 },
+                )),
+                2 => records.push(feedback(ts + 300, &id, InteractionKind::Like)),
+                3 => records.push(feedback(ts + 2500, &id, InteractionKind::Click)),
+                _ => {}
+            }
+        }
+        records.sort_by_key(|r| r.ts);
+        for (pos, r) in records.iter_mut().enumerate() {
+            r.pos = pos as u64;
+        }
+        records
+    }
+
+    /// Feeds `records` in chunks at rising watermarks; before chunk `k`, `at(k)` may
+    /// replace the join (a restart from a checkpoint).
+    fn drive(
+        mut j: LabelJoin<Recorder, NoEnrich>,
+        records: &[Interaction],
+        mut at: impl FnMut(usize, LabelJoin<Recorder, NoEnrich>) -> LabelJoin<Recorder, NoEnrich>,
+    ) -> (Vec<Learned>, LabelJoin<Recorder, NoEnrich>) {
+        let mut out = Vec::new();
+        for (k, chunk) in records.chunks(37).enumerate() {
+            j = at(k, j);
+            j.state.borrow_mut().buffer.extend(chunk.iter().cloned());
+            // The watermark trails the chunk: part of it stays buffered.
+            let watermark = chunk.first().map_or(0, |r| r.ts.max(0) as u64);
+            j.advance(watermark, &mut out);
+        }
+        j.advance(Watermark::MAX, &mut out);
+        (out, j)
+    }
+
+    #[test]
+    fn a_join_restored_from_its_checkpoints_continues_exactly_like_one_never_stopped() {
+        for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
+            let config = LabelConfig {
+                window_ms: WINDOW,
+                fast_skip_ms: 100,
+                delay_correction: correction,
+            };
+            let records = mixed_stream(600);
+            let (expected, uninterrupted) = drive(
+                labelled(Recorder::default(), config.clone()),
+                &records,
+                |_, j| j,
+            );
+            let store = StateStore::memory();
+            let (got, restarted) = drive(
+                labelled(Recorder::default(), config.clone()),
+                &records,
+                |k, j| {
+                    // A checkpoint every 3 chunks (incremental: same store), a restart
+                    // from the latest one every 7.
+                    if k % 3 == 0 {
+                        let mut batch = Batch::new();
+                        j.state.borrow().checkpoint_into(2, &mut batch);
+                        store.write(batch).unwrap();
+                        j.state.borrow_mut().checkpoint_done();
+                    }
+                    if k % 7 == 6 && k % 3 == 0 {
+                        let state = JoinState::restore(&store, 2, &config).unwrap().unwrap();
+                        let learner = Recorder {
+                            updates: j.learner.updates.clone(),
+                        };
+                        let mut fresh = labelled(learner, config.clone());
+                        fresh.state = Rc::new(RefCell::new(state));
+                        return fresh;
+                    }
+                    j
+                },
+            );
+            let key = |x: &Learned| match x {
+                Ok(s) => format!("s {} {} {}", s.id, s.score, s.model_version),
+                Err(e) => format!("e {} {:?} {} {}", e.id, e.label, e.label_ts, e.served),
+            };
+            assert_eq!(
+                got.iter().map(key).collect::<Vec<_>>(),
+                expected.iter().map(key).collect::<Vec<_>>()
+            );
+            assert_eq!(restarted.learner.updates, uninterrupted.learner.updates);
+            assert_eq!(
+                restarted.state.borrow().stats,
+                uninterrupted.state.borrow().stats
+            );
+            // Forgotten impressions were deleted from the store, not left behind.
+            let mut stored = 0;
+            PENDING
+                .scan(&store, &2u32, |_, _| {
+                    stored += 1;
+                    true
+                })
+                .unwrap();
+            assert!(stored <= records.len(), "{stored}");
+        }
+    }
+
+    #[test]
+    fn a_worker_without_a_checkpoint_restores_nothing() {
+        let store = StateStore::memory();
+        assert!(
+            JoinState::restore(&store, 0, &LabelConfig::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -2,4 +2,6 @@
 
 pub mod learn_online;
 
-pub use learn_online::{DelayCorrection, JoinStats, LabelConfig, LearnOnline, Watermark};
+pub use learn_online::{
+    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
+};

@@ -1,0 +1,355 @@
+//! Checkpoints of a running worker process, and resuming from them.
+//!
+//! # What a checkpoint holds
+//!
+//! One atomic RocksDB batch ([`ctrflow_state::Durable::commit`]) with: the next offset of
+//! every partition read; per worker, its label join (records received but not yet
+//! processed, the attribution windows' impressions with the features they were scored
+//! with — incrementally, see `JoinState` — cursors and counters) and its progressive
+//! metrics; the model blocks changed since the last checkpoint ([`ModelShadow`]); the
+//! entity counters changed since ([`EntityStore::checkpoint_into`]); and the manifest.
+//!
+//! # A consistent cut, without stopping the world for long
+//!
+//! Workers share the model and the entity counters, so a checkpoint must catch every
+//! worker between the same two records. When one is due, worker 0 requests a round; every
+//! worker then stops reading (so no new record enters the dataflow), publishes how many
+//! records it sent in and its input time, and keeps stepping until (1) every record sent
+//! by any worker has been received by its label join (sent and received counts agree) and
+//! (2) the probe has passed the smallest input time, so every join has processed all it
+//! can. Nothing is in flight and nothing more can happen until reading resumes: each worker
+//! adds its part to the batch, worker 0 adds the shared parts, flushes the producer (a
+//! score of a checkpointed impression must not be lost with the process), commits, and all
+//! resume. Records read but not yet processable (ahead of the watermark) are part of the
+//! checkpoint, so the stored offsets are simply the next ones to read.
+//!
+//! # After a crash
+//!
+//! A restart opens the newest intact checkpoint (falling back to an older copy if the
+//! newest is damaged), restores the model, the entity counters (read through on demand)
+//! and every worker's join, and re-reads each partition from its stored offset. Records
+//! processed after the checkpoint are processed again from the same state, so nothing is
+//! lost and nothing is applied twice to the model or the features. Scores of those records
+//! are emitted again with the same impression ids: output is at-least-once, and consumers
+//! deduplicate by `id` (Kafka transactions could make it exactly-once, at the price of a
+//! transaction per checkpoint and consumers in `read_committed`; not done yet).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ctrflow_dataflows::operators::JoinState;
+use ctrflow_state::{Batch, CommitStats, Durable, Manifest, Recovery, Table, TableId};
+
+use crate::config::PipelineConfig;
+use crate::entity::EntityStore;
+use crate::model::Model;
+use crate::model::checkpoint::ModelShadow;
+use crate::pipeline::Restored;
+use crate::progressive::Progressive;
+
+/// Next offset to read, per partition.
+pub const OFFSETS: Table<i32, i64> = Table::new(TableId::Offsets);
+/// A worker's progressive metrics, under `(worker, PROGRESS_PART)`.
+const PROGRESS: Table<(u32, u8), Progressive> = Table::new(TableId::Operators);
+const PROGRESS_PART: u8 = 1;
+/// A worker's input position in event time, under `(worker, INPUT_PART)`: the newest event
+/// time it had read and the time its input stood at.
+const INPUT: Table<(u32, u8), (i64, u64)> = Table::new(TableId::Operators);
+const INPUT_PART: u8 = 2;
+/// The topic the offsets are of, in [`TableId::Meta`]: a state directory belongs to one.
+const SOURCE: Table<String, String> = Table::new(TableId::Meta);
+const SOURCE_KEY: &str = "source_topic";
+
+/// The state a process resumes with.
+#[derive(Debug)]
+pub struct Resumed {
+    /// Where it came from.
+    pub recovery: Recovery,
+    /// The model, restored.
+    pub model: Model,
+    /// The entity counters, over the durable copy.
+    pub entities: EntityStore,
+    /// Next offset per partition.
+    pub offsets: HashMap<i32, i64>,
+}
+
+/// The checkpoints of one worker process: the durable state and the round protocol.
+#[derive(Debug)]
+pub struct Checkpointer {
+    durable: Durable,
+    model: Model,
+    entities: EntityStore,
+    shadow: Mutex<ModelShadow>,
+    workers: usize,
+    interval: Duration,
+    topic: String,
+    /// Epoch of the checkpoint resumed from (0: none).
+    base_epoch: u64,
+    /// Rounds requested since the process started.
+    requested: AtomicU64,
+    /// Workers that paused, over all rounds (`rounds × workers` once all paused).
+    paused: AtomicUsize,
+    /// Workers that added their part, over all rounds.
+    contributed: AtomicUsize,
+    /// Per worker: records sent into the dataflow, and received by its label join.
+    sent: Vec<AtomicU64>,
+    received: Vec<AtomicU64>,
+    /// Per worker: its input time while paused.
+    input_time: Vec<AtomicU64>,
+    parts: Mutex<Batch>,
+    /// Last round committed, and last round that failed.
+    committed: AtomicU64,
+    failed: AtomicU64,
+    last_due: Mutex<Instant>,
+    last_commit: Mutex<Option<CommitStats>>,
+}
+
+impl Checkpointer {
+    /// Opens the state directory of `config` for `workers` workers: the newest intact
+    /// checkpoint, or a fresh state. Fails, saying why, if the state cannot be used.
+    pub fn open(config: &PipelineConfig, workers: usize) -> anyhow::Result<(Self, Resumed)> {
+        let (durable, recovery) = Durable::open(&config.state)
+            .with_context(|| format!("opening the state in {}", config.state.dir.display()))?;
+        let model = Model::from_config(&config.model)?;
+        let store = durable.store().clone();
+        let (shadow, base_epoch) = match &recovery {
+            Recovery::Fresh => (ModelShadow::fresh(&model), 0),
+            Recovery::Resumed { manifest, .. } => {
+                anyhow::ensure!(
+                    manifest.workers as usize == workers,
+                    "the checkpoint in {} was taken with {} worker(s); run with --workers {} \
+                     (changing the number of workers of a state directory is not supported yet)",
+                    config.state.dir.display(),
+                    manifest.workers,
+                    manifest.workers
+                );
+                let topic = SOURCE.get(&store, &SOURCE_KEY.to_owned())?;
+                anyhow::ensure!(
+                    topic.as_deref() == Some(config.kafka.topics.events.as_str()),
+                    "the state in {} belongs to topic {:?}, this configuration reads {:?}: \
+                     offsets and state of one topic cannot resume another (use another state.dir)",
+                    config.state.dir.display(),
+                    topic.unwrap_or_default(),
+                    config.kafka.topics.events
+                );
+                let shadow = ModelShadow::restore(&model, &store, manifest.model_version)
+                    .context("restoring the model")?;
+                (shadow, manifest.epoch)
+            }
+        };
+        let entities = EntityStore::new(
+            &config.features.entity,
+            config.features.bits,
+            Some(store.clone()),
+        );
+        let mut offsets = HashMap::new();
+        OFFSETS.scan_all(&store, |p, o| {
+            offsets.insert(p, o);
+            true
+        })?;
+        let checkpointer = Self {
+            durable,
+            model: model.clone(),
+            entities: entities.clone(),
+            shadow: Mutex::new(shadow),
+            workers,
+            interval: Duration::from_millis(config.state.checkpoint_interval_ms),
+            topic: config.kafka.topics.events.clone(),
+            base_epoch,
+            requested: AtomicU64::new(0),
+            paused: AtomicUsize::new(0),
+            contributed: AtomicUsize::new(0),
+            sent: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            received: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            input_time: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            parts: Mutex::new(Batch::new()),
+            committed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_due: Mutex::new(Instant::now()),
+            last_commit: Mutex::new(None),
+        };
+        Ok((
+            checkpointer,
+            Resumed {
+                recovery,
+                model,
+                entities,
+                offsets,
+            },
+        ))
+    }
+
+    /// Worker `worker`'s join and metrics from the checkpoint resumed from, if any.
+    pub fn restore_worker(
+        &self,
+        worker: usize,
+        config: &PipelineConfig,
+    ) -> anyhow::Result<Option<Restored>> {
+        let store = self.durable.store();
+        let w = worker as u32;
+        let Some(join) = JoinState::restore(store, w, &config.label)? else {
+            anyhow::ensure!(
+                self.base_epoch == 0,
+                "checkpoint {} holds no state for worker {worker}",
+                self.base_epoch
+            );
+            return Ok(None);
+        };
+        let progressive = PROGRESS
+            .get(store, &(w, PROGRESS_PART))?
+            .unwrap_or_else(|| crate::pipeline::progressive(config));
+        let (newest, input_time) = INPUT.get(store, &(w, INPUT_PART))?.unwrap_or((i64::MIN, 0));
+        Ok(Some(Restored {
+            join,
+            progressive,
+            newest,
+            input_time,
+        }))
+    }
+
+    /// Rounds requested so far.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(SeqCst)
+    }
+
+    /// Worker 0: requests a round if the interval has passed since the last one.
+    pub fn request_if_due(&self) {
+        let mut last = self.last_due.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= self.interval {
+            *last = Instant::now();
+            self.requested.fetch_max(
+                self.committed.load(SeqCst).max(self.failed.load(SeqCst)) + 1,
+                SeqCst,
+            );
+        }
+    }
+
+    /// Requests round `round` (the final checkpoint on shutdown; idempotent).
+    pub fn request(&self, round: u64) {
+        self.requested.fetch_max(round, SeqCst);
+    }
+
+    /// Phase 1 of `round` for worker `index`: it stopped reading after sending `sent`
+    /// records in, its input stands at `input_time`.
+    pub fn pause(&self, index: usize, sent: u64, input_time: u64) {
+        self.sent[index].store(sent, SeqCst);
+        self.input_time[index].store(input_time, SeqCst);
+        self.paused.fetch_add(1, SeqCst);
+    }
+
+    /// Publishes how many records worker `index`'s join received.
+    pub fn received(&self, index: usize, received: u64) {
+        self.received[index].store(received, SeqCst);
+    }
+
+    /// Once every worker paused for `round` and every record sent was received: the
+    /// smallest input time, which the probe must pass before the state is still.
+    pub fn settled(&self, round: u64) -> Option<u64> {
+        if self.paused.load(SeqCst) < round as usize * self.workers {
+            return None;
+        }
+        let sent: u64 = self.sent.iter().map(|s| s.load(SeqCst)).sum();
+        let received: u64 = self.received.iter().map(|s| s.load(SeqCst)).sum();
+        (sent == received).then(|| {
+            self.input_time
+                .iter()
+                .map(|t| t.load(SeqCst))
+                .min()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Phase 2: worker `index` adds its part: its join, metrics, partitions' positions, and
+    /// where its input stands (the newest event time read, the input time).
+    pub fn contribute(
+        &self,
+        index: usize,
+        join: &JoinState,
+        progressive: &Progressive,
+        positions: &[(i32, i64)],
+        input: (i64, u64),
+    ) {
+        let mut part = Batch::new();
+        let w = index as u32;
+        join.checkpoint_into(w, &mut part);
+        PROGRESS.put(&mut part, &(w, PROGRESS_PART), progressive);
+        INPUT.put(&mut part, &(w, INPUT_PART), &input);
+        for (p, o) in positions {
+            OFFSETS.put(&mut part, p, o);
+        }
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(part);
+        self.contributed.fetch_add(1, SeqCst);
+    }
+
+    /// Whether every worker has added its part to `round`.
+    pub fn all_contributed(&self, round: u64) -> bool {
+        self.contributed.load(SeqCst) >= round as usize * self.workers
+    }
+
+    /// Worker 0, phase 3: adds the shared state, runs `before_commit` (flushing outputs; an
+    /// error fails the round), and commits round `round` taken at `watermark`.
+    pub fn commit(
+        &self,
+        round: u64,
+        watermark: u64,
+        before_commit: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<CommitStats> {
+        let result = (|| {
+            let mut batch =
+                std::mem::take(&mut *self.parts.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+            let changes = shadow.changes_into(&self.model, &mut batch);
+            self.entities
+                .checkpoint_into(&mut batch, watermark.min(i64::MAX as u64) as i64);
+            SOURCE.put(&mut batch, &SOURCE_KEY.to_owned(), &self.topic);
+            before_commit()?;
+            let manifest = Manifest {
+                epoch: self.base_epoch + round,
+                format: ctrflow_state::checkpoint::FORMAT_VERSION,
+                watermark,
+                workers: self.workers as u32,
+                model_version: self.model.version(),
+                created_ms: crate::pipeline::now_ms(),
+            };
+            let stats = self.durable.commit(batch, &manifest)?;
+            shadow.confirm(changes);
+            self.entities.checkpoint_done();
+            Ok(stats)
+        })();
+        match &result {
+            Ok(stats) => {
+                *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = Some(*stats);
+                self.committed.store(round, SeqCst);
+            }
+            Err(_) => self.failed.store(round, SeqCst),
+        }
+        result
+    }
+
+    /// Phase 4: `Some(true)` once `round` is committed, `Some(false)` if it failed.
+    pub fn outcome(&self, round: u64) -> Option<bool> {
+        if self.committed.load(SeqCst) >= round {
+            Some(true)
+        } else if self.failed.load(SeqCst) >= round {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Epoch of the last checkpoint committed (or resumed from).
+    pub fn epoch(&self) -> u64 {
+        self.base_epoch + self.committed.load(SeqCst)
+    }
+
+    /// What the last commit cost.
+    pub fn last_commit(&self) -> Option<CommitStats> {
+        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

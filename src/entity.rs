@@ -1,0 +1,775 @@
+//! Incremental entity features: exponentially decayed counts of impressions, clicks, likes
+//! and fast skips per user, per item and per user×category, and the features the model
+//! reads from them.
+//!
+//! # Counts
+//!
+//! Each entity keeps, for each of two half-lives `h` (defaults 1 h and 24 h), four counts
+//! decayed to the event time it was last touched, `t`: an event at `t' ≥ t` first decays
+//! them by `2^(-(t' - t) / h)` and then adds 1 to its own count. An event older than `t`
+//! (out of order across workers) is added undecayed. So a count is a sum over events of
+//! `2^(-age / h)`: recent events weigh 1, an event one half-life old ½.
+//!
+//! # Features
+//!
+//! Read as of an impression's event time and before any of its own feedback (the dataflow
+//! calls [`Enrich::enrich`] in event-time order, see `ctrflow_dataflows::enrich`), appended
+//! to its hashed features, and kept with it for training:
+//!
+//! - per entity kind and half-life, the smoothed CTR as a *lift* over the prior:
+//!   `logit((clicks + w·p₀) / (impressions + w)) − logit(p₀)` — 0 for an entity never seen,
+//!   additive in the logit as a logistic model wants it (6 features);
+//! - the fast-skip rate of the user and of the user×category, short half-life, smoothed
+//!   the same way (2);
+//! - `log1p` of the seconds since the user's last click (30 days when never) (1);
+//! - item popularity, `log1p` of its short-half-life impression count (1).
+//!
+//! Each feature has a fixed index, hashed from its name in its own namespace.
+//!
+//! # Where the counts live
+//!
+//! In memory, shared by the workers of a process (sharded maps, one lock per entity
+//! access; with one worker the run is deterministic). With durable state, changed entities
+//! are written at each checkpoint, entities not in memory are read through from RocksDB in
+//! one batched read per batch of impressions, and clean (already checkpointed) entities are
+//! evicted when the cache is full, so memory is bounded by `cache_entries`, not by the
+//! number of users. Entities untouched for `expire_after_ms` of event time are dropped
+//! (from memory at once, from RocksDB as it compacts).
+
+use std::sync::{Arc, Mutex};
+
+use ctrflow_dataflows::{Enrich, Entities, EventTime, Feature, Features, Signal};
+use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::features::hash::hash_scalar;
+
+/// Entity features (`[features.entity]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// Append the entity features to every impression.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// The two half-lives of the decayed counts, short then long, in milliseconds.
+    #[serde(default = "default_half_lives_ms")]
+    pub half_lives_ms: [u64; 2],
+    /// Prior click-through rate that smoothed rates shrink towards.
+    #[serde(default = "default_prior_ctr")]
+    pub prior_ctr: f64,
+    /// Weight of the prior, in impressions.
+    #[serde(default = "default_prior_weight")]
+    pub prior_weight: f64,
+    /// Entities untouched for this long (event time) are forgotten.
+    #[serde(default = "default_expire_after_ms")]
+    pub expire_after_ms: u64,
+    /// Entities kept in memory per process; with durable state, checkpointed entities
+    /// beyond this are evicted and read back from RocksDB when needed.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+const fn default_enabled() -> bool {
+    true
+}
+const fn default_half_lives_ms() -> [u64; 2] {
+    [3_600_000, 86_400_000]
+}
+const fn default_prior_ctr() -> f64 {
+    0.04
+}
+const fn default_prior_weight() -> f64 {
+    20.0
+}
+const fn default_expire_after_ms() -> u64 {
+    7 * 86_400_000
+}
+const fn default_cache_entries() -> usize {
+    2_000_000
+}
+
+impl Default for EntityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_enabled(),
+            half_lives_ms: default_half_lives_ms(),
+            prior_ctr: default_prior_ctr(),
+            prior_weight: default_prior_weight(),
+            expire_after_ms: default_expire_after_ms(),
+            cache_entries: default_cache_entries(),
+        }
+    }
+}
+
+impl EntityConfig {
+    /// Every problem with these settings, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let [short, long] = self.half_lives_ms;
+        if short == 0 || long == 0 {
+            problems.push(format!(
+                "features.entity.half_lives_ms must be > 0, got [{short}, {long}]"
+            ));
+        } else if short > long {
+            problems.push(format!(
+                "features.entity.half_lives_ms must be [short, long], got [{short}, {long}]"
+            ));
+        }
+        if !(self.prior_ctr > 0.0 && self.prior_ctr < 1.0) {
+            problems.push(format!(
+                "features.entity.prior_ctr must be in (0, 1), got {}",
+                self.prior_ctr
+            ));
+        }
+        if !(self.prior_weight > 0.0 && self.prior_weight.is_finite()) {
+            problems.push(format!(
+                "features.entity.prior_weight must be > 0, got {}",
+                self.prior_weight
+            ));
+        }
+        if self.expire_after_ms < long {
+            problems.push(format!(
+                "features.entity.expire_after_ms ({}) must be at least the long half-life ({long})",
+                self.expire_after_ms
+            ));
+        }
+        if self.cache_entries < 1024 {
+            problems.push(format!(
+                "features.entity.cache_entries must be at least 1024, got {}",
+                self.cache_entries
+            ));
+        }
+        problems
+    }
+}
+
+/// Which entity a key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// A user.
+    User = 0,
+    /// An item.
+    Item = 1,
+    /// A user with a category.
+    UserCategory = 2,
+}
+
+const KINDS: [Kind; 3] = [Kind::User, Kind::Item, Kind::UserCategory];
+
+/// Hashes of an impression's entities: stable across builds and machines (MurmurHash3,
+/// two seeds for 64 bits), since they key durable state.
+pub fn entities(user: &str, item: &str, category: &str) -> Entities {
+    let h64 = |seed: u32, bytes: &[u8]| {
+        u64::from(hash_scalar(seed, bytes)) << 32 | u64::from(hash_scalar(!seed, bytes))
+    };
+    let user_hash = h64(0x7573_6572, user.as_bytes());
+    Entities {
+        user: user_hash,
+        item: h64(0x6974_656d, item.as_bytes()),
+        user_category: h64(0x7563_6174 ^ (user_hash as u32), category.as_bytes())
+            ^ user_hash.rotate_left(17),
+    }
+}
+
+/// Counts indices: impressions, clicks, likes, fast skips.
+const IMPRESSIONS: usize = 0;
+const CLICKS: usize = 1;
+const LIKES: usize = 2;
+const FAST_SKIPS: usize = 3;
+
+/// One entity's decayed counts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Event time the counts are decayed to.
+    pub touched: EventTime,
+    /// Event time of the last click, if any.
+    pub last_click: Option<EventTime>,
+    /// Per half-life (short, long): impressions, clicks, likes, fast skips.
+    pub counts: [[f32; 4]; 2],
+}
+
+impl Aggregate {
+    fn new(ts: EventTime) -> Self {
+        Self {
+            touched: ts,
+            last_click: None,
+            counts: [[0.0; 4]; 2],
+        }
+    }
+
+    /// The counts decayed to `ts` (unchanged for a `ts` before the last touch).
+    fn decayed(&self, ts: EventTime, inv_half_lives: &[f64; 2]) -> [[f32; 4]; 2] {
+        let dt = ts.saturating_sub(self.touched);
+        if dt <= 0 {
+            return self.counts;
+        }
+        let mut counts = self.counts;
+        for (h, inv) in counts.iter_mut().zip(inv_half_lives) {
+            let f = (-(dt as f64) * inv).exp2() as f32;
+            for c in h.iter_mut() {
+                *c *= f;
+            }
+        }
+        counts
+    }
+
+    fn add(&mut self, ts: EventTime, what: usize, inv_half_lives: &[f64; 2]) {
+        if ts > self.touched {
+            self.counts = self.decayed(ts, inv_half_lives);
+            self.touched = ts;
+        }
+        for h in &mut self.counts {
+            h[what] += 1.0;
+        }
+        if what == CLICKS {
+            self.last_click = Some(self.last_click.map_or(ts, |c| c.max(ts)));
+        }
+    }
+}
+
+/// Number of entity features appended to an impression.
+pub const FEATURES: usize = 10;
+
+/// Names of the entity features, in the order they are appended.
+pub const FEATURE_NAMES: [&str; FEATURES] = [
+    "user.ctr_short",
+    "user.ctr_long",
+    "item.ctr_short",
+    "item.ctr_long",
+    "user_category.ctr_short",
+    "user_category.ctr_long",
+    "user.fast_skip_rate",
+    "user_category.fast_skip_rate",
+    "user.log_secs_since_click",
+    "item.log_popularity",
+];
+
+/// The index of entity feature `name` (one of [`FEATURE_NAMES`]) in a `2^bits` space.
+pub fn feature_index(name: &str, bits: u8) -> u32 {
+    let mask = ((1u64 << bits) - 1) as u32;
+    hash_scalar(ENTITY_DOMAIN, name.as_bytes()) & mask
+}
+
+/// Namespace seed of the entity features.
+const ENTITY_DOMAIN: u32 = 0x656e_7431;
+
+/// Seconds reported since the last click when there was none: 30 days.
+const NEVER_CLICKED_SECS: f64 = 30.0 * 86_400.0;
+
+#[derive(Debug)]
+struct Entry {
+    agg: Aggregate,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+}
+
+type Shard = FxHashMap<(u8, u64), Entry>;
+
+/// Shards of the in-memory map: enough that workers rarely contend.
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Shared {
+    config: EntityConfig,
+    inv_half_lives: [f64; 2],
+    indices: [u32; FEATURES],
+    prior_logit: f64,
+    shards: Vec<Mutex<Shard>>,
+    /// The durable copy, when state is durable.
+    store: Option<StateStore>,
+}
+
+/// The entity table in RocksDB: `(kind, key)` → counts, expiring on the touch time.
+const ENTITIES: Table<(u8, u64), Aggregate> = Table::new(TableId::Entities);
+
+/// The entity features of a process, shared by its workers; [`handle`](Self::handle)
+/// gives each worker its [`Enrich`] implementation.
+#[derive(Clone, Debug)]
+pub struct EntityStore {
+    shared: Arc<Shared>,
+}
+
+fn shard_of(key: &(u8, u64)) -> usize {
+    (key.1.rotate_left(7) ^ u64::from(key.0)) as usize % SHARDS
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // Every critical section leaves the map consistent, so a panic elsewhere does not
+    // poison its contents.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EntityStore {
+    /// An empty store for `config`, hashing feature indices into `2^bits`, backed by
+    /// `store` when state is durable.
+    pub fn new(config: &EntityConfig, bits: u8, store: Option<StateStore>) -> Self {
+        let indices = FEATURE_NAMES.map(|name| feature_index(name, bits));
+        let p = config.prior_ctr;
+        Self {
+            shared: Arc::new(Shared {
+                config: config.clone(),
+                inv_half_lives: config.half_lives_ms.map(|h| 1.0 / h.max(1) as f64),
+                indices,
+                prior_logit: (p / (1.0 - p)).ln(),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                store,
+            }),
+        }
+    }
+
+    /// A worker's handle.
+    pub fn handle(&self) -> EntityHandle {
+        EntityHandle {
+            shared: Arc::clone(&self.shared),
+            missing: Vec::new(),
+        }
+    }
+
+    /// Entities in memory.
+    pub fn len(&self) -> usize {
+        self.shared.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Whether no entity is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The counts of one entity, from memory or the durable copy.
+    pub fn get(&self, kind: Kind, key: u64) -> Result<Option<Aggregate>, StateError> {
+        let k = (kind as u8, key);
+        if let Some(e) = lock(&self.shared.shards[shard_of(&k)]).get(&k) {
+            return Ok(Some(e.agg));
+        }
+        match &self.shared.store {
+            Some(store) => ENTITIES.get(store, &k),
+            None => Ok(None),
+        }
+    }
+
+    /// The feature values (in [`FEATURE_NAMES`] order) of `entities` as of `ts`, reading
+    /// through to the durable copy.
+    pub fn features_of(&self, entities: &Entities, ts: EventTime) -> [f32; FEATURES] {
+        let aggs = KINDS.map(|kind| {
+            let k = (kind as u8, key_of(entities, kind));
+            let mut shard = lock(&self.shared.shards[shard_of(&k)]);
+            self.shared.load(&mut shard, k).map(|e| e.agg)
+        });
+        self.shared.values(&aggs, ts)
+    }
+
+    /// Adds every entity changed since the last checkpoint to `batch`, and lets the
+    /// durable copy drop entities untouched since `watermark - expire_after_ms`. Returns
+    /// how many were written.
+    pub fn checkpoint_into(&self, batch: &mut Batch, watermark: EventTime) -> usize {
+        let horizon = watermark.saturating_sub(self.shared.config.expire_after_ms as i64);
+        let mut written = 0;
+        for shard in &self.shared.shards {
+            let mut shard = lock(shard);
+            shard.retain(|k, e| {
+                if e.agg.touched < horizon {
+                    if e.dirty {
+                        ENTITIES.delete(batch, k);
+                    }
+                    return false;
+                }
+                if e.dirty {
+                    ENTITIES.put_touched(batch, k, e.agg.touched, &e.agg);
+                    written += 1;
+                }
+                true
+            });
+        }
+        if let Some(store) = &self.shared.store {
+            store.backend().expire_before(horizon);
+        }
+        written
+    }
+
+    /// The checkpoint [`checkpoint_into`](Self::checkpoint_into) wrote was committed:
+    /// every entity is clean (evictable) again.
+    pub fn checkpoint_done(&self) {
+        for shard in &self.shared.shards {
+            for e in lock(shard).values_mut() {
+                e.dirty = false;
+            }
+        }
+    }
+}
+
+fn key_of(entities: &Entities, kind: Kind) -> u64 {
+    match kind {
+        Kind::User => entities.user,
+        Kind::Item => entities.item,
+        Kind::UserCategory => entities.user_category,
+    }
+}
+
+impl Shared {
+    /// Whether `agg` has expired by `ts`: it then reads as never seen, whether or not it
+    /// was physically dropped yet, so expiry does not depend on when checkpoints ran.
+    fn expired(&self, agg: &Aggregate, ts: EventTime) -> bool {
+        agg.touched < ts.saturating_sub(self.config.expire_after_ms as i64)
+    }
+
+    fn values(&self, aggs: &[Option<Aggregate>; 3], ts: EventTime) -> [f32; FEATURES] {
+        let aggs = aggs.map(|a| a.filter(|a| !self.expired(a, ts)));
+        let w = self.config.prior_weight;
+        let p0 = self.config.prior_ctr;
+        let counts = aggs.map(|a| a.map(|a| a.decayed(ts, &self.inv_half_lives)));
+        let lift = |c: Option<[[f32; 4]; 2]>, h: usize| {
+            let Some(c) = c else { return 0.0 };
+            let (n, k) = (f64::from(c[h][IMPRESSIONS]), f64::from(c[h][CLICKS]));
+            let p = ((k + w * p0) / (n + w)).clamp(1e-6, 1.0 - 1e-6);
+            ((p / (1.0 - p)).ln() - self.prior_logit) as f32
+        };
+        let skip_rate = |c: Option<[[f32; 4]; 2]>| {
+            let Some(c) = c else { return 0.0 };
+            let (n, s) = (f64::from(c[0][IMPRESSIONS]), f64::from(c[0][FAST_SKIPS]));
+            (s / (n + w)) as f32
+        };
+        let [user, item, user_cat] = counts;
+        let since_click = aggs[0]
+            .and_then(|a| a.last_click)
+            .map_or(NEVER_CLICKED_SECS, |c| {
+                (ts.saturating_sub(c).max(0) as f64) / 1000.0
+            });
+        let popularity = item.map_or(0.0, |c| f64::from(c[0][IMPRESSIONS]));
+        [
+            lift(user, 0),
+            lift(user, 1),
+            lift(item, 0),
+            lift(item, 1),
+            lift(user_cat, 0),
+            lift(user_cat, 1),
+            skip_rate(user),
+            skip_rate(user_cat),
+            since_click.ln_1p() as f32,
+            popularity.ln_1p() as f32,
+        ]
+    }
+
+    /// The entry of `k`, read through from the durable copy if it is not in memory
+    /// (making room first); `None` for an entity never seen.
+    fn load<'a>(&self, shard: &'a mut Shard, k: (u8, u64)) -> Option<&'a mut Entry> {
+        if !shard.contains_key(&k) {
+            let store = self.store.as_ref()?;
+            let agg = match ENTITIES.get(store, &k) {
+                Ok(agg) => agg?,
+                Err(error) => {
+                    tracing::error!(%error, "Reading entity features failed.");
+                    return None;
+                }
+            };
+            self.evict(shard);
+            shard.insert(k, Entry { agg, dirty: false });
+        }
+        shard.get_mut(&k)
+    }
+
+    /// Evicts clean entities of a full shard (only with a durable copy to read them back
+    /// from). Called before inserting, so an entity just loaded is not the one evicted.
+    fn evict(&self, shard: &mut Shard) {
+        let cap = (self.config.cache_entries / SHARDS).max(16);
+        if self.store.is_none() || shard.len() < cap {
+            return;
+        }
+        let target = cap - cap / 8;
+        let mut excess = shard.len() - target;
+        shard.retain(|_, e| {
+            if excess > 0 && !e.dirty {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
+    }
+}
+
+/// One worker's access to the [`EntityStore`]; implements [`Enrich`].
+#[derive(Debug)]
+pub struct EntityHandle {
+    shared: Arc<Shared>,
+    missing: Vec<(u8, u64)>,
+}
+
+impl Enrich for EntityHandle {
+    fn prepare(&mut self, batch: &[Entities]) {
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        self.missing.clear();
+        for entities in batch {
+            for kind in KINDS {
+                let k = (kind as u8, key_of(entities, kind));
+                if !lock(&self.shared.shards[shard_of(&k)]).contains_key(&k) {
+                    self.missing.push(k);
+                }
+            }
+        }
+        if self.missing.is_empty() {
+            return;
+        }
+        self.missing.sort_unstable();
+        self.missing.dedup();
+        match ENTITIES.multi_get(store, &self.missing) {
+            Ok(found) => {
+                for (k, agg) in self.missing.iter().zip(found) {
+                    if let Some(agg) = agg {
+                        let mut shard = lock(&self.shared.shards[shard_of(k)]);
+                        if !shard.contains_key(k) {
+                            self.shared.evict(&mut shard);
+                            shard.insert(*k, Entry { agg, dirty: false });
+                        }
+                    }
+                }
+            }
+            // A failed read loses nothing durable: the entities start from the prior and
+            // the next checkpoint fails loudly if the store is really broken.
+            Err(error) => tracing::error!(%error, "Reading entity features failed."),
+        }
+    }
+
+    fn enrich(&mut self, entities: &Entities, ts: EventTime, features: &mut Features) {
+        let aggs = KINDS.map(|kind| {
+            let k = (kind as u8, key_of(entities, kind));
+            let mut shard = lock(&self.shared.shards[shard_of(&k)]);
+            self.shared.load(&mut shard, k).map(|e| e.agg)
+        });
+        let values = self.shared.values(&aggs, ts);
+        features.extend(
+            self.shared
+                .indices
+                .iter()
+                .zip(values)
+                .map(|(&index, value)| Feature { index, value }),
+        );
+    }
+
+    fn record(&mut self, entities: &Entities, ts: EventTime, signal: Signal) {
+        let what = match signal {
+            Signal::Impression => IMPRESSIONS,
+            Signal::Click => CLICKS,
+            Signal::Like => LIKES,
+            Signal::FastSkip => FAST_SKIPS,
+        };
+        for kind in KINDS {
+            let k = (kind as u8, key_of(entities, kind));
+            let mut shard = lock(&self.shared.shards[shard_of(&k)]);
+            // Read through first: an evicted entity must continue from its durable counts,
+            // not start again from zero.
+            if self.shared.load(&mut shard, k).is_none() {
+                self.shared.evict(&mut shard);
+                shard.insert(
+                    k,
+                    Entry {
+                        agg: Aggregate::new(ts),
+                        dirty: true,
+                    },
+                );
+            }
+            if let Some(entry) = shard.get_mut(&k) {
+                if self.shared.expired(&entry.agg, ts) {
+                    entry.agg = Aggregate::new(ts);
+                }
+                entry.agg.add(ts, what, &self.shared.inv_half_lives);
+                entry.dirty = true;
+            }
+        }
+    }
+}
+
+/// Entity features on or off: what the dataflow is given.
+#[derive(Debug)]
+pub enum MaybeEntities {
+    /// Entity features appended.
+    On(EntityHandle),
+    /// None.
+    Off,
+}
+
+impl Enrich for MaybeEntities {
+    fn prepare(&mut self, batch: &[Entities]) {
+        if let MaybeEntities::On(h) = self {
+            h.prepare(batch);
+        }
+    }
+    fn enrich(&mut self, entities: &Entities, ts: EventTime, features: &mut Features) {
+        if let MaybeEntities::On(h) = self {
+            h.enrich(entities, ts, features);
+        }
+    }
+    fn record(&mut self, entities: &Entities, ts: EventTime, signal: Signal) {
+        if let MaybeEntities::On(h) = self {
+            h.record(entities, ts, signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn store(durable: Option<StateStore>) -> EntityStore {
+        EntityStore::new(&EntityConfig::default(), 22, durable)
+    }
+
+    fn value(values: &[f32; FEATURES], name: &str) -> f32 {
+        values[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn counts_decay_by_half_each_half_life() {
+        let mut a = Aggregate::new(0);
+        let inv = [1.0 / HOUR as f64, 1.0 / (24 * HOUR) as f64];
+        a.add(0, IMPRESSIONS, &inv);
+        a.add(0, IMPRESSIONS, &inv);
+        let later = a.decayed(HOUR, &inv);
+        assert!((later[0][IMPRESSIONS] - 1.0).abs() < 1e-5, "{later:?}");
+        assert!((later[1][IMPRESSIONS] - 2.0 * 0.5f32.powf(1.0 / 24.0)).abs() < 1e-5);
+        // An out-of-order (older) event is added without decaying newer counts.
+        a.add(HOUR, CLICKS, &inv);
+        a.add(HOUR / 2, CLICKS, &inv);
+        assert_eq!(a.counts[0][CLICKS], 2.0);
+        assert_eq!(a.last_click, Some(HOUR));
+    }
+
+    #[test]
+    fn an_unseen_entity_reads_the_prior_and_clicks_raise_its_lift() {
+        let s = store(None);
+        let mut h = s.handle();
+        let e = entities("u1", "i1", "music");
+        let fresh = s.features_of(&e, 0);
+        assert_eq!(value(&fresh, "user.ctr_short"), 0.0);
+        assert_eq!(value(&fresh, "item.log_popularity"), 0.0);
+        assert!(
+            (value(&fresh, "user.log_secs_since_click") - (NEVER_CLICKED_SECS as f32).ln_1p())
+                .abs()
+                < 1e-3
+        );
+        for t in 0..10 {
+            h.record(&e, t * 1000, Signal::Impression);
+        }
+        h.record(&e, 5000, Signal::Click);
+        h.record(&e, 6000, Signal::Click);
+        h.record(&e, 7000, Signal::FastSkip);
+        let v = s.features_of(&e, 10_000);
+        // 2 clicks in 10 impressions, shrunk towards 4% with the weight of 20: lift
+        // ln(odds(2.8/30) / odds(0.04)) ≈ 0.90.
+        assert!((value(&v, "user.ctr_short") - 0.9047).abs() < 1e-3, "{v:?}");
+        assert!(value(&v, "user_category.ctr_long") > 0.85);
+        assert!(value(&v, "user.fast_skip_rate") > 0.0);
+        assert!((value(&v, "user.log_secs_since_click") - 4f32.ln_1p()).abs() < 1e-4);
+        // Another user of the same category shares the item, not the user×category.
+        let other = entities("u2", "i1", "music");
+        let v = s.features_of(&other, 10_000);
+        assert_eq!(value(&v, "user.ctr_short"), 0.0);
+        assert_eq!(value(&v, "user_category.ctr_short"), 0.0);
+        assert!(value(&v, "item.ctr_short") > 0.85);
+        // Features are appended with fixed indices.
+        let mut features = Features::new();
+        h.enrich(&e, 10_000, &mut features);
+        assert_eq!(features.len(), FEATURES);
+        assert!(
+            features
+                .iter()
+                .all(|f| f.index < 1 << 22 && f.value.is_finite())
+        );
+    }
+
+    #[test]
+    fn checkpointed_entities_are_evicted_and_read_back_from_the_durable_copy() {
+        let durable = StateStore::memory();
+        let config = EntityConfig {
+            cache_entries: 1024,
+            ..EntityConfig::default()
+        };
+        let s = EntityStore::new(&config, 22, Some(durable.clone()));
+        let mut h = s.handle();
+        let all: Vec<Entities> = (0..3000)
+            .map(|u| entities(&format!("u{u}"), &format!("i{u}"), "c"))
+            .collect();
+        for e in &all {
+            h.record(e, 1000, Signal::Impression);
+            h.record(e, 1500, Signal::Click);
+        }
+        let expected: Vec<_> = all.iter().map(|e| s.features_of(e, 2000)).collect();
+        assert!(
+            s.len() >= 9000,
+            "dirty entities are never evicted: {}",
+            s.len()
+        );
+        let mut batch = Batch::new();
+        assert_eq!(s.checkpoint_into(&mut batch, 2000), 9000);
+        durable.write(batch).unwrap();
+        s.checkpoint_done();
+        // Touching new entities now evicts clean ones.
+        for u in 0..2000 {
+            h.record(
+                &entities(&format!("x{u}"), "y", "c"),
+                1800,
+                Signal::Impression,
+            );
+        }
+        assert!(s.len() < 9000, "{}", s.len());
+        // Read back through the batched path and the single-key path alike.
+        h.prepare(&all[..100]);
+        for (e, want) in all.iter().zip(&expected) {
+            let mut features = Features::new();
+            h.enrich(e, 2000, &mut features);
+            let got: Vec<f32> = features.iter().map(|f| f.value).collect();
+            assert_eq!(got.as_slice(), want.as_slice());
+        }
+        // An evicted entity keeps counting from its durable counts.
+        h.record(&all[0], 1900, Signal::Click);
+        let after = s.features_of(&all[0], 2000);
+        assert!(value(&after, "user.ctr_short") > value(&expected[0], "user.ctr_short"));
+    }
+
+    #[test]
+    fn untouched_entities_expire() {
+        let durable = StateStore::memory();
+        let s = EntityStore::new(&EntityConfig::default(), 22, Some(durable.clone()));
+        let mut h = s.handle();
+        let old = entities("old", "i", "c");
+        h.record(&old, 0, Signal::Impression);
+        let mut batch = Batch::new();
+        s.checkpoint_into(&mut batch, 1000);
+        durable.write(batch).unwrap();
+        s.checkpoint_done();
+        assert!(s.get(Kind::User, old.user).unwrap().is_some());
+        let eight_days = 8 * 24 * HOUR;
+        h.record(&entities("new", "i2", "c"), eight_days, Signal::Impression);
+        let mut batch = Batch::new();
+        s.checkpoint_into(&mut batch, eight_days);
+        durable.write(batch).unwrap();
+        assert_eq!(s.get(Kind::User, old.user).unwrap(), None);
+    }
+
+    #[test]
+    fn entity_keys_are_stable_and_distinct() {
+        let a = entities("u1", "i1", "music");
+        assert_eq!(a, entities("u1", "i1", "music"));
+        assert_ne!(a.user_category, entities("u1", "i1", "news").user_category);
+        assert_ne!(a.user_category, entities("u2", "i1", "music").user_category);
+        assert_ne!(a.user, a.item);
+    }
+
+    #[test]
+    fn config_problems_name_their_keys() {
+        assert!(EntityConfig::default().validate().is_empty());
+        let bad = EntityConfig {
+            half_lives_ms: [10, 5],
+            prior_ctr: 1.5,
+            cache_entries: 3,
+            ..EntityConfig::default()
+        };
+        let problems = bad.validate();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().all(|p| p.starts_with("features.entity.")));
+    }
+}

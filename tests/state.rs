@@ -1,0 +1,294 @@
+//! Durable state: entity features are point-in-time correct (an impression never sees its
+//! own feedback), and a worker killed with SIGKILL over and over ends exactly where an
+//! uninterrupted one does.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ctrflow::config::PipelineConfig;
+use ctrflow::entity::{self, EntityStore};
+use ctrflow::generator::{GenConfig, GenStats};
+use ctrflow::model::Model;
+use ctrflow::pipeline::{self, Ingest};
+use ctrflow::produce::{KafkaTarget, produce};
+use ctrflow_dataflows::Example;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::kafka_util::{Topics, WorkerProcess, consume, json, unique, wait_committed};
+use crate::util::{ctrflow, run_ok};
+
+#[test]
+fn gh_4_an_impression_is_scored_and_trained_without_its_own_feedback() {
+    const T0: i64 = 1_763_800_000_000;
+    let lines = [
+        format!(
+            r#"{{"type":"impression","id":"a","ts":{T0},"user":"u1","item":"i1","ctx":{{"category":"music","device":"ios"}}}}"#
+        ),
+        format!(r#"{{"type":"click","id":"a","ts":{}}}"#, T0 + 1_000),
+        format!(
+            r#"{{"type":"impression","id":"b","ts":{},"user":"u1","item":"i2","ctx":{{"category":"music","device":"ios"}}}}"#,
+            T0 + 5_000
+        ),
+        format!(r#"{{"type":"click","id":"b","ts":{}}}"#, T0 + 6_000),
+        format!(
+            r#"{{"type":"skip","id":"b","ts":{},"dwell_ms":300}}"#,
+            T0 + 6_500
+        ),
+        format!(
+            r#"{{"type":"impression","id":"c","ts":{},"user":"u1","item":"i3","ctx":{{"category":"news","device":"ios"}}}}"#,
+            T0 + 9_000
+        ),
+    ];
+    let examples: Arc<Mutex<Vec<Example>>> = Arc::default();
+    let captured = Arc::clone(&examples);
+    timely::execute_directly(move |worker| {
+        let config = PipelineConfig::default();
+        let model = Model::from_config(&config.model).unwrap();
+        let entities = EntityStore::new(&config.features.entity, config.features.bits, None);
+        let captured = Arc::clone(&captured);
+        let on_examples: pipeline::OnExamples =
+            Box::new(move |batch| captured.lock().unwrap().extend(batch.iter().cloned()));
+        let mut dataflow = pipeline::build(
+            worker,
+            &config,
+            &model,
+            Some(&entities),
+            None,
+            |_| {},
+            Some(on_examples),
+        );
+        let mut ingest = Ingest::new(&config).unwrap();
+        for (pos, line) in lines.iter().enumerate() {
+            let record = ingest.record(line.as_bytes(), pos as u64).unwrap();
+            dataflow.input.send(record);
+        }
+        // Past every attribution window: every impression gets its label.
+        let end = (T0 + 3_600_000) as u64;
+        dataflow.input.advance_to(end);
+        while dataflow.probe.less_than(&end) {
+            worker.step();
+        }
+    });
+    let examples = examples.lock().unwrap();
+    let bits = PipelineConfig::default().features.bits;
+    let feature = |id: &str, name: &str| {
+        let index = entity::feature_index(name, bits);
+        let e = examples
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("no example {id}"));
+        e.features
+            .iter()
+            .find(|f| f.index == index)
+            .map(|f| f.value)
+            .unwrap()
+    };
+    // a: nothing before it. Its own click (1 s later, same batch) must not be in it.
+    assert_eq!(feature("a", "user.ctr_short"), 0.0);
+    assert_eq!(feature("a", "user.fast_skip_rate"), 0.0);
+    let never = feature("a", "user.log_secs_since_click");
+    // b: a's impression and click (4 s before b), not b's own click or fast skip.
+    assert!(feature("b", "user.ctr_short") > 0.0);
+    assert_eq!(
+        feature("b", "user.fast_skip_rate"),
+        0.0,
+        "b's own fast skip leaked"
+    );
+    assert!((feature("b", "user.log_secs_since_click") - 4f32.ln_1p()).abs() < 1e-4);
+    assert!(never > 10.0, "never clicked reads as long ago: {never}");
+    // c: sees b's click (3 s before) and fast skip, in another category.
+    assert!((feature("c", "user.log_secs_since_click") - 3f32.ln_1p()).abs() < 1e-4);
+    assert!(feature("c", "user.fast_skip_rate") > 0.0);
+    assert_eq!(
+        feature("c", "user_category.ctr_short"),
+        0.0,
+        "news is a new category for u1"
+    );
+    assert!(feature("c", "user.ctr_short") > feature("b", "user.ctr_short"));
+}
+
+/// Topics of one run that reads `events`.
+fn topics_reading(events: &str) -> Topics {
+    Topics {
+        events: events.to_owned(),
+        scores: unique("scores"),
+        dead_letters: unique("dead"),
+        examples: String::new(),
+    }
+}
+
+fn produce_into(brokers: &str, topic: &str, impressions: u64, seed: u64) -> GenStats {
+    let config = GenConfig {
+        count: impressions,
+        seed,
+        ..GenConfig::default()
+    };
+    let target = KafkaTarget {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+    };
+    produce(
+        &config,
+        &target,
+        None,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .expect("producing generated events")
+}
+
+/// The epoch of the newest retained checkpoint copy in `state`.
+fn newest_copy(state: &Path) -> Option<u64> {
+    std::fs::read_dir(state.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .max()
+}
+
+fn inspect(state: &Path) -> serde_json::Value {
+    let output = run_ok(ctrflow().args(["inspect", "--json", "--state"]).arg(state));
+    serde_json::from_slice(&output.stdout).expect("inspect prints one JSON object")
+}
+
+/// The scores of `topic` by impression id; a score written more than once (re-emitted
+/// after a restart) must be identical but for `emit_ts`.
+fn scores_by_id(
+    brokers: &str,
+    topic: &str,
+    impressions: u64,
+) -> HashMap<String, serde_json::Value> {
+    let all = json(&consume(
+        brokers,
+        topic,
+        impressions as usize,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    ));
+    let mut by_id: HashMap<String, serde_json::Value> = HashMap::new();
+    for mut s in all {
+        s.as_object_mut().unwrap().remove("emit_ts");
+        let id = s["id"].as_str().unwrap().to_owned();
+        if let Some(first) = by_id.get(&id) {
+            assert_eq!(first, &s, "{id} scored twice, differently");
+        } else {
+            by_id.insert(id, s);
+        }
+    }
+    by_id
+}
+
+/// Creates topics (name, partitions) on the broker under test.
+pub type CreateTopics<'a> = dyn Fn(&[(&str, i32)]) + 'a;
+
+/// The kill -9 scenario on `brokers`: `impressions` generated into a topic of
+/// `partitions` (created by `create`), read once by an uninterrupted worker and once by a
+/// worker killed `kills` times at random moments and restarted; both end with the same
+/// state, and every impression has its score.
+pub fn killed_worker_ends_like_an_uninterrupted_one(
+    brokers: &str,
+    create: &CreateTopics<'_>,
+    impressions: u64,
+    partitions: i32,
+    kills: usize,
+    kill_after_ms: std::ops::Range<u64>,
+) {
+    let events = unique("events");
+    let (a, b) = (topics_reading(&events), topics_reading(&events));
+    create(&[
+        (&events, partitions),
+        (&a.scores, partitions),
+        (&a.dead_letters, 1),
+        (&b.scores, partitions),
+        (&b.dead_letters, 1),
+    ]);
+    let generated = produce_into(brokers, &events, impressions, 17);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |topics: &Topics, group: &str, state: &Path| {
+        let extra = format!(
+            "[state]\ndir = {:?}\ncheckpoint_interval_ms = 200\n",
+            state.display().to_string()
+        );
+        topics.config_with_group(brokers, group, &extra)
+    };
+    let timeout = Duration::from_secs(600);
+
+    // Uninterrupted.
+    let (state_a, group_a) = (dir.path().join("state-a"), unique("group"));
+    let worker = WorkerProcess::start(dir.path(), &config(&a, &group_a, &state_a), 1);
+    wait_committed(brokers, &group_a, &events, timeout);
+    worker.stop();
+
+    // Killed at random moments, restarted each time.
+    let (state_b, group_b) = (dir.path().join("state-b"), unique("group"));
+    let config_b = config(&b, &group_b, &state_b);
+    let mut rng = StdRng::seed_from_u64(impressions);
+    let mut epochs = Vec::new();
+    for _ in 0..kills {
+        let before = newest_copy(&state_b);
+        let mut worker = WorkerProcess::start(dir.path(), &config_b, 1);
+        // Once this run has taken a checkpoint of its own, at a random moment after it.
+        let deadline = std::time::Instant::now() + timeout;
+        while newest_copy(&state_b) <= before {
+            assert!(worker.is_running(), "the worker exited by itself");
+            assert!(std::time::Instant::now() < deadline, "no checkpoint taken");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(
+            rng.random_range(kill_after_ms.clone()),
+        ));
+        assert!(worker.is_running(), "the worker exited by itself");
+        worker.kill9();
+        epochs.push(inspect(&state_b)["checkpoint"]["epoch"].as_u64().unwrap());
+    }
+    let worker = WorkerProcess::start(dir.path(), &config_b, 1);
+    wait_committed(brokers, &group_b, &events, timeout);
+    worker.stop();
+
+    let (sa, sb) = (inspect(&state_a), inspect(&state_b));
+    // Every restart resumed from a newer checkpoint than the one before.
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    for key in [
+        "model",
+        "entities",
+        "entities_digest",
+        "join",
+        "pending_impressions",
+        "buffered_records",
+        "offsets",
+    ] {
+        assert_eq!(sa[key], sb[key], "{key} differs:\n{sa:#}\n{sb:#}");
+    }
+    assert_eq!(sa["checkpoint"]["watermark"], sb["checkpoint"]["watermark"]);
+    assert_eq!(sa["join"]["impressions"], generated.impressions, "{sa}");
+    assert_eq!(sa["join"]["duplicate_impressions"], 0, "{sa}");
+    assert!(
+        sa["model"]["nonzero_weights"].as_u64().unwrap() > 100,
+        "{sa}"
+    );
+
+    // Every impression scored; the killed run re-emitted some, identically, and each
+    // score equals the uninterrupted run's.
+    let scores_a = scores_by_id(brokers, &a.scores, generated.impressions);
+    let scores_b = scores_by_id(brokers, &b.scores, generated.impressions);
+    assert_eq!(scores_a.len() as u64, generated.impressions);
+    assert_eq!(scores_b.len() as u64, generated.impressions);
+    for (id, s) in &scores_a {
+        assert_eq!(scores_b.get(id), Some(s), "{id}");
+    }
+}
+
+#[test]
+fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
+    let cluster = ctrflow_connectors::kafka::MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let create = |topics: &[(&str, i32)]| {
+        for (name, partitions) in topics {
+            cluster.create_topic(name, *partitions, 1).unwrap();
+        }
+    };
+    killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, 6_000, 2, 3, 0..600);
+}
