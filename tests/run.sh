@@ -12,6 +12,8 @@ export CTRFLOW_BROKER_PORT="${CTRFLOW_BROKER_PORT:-19092}"
 export CTRFLOW_TEST_BROKER="127.0.0.1:$CTRFLOW_BROKER_PORT"
 export CTRFLOW_TEST_RESTART_PORT="${CTRFLOW_TEST_RESTART_PORT:-19192}"
 
+bash tests/deps.sh
+
 broker_dir="$(mktemp -d)"
 cleanup() {
     bash tests/broker.sh stop "$broker_dir" || true

@@ -154,12 +154,13 @@ fn inspect(state: &Path) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("inspect prints one JSON object")
 }
 
-/// The scores of `topic` by impression id; a score written more than once (re-emitted
-/// after a restart) must be identical but for `emit_ts`.
+/// The scores of `topic` by impression id; with `identical`, a score written more than
+/// once (re-emitted after a restart) must be identical but for `emit_ts`.
 fn scores_by_id(
     brokers: &str,
     topic: &str,
     impressions: u64,
+    identical: bool,
 ) -> HashMap<String, serde_json::Value> {
     let all = json(&consume(
         brokers,
@@ -173,7 +174,9 @@ fn scores_by_id(
         s.as_object_mut().unwrap().remove("emit_ts");
         let id = s["id"].as_str().unwrap().to_owned();
         if let Some(first) = by_id.get(&id) {
-            assert_eq!(first, &s, "{id} scored twice, differently");
+            if identical {
+                assert_eq!(first, &s, "{id} scored twice, differently");
+            }
         } else {
             by_id.insert(id, s);
         }
@@ -184,18 +187,40 @@ fn scores_by_id(
 /// Creates topics (name, partitions) on the broker under test.
 pub type CreateTopics<'a> = dyn Fn(&[(&str, i32)]) + 'a;
 
-/// The kill -9 scenario on `brokers`: `impressions` generated into a topic of
-/// `partitions` (created by `create`), read once by an uninterrupted worker and once by a
-/// worker killed `kills` times at random moments and restarted; both end with the same
-/// state, and every impression has its score.
+/// How a kill -9 scenario runs.
+pub struct Scenario {
+    /// Impressions generated (feedback comes in addition: ~1.58 events per impression).
+    pub impressions: u64,
+    /// Partitions of the events topic.
+    pub partitions: i32,
+    /// Timely workers of each process.
+    pub workers: usize,
+    /// Times the worker is killed.
+    pub kills: usize,
+    /// How long after a restart's first checkpoint the kill comes (random in this range).
+    pub kill_after_ms: std::ops::Range<u64>,
+}
+
+/// The kill -9 scenario on `brokers`: impressions generated into a fresh topic (created by
+/// `create`), read once by an uninterrupted worker and once by a worker killed at random
+/// moments and restarted each time; every impression has its score, and both end with the
+/// same state: bit-identical with one worker (processing order is then a function of the
+/// input), the same counts with more (workers share the model lock-free, so their
+/// interleaving is not reproducible).
 pub fn killed_worker_ends_like_an_uninterrupted_one(
     brokers: &str,
     create: &CreateTopics<'_>,
-    impressions: u64,
-    partitions: i32,
-    kills: usize,
-    kill_after_ms: std::ops::Range<u64>,
+    scenario: &Scenario,
 ) {
+    let Scenario {
+        impressions,
+        partitions,
+        workers,
+        kills,
+        kill_after_ms,
+    } = scenario;
+    let (impressions, partitions, workers, kills) = (*impressions, *partitions, *workers, *kills);
+    let exact = workers == 1;
     let events = unique("events");
     let (a, b) = (topics_reading(&events), topics_reading(&events));
     create(&[
@@ -218,7 +243,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
 
     // Uninterrupted.
     let (state_a, group_a) = (dir.path().join("state-a"), unique("group"));
-    let worker = WorkerProcess::start(dir.path(), &config(&a, &group_a, &state_a), 1);
+    let worker = WorkerProcess::start(dir.path(), &config(&a, &group_a, &state_a), workers);
     wait_committed(brokers, &group_a, &events, timeout);
     worker.stop();
 
@@ -229,7 +254,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let mut epochs = Vec::new();
     for _ in 0..kills {
         let before = newest_copy(&state_b);
-        let mut worker = WorkerProcess::start(dir.path(), &config_b, 1);
+        let mut worker = WorkerProcess::start(dir.path(), &config_b, workers);
         // Once this run has taken a checkpoint of its own, at a random moment after it.
         let deadline = std::time::Instant::now() + timeout;
         while newest_copy(&state_b) <= before {
@@ -244,40 +269,50 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         worker.kill9();
         epochs.push(inspect(&state_b)["checkpoint"]["epoch"].as_u64().unwrap());
     }
-    let worker = WorkerProcess::start(dir.path(), &config_b, 1);
+    let worker = WorkerProcess::start(dir.path(), &config_b, workers);
     wait_committed(brokers, &group_b, &events, timeout);
     worker.stop();
 
     let (sa, sb) = (inspect(&state_a), inspect(&state_b));
     // Every restart resumed from a newer checkpoint than the one before.
     assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
-    for key in [
-        "model",
-        "entities",
-        "entities_digest",
-        "join",
-        "pending_impressions",
-        "buffered_records",
-        "offsets",
-    ] {
+    let same: &[&str] = if exact {
+        &[
+            "model",
+            "entities",
+            "entities_digest",
+            "join",
+            "pending_impressions",
+            "buffered_records",
+            "offsets",
+        ]
+    } else {
+        &["offsets"]
+    };
+    for key in same {
         assert_eq!(sa[key], sb[key], "{key} differs:\n{sa:#}\n{sb:#}");
     }
-    assert_eq!(sa["checkpoint"]["watermark"], sb["checkpoint"]["watermark"]);
-    assert_eq!(sa["join"]["impressions"], generated.impressions, "{sa}");
-    assert_eq!(sa["join"]["duplicate_impressions"], 0, "{sa}");
-    assert!(
-        sa["model"]["nonzero_weights"].as_u64().unwrap() > 100,
-        "{sa}"
-    );
+    for s in [&sa, &sb] {
+        assert_eq!(s["join"]["impressions"], generated.impressions, "{s}");
+        assert_eq!(s["join"]["duplicate_impressions"], 0, "{s}");
+        assert_eq!(
+            s["model"]["version"], s["checkpoint"]["model_version"],
+            "{s}"
+        );
+        assert!(s["model"]["nonzero_weights"].as_u64().unwrap() > 100, "{s}");
+    }
+    assert_eq!(sa["entities"], sb["entities"]);
 
     // Every impression scored; the killed run re-emitted some, identically, and each
     // score equals the uninterrupted run's.
-    let scores_a = scores_by_id(brokers, &a.scores, generated.impressions);
-    let scores_b = scores_by_id(brokers, &b.scores, generated.impressions);
+    let scores_a = scores_by_id(brokers, &a.scores, generated.impressions, exact);
+    let scores_b = scores_by_id(brokers, &b.scores, generated.impressions, exact);
     assert_eq!(scores_a.len() as u64, generated.impressions);
     assert_eq!(scores_b.len() as u64, generated.impressions);
-    for (id, s) in &scores_a {
-        assert_eq!(scores_b.get(id), Some(s), "{id}");
+    if exact {
+        for (id, s) in &scores_a {
+            assert_eq!(scores_b.get(id), Some(s), "{id}");
+        }
     }
 }
 
@@ -290,5 +325,32 @@ fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
             cluster.create_topic(name, *partitions, 1).unwrap();
         }
     };
-    killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, 6_000, 2, 3, 0..600);
+    for workers in [1, 2] {
+        let scenario = Scenario {
+            impressions: 6_000,
+            partitions: 2,
+            workers,
+            kills: 3,
+            kill_after_ms: 0..600,
+        };
+        killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
+    }
+}
+
+/// The scenario (gh-4) against the real broker: a 500k-event stream (316k
+/// impressions), the worker killed at 5 random moments.
+#[cfg(feature = "kafka-it")]
+#[test]
+fn gh_4_killed_five_times_in_a_500k_event_stream_the_worker_resumes_exactly() {
+    let brokers =
+        std::env::var("CTRFLOW_TEST_BROKER").expect("CTRFLOW_TEST_BROKER: see tests/run.sh");
+    let create = |topics: &[(&str, i32)]| crate::kafka_util::create_topics(&brokers, topics);
+    let scenario = Scenario {
+        impressions: 316_000,
+        partitions: 2,
+        workers: 1,
+        kills: 5,
+        kill_after_ms: 0..3_000,
+    };
+    killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
 }
