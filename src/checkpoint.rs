@@ -105,6 +105,30 @@ pub struct Checkpointer {
     failed: AtomicU64,
     last_due: Mutex<Instant>,
     last_commit: Mutex<Option<CommitStats>>,
+    /// Rounds that failed, and (total, longest) seconds workers were paused for rounds.
+    failures: AtomicU64,
+    pauses: Mutex<(f64, f64)>,
+}
+
+/// What the checkpoints of a run did, for its report.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CheckpointReport {
+    /// Epoch of the last checkpoint (committed by this run, or resumed from).
+    pub epoch: u64,
+    /// Checkpoints this run committed.
+    pub committed: u64,
+    /// Checkpoints that failed (the previous one stood).
+    pub failed: u64,
+    /// Operations and bytes the last commit wrote.
+    pub last_ops: usize,
+    /// Bytes of keys and values the last commit wrote.
+    pub last_bytes: usize,
+    /// Seconds the last commit (write, sync, copy) took.
+    pub last_commit_secs: f64,
+    /// Mean and longest time reading was paused for a checkpoint, seconds.
+    pub mean_pause_secs: f64,
+    /// Longest pause, seconds.
+    pub max_pause_secs: f64,
 }
 
 impl Checkpointer {
@@ -170,6 +194,8 @@ impl Checkpointer {
             failed: AtomicU64::new(0),
             last_due: Mutex::new(Instant::now()),
             last_commit: Mutex::new(None),
+            failures: AtomicU64::new(0),
+            pauses: Mutex::new((0.0, 0.0)),
         };
         Ok((
             checkpointer,
@@ -327,7 +353,10 @@ impl Checkpointer {
                 *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = Some(*stats);
                 self.committed.store(round, SeqCst);
             }
-            Err(_) => self.failed.store(round, SeqCst),
+            Err(_) => {
+                self.failed.store(round, SeqCst);
+                self.failures.fetch_add(1, SeqCst);
+            }
         }
         result
     }
@@ -348,8 +377,29 @@ impl Checkpointer {
         self.base_epoch + self.committed.load(SeqCst)
     }
 
-    /// What the last commit cost.
-    pub fn last_commit(&self) -> Option<CommitStats> {
-        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+    /// Records that worker 0 was paused `seconds` for a round.
+    pub fn paused_for(&self, seconds: f64) {
+        let mut p = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+        p.0 += seconds;
+        p.1 = p.1.max(seconds);
+    }
+
+    /// What the checkpoints of this run did.
+    pub fn report(&self) -> CheckpointReport {
+        let last =
+            (*self.last_commit.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+        let (total, max) = *self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+        let committed = self.committed.load(SeqCst);
+        let failed = self.failures.load(SeqCst);
+        CheckpointReport {
+            epoch: self.epoch(),
+            committed,
+            failed,
+            last_ops: last.ops,
+            last_bytes: last.bytes,
+            last_commit_secs: last.seconds,
+            mean_pause_secs: total / (committed + failed).max(1) as f64,
+            max_pause_secs: max,
+        }
     }
 }

@@ -218,6 +218,8 @@ pub struct RunReport {
     pub overall: Summary,
     /// Over the recent window.
     pub recent: Summary,
+    /// Checkpoints, when state is durable.
+    pub checkpoints: Option<crate::checkpoint::CheckpointReport>,
 }
 
 struct WorkerResult {
@@ -243,6 +245,7 @@ pub struct Running {
     sink: Arc<KafkaSink>,
     config: PipelineConfig,
     workers: usize,
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -314,6 +317,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     let status = Arc::new(RunStatus::new(workers));
     let guards = {
         let config = config.clone();
+        let checkpointer = checkpointer.clone();
         let status = Arc::clone(&status);
         let sink = Arc::clone(&sink);
         let stop = Arc::clone(&options.stop);
@@ -344,6 +348,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         sink,
         config,
         workers,
+        checkpointer,
     })
 }
 
@@ -391,6 +396,7 @@ impl Running {
             join,
             overall: progressive.summary(),
             recent: progressive.window_summary(),
+            checkpoints: self.checkpointer.as_ref().map(|c| c.report()),
         })
     }
 }
@@ -763,6 +769,9 @@ fn checkpoint_round(
         }
         worker.step_or_park(Some(CHECKPOINT_WAIT));
     };
+    if index == 0 {
+        checkpointer.paused_for(started.elapsed().as_secs_f64());
+    }
     if committed {
         dataflow.join.borrow_mut().checkpoint_done();
         source.commit(&positions);
@@ -850,6 +859,20 @@ impl RunReport {
         );
         for (reason, n) in &self.bad_events_by_reason {
             let _ = writeln!(s, "    {reason}: {n}");
+        }
+        if let Some(c) = &self.checkpoints {
+            let _ = writeln!(
+                s,
+                "  checkpoints: epoch {}, {} committed, {} failed; last wrote {} ops, {} bytes in {:.3} s; reading paused {:.3} s on average, {:.3} s at most",
+                c.epoch,
+                c.committed,
+                c.failed,
+                c.last_ops,
+                c.last_bytes,
+                c.last_commit_secs,
+                c.mean_pause_secs,
+                c.max_pause_secs
+            );
         }
         s
     }

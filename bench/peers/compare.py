@@ -156,7 +156,12 @@ def run_ctrflow(a, events, out_dir, workers):
     probe = subprocess.run([binary, "replay", "--help"], capture_output=True)
     if probe.returncode != 0 or b"--input" not in probe.stdout:
         return None, f"{binary} has no `replay` subcommand yet"
-    cmd = [binary, "replay", "--input", events, "--json", "--workers", str(workers)]
+    # The same features as VW's examples: entity features (ctrflow's incremental per-user,
+    # per-item counters, which VW's text examples do not carry) off.
+    config = os.path.join(out_dir, "ctrflow-same-features.toml")
+    with open(config, "w") as f:
+        f.write("[features.entity]\nenabled = false\n")
+    cmd = [binary, "replay", "--input", events, "--json", "--workers", str(workers), "--config", config]
     print("running ctrflow:", " ".join(cmd), file=sys.stderr)
     stdout = os.path.join(out_dir, f"ctrflow-{workers}w.json")
     code, wall, rss = run_measured(cmd, stdout, os.path.join(out_dir, f"ctrflow-{workers}w.log"))
