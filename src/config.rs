@@ -12,6 +12,7 @@ use ctrflow_connectors::kafka::KafkaConfig;
 use ctrflow_dataflows::operators::{LabelConfig, Watermark};
 use serde::{Deserialize, Serialize};
 
+use crate::drift::DriftConfig;
 use crate::features::FeatureConfig;
 use crate::model::ModelConfig;
 
@@ -37,6 +38,9 @@ pub struct PipelineConfig {
     /// Kafka topics and clients (`run`, `demo`, `gen --out kafka://`).
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Drift detection and alerts.
+    #[serde(default)]
+    pub drift: DriftConfig,
 }
 
 /// Reading and decoding input, and event time (`[input]`).
@@ -220,6 +224,7 @@ impl PipelineConfig {
             ));
         }
         self.kafka.validate(&mut problems);
+        problems.extend(self.drift.validate());
         problems
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod drift;
 pub mod event;
 pub mod features;
 pub mod generator;

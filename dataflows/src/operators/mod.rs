@@ -1,5 +1,7 @@
 //! ctrflow's operators, one per file, each an extension trait named after its verb.
 
+pub mod detect;
 pub mod learn_online;
 
+pub use detect::Detect;
 pub use learn_online::{DelayCorrection, JoinStats, LabelConfig, LearnOnline, Watermark};
