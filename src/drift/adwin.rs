@@ -13,15 +13,16 @@
 //! # The cut and the false-alarm budget
 //!
 //! For a split of the window into an older part of `n0` items and a newer one of `n1`,
-//! with `m = 1/n0 + 1/n1`, window variance `σ²` and `δ' = δ / ln W`, the means differ by
-//! chance more than
+//! with `m = 1/n0 + 1/n1`, window variance `σ²`, `δ' = δ / ln W` and `R` the range of the
+//! values, the means differ by chance more than
 //!
 //! ```text
-//! ε = sqrt(2 m σ² ln(2/δ')) + (2/3) m ln(2/δ')
+//! ε = sqrt(2 m σ² ln(2/δ')) + (2/3) R m ln(2/δ')
 //! ```
 //!
 //! with probability at most `δ'` (Bernstein's inequality, as in the paper's ADWIN2 and
-//! MOA), so on a stationary stream each check cuts wrongly with probability at most `δ`.
+//! MOA, which assume values in `[0, 1]`, so `R = 1`; losses are not, and a heavy tail
+//! without the `R` makes short older parts cut: `R` here is the range seen so far), so on a stationary stream each check cuts wrongly with probability at most `δ`.
 //! With a check every `clock` items, at most one false cut per `N` items on average
 //! needs `δ = clock / N`: [`Adwin::for_budget`] sets it so.
 
@@ -63,6 +64,9 @@ pub struct Adwin {
     sum: f64,
     m2: f64,
     ticks: u32,
+    /// Smallest and largest value seen.
+    low: f64,
+    high: f64,
 }
 
 impl Adwin {
@@ -79,6 +83,8 @@ impl Adwin {
             sum: 0.0,
             m2: 0.0,
             ticks: 0,
+            low: f64::INFINITY,
+            high: f64::NEG_INFINITY,
         }
     }
 
@@ -122,6 +128,8 @@ impl Adwin {
         }
         self.width += 1;
         self.sum += x;
+        self.low = self.low.min(x);
+        self.high = self.high.max(x);
         if self.rows.is_empty() {
             self.rows
                 .push(VecDeque::with_capacity(self.max_buckets + 1));
@@ -170,6 +178,7 @@ impl Adwin {
         let total = self.width as f64;
         let variance = self.m2 / total;
         let ln_term = (2.0 * total.ln().max(1.0) / self.delta).ln();
+        let range = (self.high - self.low).max(f64::MIN_POSITIVE);
         let mut n0 = 0u64;
         let mut s0 = 0.0;
         // Oldest first: highest row, from its back.
@@ -186,7 +195,8 @@ impl Adwin {
                 }
                 let (u0, u1) = (s0 / n0 as f64, (self.sum - s0) / n1 as f64);
                 let m = 1.0 / n0 as f64 + 1.0 / n1 as f64;
-                let epsilon = (2.0 * m * variance * ln_term).sqrt() + 2.0 / 3.0 * m * ln_term;
+                let epsilon =
+                    (2.0 * m * variance * ln_term).sqrt() + 2.0 / 3.0 * range * m * ln_term;
                 if (u0 - u1).abs() > epsilon {
                     let dropped = self.drop_oldest();
                     return Some(Cut {

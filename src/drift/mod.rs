@@ -3,7 +3,7 @@
 //!
 //! | kind | detector | watches | module |
 //! |---|---|---|---|
-//! | `concept_drift` | ADWIN, Page-Hinkley | per-example relative logloss (or raw logloss) | [`concept`], [`adwin`], [`page_hinkley`] |
+//! | `concept_drift` | ADWIN, Page-Hinkley | per-example relative logloss, its ranking part (`discrimination`), or raw logloss | [`concept`], [`adwin`], [`page_hinkley`] |
 //! | `calibration` | ratio band | Σ served / Σ clicks over a sliding window of examples | [`calibration`] |
 //! | `label_delay` | feedback rate | decisive feedback per impression, per event-time span | [`outage`] |
 //! | `data_drift` | PSI or JS distance | each `ctx` field, and the served score, recent vs reference | [`data`], [`distribution`] |
@@ -139,15 +139,22 @@ pub struct ConceptConfig {
     /// ADWIN's buckets per size (memory `adwin_max_buckets · log2 W`).
     #[serde(default = "default_adwin_max_buckets")]
     pub adwin_max_buckets: usize,
-    /// Also run Page-Hinkley beside ADWIN.
-    #[serde(default = "yes")]
-    pub page_hinkley: bool,
+    /// The metrics (of `metrics`) Page-Hinkley also watches, beside ADWIN. Not
+    /// `discrimination` by default: its level wanders with the traffic mix by about its
+    /// own `min_shift`, which breaks the stationarity Page-Hinkley's threshold assumes
+    /// (four false alarms on a stationary 1M-impression stream), while ADWIN's cut test
+    /// holds.
+    #[serde(default = "default_page_hinkley")]
+    pub page_hinkley: Vec<LossMetric>,
     /// Half-life, in examples, of the loss average that decides recovery; also
     /// Page-Hinkley's variance warm-up.
     #[serde(default = "default_recovery_examples")]
     pub recovery_examples: u64,
 }
 
+fn default_page_hinkley() -> Vec<LossMetric> {
+    vec![LossMetric::RelativeLogloss]
+}
 fn default_concept_metrics() -> Vec<LossMetric> {
     vec![LossMetric::RelativeLogloss, LossMetric::Discrimination]
 }
@@ -176,7 +183,7 @@ impl Default for ConceptConfig {
             min_shift: default_min_shift(),
             adwin_clock: default_adwin_clock(),
             adwin_max_buckets: default_adwin_max_buckets(),
-            page_hinkley: true,
+            page_hinkley: default_page_hinkley(),
             recovery_examples: default_recovery_examples(),
         }
     }
@@ -526,6 +533,14 @@ impl DriftConfig {
         if c.enabled && c.metrics.is_empty() {
             p.push("drift.concept.metrics is empty: list at least one of \"relative_logloss\", \"discrimination\", \"logloss\" (or set drift.concept.enabled = false)".to_owned());
         }
+        for m in &c.page_hinkley {
+            if !c.metrics.contains(m) {
+                p.push(format!(
+                    "drift.concept.page_hinkley lists {:?}, which drift.concept.metrics does not: add it there or remove it here",
+                    m.name()
+                ));
+            }
+        }
         positive(&mut p, "drift.concept.min_shift", c.min_shift);
         at_least_one(&mut p, "drift.concept.adwin_clock", c.adwin_clock.into());
         if c.adwin_max_buckets < 2 {
@@ -737,14 +752,20 @@ impl Drift {
             min_shift: c.min_shift,
             adwin_clock: c.adwin_clock,
             adwin_max_buckets: c.adwin_max_buckets,
-            page_hinkley: c.page_hinkley,
+            page_hinkley: false,
             recovery_examples: c.recovery_examples,
             false_alarm_every: config.false_alarm_every,
         };
         let concept = if c.enabled {
             c.metrics
                 .iter()
-                .map(|m| ConceptDrift::new(*m, concept_settings))
+                .map(|m| {
+                    let settings = ConceptSettings {
+                        page_hinkley: c.page_hinkley.contains(m),
+                        ..concept_settings
+                    };
+                    ConceptDrift::new(*m, settings)
+                })
                 .collect()
         } else {
             Vec::new()
@@ -877,6 +898,7 @@ mod tests {
             "drift.calibration.lower",
             "drift.feedback.clear_fraction",
             "drift.concept.metrics",
+            "drift.concept.page_hinkley",
             "drift.data.quantiles",
         ] {
             assert!(
@@ -884,7 +906,7 @@ mod tests {
                 "{key}: {problems:?}"
             );
         }
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 
     #[test]
