@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ctrflow_connectors::file::{FileSource, JsonlSink};
 use ctrflow_dataflows::operators::JoinStats;
-use ctrflow_dataflows::{Alert, AlertState, Score};
+use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
@@ -447,15 +447,7 @@ impl ReplayReport {
         );
         let _ = writeln!(s, "  drift alerts: {}", self.alerts.len());
         for a in &self.alerts {
-            let state = match a.state {
-                AlertState::Firing => "FIRING",
-                AlertState::Resolved => "resolved",
-            };
-            let _ = writeln!(
-                s,
-                "    ts {} {state} {:?} {:?} {}/{}: {}",
-                a.ts, a.severity, a.kind, a.detector, a.metric, a.message
-            );
+            let _ = writeln!(s, "    ts {}: {}", a.ts, crate::drift::sinks::text(a));
         }
         let _ = writeln!(s, "  bad events: {}", self.bad_events);
         for (reason, n) in &self.bad_events_by_reason {

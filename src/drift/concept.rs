@@ -104,6 +104,8 @@ pub struct ConceptDrift {
     fast: f64,
     baseline: f64,
     mean_logit: f64,
+    /// The open episode was opened by Page-Hinkley (its `resolved` names the same one).
+    opened_by_page_hinkley: bool,
     since: EventTime,
     episode: Episode,
 }
@@ -133,6 +135,7 @@ impl ConceptDrift {
             fast: 0.0,
             baseline: 0.0,
             mean_logit: 0.0,
+            opened_by_page_hinkley: false,
             since: 0,
             episode: Episode::default(),
         }
@@ -200,6 +203,7 @@ impl ConceptDrift {
             Some(f) => {
                 if !open {
                     self.baseline = self.slow;
+                    self.opened_by_page_hinkley = f.detector == "page_hinkley";
                 }
                 Some((Status::Fire(f.severity), f))
             }
@@ -214,7 +218,11 @@ impl ConceptDrift {
                 Some((
                     status,
                     Fired {
-                        detector: "adwin",
+                        detector: if self.opened_by_page_hinkley {
+                            "page_hinkley"
+                        } else {
+                            "adwin"
+                        },
                         value: self.fast - self.baseline,
                         threshold: s.min_shift / 2.0,
                         severity: Severity::Warning,
