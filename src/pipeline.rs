@@ -210,6 +210,14 @@ impl Dataflow {
         }
     }
 
+    /// Sends what the inputs buffer at their current time.
+    pub fn flush(&mut self) {
+        self.input.flush();
+        if let Some(drift) = self.drift_input.as_mut() {
+            drift.flush();
+        }
+    }
+
     /// Closes every input: the dataflow finishes once what was sent is processed.
     pub fn close(&mut self) {
         let input = std::mem::replace(&mut self.input, Input::new());

@@ -43,6 +43,7 @@ use ctrflow_dataflows::operators::{JoinStats, Watermark};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
+use crate::drift::sinks::AlertSinks;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
@@ -231,6 +232,8 @@ pub struct Running {
     status: Arc<RunStatus>,
     guards: timely::communication::WorkerGuards<WorkerResult>,
     sink: Arc<KafkaSink>,
+    /// Drift alerts go to the log and the webhooks of `[drift]`.
+    alerts: Arc<AlertSinks>,
     config: PipelineConfig,
     workers: usize,
 }
@@ -260,10 +263,12 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     }
     let sources = Arc::new(sources);
     let status = Arc::new(RunStatus::new(workers));
+    let alerts = Arc::new(AlertSinks::start(&config.drift));
     let guards = {
         let config = config.clone();
         let status = Arc::clone(&status);
         let sink = Arc::clone(&sink);
+        let alerts = Arc::clone(&alerts);
         let stop = Arc::clone(&options.stop);
         timely::execute(timely::Config::process(workers), move |worker| {
             let source = sources[worker.index()]
@@ -271,7 +276,13 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 .ok()
                 .and_then(|mut s| s.take())
                 .expect("one source per worker");
-            work(worker, source, &config, &model, &sink, &status, &stop)
+            let on_alert = {
+                let alerts = Arc::clone(&alerts);
+                move |alert: &ctrflow_dataflows::Alert| alerts.send(alert)
+            };
+            work(
+                worker, source, &config, &model, &sink, &status, &stop, on_alert,
+            )
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
@@ -279,6 +290,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         status,
         guards,
         sink,
+        alerts,
         config,
         workers,
     })
@@ -309,6 +321,10 @@ impl Running {
         self.sink
             .flush()
             .context("flushing scores and dead letters")?;
+        // The workers are joined: this is the last reference.
+        if let Ok(alerts) = Arc::try_unwrap(self.alerts) {
+            alerts.close();
+        }
         let elapsed = self.status.started.elapsed().as_secs_f64().max(1e-9);
         let stats = self.sink.stats();
         let events = self.status.events.load(Ordering::Relaxed);
@@ -372,6 +388,7 @@ fn past(ts: i64, step: u64) -> Watermark {
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
+#[allow(clippy::too_many_arguments)]
 fn work(
     worker: &mut timely::worker::Worker,
     mut source: KafkaSource,
@@ -380,6 +397,7 @@ fn work(
     sink: &Arc<KafkaSink>,
     status: &Arc<RunStatus>,
     stop: &AtomicBool,
+    on_alert: impl FnMut(&ctrflow_dataflows::Alert) + 'static,
 ) -> WorkerResult {
     let index = worker.index();
     let peers = worker.peers();
@@ -404,9 +422,11 @@ fn work(
                 .scores
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
         };
-        pipeline::build(worker, config, model, on_scores, on_examples)
+        pipeline::build_detecting(worker, config, model, on_scores, on_examples, on_alert)
     };
-    let mut ingest = Ingest::new(config).expect("validated before start");
+    let mut ingest = Ingest::new(config)
+        .expect("validated before start")
+        .sketching(config);
     let mut bad = BadEvents::default();
     let mut dead = Vec::with_capacity(1024);
     let mut newest = i64::MIN;
@@ -466,15 +486,16 @@ fn work(
             SourceTime::Idle | SourceTime::Unassigned => status.idle_target(index, &config.input),
             SourceTime::Unknown => None,
         };
-        if let Some(t) = target
-            && t > *input.time()
-        {
-            input.advance_to(t);
+        for summary in ingest.take_summaries(false) {
+            dataflow.send_summary(summary);
+        }
+        if let Some(t) = target {
+            dataflow.advance_to(t);
         }
         // Records sent at a time that did not move (late ones, or a watermark standing
         // still) would otherwise wait in the input's buffer for the next advance.
-        input.flush();
-        status.watermark[index].store(*input.time(), Ordering::Relaxed);
+        dataflow.flush();
+        status.watermark[index].store(*dataflow.input.time(), Ordering::Relaxed);
         worker.step();
 
         // Read at most MAX_ROUNDS_AHEAD poll rounds ahead of what the dataflow has
@@ -533,7 +554,10 @@ fn work(
     if newest != i64::MIN {
         last = last.max(past(newest, step));
     }
-    dataflow.input.advance_to(last);
+    for summary in ingest.take_summaries(true) {
+        dataflow.send_summary(summary);
+    }
+    dataflow.advance_to(last);
     while dataflow.probe.less_than(&last) {
         worker.step_or_park(Some(IDLE_WAIT));
     }
