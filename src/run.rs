@@ -278,7 +278,18 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 .expect("one source per worker");
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
-                move |alert: &ctrflow_dataflows::Alert| alerts.send(alert)
+                let sink = Arc::clone(&sink);
+                let topic = config.kafka.topics.alerts.clone();
+                move |alert: &ctrflow_dataflows::Alert| {
+                    alerts.send(alert);
+                    if !topic.is_empty() {
+                        let key = crate::drift::sinks::kind_name(alert);
+                        let json = serde_json::to_vec(alert).unwrap_or_default();
+                        if let Err(error) = sink.send(&topic, Some(key.as_bytes()), &json) {
+                            tracing::error!(%error, "A drift alert could not be queued.");
+                        }
+                    }
+                }
             };
             work(
                 worker, source, &config, &model, &sink, &status, &stop, on_alert,

@@ -70,14 +70,19 @@ pub fn text(alert: &Alert) -> String {
         Severity::Warning => "warning",
         Severity::Critical => "critical",
     };
-    let kind = serde_json::to_value(alert.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let kind = kind_name(alert);
     format!(
         "ctrflow {kind} {state} ({severity}, {} on {}): {}",
         alert.detector, alert.metric, alert.message
     )
+}
+
+/// The alert's kind as the contract spells it (`concept_drift`, ...).
+pub fn kind_name(alert: &Alert) -> String {
+    serde_json::to_value(alert.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The log sink: a structured line per alert.
