@@ -122,6 +122,10 @@ impl FeedbackOutage {
 
     /// Event time reached `now`: evaluates every bucket that closed.
     pub fn advance(&mut self, now: EventTime, timing: &EpisodeTiming, out: &mut Vec<Alert>) {
+        if now == EventTime::MAX {
+            // The input ended: nothing comes after, which is not an outage.
+            return;
+        }
         let width = self.settings.bucket_ms.max(1) as i64;
         // Make sure a bucket exists up to now, so silence is seen too.
         let Some(last) = self.buckets.back().map(|b| b.index) else {
