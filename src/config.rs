@@ -13,6 +13,7 @@ use ctrflow_dataflows::operators::{LabelConfig, Watermark};
 use ctrflow_state::StateConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::drift::DriftConfig;
 use crate::features::FeatureConfig;
 use crate::model::ModelConfig;
 
@@ -41,6 +42,9 @@ pub struct PipelineConfig {
     /// Durable state and checkpoints (`run`).
     #[serde(default)]
     pub state: StateConfig,
+    /// Drift detection and alerts.
+    #[serde(default)]
+    pub drift: DriftConfig,
 }
 
 /// Reading and decoding input, and event time (`[input]`).
@@ -225,6 +229,7 @@ impl PipelineConfig {
         }
         self.kafka.validate(&mut problems);
         problems.extend(self.state.validate());
+        problems.extend(self.drift.validate());
         problems
     }
 }

@@ -48,7 +48,10 @@
 //!   the CTR;
 //! - [`DriftKind::MixShift`] (data drift): the device mix moves to ios/android/web 20/30/50 %,
 //!   and a new country, `VN`, appears with 12 % of the traffic (with its own, positive,
-//!   effect), the other countries keeping their relative shares.
+//!   effect), the other countries keeping their relative shares;
+//! - [`DriftKind::FeedbackOutage`] (broken tracking): the impressions
+//!   `drift_at..drift_at + OUTAGE_IMPRESSIONS` (about an hour at 25/s) get no click, like
+//!   or skip events; the random draws are the same, so the rest of the stream is unchanged.
 //!
 //! # Determinism
 //!
@@ -154,7 +157,12 @@ pub enum DriftKind {
     BaseCtr,
     /// Data drift: the device mix moves to web (50 %) and a new country (`VN`) appears.
     MixShift,
+    /// Broken tracking: no feedback events for the next [`OUTAGE_IMPRESSIONS`] impressions.
+    FeedbackOutage,
 }
+
+/// Impressions without feedback under [`DriftKind::FeedbackOutage`].
+pub const OUTAGE_IMPRESSIONS: u64 = 90_000;
 
 /// Why a [`GenConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -795,6 +803,12 @@ impl Generator {
     }
 
     fn schedule(&mut self, mut p: Pending) {
+        if let Some(k) = self.config.drift_at
+            && (k..k.saturating_add(OUTAGE_IMPRESSIONS)).contains(&p.impression)
+            && self.config.drift_kinds.contains(&DriftKind::FeedbackOutage)
+        {
+            return;
+        }
         p.seq = self.seq;
         self.seq += 1;
         self.pending.push(p);
@@ -1084,6 +1098,30 @@ mod tests {
         assert!((0.47..0.53).contains(&(web as f64 / 50_000.0)));
         assert!((0.10..0.14).contains(&(vn as f64 / 50_000.0)));
         assert!(after_clicks as f64 > 1.5 * before.2 as f64);
+    }
+
+    #[test]
+    fn feedback_outage_silences_a_span_of_impressions() {
+        let config = GenConfig {
+            drift_at: Some(1000),
+            drift_kinds: vec![DriftKind::FeedbackOutage],
+            ..small(OUTAGE_IMPRESSIONS + 3000, 2)
+        };
+        let mut g = Generator::new(&config).unwrap();
+        let (mut before, mut during, mut after) = (0u64, 0u64, 0u64);
+        let mut out = Vec::new();
+        while let Some(e) = g.next_event(&mut out) {
+            if e.kind != EventKind::Impression {
+                match e.impression {
+                    n if n < 1000 => before += 1,
+                    n if n < 1000 + OUTAGE_IMPRESSIONS => during += 1,
+                    _ => after += 1,
+                }
+            }
+            out.clear();
+        }
+        assert_eq!(during, 0);
+        assert!(before > 300 && after > 600, "{before} {after}");
     }
 
     #[test]

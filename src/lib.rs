@@ -5,12 +5,14 @@
 //! label is known, joined with their feedback under an attribution window, and learned
 //! from with the very features they were scored with (`ctrflow_dataflows`). Progressive
 //! validation ([`progressive`]) measures the model on every example before it learns from
-//! it. See `../shared/DESIGN.md` for the contract.
+//! it, and drift detectors ([`drift`]) watch the loss, the calibration, the feedback rate
+//! and the input distributions, raising one alert per episode. See `../shared/DESIGN.md` for the contract.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod drift;
 pub mod entity;
 pub mod event;
 pub mod features;

@@ -11,15 +11,21 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ctrflow_dataflows::operators::{JoinState, LearnOnline, Watermark};
-use ctrflow_dataflows::{Example, Features, Interaction, InteractionKind, Score};
+use ctrflow_dataflows::operators::{Detect, JoinState, LearnOnline, Watermark};
+use ctrflow_dataflows::{
+    Alert, DataSummary, Example, Features, Interaction, InteractionKind, Observation, Score,
+};
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::core::Concat;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
+use crate::drift::Drift;
+use crate::drift::data::CtxSketch;
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
 use crate::features::Featurizer;
@@ -28,6 +34,9 @@ use crate::progressive::Progressive;
 
 /// The dataflow's input.
 pub type Input = InputHandle<Watermark, CapacityContainerBuilder<Vec<Interaction>>>;
+
+/// The drift detectors' own input: per-worker summaries of decoded `ctx` values.
+pub type DriftInput = InputHandle<Watermark, CapacityContainerBuilder<Vec<Observation>>>;
 
 /// One worker's learning dataflow and the handles to drive and observe it.
 pub struct Dataflow {
@@ -39,6 +48,11 @@ pub struct Dataflow {
     pub join: Rc<RefCell<JoinState>>,
     /// Progressive metrics of the examples this worker learned from.
     pub progressive: Rc<RefCell<Progressive>>,
+    /// Where `ctx` summaries go in, when the dataflow detects drift ([`build_detecting`]);
+    /// advance it with [`Dataflow::advance_to`], close it with [`Dataflow::close`].
+    pub drift_input: Option<DriftInput>,
+    /// Drift alerts raised on this worker (all of them on worker 0), in the order raised.
+    pub alerts: Rc<RefCell<Vec<Alert>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
 }
@@ -59,6 +73,9 @@ pub fn progressive(config: &PipelineConfig) -> Progressive {
 /// What the `examples` output does with a batch of labelled impressions.
 pub type OnExamples = Box<dyn FnMut(&[Example])>;
 
+/// What happens to each drift alert as it is raised.
+pub type OnAlert = Box<dyn FnMut(&Alert)>;
+
 /// What a worker resumes from: its label join and progressive metrics as checkpointed.
 #[derive(Debug)]
 pub struct Restored {
@@ -72,29 +89,76 @@ pub struct Restored {
     pub input_time: Watermark,
 }
 
+/// What the workers of a process share, and what one worker resumes from.
+#[derive(Debug, Default)]
+pub struct Context<'a> {
+    /// The entity features, when enabled (`features.entity`).
+    pub entities: Option<&'a EntityStore>,
+    /// The worker's checkpointed state, when resuming.
+    pub restored: Option<Restored>,
+}
+
 /// Builds the learning dataflow on `worker`: records in, one score per impression handed
 /// to `on_scores` (in batches), examples into the progressive metrics and, with their
-/// hashed features, to `on_examples` when there is one. `entities` supplies the entity
-/// features when they are enabled; `restored` is the worker's checkpointed state.
-#[allow(clippy::too_many_arguments)]
+/// hashed features, to `on_examples` when there is one. `context` supplies the entity
+/// features and the worker's checkpointed state.
 pub fn build(
     worker: &mut Worker,
     config: &PipelineConfig,
     model: &Model,
-    entities: Option<&EntityStore>,
-    restored: Option<Restored>,
+    context: Context<'_>,
+    on_scores: impl FnMut(&[Score]) + 'static,
+    on_examples: Option<OnExamples>,
+) -> Dataflow {
+    build_inner(worker, config, model, context, on_scores, on_examples, None)
+}
+
+/// [`build`], plus the drift detectors of `[drift]` (when enabled) watching the scores,
+/// the examples and the `ctx` summaries sent to [`Dataflow::drift_input`]; each alert is
+/// handed to `on_alert` as it is raised and collects in [`Dataflow::alerts`]. The caller
+/// must advance and close the drift input with the main one ([`Dataflow::advance_to`],
+/// [`Dataflow::close`]).
+pub fn build_detecting(
+    worker: &mut Worker,
+    config: &PipelineConfig,
+    model: &Model,
+    context: Context<'_>,
+    on_scores: impl FnMut(&[Score]) + 'static,
+    on_examples: Option<OnExamples>,
+    on_alert: impl FnMut(&Alert) + 'static,
+) -> Dataflow {
+    let on_alert: Option<OnAlert> = Some(Box::new(on_alert));
+    build_inner(
+        worker,
+        config,
+        model,
+        context,
+        on_scores,
+        on_examples,
+        on_alert.filter(|_| config.drift.enabled),
+    )
+}
+
+fn build_inner(
+    worker: &mut Worker,
+    config: &PipelineConfig,
+    model: &Model,
+    context: Context<'_>,
     mut on_scores: impl FnMut(&[Score]) + 'static,
     mut on_examples: Option<OnExamples>,
+    on_alert: Option<OnAlert>,
 ) -> Dataflow {
     let mut input = Input::new();
+    let mut drift_input = on_alert.is_some().then(DriftInput::new);
+    let alerts = Rc::new(RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
-    let (join, progressive) = match restored {
+    let (join, progressive) = match context.restored {
         Some(r) => (r.join, r.progressive),
         None => (JoinState::new(&config.label), progressive(config)),
     };
     let join = Rc::new(RefCell::new(join));
     let progressive = Rc::new(RefCell::new(progressive));
-    let enrich = match entities {
+    let enrich = match context.entities {
         Some(store) if config.features.entity.enabled => MaybeEntities::On(store.handle()),
         _ => MaybeEntities::Off,
     };
@@ -115,7 +179,7 @@ pub fn build(
             }
         });
         let metrics = Rc::clone(&progressive);
-        examples
+        let examples = examples
             .inspect_core(move |event| {
                 if let Ok((_, batch)) = event {
                     let mut metrics = metrics.borrow_mut();
@@ -128,14 +192,75 @@ pub fn build(
                 }
             })
             .probe_with(&probe);
-        scored.probe_with(&probe);
+        let scored = scored.probe_with(&probe);
+        if let (Some(drift_input), Some(mut on_alert)) = (drift_input.as_mut(), on_alert) {
+            let impressions = scored.map(|s| Observation::Impression {
+                ts: s.event_ts,
+                score: s.score,
+            });
+            let labels = examples.map(|e| Observation::Label {
+                impression_ts: e.impression_ts,
+                label_ts: e.label_ts,
+                served: e.served,
+                label: e.label,
+            });
+            let sink = Rc::clone(&alerts);
+            impressions
+                .concat(labels)
+                .concat(drift_input.to_stream(scope))
+                .detect(Drift::new(&config.drift, config.label.window_ms))
+                .inspect(move |alert| {
+                    on_alert(alert);
+                    sink.borrow_mut().push(alert.clone());
+                });
+        }
     });
     Dataflow {
         input,
         probe,
         join,
         progressive,
+        drift_input,
+        alerts,
         id,
+    }
+}
+
+impl Dataflow {
+    /// Moves every input to `t` (no-op for inputs already there).
+    pub fn advance_to(&mut self, t: Watermark) {
+        if t > *self.input.time() {
+            self.input.advance_to(t);
+        }
+        if let Some(drift) = self.drift_input.as_mut()
+            && t > *drift.time()
+        {
+            drift.advance_to(t);
+        }
+    }
+
+    /// Hands a worker's `ctx` summary to the drift detectors (dropped without them).
+    pub fn send_summary(&mut self, summary: DataSummary) {
+        if let Some(drift) = self.drift_input.as_mut() {
+            drift.send(Observation::Data(summary));
+        }
+    }
+
+    /// Sends what the inputs buffer at their current time.
+    pub fn flush(&mut self) {
+        self.input.flush();
+        if let Some(drift) = self.drift_input.as_mut() {
+            drift.flush();
+        }
+    }
+
+    /// Closes every input: the dataflow finishes once what was sent is processed.
+    pub fn close(&mut self) {
+        let input = std::mem::replace(&mut self.input, Input::new());
+        input.close();
+        if let Some(drift) = self.drift_input.take() {
+            drift.close();
+        }
     }
 }
 
@@ -146,6 +271,9 @@ pub struct Ingest {
     featurizer: Featurizer,
     features: Features,
     max_event_bytes: usize,
+    /// Counts `ctx` values for data drift, when asked to ([`Ingest::sketching`]).
+    sketch: Option<CtxSketch>,
+    summaries: Vec<DataSummary>,
 }
 
 impl Ingest {
@@ -155,12 +283,37 @@ impl Ingest {
             featurizer: Featurizer::new(&config.features)?,
             features: Features::new(),
             max_event_bytes: config.input.max_event_bytes,
+            sketch: None,
+            summaries: Vec::new(),
         })
+    }
+
+    /// Also counts impressions' `ctx` values for the data-drift detector, when `[drift]`
+    /// enables it; collect the summaries with [`Ingest::take_summaries`].
+    pub fn sketching(mut self, config: &PipelineConfig) -> Self {
+        if config.drift.enabled && config.drift.data.enabled {
+            self.sketch = Some(config.drift.data.sketch());
+        }
+        self
+    }
+
+    /// The `ctx` summaries completed since the last call; with `flush`, the incomplete
+    /// batch too (at the end of the input).
+    pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, DataSummary> {
+        if flush && let Some(last) = self.sketch.as_mut().and_then(CtxSketch::take) {
+            self.summaries.push(last);
+        }
+        self.summaries.drain(..)
     }
 
     /// The record of `payload`, found at position `pos` of its source, or why it is bad.
     pub fn record(&mut self, payload: &[u8], pos: u64) -> Result<Interaction, DecodeError> {
         let event = event::decode(payload, self.max_event_bytes)?;
+        if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
+            && let Some(summary) = sketch.observe(imp)
+        {
+            self.summaries.push(summary);
+        }
         Ok(interaction(
             event,
             pos,

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::file::{FileSource, JsonlSink};
-use ctrflow_dataflows::Score;
 use ctrflow_dataflows::operators::JoinStats;
+use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
 
 use crate::config::PipelineConfig;
+use crate::drift::sinks::{AlertSinks, SinkReport};
 use crate::entity::EntityStore;
 use crate::event::DecodeError;
 use crate::model::Model;
@@ -101,6 +102,11 @@ pub struct ReplayReport {
     pub recent: Summary,
     /// The model after the run.
     pub model: ModelReport,
+    /// Drift alerts raised, in event-time order, in the contract's form (`resolved`
+    /// messages included).
+    pub alerts: Vec<Alert>,
+    /// What the webhooks of `[[drift.webhooks]]` did with them.
+    pub webhooks: SinkReport,
 }
 
 /// The model at the end of a run.
@@ -120,6 +126,7 @@ struct WorkerResult {
     join: JoinStats,
     progressive: Progressive,
     bad: BadEvents,
+    alerts: Vec<Alert>,
 }
 
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
@@ -145,6 +152,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         None => None,
     };
     let bytes_read = Arc::new(AtomicU64::new(0));
+    let sinks = Arc::new(AlertSinks::start(&config.drift));
     let bar = progress_bar(options.progress, source.len() as u64);
 
     let started = Instant::now();
@@ -158,6 +166,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let dead_letters = dead_letters.clone();
         let bytes_read = Arc::clone(&bytes_read);
         let bar = bar.clone();
+        let sinks = Arc::clone(&sinks);
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -168,18 +177,18 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     write_scores(sink, batch, &mut line);
                 }
             };
-            let mut dataflow = pipeline::build(
-                worker,
-                &config,
-                &model,
-                Some(&entities),
-                None,
-                on_scores,
-                None,
+            let sinks = Arc::clone(&sinks);
+            let on_alert = move |alert: &Alert| sinks.send(alert);
+            let context = pipeline::Context {
+                entities: Some(&entities),
+                restored: None,
+            };
+            let mut dataflow = pipeline::build_detecting(
+                worker, &config, &model, context, on_scores, None, on_alert,
             );
-            let input = &mut dataflow.input;
-            let probe = &dataflow.probe;
-            let mut ingest = Ingest::new(&config).expect("validated before start");
+            let mut ingest = Ingest::new(&config)
+                .expect("validated before start")
+                .sketching(&config);
             let mut bad = BadEvents::default();
             let mut events = 0u64;
             let mut max_ts = i64::MIN;
@@ -191,7 +200,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     match ingest.record(payload, line) {
                         Ok(record) => {
                             max_ts = max_ts.max(record.ts);
-                            input.send(record);
+                            dataflow.input.send(record);
                         }
                         Err(error) => {
                             bad.record(At::Line { line }, &error);
@@ -202,14 +211,14 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     }
                 }
                 source.release(block);
-                let watermark = config.input.watermark(max_ts);
-                if watermark > *input.time() {
-                    input.advance_to(watermark);
+                for summary in ingest.take_summaries(false) {
+                    dataflow.send_summary(summary);
                 }
-                sent_at.push_back(*input.time());
+                dataflow.advance_to(config.input.watermark(max_ts));
+                sent_at.push_back(*dataflow.input.time());
                 while sent_at.len() > MAX_BLOCKS_AHEAD {
                     let Some(t) = sent_at.pop_front() else { break };
-                    while probe.less_than(&t) {
+                    while dataflow.probe.less_than(&t) {
                         worker.step();
                     }
                 }
@@ -220,15 +229,20 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     bar.set_position(done);
                 }
             }
-            dataflow.input.close();
+            for summary in ingest.take_summaries(true) {
+                dataflow.send_summary(summary);
+            }
+            dataflow.close();
             while worker.step() {}
             let join = dataflow.join.borrow().stats.clone();
+            let alerts = dataflow.alerts.take();
             let progressive = dataflow.progressive.replace(Progressive::with_window(1, 1));
             WorkerResult {
                 events,
                 join,
                 progressive,
                 bad,
+                alerts,
             }
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
@@ -241,13 +255,18 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let mut join = JoinStats::default();
     let mut progressive = pipeline::progressive(config);
     let mut bad = BadEvents::default();
+    let mut alerts = Vec::new();
     for result in results {
         let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
         events += result.events;
         join.merge(&result.join);
         progressive.merge(&result.progressive);
         bad.merge(result.bad);
+        alerts.extend(result.alerts);
     }
+    alerts.sort_by_key(|a| a.ts);
+    // The workers are joined: this is the last reference.
+    let webhooks = Arc::try_unwrap(sinks).map_or_else(|_| SinkReport::default(), AlertSinks::close);
     for sink in [&scores, &dead_letters].into_iter().flatten() {
         sink.lock()
             .map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?
@@ -267,6 +286,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         &progressive,
         bad,
         &model,
+        alerts,
+        webhooks,
     ))
 }
 
@@ -280,6 +301,8 @@ fn report(
     progressive: &Progressive,
     bad: BadEvents,
     model: &Model,
+    alerts: Vec<Alert>,
+    webhooks: SinkReport,
 ) -> ReplayReport {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let overall = progressive.summary();
@@ -309,6 +332,8 @@ fn report(
             nonzero_weights: model.nonzero_weights(),
             weight_norm: model.weight_norm(),
         },
+        alerts,
+        webhooks,
     }
 }
 
@@ -428,6 +453,10 @@ impl ReplayReport {
             "  model: version {}, {} non-zero weights, norm {:.3}",
             self.model.version, self.model.nonzero_weights, self.model.weight_norm
         );
+        let _ = writeln!(s, "  drift alerts: {}", self.alerts.len());
+        for a in &self.alerts {
+            let _ = writeln!(s, "    ts {}: {}", a.ts, crate::drift::sinks::text(a));
+        }
         let _ = writeln!(s, "  bad events: {}", self.bad_events);
         for (reason, n) in &self.bad_events_by_reason {
             let _ = writeln!(s, "    {reason}: {n}");

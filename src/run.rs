@@ -52,6 +52,7 @@ use serde::Serialize;
 
 use crate::checkpoint::Checkpointer;
 use crate::config::PipelineConfig;
+use crate::drift::sinks::AlertSinks;
 use crate::entity::EntityStore;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
@@ -243,6 +244,8 @@ pub struct Running {
     status: Arc<RunStatus>,
     guards: timely::communication::WorkerGuards<WorkerResult>,
     sink: Arc<KafkaSink>,
+    /// Drift alerts go to the log and the webhooks of `[drift]`.
+    alerts: Arc<AlertSinks>,
     config: PipelineConfig,
     workers: usize,
     checkpointer: Option<Arc<Checkpointer>>,
@@ -315,11 +318,13 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     }
     let sources = Arc::new(sources);
     let status = Arc::new(RunStatus::new(workers));
+    let alerts = Arc::new(AlertSinks::start(&config.drift));
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();
         let status = Arc::clone(&status);
         let sink = Arc::clone(&sink);
+        let alerts = Arc::clone(&alerts);
         let stop = Arc::clone(&options.stop);
         timely::execute(timely::Config::process(workers), move |worker| {
             let source = sources[worker.index()]
@@ -338,7 +343,22 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 sink: &sink,
                 status: &status,
             };
-            work(worker, source, &config, shared, restored, &stop)
+            let on_alert = {
+                let alerts = Arc::clone(&alerts);
+                let sink = Arc::clone(&sink);
+                let topic = config.kafka.topics.alerts.clone();
+                move |alert: &ctrflow_dataflows::Alert| {
+                    alerts.send(alert);
+                    if !topic.is_empty() {
+                        let key = crate::drift::sinks::kind_name(alert);
+                        let json = serde_json::to_vec(alert).unwrap_or_default();
+                        if let Err(error) = sink.send(&topic, Some(key.as_bytes()), &json) {
+                            tracing::error!(%error, "A drift alert could not be queued.");
+                        }
+                    }
+                }
+            };
+            work(worker, source, &config, shared, restored, &stop, on_alert)
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
@@ -346,6 +366,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         status,
         guards,
         sink,
+        alerts,
         config,
         workers,
         checkpointer,
@@ -377,6 +398,10 @@ impl Running {
         self.sink
             .flush()
             .context("flushing scores and dead letters")?;
+        // The workers are joined: this is the last reference.
+        if let Ok(alerts) = Arc::try_unwrap(self.alerts) {
+            alerts.close();
+        }
         let elapsed = self.status.started.elapsed().as_secs_f64().max(1e-9);
         let stats = self.sink.stats();
         let events = self.status.events.load(Ordering::Relaxed);
@@ -457,6 +482,7 @@ fn work(
     shared: Shared<'_>,
     restored: Option<Restored>,
     stop: &AtomicBool,
+    on_alert: impl FnMut(&ctrflow_dataflows::Alert) + 'static,
 ) -> WorkerResult {
     let Shared {
         model,
@@ -490,30 +516,34 @@ fn work(
                 .scores
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
         };
-        pipeline::build(
+        let context = pipeline::Context {
+            entities: Some(entities),
+            restored,
+        };
+        pipeline::build_detecting(
             worker,
             config,
             model,
-            Some(entities),
-            restored,
+            context,
             on_scores,
             on_examples,
+            on_alert,
         )
     };
     // Records sent into the dataflow, and checkpoint rounds taken part in.
     let mut sent: u64 = 0;
     let mut rounds_done: u64 = 0;
     let round_due = |done: u64| checkpointer.is_some_and(|c| c.requested() > done);
-    let mut ingest = Ingest::new(config).expect("validated before start");
+    let mut ingest = Ingest::new(config)
+        .expect("validated before start")
+        .sketching(config);
     let mut bad = BadEvents::default();
     let mut dead = Vec::with_capacity(1024);
     let mut newest = i64::MIN;
     if let Some((at_newest, input_time)) = resumed_at {
         newest = at_newest;
         status.newest_ts.fetch_max(newest, Ordering::Relaxed);
-        if input_time > *dataflow.input.time() {
-            dataflow.input.advance_to(input_time);
-        }
+        dataflow.advance_to(input_time);
     }
     let step = config.input.watermark_step_ms;
     let commit_every = Duration::from_millis(config.kafka.consumer.commit_interval_ms);
@@ -589,15 +619,16 @@ fn work(
             SourceTime::Idle | SourceTime::Unassigned => status.idle_target(index, &config.input),
             SourceTime::Unknown => None,
         };
-        if let Some(t) = target
-            && t > *input.time()
-        {
-            input.advance_to(t);
+        for summary in ingest.take_summaries(false) {
+            dataflow.send_summary(summary);
+        }
+        if let Some(t) = target {
+            dataflow.advance_to(t);
         }
         // Records sent at a time that did not move (late ones, or a watermark standing
         // still) would otherwise wait in the input's buffer for the next advance.
-        input.flush();
-        status.watermark[index].store(*input.time(), Ordering::Relaxed);
+        dataflow.flush();
+        status.watermark[index].store(*dataflow.input.time(), Ordering::Relaxed);
         worker.step();
 
         // Read at most MAX_ROUNDS_AHEAD poll rounds ahead of what the dataflow has
@@ -674,7 +705,10 @@ fn work(
     if newest != i64::MIN {
         last = last.max(past(newest, step));
     }
-    dataflow.input.advance_to(last);
+    for summary in ingest.take_summaries(true) {
+        dataflow.send_summary(summary);
+    }
+    dataflow.advance_to(last);
     while dataflow.probe.less_than(&last) {
         worker.step_or_park(Some(IDLE_WAIT));
     }
@@ -720,7 +754,7 @@ fn checkpoint_round(
 ) -> bool {
     let index = worker.index();
     let started = Instant::now();
-    dataflow.input.flush();
+    dataflow.flush();
     checkpointer.pause(index, sent, *dataflow.input.time());
     let watermark = loop {
         worker.step_or_park(Some(CHECKPOINT_WAIT));

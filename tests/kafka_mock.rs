@@ -83,7 +83,11 @@ fn failing_requests_and_a_broker_down_lose_nothing() {
 
     let status = Arc::clone(running.status());
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status.scores.load(Ordering::Relaxed) < generated.impressions && Instant::now() < deadline
+    // Wait for every event, not just every score: the feedback after the last impression
+    // may still be unread when the last score is out (seen under load).
+    while (status.scores.load(Ordering::Relaxed) < generated.impressions
+        || status.events.load(Ordering::Relaxed) < generated.events)
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -99,5 +103,65 @@ fn failing_requests_and_a_broker_down_lose_nothing() {
         Duration::from_secs(1),
     );
     assert_one_valid_score_per_impression(&json(&scores), generated.impressions);
+    drop(cluster);
+}
+
+/// Issue 5: drift alerts reach the `alerts` topic (a feedback outage in the middle of the
+/// stream, with windows small enough for it).
+#[test]
+fn gh_5_alerts_arrive_on_the_alerts_topic() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let text = format!(
+        "{}\n[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"mock-alerts\"\n[kafka.topics]\nalerts = \"alerts\"\n",
+        crate::drift::SMALL_WINDOWS
+    );
+    let config = PipelineConfig::parse(&text, "alerts.toml").unwrap();
+    for (topic, partitions) in [
+        ("events", 2),
+        ("scores", 2),
+        ("dead-letters", 1),
+        ("alerts", 1),
+    ] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let generated = produce(
+        &GenConfig {
+            count: 40_000,
+            seed: 4,
+            drift_at: Some(25_000),
+            drift_kinds: vec![ctrflow::generator::DriftKind::FeedbackOutage],
+            ..GenConfig::default()
+        },
+        &KafkaTarget {
+            brokers: brokers.clone(),
+            topic: "events".to_owned(),
+        },
+        None,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .expect("events produced");
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = start(&RunOptions {
+        config,
+        workers: 2,
+        stop: Arc::clone(&stop),
+    })
+    .expect("worker starts");
+    let alerts = consume(
+        &brokers,
+        "alerts",
+        1,
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let report = running.join().expect("clean shutdown");
+    assert!(report.impressions <= generated.impressions);
+    let alerts = json(&alerts);
+    assert_eq!(alerts[0]["kind"], "label_delay", "{alerts:?}");
+    assert_eq!(alerts[0]["state"], "firing");
+    assert_eq!(alerts.len(), 1, "one alert per episode: {alerts:?}");
     drop(cluster);
 }

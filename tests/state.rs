@@ -52,15 +52,12 @@ fn gh_4_an_impression_is_scored_and_trained_without_its_own_feedback() {
         let captured = Arc::clone(&captured);
         let on_examples: pipeline::OnExamples =
             Box::new(move |batch| captured.lock().unwrap().extend(batch.iter().cloned()));
-        let mut dataflow = pipeline::build(
-            worker,
-            &config,
-            &model,
-            Some(&entities),
-            None,
-            |_| {},
-            Some(on_examples),
-        );
+        let context = pipeline::Context {
+            entities: Some(&entities),
+            restored: None,
+        };
+        let mut dataflow =
+            pipeline::build(worker, &config, &model, context, |_| {}, Some(on_examples));
         let mut ingest = Ingest::new(&config).unwrap();
         for (pos, line) in lines.iter().enumerate() {
             let record = ingest.record(line.as_bytes(), pos as u64).unwrap();

@@ -6,6 +6,10 @@ mod util;
 /// `ctrflow replay` end to end: learning, determinism, bad input, workers.
 mod replay;
 
+/// Drift alerts in `replay`: each generator drift kind raises its alert, a stationary
+/// stream none; webhook delivery.
+mod drift;
+
 /// Every file in `configs/` parses and validates.
 mod configs;
 

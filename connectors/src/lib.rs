@@ -7,5 +7,6 @@
 pub mod error;
 pub mod file;
 pub mod kafka;
+pub mod webhook;
 
 pub use error::ConnectorError;

@@ -70,6 +70,10 @@ pub struct TopicsConfig {
     /// written.
     #[serde(default)]
     pub examples: String,
+    /// Drift alerts (DESIGN.md § Outputs), keyed by kind; empty: not written (they still
+    /// go to the log and the webhooks).
+    #[serde(default)]
+    pub alerts: String,
 }
 
 fn default_events() -> String {
@@ -91,6 +95,7 @@ impl Default for TopicsConfig {
             scores: default_scores(),
             dead_letters: default_dead_letters(),
             examples: String::new(),
+            alerts: String::new(),
         }
     }
 }

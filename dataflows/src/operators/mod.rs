@@ -1,7 +1,9 @@
 //! ctrflow's operators, one per file, each an extension trait named after its verb.
 
+pub mod detect;
 pub mod learn_online;
 
+pub use detect::Detect;
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
 };
