@@ -227,7 +227,10 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         (&b.scores, partitions),
         (&b.dead_letters, 1),
     ]);
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
     let generated = produce_into(brokers, &events, impressions, 17);
+    phase("produced");
     let dir = tempfile::tempdir().unwrap();
     let config = |topics: &Topics, group: &str, state: &Path| {
         let extra = format!(
@@ -243,6 +246,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let worker = WorkerProcess::start(dir.path(), &config(&a, &group_a, &state_a), workers);
     wait_committed(brokers, &group_a, &events, timeout);
     worker.stop();
+    phase("uninterrupted run done");
 
     // Killed at random moments, restarted each time.
     let (state_b, group_b) = (dir.path().join("state-b"), unique("group"));
@@ -264,11 +268,13 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         ));
         assert!(worker.is_running(), "the worker exited by itself");
         worker.kill9();
+        phase("killed");
         epochs.push(inspect(&state_b)["checkpoint"]["epoch"].as_u64().unwrap());
     }
     let worker = WorkerProcess::start(dir.path(), &config_b, workers);
     wait_committed(brokers, &group_b, &events, timeout);
     worker.stop();
+    phase("interrupted run done");
 
     let (sa, sb) = (inspect(&state_a), inspect(&state_b));
     // Every restart resumed from a newer checkpoint than the one before.
@@ -300,6 +306,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     }
     assert_eq!(sa["entities"], sb["entities"]);
 
+    phase("states compared");
     // Every impression scored; the killed run re-emitted some, identically, and each
     // score equals the uninterrupted run's.
     let scores_a = scores_by_id(brokers, &a.scores, generated.impressions, exact);
@@ -311,6 +318,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             assert_eq!(scores_b.get(id), Some(s), "{id}");
         }
     }
+    phase("scores compared");
 }
 
 #[test]
