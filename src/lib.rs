@@ -19,3 +19,4 @@ pub mod produce;
 pub mod progressive;
 pub mod replay;
 pub mod run;
+pub mod telemetry;

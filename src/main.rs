@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ctrflow::config::PipelineConfig;
 use ctrflow::replay::{self, ReplayOptions};
+use ctrflow::telemetry::LogFormat;
 
 /// ctrflow: a stream processor that learns click-through rates online.
 #[derive(Debug, Parser)]
@@ -16,6 +17,9 @@ use ctrflow::replay::{self, ReplayOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs (stderr) are written; `RUST_LOG` filters them (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +36,18 @@ enum Command {
     /// Everything in one process: an in-process Kafka-protocol broker, the generator
     /// (with a concept drift half way) and the worker; a live progress line, a summary.
     Demo(DemoArgs),
+    /// Validate a configuration file (with the `CTRFLOW__...` environment overrides)
+    /// without running anything: exit 0, or non-zero listing every problem.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckConfigArgs {
+    /// The TOML file.
+    file: PathBuf,
+    /// Also print the effective configuration (defaults and overrides applied) as TOML.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,13 +108,9 @@ struct ReplayArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    ctrflow::telemetry::init_logging(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -110,10 +122,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => {
-            let config = match &args.config {
-                Some(path) => PipelineConfig::load(path)?,
-                None => PipelineConfig::default(),
-            };
+            let config = PipelineConfig::load_with_process_env(args.config.as_deref())?;
             let options = ReplayOptions {
                 input: args.input,
                 workers: args.workers,
@@ -155,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let config = PipelineConfig::load(&args.config)?;
+            let config = PipelineConfig::load_with_process_env(Some(&args.config))?;
             let stop = stop_on_signals()?;
             let report = ctrflow::run::run(&ctrflow::run::RunOptions {
                 config,
@@ -174,6 +183,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stop,
             })?;
             print!("{}", report.render());
+            Ok(())
+        }
+        Command::CheckConfig(args) => {
+            let config = PipelineConfig::load_with_process_env(Some(&args.file))?;
+            if args.print {
+                print!(
+                    "{}",
+                    toml::to_string(&config).context("encoding the configuration")?
+                );
+            }
+            eprintln!("{}: ok", args.file.display());
             Ok(())
         }
     }

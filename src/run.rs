@@ -31,8 +31,17 @@
 //! not expired (that would learn false negatives); until checkpoints land (`[state]`)
 //! their labels are lost with the process, and a restart resumes from the committed
 //! offsets.
+//!
+//! # Telemetry
+//!
+//! Workers keep their counters in plain variables and publish them to [`RunStatus`] once
+//! per poll round (event counts) or every `PUBLISH_EVERY` (join counters, lag, metrics);
+//! [`run`] exports a [`telemetry::Snapshot`] of it every `telemetry.publish_interval_ms`
+//! and serves it on `telemetry.listen` ([`crate::telemetry`]). Event-to-score latency is
+//! observed per poll round: the round's impressions are all scored once the probe passes
+//! just past the newest event time it read.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +55,7 @@ use crate::config::PipelineConfig;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
+use crate::telemetry::{self, Health};
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -84,6 +94,33 @@ pub struct RunStatus {
     idle: Vec<AtomicBool>,
     /// Per worker: its latest progressive metrics.
     progressive: Vec<Mutex<Option<Progressive>>>,
+    /// Valid events read, by [`EVENT_TYPES`].
+    events_by_type: [AtomicU64; 4],
+    /// Per worker: bad events by reason, as of its last publish.
+    bad_by_reason: Vec<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Per worker: label-join counters, as of its last publish.
+    join: Vec<Mutex<JoinStats>>,
+    /// Per worker: lag per partition, as of its last publish.
+    partition_lag: Vec<Mutex<PartitionLags>>,
+    /// Per worker: it has completed a poll round.
+    polled: Vec<AtomicBool>,
+}
+
+/// Messages behind the high watermark per partition (`None`: not known yet).
+type PartitionLags = Vec<(i32, Option<i64>)>;
+
+/// The `type` label of `ctrflow_events_total`, indexed as [`event_type`] says.
+const EVENT_TYPES: [&str; 4] = ["impression", "click", "like", "skip"];
+
+/// The index of a record's type in [`EVENT_TYPES`].
+fn event_type(kind: &ctrflow_dataflows::InteractionKind) -> usize {
+    use ctrflow_dataflows::InteractionKind as K;
+    match kind {
+        K::Impression { .. } => 0,
+        K::Click => 1,
+        K::Like => 2,
+        K::Skip { .. } => 3,
+    }
 }
 
 impl RunStatus {
@@ -101,7 +138,18 @@ impl RunStatus {
             watermark: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             idle: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             progressive: (0..workers).map(|_| Mutex::new(None)).collect(),
+            events_by_type: Default::default(),
+            bad_by_reason: (0..workers).map(|_| Mutex::default()).collect(),
+            join: (0..workers).map(|_| Mutex::default()).collect(),
+            partition_lag: (0..workers).map(|_| Mutex::default()).collect(),
+            polled: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Every worker is reading: each has completed a poll round and none has stopped.
+    pub fn consuming(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed) == 0
+            && self.polled.iter().all(|p| p.load(Ordering::Relaxed))
     }
 
     /// Where a worker whose partitions are all idle moves its input: along with the
@@ -223,6 +271,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// Poll rounds a worker may read ahead of what the dataflow has processed.
 const MAX_ROUNDS_AHEAD: usize = 4;
 
+/// Poll rounds waiting for their impressions' scores, at most (then they merge).
+const MAX_UNSCORED_ROUNDS: usize = 1024;
+
 /// How often a worker publishes its metrics and lag to [`RunStatus`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -231,6 +282,7 @@ pub struct Running {
     status: Arc<RunStatus>,
     guards: timely::communication::WorkerGuards<WorkerResult>,
     sink: Arc<KafkaSink>,
+    model: Model,
     config: PipelineConfig,
     workers: usize,
 }
@@ -265,6 +317,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         let status = Arc::clone(&status);
         let sink = Arc::clone(&sink);
         let stop = Arc::clone(&options.stop);
+        let model = model.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
             let source = sources[worker.index()]
                 .lock()
@@ -279,6 +332,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         status,
         guards,
         sink,
+        model,
         config,
         workers,
     })
@@ -293,6 +347,50 @@ impl Running {
     /// Whether every worker has returned.
     pub fn is_finished(&self) -> bool {
         self.status.finished.load(Ordering::Relaxed) == self.workers
+    }
+
+    /// The counters for [`telemetry::publish`]; `nonzero_weights` scans every model
+    /// coordinate, so ask for it sparingly.
+    pub fn metrics(&self, nonzero_weights: bool, health: &Health) -> telemetry::Snapshot {
+        let status = &self.status;
+        let progress = status.snapshot(&self.config);
+        let mut s = telemetry::Snapshot {
+            workers: self.workers,
+            scores: progress.scores,
+            send_errors: status.send_errors.load(Ordering::Relaxed),
+            topic: self.config.kafka.topics.events.clone(),
+            watermark_ms: progress.watermark,
+            model_version: self.model.version(),
+            nonzero_weights: nonzero_weights.then(|| self.model.nonzero_weights()),
+            overall: progress.overall,
+            recent: progress.recent,
+            ready: health.ready().is_ok(),
+            ..telemetry::Snapshot::default()
+        };
+        for (slot, (name, counter)) in s
+            .events_by_type
+            .iter_mut()
+            .zip(EVENT_TYPES.iter().zip(&status.events_by_type))
+        {
+            *slot = (name, counter.load(Ordering::Relaxed));
+        }
+        let stats = self.sink.stats();
+        s.delivered = stats.delivered.load(Ordering::Relaxed);
+        s.failed_deliveries = stats.failed.load(Ordering::Relaxed);
+        for w in 0..self.workers {
+            if let Ok(bad) = status.bad_by_reason[w].lock() {
+                for (reason, n) in bad.iter() {
+                    *s.bad_by_reason.entry(reason).or_default() += n;
+                }
+            }
+            if let Ok(join) = status.join[w].lock() {
+                s.join.merge(&join);
+            }
+            if let Ok(lag) = status.partition_lag[w].lock() {
+                s.lag.extend(lag.iter().filter_map(|&(p, l)| Some((p, l?))));
+            }
+        }
+        s
     }
 
     /// Waits for the workers, flushes the producer and reports.
@@ -335,12 +433,42 @@ impl Running {
 /// How often `run` logs where it stands.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs until `options.stop` is set, logging a status line every 10 s, then reports.
+/// How often `run` counts the model's non-zero weights (a scan of every coordinate).
+const NONZERO_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs until `options.stop` is set, serving metrics and health on `telemetry.listen` and
+/// logging a status line every 10 s, then reports.
 pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
+    let health = Arc::new(Health::default());
+    let listen = &options.config.telemetry.listen;
+    // The recorder is installed before the workers start: they take their histogram
+    // handles from it once.
+    let _server = if listen.is_empty() {
+        None
+    } else {
+        let handle = telemetry::install()?;
+        Some(telemetry::Server::start(
+            listen,
+            handle,
+            Arc::clone(&health),
+        )?)
+    };
     let running = start(options)?;
+    let publish_every = Duration::from_millis(options.config.telemetry.publish_interval_ms);
     let mut last = Instant::now();
+    let mut last_publish: Option<Instant> = None;
+    let mut last_nonzero: Option<Instant> = None;
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        health.set_consuming(running.status().consuming());
+        if _server.is_some() && last_publish.is_none_or(|t| t.elapsed() >= publish_every) {
+            last_publish = Some(Instant::now());
+            let nonzero = last_nonzero.is_none_or(|t| t.elapsed() >= NONZERO_EVERY);
+            if nonzero {
+                last_nonzero = Some(Instant::now());
+            }
+            telemetry::publish(&running.metrics(nonzero, &health));
+        }
         if last.elapsed() >= LOG_EVERY {
             last = Instant::now();
             let p = running.status().snapshot(&options.config);
@@ -417,16 +545,28 @@ fn work(
     let mut last_publish = Instant::now();
     let poll_batch = config.kafka.consumer.poll_batch;
     let mut rounds: VecDeque<Watermark> = VecDeque::new();
+    // Poll rounds whose impressions are not all scored yet: (scored once the probe passes
+    // this, read at, impressions).
+    let mut unscored: VecDeque<(Watermark, Instant, usize)> = VecDeque::new();
+    let latency = metrics::histogram!(telemetry::LATENCY);
+    let stage_ingest = metrics::histogram!(telemetry::STAGE, "stage" => "ingest");
+    let stage_dataflow = metrics::histogram!(telemetry::STAGE, "stage" => "dataflow");
+    let stage_commit = metrics::histogram!(telemetry::STAGE, "stage" => "commit");
 
     while !stop.load(Ordering::Relaxed) {
         let input = &mut dataflow.input;
         let busy = dataflow.probe.less_than(input.time());
         let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+        let mut types = [0u64; 4];
+        let mut round_newest = i64::MIN;
+        let read_at = Instant::now();
         let read = source.poll(poll_batch, wait, |message| {
             let pos = position(message.partition, message.offset);
             match ingest.record(message.payload, pos) {
                 Ok(record) => {
                     let ts = record.ts;
+                    types[event_type(&record.kind)] += 1;
+                    round_newest = round_newest.max(ts);
                     newest = newest.max(ts);
                     input.send(record);
                     Some(ts)
@@ -454,10 +594,18 @@ fn work(
                 }
             }
         });
+        let ingested_at = Instant::now();
         if read > 0 {
             status.events.fetch_add(read as u64, Ordering::Relaxed);
             status.newest_ts.fetch_max(newest, Ordering::Relaxed);
+            for (counter, n) in status.events_by_type.iter().zip(types) {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            stage_ingest.record(ingested_at.duration_since(read_at).as_secs_f64());
         }
+        status.polled[index].store(true, Ordering::Relaxed);
         let time = source.time();
         let idle = matches!(time, SourceTime::Idle | SourceTime::Unassigned);
         status.idle[index].store(idle, Ordering::Relaxed);
@@ -475,6 +623,19 @@ fn work(
         // still) would otherwise wait in the input's buffer for the next advance.
         input.flush();
         status.watermark[index].store(*input.time(), Ordering::Relaxed);
+        if types[0] > 0 {
+            let scored_at = past(round_newest, 1).max(*input.time() + 1);
+            let full = unscored.len() >= MAX_UNSCORED_ROUNDS;
+            match unscored.back_mut() {
+                // Bounded: a watermark held back long merges rounds (the older read time
+                // stays, so latency is overstated, never understated).
+                Some(back) if full => {
+                    back.0 = back.0.max(scored_at);
+                    back.2 += types[0] as usize;
+                }
+                _ => unscored.push_back((scored_at, read_at, types[0] as usize)),
+            }
+        }
         worker.step();
 
         // Read at most MAX_ROUNDS_AHEAD poll rounds ahead of what the dataflow has
@@ -495,6 +656,17 @@ fn work(
             }
         }
 
+        let stepped_at = Instant::now();
+        if read > 0 {
+            stage_dataflow.record(stepped_at.duration_since(ingested_at).as_secs_f64());
+        }
+        while let Some(&(t, at, n)) = unscored.front()
+            && !dataflow.probe.less_than(&t)
+        {
+            latency.record_many(stepped_at.duration_since(at).as_secs_f64(), n);
+            unscored.pop_front();
+        }
+
         // Offsets go to the group only once everything read before them was processed.
         if last_snapshot.elapsed() >= commit_every {
             last_snapshot = Instant::now();
@@ -505,12 +677,14 @@ fn work(
             && !dataflow.probe.less_than(t)
         {
             if let Some((_, positions)) = commits.pop_front() {
+                let started = Instant::now();
                 source.commit(&positions);
+                stage_commit.record(started.elapsed().as_secs_f64());
             }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            publish(status, index, &source, &dataflow);
+            publish(status, index, &source, &dataflow, &bad);
             if let Err(error) = sink.retry_failed() {
                 tracing::error!(%error, "Failed deliveries could not be queued again.");
             }
@@ -538,7 +712,7 @@ fn work(
         worker.step_or_park(Some(IDLE_WAIT));
     }
     source.commit(&source.positions());
-    publish(status, index, &source, &dataflow);
+    publish(status, index, &source, &dataflow, &bad);
     let result = WorkerResult {
         join: dataflow.join.borrow().clone(),
         progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
@@ -575,7 +749,13 @@ fn examples_output(
     }))
 }
 
-fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pipeline::Dataflow) {
+fn publish(
+    status: &RunStatus,
+    index: usize,
+    source: &KafkaSource,
+    dataflow: &pipeline::Dataflow,
+    bad: &BadEvents,
+) {
     let lags = source.lag();
     let lag = if lags.iter().all(|(_, l)| l.is_some()) {
         lags.iter().map(|(_, l)| l.unwrap_or(0)).sum()
@@ -585,6 +765,15 @@ fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pi
     status.lag[index].store(lag, Ordering::Relaxed);
     if let Ok(mut slot) = status.progressive[index].lock() {
         *slot = Some(dataflow.progressive.borrow().clone());
+    }
+    if let Ok(mut slot) = status.join[index].lock() {
+        *slot = dataflow.join.borrow().clone();
+    }
+    if let Ok(mut slot) = status.bad_by_reason[index].lock() {
+        slot.clone_from(&bad.by_reason);
+    }
+    if let Ok(mut slot) = status.partition_lag[index].lock() {
+        *slot = lags;
     }
 }
 
