@@ -434,7 +434,7 @@ impl Running {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often `run` counts the model's non-zero weights (a scan of every coordinate).
-const NONZERO_EVERY: Duration = Duration::from_secs(10);
+const NONZERO_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `options.stop` is set, serving metrics and health on `telemetry.listen` and
 /// logging a status line every 10 s, then reports.
@@ -558,15 +558,19 @@ fn work(
         let busy = dataflow.probe.less_than(input.time());
         let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
         let mut types = [0u64; 4];
-        let mut round_newest = i64::MIN;
+        let mut round_impressions_newest = i64::MIN;
         let read_at = Instant::now();
+        let sent_at = *input.time();
         let read = source.poll(poll_batch, wait, |message| {
             let pos = position(message.partition, message.offset);
             match ingest.record(message.payload, pos) {
                 Ok(record) => {
                     let ts = record.ts;
-                    types[event_type(&record.kind)] += 1;
-                    round_newest = round_newest.max(ts);
+                    let kind = event_type(&record.kind);
+                    types[kind] += 1;
+                    if kind == 0 {
+                        round_impressions_newest = round_impressions_newest.max(ts);
+                    }
                     newest = newest.max(ts);
                     input.send(record);
                     Some(ts)
@@ -624,7 +628,7 @@ fn work(
         input.flush();
         status.watermark[index].store(*input.time(), Ordering::Relaxed);
         if types[0] > 0 {
-            let scored_at = past(round_newest, 1).max(*input.time() + 1);
+            let scored_at = past(round_impressions_newest, 1).max(sent_at + 1);
             let full = unscored.len() >= MAX_UNSCORED_ROUNDS;
             match unscored.back_mut() {
                 // Bounded: a watermark held back long merges rounds (the older read time
@@ -710,6 +714,11 @@ fn work(
     dataflow.input.advance_to(last);
     while dataflow.probe.less_than(&last) {
         worker.step_or_park(Some(IDLE_WAIT));
+    }
+    // The impressions still waiting were scored just now.
+    let now = Instant::now();
+    for (_, at, n) in unscored.drain(..) {
+        latency.record_many(now.duration_since(at).as_secs_f64(), n);
     }
     source.commit(&source.positions());
     publish(status, index, &source, &dataflow, &bad);

@@ -208,6 +208,19 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
 ];
 
+/// Names reserved for components still being built (see the module doc); the dashboard
+/// and alerting rules already use them.
+pub const RESERVED: &[&str] = &[
+    "ctrflow_checkpoint_duration_seconds",
+    "ctrflow_checkpoint_size_bytes",
+    "ctrflow_checkpoints_total",
+    "ctrflow_state_size_bytes",
+    "ctrflow_alerts_firing",
+    "ctrflow_alerts_total",
+    "ctrflow_drift_statistic",
+    "ctrflow_drift_threshold",
+];
+
 /// Bucket bounds of every `*_seconds` histogram: 100 µs to 60 s.
 pub const LATENCY_BUCKETS: [f64; 18] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -118,3 +118,62 @@ fn env_overrides_take_effect_and_bad_ones_name_the_key() {
     assert!(!ok);
     assert!(stderr.contains("unknown key model.lambda"), "{stderr}");
 }
+
+/// Every `ctrflow_*` metric name in `text`, with a histogram's `_bucket`/`_sum`/`_count`
+/// suffix taken off.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("ctrflow_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        names.insert(base.to_owned());
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_alert_rules_use_only_exported_or_reserved_metrics() {
+    use ctrflow::telemetry::{METRICS, RESERVED};
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"));
+    let dashboard = std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() > 10));
+    let rules = std::fs::read_to_string(dir.join("prometheus-alerts.yml")).unwrap();
+    let known = |name: &str| RESERVED.contains(&name) || METRICS.iter().any(|&(m, _, _)| m == name);
+    for (file, text) in [("dashboard", &dashboard), ("rules", &rules)] {
+        let names = metric_names(text);
+        let unknown: Vec<_> = names.iter().filter(|n| !known(n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses unknown metrics {unknown:?}"
+        );
+        assert!(names.len() >= 8, "{file}: {names:?}");
+    }
+    // The rules cover lag, throughput and every drift alert kind of the contract.
+    for needle in [
+        "ctrflow_consumer_lag_messages",
+        "CtrflowThroughputCollapse",
+        "kind=\"concept_drift\"",
+        "kind=\"data_drift\"",
+        "kind=\"calibration\"",
+        "kind=\"label_delay\"",
+    ] {
+        assert!(rules.contains(needle), "{needle}");
+    }
+    // Every exported metric is on the dashboard.
+    let on_dashboard = metric_names(&dashboard);
+    for &(name, _, _) in METRICS {
+        assert!(
+            on_dashboard.contains(name),
+            "{name} is not on the dashboard"
+        );
+    }
+}

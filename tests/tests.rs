@@ -16,6 +16,9 @@ mod kafka_util;
 /// `ctrflow run` in-process against librdkafka's mock cluster, with injected faults.
 mod kafka_mock;
 
+/// `ctrflow run`'s /metrics, /healthz and /readyz, in-process against the mock cluster.
+mod telemetry;
+
 /// `ctrflow run` against a real, separate broker (tests/run.sh starts it).
 #[cfg(feature = "kafka-it")]
 mod kafka;
