@@ -241,10 +241,23 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `ctrflow run --config <dir>/worker.toml --workers N --json`.
     pub fn start(dir: &Path, config: &str, workers: usize) -> Self {
+        Self::start_logging(dir, config, workers, "warn", "human")
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG=<filter>` and `--log-format <format>`.
+    pub fn start_logging(
+        dir: &Path,
+        config: &str,
+        workers: usize,
+        filter: &str,
+        format: &str,
+    ) -> Self {
         let path = dir.join("worker.toml");
         std::fs::write(&path, config).unwrap();
         let child = ctrflow()
             .args([
+                "--log-format",
+                format,
                 "run",
                 "--json",
                 "--workers",
@@ -252,7 +265,7 @@ impl WorkerProcess {
                 "--config",
             ])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -284,7 +297,12 @@ impl WorkerProcess {
     }
 
     /// SIGTERM, then the report it prints; fails the test unless it exits 0 within 60 s.
-    pub fn stop(mut self) -> serde_json::Value {
+    pub fn stop(self) -> serde_json::Value {
+        self.stop_with_logs().0
+    }
+
+    /// [`stop`](Self::stop), with what it logged (stderr).
+    pub fn stop_with_logs(mut self) -> (serde_json::Value, String) {
         let pid = self.child.id().to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -318,7 +336,9 @@ impl WorkerProcess {
             .unwrap();
         let tail = &stderr[stderr.len().saturating_sub(3000)..];
         assert!(status.success(), "ctrflow run exited {status}: ...{tail}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+        let report =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+        (report, stderr)
     }
 }
 
@@ -504,5 +524,17 @@ pub fn scrape_until(addr: &str, timeout: Duration, check: impl Fn(&Scrape) -> bo
             scrape.0
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits (at most `timeout`) until `/readyz` on `addr` answers 200.
+pub fn wait_ready(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while http_get(addr, "/readyz").is_none_or(|(status, _)| status != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "{addr}/readyz never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

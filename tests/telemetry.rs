@@ -12,7 +12,8 @@ use ctrflow::run::{RunOptions, run};
 use ctrflow_connectors::kafka::MockCluster;
 
 use crate::kafka_util::{
-    Scrape, assert_metrics_after, free_port, http_get, produce_raw, scrape_until,
+    Scrape, WorkerProcess, assert_metrics_after, free_port, http_get, produce_raw, scrape_until,
+    wait_ready,
 };
 
 #[test]
@@ -40,12 +41,8 @@ fn metrics_count_what_the_worker_does_and_health_answers() {
         std::thread::spawn(move || run(&options))
     };
 
-    // Alive at once; ready once both workers read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while http_get(&addr, "/readyz").is_none_or(|(status, _)| status != 200) {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Ready once both workers read.
+    wait_ready(&addr, Duration::from_secs(30));
     assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
 
     let bad = 3;
@@ -97,4 +94,81 @@ fn metrics_count_what_the_worker_does_and_health_answers() {
     // The server stopped with the worker.
     assert!(http_get(&addr, "/healthz").is_none());
     drop(cluster);
+}
+
+/// The worker as a process against the mock cluster, with `--log-format`: its log lines,
+/// and how many of them there are after `impressions` impressions at `RUST_LOG=info`.
+fn run_and_log(format: &str, impressions: u64) -> Vec<String> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    for (topic, partitions) in [("events", 2), ("scores", 2), ("dead-letters", 1)] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\n[telemetry]\nlisten = \"{addr}\"\n[kafka.consumer]\nidle_timeout_ms = 2000\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let worker = WorkerProcess::start_logging(dir.path(), &config, 1, "info", format);
+    wait_ready(&addr, Duration::from_secs(60));
+    let target = KafkaTarget {
+        brokers: brokers.clone(),
+        topic: "events".to_owned(),
+    };
+    let config = GenConfig {
+        count: impressions,
+        seed: 9,
+        ..GenConfig::default()
+    };
+    let generated = produce(
+        &config,
+        &target,
+        None,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .expect("events delivered");
+    produce_raw(&brokers, "events", &[b"{oops".to_vec()]);
+    scrape_until(&addr, Duration::from_secs(60), |s| {
+        s.sum("ctrflow_events_total", "").unwrap_or(0.0) as u64 == generated.events
+    });
+    let (report, logs) = worker.stop_with_logs();
+    assert_eq!(report["events"], generated.events + 1, "{report}");
+    drop(cluster);
+    logs.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn logs_are_json_with_the_flag_and_never_per_event() {
+    let lines = run_and_log("json", 2_000);
+    assert!(!lines.is_empty());
+    // A few lines at start and stop (and a status line every 10 s), none per event: the
+    // bad event is counted and dead-lettered, not logged.
+    assert!(
+        lines.len() < 20,
+        "{} lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(entry["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("/metrics")),
+        "the server's address is logged: {lines:?}"
+    );
+
+    let human = run_and_log("human", 200);
+    assert!(human.iter().any(|l| l.contains("INFO")), "{human:?}");
+    assert!(
+        human
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+    );
 }
