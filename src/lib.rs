@@ -8,6 +8,7 @@
 //! it. See `../shared/DESIGN.md` for the contract.
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod config;
 pub mod demo;
 pub mod event;

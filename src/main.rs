@@ -105,6 +105,16 @@ struct ReplayArgs {
     /// Do not draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Also train a batch logistic regression (smartcore) on the early part of a time
+    /// split and print it beside the online model on the later part.
+    #[arg(long)]
+    baseline: bool,
+    /// The share of labelled impressions, in event-time order, the baseline trains on.
+    #[arg(long, default_value_t = 0.5, requires = "baseline")]
+    baseline_train_fraction: f64,
+    /// At most this many training rows for the baseline (evenly spread over its period).
+    #[arg(long, default_value_t = 50_000, requires = "baseline")]
+    baseline_max_rows: usize,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dead_letters_out: args.dead_letters,
                 model_out: args.model_out,
                 progress: !args.no_progress && !args.json,
+                baseline: args.baseline.then(|| ctrflow::baseline::BaselineOptions {
+                    train_fraction: args.baseline_train_fraction,
+                    max_train_rows: args.baseline_max_rows,
+                    ..Default::default()
+                }),
             };
             let report = replay::run(&options)?;
             print_report(&report, args.json, || report.render())

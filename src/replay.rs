@@ -29,6 +29,7 @@ use ctrflow_dataflows::Score;
 use ctrflow_dataflows::operators::JoinStats;
 use serde::Serialize;
 
+use crate::baseline::{self, BaselineOptions, BaselineReport, Served};
 use crate::config::PipelineConfig;
 use crate::event::DecodeError;
 use crate::model::Model;
@@ -52,6 +53,8 @@ pub struct ReplayOptions {
     pub model_out: Option<PathBuf>,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Also fit a batch baseline on the early part and compare ([`crate::baseline`]).
+    pub baseline: Option<BaselineOptions>,
 }
 
 /// The end-of-run report (`--json` prints it as is).
@@ -100,6 +103,9 @@ pub struct ReplayReport {
     pub recent: Summary,
     /// The model after the run.
     pub model: ModelReport,
+    /// The batch baseline beside the online model (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineReport>,
 }
 
 /// The model at the end of a run.
@@ -143,6 +149,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         None => None,
     };
     let bytes_read = Arc::new(AtomicU64::new(0));
+    // Every labelled impression with its served score, for the baseline.
+    let served: Option<Arc<Mutex<Vec<Served>>>> = options.baseline.as_ref().map(|_| Arc::default());
     let bar = progress_bar(options.progress, source.len() as u64);
 
     let started = Instant::now();
@@ -155,6 +163,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let dead_letters = dead_letters.clone();
         let bytes_read = Arc::clone(&bytes_read);
         let bar = bar.clone();
+        let served = served.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -165,7 +174,19 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     write_scores(sink, batch, &mut line);
                 }
             };
-            let mut dataflow = pipeline::build(worker, &config, &model, on_scores, None);
+            let on_examples = served.clone().map(|served| -> pipeline::OnExamples {
+                Box::new(move |batch| {
+                    if let Ok(mut served) = served.lock() {
+                        served.extend(batch.iter().map(|e| Served {
+                            id: e.id.clone(),
+                            ts: e.impression_ts,
+                            positive: e.label.is_positive(),
+                            served: e.served,
+                        }));
+                    }
+                })
+            });
+            let mut dataflow = pipeline::build(worker, &config, &model, on_scores, on_examples);
             let input = &mut dataflow.input;
             let probe = &dataflow.probe;
             let mut ingest = Ingest::new(&config).expect("validated before start");
@@ -247,7 +268,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             .save(path)
             .with_context(|| format!("saving the model to {}", path.display()))?;
     }
-    Ok(report(
+    let mut report = report(
         options,
         workers,
         events,
@@ -256,7 +277,24 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         &progressive,
         bad,
         &model,
-    ))
+    );
+    if let (Some(baseline_options), Some(served)) = (&options.baseline, served) {
+        let served = std::mem::take(
+            &mut *served
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))?,
+        );
+        report.baseline = Some(
+            baseline::evaluate(
+                &options.input,
+                config.input.max_event_bytes,
+                served,
+                baseline_options,
+            )
+            .context("the batch baseline")?,
+        );
+    }
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -298,6 +336,7 @@ fn report(
             nonzero_weights: model.nonzero_weights(),
             weight_norm: model.weight_norm(),
         },
+        baseline: None,
     }
 }
 
@@ -430,6 +469,9 @@ impl ReplayReport {
                     let _ = writeln!(s, "    partition {partition} offset {offset}: {}", b.reason);
                 }
             }
+        }
+        if let Some(baseline) = &self.baseline {
+            s.push_str(&baseline.render());
         }
         s
     }
