@@ -443,7 +443,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     let listen = &options.config.telemetry.listen;
     // The recorder is installed before the workers start: they take their histogram
     // handles from it once.
-    let _server = if listen.is_empty() {
+    let server = if listen.is_empty() {
         None
     } else {
         let handle = telemetry::install()?;
@@ -461,7 +461,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         health.set_consuming(running.status().consuming());
-        if _server.is_some() && last_publish.is_none_or(|t| t.elapsed() >= publish_every) {
+        if server.is_some() && last_publish.is_none_or(|t| t.elapsed() >= publish_every) {
             last_publish = Some(Instant::now());
             let nonzero = last_nonzero.is_none_or(|t| t.elapsed() >= NONZERO_EVERY);
             if nonzero {
@@ -484,7 +484,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             );
         }
     }
-    running.join()
+    health.set_consuming(false);
+    let report = running.join();
+    // Served until the report is ready: a scrape during shutdown sees /readyz fail.
+    drop(server);
+    report
 }
 
 /// Packs a Kafka position into the dataflow's tie-breaking `pos`: records of one partition
