@@ -114,8 +114,12 @@ pub struct BaselineReport {
     pub base_rate: Summary,
 }
 
-/// An impression's `ctx`: each field with its value as a category (`None`: continuous).
-type CtxRow = Vec<(CompactString, Option<Value>)>;
+/// An impression's `ctx`: interned `(field, value)` ids ([`CONTINUOUS`] for a
+/// non-integral number), inline for up to 8 fields: a million rows stay small.
+type CtxRow = SmallVec<[(u32, u32); 8]>;
+
+/// The value id of a non-integral number: a continuous field, left out.
+const CONTINUOUS: u32 = u32::MAX;
 
 /// A field value, as a category.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -151,43 +155,44 @@ pub fn evaluate(
         "every labelled impression has the same event time: no time split possible"
     );
 
-    let rows = ctx_rows(input, max_event_bytes, &served)?;
+    let (rows, names) = ctx_rows(input, max_event_bytes, &served)?;
 
     // Vocabulary from the training part only: the test part's unseen values get no column.
-    let mut values: FxHashMap<CompactString, FxHashMap<Value, usize>> = FxHashMap::default();
-    let mut continuous: Vec<CompactString> = Vec::new();
+    let mut values: FxHashMap<u32, FxHashMap<u32, usize>> = FxHashMap::default();
+    let mut continuous: Vec<u32> = Vec::new();
     for row in &rows[..train_end] {
-        for (field, value) in row {
-            match value {
-                Some(v) => {
-                    let seen = values.entry(field.clone()).or_default();
-                    let next = seen.len();
-                    seen.entry(v.clone()).or_insert(next);
+        for &(field, value) in row {
+            if value == CONTINUOUS {
+                if !continuous.contains(&field) {
+                    continuous.push(field);
                 }
-                None if !continuous.contains(field) => continuous.push(field.clone()),
-                None => {}
+            } else {
+                let seen = values.entry(field).or_default();
+                let next = seen.len();
+                seen.entry(value).or_insert(next);
             }
         }
     }
-    let mut fields: Vec<&CompactString> = values.keys().collect();
-    fields.sort();
+    let mut fields: Vec<u32> = values.keys().copied().collect();
+    fields.sort_by_key(|&f| &names[f as usize]);
     let mut dropped: Vec<String> = continuous
         .iter()
-        .map(|f| format!("{f} (continuous)"))
+        .map(|&f| format!("{} (continuous)", names[f as usize]))
         .collect();
-    let mut offsets: FxHashMap<CompactString, usize> = FxHashMap::default();
+    let mut offsets: FxHashMap<u32, usize> = FxHashMap::default();
     let mut columns = 0;
     let mut kept = Vec::new();
     for field in fields {
-        let n = values[field].len();
-        if n > MAX_CARDINALITY || continuous.contains(field) {
-            if !continuous.contains(field) {
-                dropped.push(format!("{field} ({n} values)"));
-            }
+        let n = values[&field].len();
+        if continuous.contains(&field) {
             continue;
         }
-        offsets.insert(field.clone(), columns);
-        kept.push(field.to_string());
+        if n > MAX_CARDINALITY {
+            dropped.push(format!("{} ({n} values)", names[field as usize]));
+            continue;
+        }
+        offsets.insert(field, columns);
+        kept.push(names[field as usize].to_string());
         columns += n;
     }
     anyhow::ensure!(
@@ -197,8 +202,8 @@ pub fn evaluate(
     let one_hot = |row: &CtxRow, out: &mut SmallVec<[usize; 16]>| {
         out.clear();
         for (field, value) in row {
-            if let (Some(offset), Some(v)) = (offsets.get(field), value)
-                && let Some(i) = values[field].get(v)
+            if let Some(offset) = offsets.get(field)
+                && let Some(i) = values[field].get(value)
             {
                 out.push(offset + i);
             }
@@ -263,18 +268,21 @@ pub fn evaluate(
     })
 }
 
-/// The `ctx` of every impression in `served` (in its order), read from `input`: each
-/// field with its value as a category, or `None` for a non-integral number.
+/// The `ctx` of every impression in `served` (in its order), read from `input`, as
+/// interned `(field, value)` ids; the field names, by id.
 fn ctx_rows(
     input: &Path,
     max_event_bytes: usize,
     served: &[Served],
-) -> anyhow::Result<Vec<CtxRow>> {
+) -> anyhow::Result<(Vec<CtxRow>, Vec<CompactString>)> {
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, s) in served.iter().enumerate() {
         index.entry(s.id.as_str()).or_insert(i);
     }
-    let mut rows = vec![Vec::new(); served.len()];
+    let mut names: Vec<CompactString> = Vec::new();
+    let mut field_ids: FxHashMap<CompactString, u32> = FxHashMap::default();
+    let mut value_ids: FxHashMap<(u32, Value), u32> = FxHashMap::default();
+    let mut rows = vec![CtxRow::new(); served.len()];
     let file = std::fs::File::open(input)
         .with_context(|| format!("reading {} for the baseline", input.display()))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
@@ -293,21 +301,33 @@ fn ctx_rows(
         if !rows[i].is_empty() {
             continue;
         }
-        for (field, value) in &imp.ctx {
-            if field.starts_with('_') {
+        for (name, value) in &imp.ctx {
+            if name.starts_with('_') {
                 continue;
             }
-            let value = match value {
-                CtxValue::Str(s) => Some(Value::Str(s.as_ref().into())),
-                CtxValue::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
-                    Some(Value::Int(*n as i64))
+            let field = match field_ids.get(name.as_ref()) {
+                Some(&id) => id,
+                None => {
+                    let id = names.len() as u32;
+                    names.push(name.as_ref().into());
+                    field_ids.insert(name.as_ref().into(), id);
+                    id
                 }
-                CtxValue::Num(_) => None,
             };
-            rows[i].push((field.as_ref().into(), value));
+            let value = match value {
+                CtxValue::Str(s) => Value::Str(s.as_ref().into()),
+                CtxValue::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => Value::Int(*n as i64),
+                CtxValue::Num(_) => {
+                    rows[i].push((field, CONTINUOUS));
+                    continue;
+                }
+            };
+            let next = value_ids.len() as u32;
+            let id = *value_ids.entry((field, value)).or_insert(next);
+            rows[i].push((field, id));
         }
     }
-    Ok(rows)
+    Ok((rows, names))
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {

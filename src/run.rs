@@ -38,8 +38,9 @@
 //! per poll round (event counts) or every `PUBLISH_EVERY` (join counters, lag, metrics);
 //! [`run`] exports a [`telemetry::Snapshot`] of it every `telemetry.publish_interval_ms`
 //! and serves it on `telemetry.listen` ([`crate::telemetry`]). Event-to-score latency is
-//! observed per poll round: the round's impressions are all scored once the probe passes
-//! just past the newest event time it read.
+//! observed per poll round, weighted by its impressions: they are all scored once the
+//! probe passes just past the newest impression time the round read (feedback read with
+//! them may run ahead; it does not hold the round back).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
