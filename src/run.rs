@@ -147,6 +147,13 @@ impl RunStatus {
         }
     }
 
+    /// Counts a message the producer refused; true when it should be logged: the 1st,
+    /// 2nd, 4th, 8th, ... so that a persistent failure does not log a line per event
+    /// (`ctrflow_send_errors_total` counts them all).
+    fn send_failed(&self) -> bool {
+        (self.send_errors.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
+    }
+
     /// Every worker is reading: each has completed a poll round and none has stopped.
     pub fn consuming(&self) -> bool {
         self.stopped.load(Ordering::Relaxed) == 0
@@ -528,9 +535,10 @@ fn work(
             let emit_ts = pipeline::now_ms();
             for score in batch {
                 pipeline::encode_score(score, emit_ts, &mut buf);
-                if let Err(error) = sink.send(&scores_topic, Some(score.user.as_bytes()), &buf) {
-                    status.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, id = %score.id, "A score could not be queued.");
+                if let Err(error) = sink.send(&scores_topic, Some(score.user.as_bytes()), &buf)
+                    && status.send_failed()
+                {
+                    tracing::error!(%error, id = %score.id, failures = status.send_errors.load(Ordering::Relaxed), "A score could not be queued.");
                 }
             }
             status
@@ -594,9 +602,10 @@ fn work(
                         message.payload,
                         &mut dead,
                     );
-                    if let Err(error) = sink.send(&dead_topic, None, &dead) {
-                        status.send_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%error, ?at, "A dead letter could not be queued.");
+                    if let Err(error) = sink.send(&dead_topic, None, &dead)
+                        && status.send_failed()
+                    {
+                            tracing::error!(%error, ?at, failures = status.send_errors.load(Ordering::Relaxed), "A dead letter could not be queued.");
                     }
                     status.bad_events.fetch_add(1, Ordering::Relaxed);
                     None
@@ -755,9 +764,10 @@ fn examples_output(
     Some(Box::new(move |batch| {
         for example in batch {
             pipeline::encode_example(example, &mut pairs, &mut buf);
-            if let Err(error) = sink.send(&topic, Some(example.id.as_bytes()), &buf) {
-                status.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, id = %example.id, "An example could not be queued.");
+            if let Err(error) = sink.send(&topic, Some(example.id.as_bytes()), &buf)
+                && status.send_failed()
+            {
+                tracing::error!(%error, id = %example.id, failures = status.send_errors.load(Ordering::Relaxed), "An example could not be queued.");
             }
         }
     }))
