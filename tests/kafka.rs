@@ -302,6 +302,7 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
         s.sum("ctrflow_events_total", "").unwrap_or(0.0) as u64 == generated.events
             && s.sum("ctrflow_consumer_lag_messages", "") == Some(0.0)
             && s.sum("ctrflow_model_nonzero_weights", "").unwrap_or(0.0) > 0.0
+            && s.sum("ctrflow_bad_events_total", "") == Some(bad as f64)
             && scores(s) >= 0.99 * generated.impressions as f64
     });
     assert_metrics_after(&done, generated.events, generated.impressions, bad as u64);

@@ -85,6 +85,7 @@ fn metrics_count_what_the_worker_does_and_health_answers() {
     let last = scrape_until(&addr, Duration::from_secs(20), |s| {
         // Counted every 5 s (a scan of every coordinate): the first count saw none.
         s.sum("ctrflow_model_nonzero_weights", "").unwrap_or(0.0) > 0.0
+            && s.sum("ctrflow_bad_events_total", "") == Some(bad as f64)
     });
     assert_metrics_after(&last, generated.events, generated.impressions, bad as u64);
 
@@ -131,6 +132,7 @@ fn run_and_log(format: &str, impressions: u64) -> Vec<String> {
     produce_raw(&brokers, "events", &[b"{oops".to_vec()]);
     scrape_until(&addr, Duration::from_secs(60), |s| {
         s.sum("ctrflow_events_total", "").unwrap_or(0.0) as u64 == generated.events
+            && s.sum("ctrflow_bad_events_total", "") == Some(1.0)
     });
     let (report, logs) = worker.stop_with_logs();
     assert_eq!(report["events"], generated.events + 1, "{report}");
