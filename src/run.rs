@@ -279,8 +279,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// Poll rounds a worker may read ahead of what the dataflow has processed.
 const MAX_ROUNDS_AHEAD: usize = 4;
 
-/// Poll rounds waiting for their impressions' scores, at most (then they merge).
-const MAX_UNSCORED_ROUNDS: usize = 1024;
+/// Poll rounds read this close together are one latency observation.
+const LATENCY_GRAIN: Duration = Duration::from_millis(2);
+
+/// Latency observations waiting for their impressions' scores, at most (8 s of grains).
+const MAX_UNSCORED_ROUNDS: usize = 4096;
 
 /// How often a worker publishes its metrics and lag to [`RunStatus`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
@@ -643,15 +646,18 @@ fn work(
         status.watermark[index].store(*input.time(), Ordering::Relaxed);
         if types[0] > 0 {
             let scored_at = past(round_impressions_newest, 1).max(sent_at + 1);
+            // Rounds read within LATENCY_GRAIN of each other share an entry (measured from
+            // the first: overstated by less than the grain), which bounds the queue to
+            // MAX_UNSCORED_ROUNDS grains of latency; beyond that, rounds merge into the
+            // newest entry and their latency is overstated, never understated.
+            let n = types[0] as usize;
             let full = unscored.len() >= MAX_UNSCORED_ROUNDS;
             match unscored.back_mut() {
-                // Bounded: a watermark held back long merges rounds (the older read time
-                // stays, so latency is overstated, never understated).
-                Some(back) if full => {
+                Some(back) if full || read_at.duration_since(back.1) < LATENCY_GRAIN => {
                     back.0 = back.0.max(scored_at);
-                    back.2 += types[0] as usize;
+                    back.2 += n;
                 }
-                _ => unscored.push_back((scored_at, read_at, types[0] as usize)),
+                _ => unscored.push_back((scored_at, read_at, n)),
             }
         }
         worker.step();
