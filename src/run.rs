@@ -282,8 +282,9 @@ const MAX_ROUNDS_AHEAD: usize = 4;
 /// Poll rounds read this close together are one latency observation.
 const LATENCY_GRAIN: Duration = Duration::from_millis(2);
 
-/// Latency observations waiting for their impressions' scores, at most (8 s of grains).
-const MAX_UNSCORED_ROUNDS: usize = 4096;
+/// Latency observations waiting for their impressions' scores, at most: 32 s of grains
+/// (512 KiB per worker when full).
+const MAX_UNSCORED_ROUNDS: usize = 16_384;
 
 /// How often a worker publishes its metrics and lag to [`RunStatus`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);

@@ -152,12 +152,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         LATENCY,
         Kind::Histogram,
-        "From reading an impression to handing its score to the producer (observed per poll round, weighted by its impressions; includes the wait for the watermark).",
+        "From reading an impression to handing its score to the producer (observed per 2 ms of poll rounds, weighted by impressions; includes the wait for every partition's watermark to pass it).",
     ),
     (
         STAGE,
         Kind::Histogram,
-        "Time per poll round by stage: ingest (poll, decode, hash), dataflow (score, join, learn, produce), commit.",
+        "Time per poll round by stage: ingest (poll, decode, hash), dataflow (score, join, learn, produce, and waiting for the dataflow when reading ahead), commit.",
     ),
     (
         "ctrflow_label_join_total",
