@@ -83,7 +83,11 @@ fn failing_requests_and_a_broker_down_lose_nothing() {
 
     let status = Arc::clone(running.status());
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status.scores.load(Ordering::Relaxed) < generated.impressions && Instant::now() < deadline
+    // Every event read, not only every impression scored: the feedback after the last
+    // impression may still be on its way when that impression's score is out.
+    while (status.scores.load(Ordering::Relaxed) < generated.impressions
+        || status.events.load(Ordering::Relaxed) < generated.events)
+        && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));
     }
