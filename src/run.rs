@@ -38,9 +38,9 @@
 //! per poll round (event counts) or every `PUBLISH_EVERY` (join counters, lag, metrics);
 //! [`run`] exports a [`telemetry::Snapshot`] of it every `telemetry.publish_interval_ms`
 //! and serves it on `telemetry.listen` ([`crate::telemetry`]). Event-to-score latency is
-//! observed per poll round, weighted by its impressions: they are all scored once the
-//! probe passes just past the newest impression time the round read (feedback read with
-//! them may run ahead; it does not hold the round back).
+//! observed per poll round in two groups: the impressions older than the watermark the
+//! round reached (scored by the next step), and the others (scored once the probe passes
+//! the newest of them); feedback read with them does not hold them back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -565,6 +565,8 @@ fn work(
     // Poll rounds whose impressions are not all scored yet: (scored once the probe passes
     // this, read at, impressions).
     let mut unscored: VecDeque<(Watermark, Instant, usize)> = VecDeque::new();
+    // Event times of the impressions of the current poll round.
+    let mut impression_ts: Vec<i64> = Vec::with_capacity(poll_batch);
     let latency = metrics::histogram!(telemetry::LATENCY);
     let stage_ingest = metrics::histogram!(telemetry::STAGE, "stage" => "ingest");
     let stage_dataflow = metrics::histogram!(telemetry::STAGE, "stage" => "dataflow");
@@ -575,7 +577,7 @@ fn work(
         let busy = dataflow.probe.less_than(input.time());
         let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
         let mut types = [0u64; 4];
-        let mut round_impressions_newest = i64::MIN;
+        impression_ts.clear();
         let read_at = Instant::now();
         let sent_at = *input.time();
         let read = source.poll(poll_batch, wait, |message| {
@@ -586,7 +588,7 @@ fn work(
                     let kind = event_type(&record.kind);
                     types[kind] += 1;
                     if kind == 0 {
-                        round_impressions_newest = round_impressions_newest.max(ts);
+                        impression_ts.push(ts);
                     }
                     newest = newest.max(ts);
                     input.send(record);
@@ -645,16 +647,40 @@ fn work(
         // still) would otherwise wait in the input's buffer for the next advance.
         input.flush();
         status.watermark[index].store(*input.time(), Ordering::Relaxed);
-        if types[0] > 0 {
-            let scored_at = past(round_impressions_newest, 1).max(sent_at + 1);
-            // Rounds read within LATENCY_GRAIN of each other share an entry (measured from
-            // the first: overstated by less than the grain), which bounds the queue to
-            // MAX_UNSCORED_ROUNDS grains of latency; beyond that, rounds merge into the
-            // newest entry and their latency is overstated, never understated.
-            let n = types[0] as usize;
+        // The round's impressions older than the watermark just reached are scored by the
+        // next step; the others once the watermark passes the newest of them.
+        let now_at = *input.time();
+        let scored_now = impression_ts
+            .iter()
+            .filter(|&&ts| ts >= 0 && (ts as u64) < now_at)
+            .count();
+        let waiting_newest = impression_ts
+            .iter()
+            .copied()
+            .filter(|&ts| ts < 0 || ts as u64 >= now_at)
+            .max();
+        let groups = [
+            (now_at.max(sent_at + 1), scored_now),
+            (
+                waiting_newest.map_or(0, |ts| past(ts, 1)).max(sent_at + 1),
+                impression_ts.len() - scored_now,
+            ),
+        ];
+        for (scored_at, n) in groups {
+            if n == 0 {
+                continue;
+            }
+            // Rounds read within LATENCY_GRAIN of each other share an entry when that does
+            // not delay it (measured from the first: overstated by less than the grain);
+            // this bounds the queue, and beyond MAX_UNSCORED_ROUNDS entries rounds merge
+            // into the newest, their latency overstated, never understated.
             let full = unscored.len() >= MAX_UNSCORED_ROUNDS;
             match unscored.back_mut() {
-                Some(back) if full || read_at.duration_since(back.1) < LATENCY_GRAIN => {
+                Some(back)
+                    if full
+                        || (scored_at <= back.0
+                            && read_at.duration_since(back.1) < LATENCY_GRAIN) =>
+                {
                     back.0 = back.0.max(scored_at);
                     back.2 += n;
                 }
