@@ -36,6 +36,7 @@ fn replay(c: &mut Criterion) {
             dead_letters_out: None,
             model_out: None,
             progress: false,
+            baseline: None,
         };
         group.bench_function(format!("{workers}w"), |b| {
             b.iter(|| black_box(run(&options).expect("replay").examples));

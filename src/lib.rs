@@ -9,6 +9,7 @@
 //! and the input distributions, raising one alert per episode. See `../shared/DESIGN.md` for the contract.
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
@@ -24,3 +25,4 @@ pub mod produce;
 pub mod progressive;
 pub mod replay;
 pub mod run;
+pub mod telemetry;

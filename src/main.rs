@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ctrflow::config::PipelineConfig;
 use ctrflow::replay::{self, ReplayOptions};
+use ctrflow::telemetry::LogFormat;
 
 /// ctrflow: a stream processor that learns click-through rates online.
 #[derive(Debug, Parser)]
@@ -16,6 +17,9 @@ use ctrflow::replay::{self, ReplayOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs (stderr) are written; `RUST_LOG` filters them (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +39,9 @@ enum Command {
     /// What a worker's durable state holds: checkpoint, tables, offsets, model, label
     /// joins, one user's or item's features. The worker must not be running.
     Inspect(InspectArgs),
+    /// Validate a configuration file (with the `CTRFLOW__...` environment overrides)
+    /// without running anything: exit 0, or non-zero listing every problem.
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +64,15 @@ struct InspectArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckConfigArgs {
+    /// The TOML file.
+    file: PathBuf,
+    /// Also print the effective configuration (defaults and overrides applied) as TOML.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,16 +130,22 @@ struct ReplayArgs {
     /// Do not draw a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Also train a batch logistic regression (smartcore) on the early part of a time
+    /// split and print it beside the online model on the later part.
+    #[arg(long)]
+    baseline: bool,
+    /// The share of labelled impressions, in event-time order, the baseline trains on.
+    #[arg(long, default_value_t = 0.5, requires = "baseline")]
+    baseline_train_fraction: f64,
+    /// At most this many training rows for the baseline (evenly spread over its period).
+    #[arg(long, default_value_t = 50_000, requires = "baseline")]
+    baseline_max_rows: usize,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    ctrflow::telemetry::init_logging(cli.log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -135,10 +157,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => {
-            let config = match &args.config {
-                Some(path) => PipelineConfig::load(path)?,
-                None => PipelineConfig::default(),
-            };
+            let config = PipelineConfig::load_with_process_env(args.config.as_deref())?;
             let options = ReplayOptions {
                 input: args.input,
                 workers: args.workers,
@@ -147,6 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dead_letters_out: args.dead_letters,
                 model_out: args.model_out,
                 progress: !args.no_progress && !args.json,
+                baseline: args.baseline.then(|| ctrflow::baseline::BaselineOptions {
+                    train_fraction: args.baseline_train_fraction,
+                    max_train_rows: args.baseline_max_rows,
+                    ..Default::default()
+                }),
             };
             let report = replay::run(&options)?;
             print_report(&report, args.json, || report.render())
@@ -180,7 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let config = PipelineConfig::load(&args.config)?;
+            let config = PipelineConfig::load_with_process_env(Some(&args.config))?;
             let stop = stop_on_signals()?;
             let report = ctrflow::run::run(&ctrflow::run::RunOptions {
                 config,
@@ -202,10 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect(args) => {
-            let config = match &args.config {
-                Some(path) => PipelineConfig::load(path)?,
-                None => PipelineConfig::default(),
-            };
+            let config = PipelineConfig::load_with_process_env(args.config.as_deref())?;
             let report = ctrflow::inspect::inspect(&ctrflow::inspect::InspectOptions {
                 state: args.state,
                 config,
@@ -214,6 +235,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 category: args.category,
             })?;
             print_report(&report, args.json, || report.render())
+        }
+        Command::CheckConfig(args) => {
+            let config = PipelineConfig::load_with_process_env(Some(&args.file))?;
+            if args.print {
+                print!(
+                    "{}",
+                    toml::to_string(&config).context("encoding the configuration")?
+                );
+            }
+            eprintln!("{}: ok", args.file.display());
+            Ok(())
         }
     }
 }

@@ -29,6 +29,7 @@ use ctrflow_dataflows::operators::JoinStats;
 use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
 
+use crate::baseline::{self, BaselineOptions, BaselineReport, Served};
 use crate::config::PipelineConfig;
 use crate::drift::sinks::{AlertSinks, SinkReport};
 use crate::entity::EntityStore;
@@ -54,6 +55,8 @@ pub struct ReplayOptions {
     pub model_out: Option<PathBuf>,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Also fit a batch baseline on the early part and compare ([`crate::baseline`]).
+    pub baseline: Option<BaselineOptions>,
 }
 
 /// The end-of-run report (`--json` prints it as is).
@@ -107,6 +110,9 @@ pub struct ReplayReport {
     pub alerts: Vec<Alert>,
     /// What the webhooks of `[[drift.webhooks]]` did with them.
     pub webhooks: SinkReport,
+    /// The batch baseline beside the online model (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineReport>,
 }
 
 /// The model at the end of a run.
@@ -153,6 +159,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     };
     let bytes_read = Arc::new(AtomicU64::new(0));
     let sinks = Arc::new(AlertSinks::start(&config.drift));
+    // Every labelled impression with its served score, for the baseline.
+    let served: Option<Arc<Mutex<Vec<Served>>>> = options.baseline.as_ref().map(|_| Arc::default());
     let bar = progress_bar(options.progress, source.len() as u64);
 
     let started = Instant::now();
@@ -167,6 +175,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let bytes_read = Arc::clone(&bytes_read);
         let bar = bar.clone();
         let sinks = Arc::clone(&sinks);
+        let served = served.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -177,6 +186,18 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     write_scores(sink, batch, &mut line);
                 }
             };
+            let on_examples = served.clone().map(|served| -> pipeline::OnExamples {
+                Box::new(move |batch| {
+                    if let Ok(mut served) = served.lock() {
+                        served.extend(batch.iter().map(|e| Served {
+                            id: e.id.clone(),
+                            ts: e.impression_ts,
+                            positive: e.label.is_positive(),
+                            served: e.served,
+                        }));
+                    }
+                })
+            });
             let sinks = Arc::clone(&sinks);
             let on_alert = move |alert: &Alert| sinks.send(alert);
             let context = pipeline::Context {
@@ -184,7 +205,13 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 restored: None,
             };
             let mut dataflow = pipeline::build_detecting(
-                worker, &config, &model, context, on_scores, None, on_alert,
+                worker,
+                &config,
+                &model,
+                context,
+                on_scores,
+                on_examples,
+                on_alert,
             );
             let mut ingest = Ingest::new(&config)
                 .expect("validated before start")
@@ -277,7 +304,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             .save(path)
             .with_context(|| format!("saving the model to {}", path.display()))?;
     }
-    Ok(report(
+    let mut report = report(
         options,
         workers,
         events,
@@ -288,7 +315,24 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         &model,
         alerts,
         webhooks,
-    ))
+    );
+    if let (Some(baseline_options), Some(served)) = (&options.baseline, served) {
+        let served = std::mem::take(
+            &mut *served
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))?,
+        );
+        report.baseline = Some(
+            baseline::evaluate(
+                &options.input,
+                config.input.max_event_bytes,
+                served,
+                baseline_options,
+            )
+            .context("the batch baseline")?,
+        );
+    }
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -334,6 +378,7 @@ fn report(
         },
         alerts,
         webhooks,
+        baseline: None,
     }
 }
 
@@ -470,6 +515,9 @@ impl ReplayReport {
                     let _ = writeln!(s, "    partition {partition} offset {offset}: {}", b.reason);
                 }
             }
+        }
+        if let Some(baseline) = &self.baseline {
+            s.push_str(&baseline.render());
         }
         s
     }

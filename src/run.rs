@@ -39,8 +39,18 @@
 //! its offsets: see [`crate::checkpoint`]. Offsets are then committed to the consumer
 //! group only at checkpoints (for lag tools); the checkpoint, not the group, says where to
 //! resume.
+//!
+//! # Telemetry
+//!
+//! Workers keep their counters in plain variables and publish them to [`RunStatus`] once
+//! per poll round (event counts) or every `PUBLISH_EVERY` (join counters, lag, metrics);
+//! [`run`] exports a [`telemetry::Snapshot`] of it every `telemetry.publish_interval_ms`
+//! and serves it on `telemetry.listen` ([`crate::telemetry`]). Event-to-score latency is
+//! observed per poll round in two groups: the impressions older than the watermark the
+//! round reached (scored by the next step), and the others (scored once the probe passes
+//! the newest of them); feedback read with them does not hold them back.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +67,7 @@ use crate::entity::EntityStore;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
 use crate::progressive::{Progressive, Summary};
+use crate::telemetry::{self, Health};
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -95,6 +106,33 @@ pub struct RunStatus {
     idle: Vec<AtomicBool>,
     /// Per worker: its latest progressive metrics.
     progressive: Vec<Mutex<Option<Progressive>>>,
+    /// Valid events read, by [`EVENT_TYPES`].
+    events_by_type: [AtomicU64; 4],
+    /// Per worker: bad events by reason, as of its last publish.
+    bad_by_reason: Vec<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Per worker: label-join counters, as of its last publish.
+    join: Vec<Mutex<JoinStats>>,
+    /// Per worker: lag per partition, as of its last publish.
+    partition_lag: Vec<Mutex<PartitionLags>>,
+    /// Per worker: it has completed a poll round.
+    polled: Vec<AtomicBool>,
+}
+
+/// Messages behind the high watermark per partition (`None`: not known yet).
+type PartitionLags = Vec<(i32, Option<i64>)>;
+
+/// The `type` label of `ctrflow_events_total`, indexed as [`event_type`] says.
+const EVENT_TYPES: [&str; 4] = ["impression", "click", "like", "skip"];
+
+/// The index of a record's type in [`EVENT_TYPES`].
+fn event_type(kind: &ctrflow_dataflows::InteractionKind) -> usize {
+    use ctrflow_dataflows::InteractionKind as K;
+    match kind {
+        K::Impression { .. } => 0,
+        K::Click => 1,
+        K::Like => 2,
+        K::Skip { .. } => 3,
+    }
 }
 
 impl RunStatus {
@@ -112,7 +150,25 @@ impl RunStatus {
             watermark: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             idle: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             progressive: (0..workers).map(|_| Mutex::new(None)).collect(),
+            events_by_type: Default::default(),
+            bad_by_reason: (0..workers).map(|_| Mutex::default()).collect(),
+            join: (0..workers).map(|_| Mutex::default()).collect(),
+            partition_lag: (0..workers).map(|_| Mutex::default()).collect(),
+            polled: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Counts a message the producer refused; true when it should be logged: the 1st,
+    /// 2nd, 4th, 8th, ... so that a persistent failure does not log a line per event
+    /// (`ctrflow_send_errors_total` counts them all).
+    fn send_failed(&self) -> bool {
+        (self.send_errors.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
+    }
+
+    /// Every worker is reading: each has completed a poll round and none has stopped.
+    pub fn consuming(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed) == 0
+            && self.polled.iter().all(|p| p.load(Ordering::Relaxed))
     }
 
     /// Where a worker whose partitions are all idle moves its input: along with the
@@ -236,6 +292,13 @@ const IDLE_WAIT: Duration = Duration::from_millis(2);
 /// Poll rounds a worker may read ahead of what the dataflow has processed.
 const MAX_ROUNDS_AHEAD: usize = 4;
 
+/// Poll rounds read this close together are one latency observation.
+const LATENCY_GRAIN: Duration = Duration::from_millis(2);
+
+/// Latency observations waiting for their impressions' scores, at most: 32 s of grains
+/// (512 KiB per worker when full).
+const MAX_UNSCORED_ROUNDS: usize = 16_384;
+
 /// How often a worker publishes its metrics and lag to [`RunStatus`].
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -246,6 +309,7 @@ pub struct Running {
     sink: Arc<KafkaSink>,
     /// Drift alerts go to the log and the webhooks of `[drift]`.
     alerts: Arc<AlertSinks>,
+    model: Model,
     config: PipelineConfig,
     workers: usize,
     checkpointer: Option<Arc<Checkpointer>>,
@@ -326,6 +390,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         let sink = Arc::clone(&sink);
         let alerts = Arc::clone(&alerts);
         let stop = Arc::clone(&options.stop);
+        let model = model.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
             let source = sources[worker.index()]
                 .lock()
@@ -367,6 +432,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         guards,
         sink,
         alerts,
+        model,
         config,
         workers,
         checkpointer,
@@ -382,6 +448,50 @@ impl Running {
     /// Whether every worker has returned.
     pub fn is_finished(&self) -> bool {
         self.status.finished.load(Ordering::Relaxed) == self.workers
+    }
+
+    /// The counters for [`telemetry::publish`]; `nonzero_weights` scans every model
+    /// coordinate, so ask for it sparingly.
+    pub fn metrics(&self, nonzero_weights: bool, health: &Health) -> telemetry::Snapshot {
+        let status = &self.status;
+        let progress = status.snapshot(&self.config);
+        let mut s = telemetry::Snapshot {
+            workers: self.workers,
+            scores: progress.scores,
+            send_errors: status.send_errors.load(Ordering::Relaxed),
+            topic: self.config.kafka.topics.events.clone(),
+            watermark_ms: progress.watermark,
+            model_version: self.model.version(),
+            nonzero_weights: nonzero_weights.then(|| self.model.nonzero_weights()),
+            overall: progress.overall,
+            recent: progress.recent,
+            ready: health.ready().is_ok(),
+            ..telemetry::Snapshot::default()
+        };
+        for (slot, (name, counter)) in s
+            .events_by_type
+            .iter_mut()
+            .zip(EVENT_TYPES.iter().zip(&status.events_by_type))
+        {
+            *slot = (name, counter.load(Ordering::Relaxed));
+        }
+        let stats = self.sink.stats();
+        s.delivered = stats.delivered.load(Ordering::Relaxed);
+        s.failed_deliveries = stats.failed.load(Ordering::Relaxed);
+        for w in 0..self.workers {
+            if let Ok(bad) = status.bad_by_reason[w].lock() {
+                for (reason, n) in bad.iter() {
+                    *s.bad_by_reason.entry(reason).or_default() += n;
+                }
+            }
+            if let Ok(join) = status.join[w].lock() {
+                s.join.merge(&join);
+            }
+            if let Ok(lag) = status.partition_lag[w].lock() {
+                s.lag.extend(lag.iter().filter_map(|&(p, l)| Some((p, l?))));
+            }
+        }
+        s
     }
 
     /// Waits for the workers, flushes the producer and reports.
@@ -429,12 +539,42 @@ impl Running {
 /// How often `run` logs where it stands.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs until `options.stop` is set, logging a status line every 10 s, then reports.
+/// How often `run` counts the model's non-zero weights (a scan of every coordinate).
+const NONZERO_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until `options.stop` is set, serving metrics and health on `telemetry.listen` and
+/// logging a status line every 10 s, then reports.
 pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
+    let health = Arc::new(Health::default());
+    let listen = &options.config.telemetry.listen;
+    // The recorder is installed before the workers start: they take their histogram
+    // handles from it once.
+    let server = if listen.is_empty() {
+        None
+    } else {
+        let handle = telemetry::install()?;
+        Some(telemetry::Server::start(
+            listen,
+            handle,
+            Arc::clone(&health),
+        )?)
+    };
     let running = start(options)?;
+    let publish_every = Duration::from_millis(options.config.telemetry.publish_interval_ms);
     let mut last = Instant::now();
+    let mut last_publish: Option<Instant> = None;
+    let mut last_nonzero: Option<Instant> = None;
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        health.set_consuming(running.status().consuming());
+        if server.is_some() && last_publish.is_none_or(|t| t.elapsed() >= publish_every) {
+            last_publish = Some(Instant::now());
+            let nonzero = last_nonzero.is_none_or(|t| t.elapsed() >= NONZERO_EVERY);
+            if nonzero {
+                last_nonzero = Some(Instant::now());
+            }
+            telemetry::publish(&running.metrics(nonzero, &health));
+        }
         if last.elapsed() >= LOG_EVERY {
             last = Instant::now();
             let p = running.status().snapshot(&options.config);
@@ -450,7 +590,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             );
         }
     }
-    running.join()
+    health.set_consuming(false);
+    let report = running.join();
+    // Served until the report is ready: a scrape during shutdown sees /readyz fail.
+    drop(server);
+    report
 }
 
 /// Packs a Kafka position into the dataflow's tie-breaking `pos`: records of one partition
@@ -507,9 +651,10 @@ fn work(
             let emit_ts = pipeline::now_ms();
             for score in batch {
                 pipeline::encode_score(score, emit_ts, &mut buf);
-                if let Err(error) = sink.send(&scores_topic, Some(score.user.as_bytes()), &buf) {
-                    status.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, id = %score.id, "A score could not be queued.");
+                if let Err(error) = sink.send(&scores_topic, Some(score.user.as_bytes()), &buf)
+                    && status.send_failed()
+                {
+                    tracing::error!(%error, id = %score.id, failures = status.send_errors.load(Ordering::Relaxed), "A score could not be queued.");
                 }
             }
             status
@@ -552,6 +697,15 @@ fn work(
     let mut last_publish = Instant::now();
     let poll_batch = config.kafka.consumer.poll_batch;
     let mut rounds: VecDeque<Watermark> = VecDeque::new();
+    // Poll rounds whose impressions are not all scored yet: (scored once the probe passes
+    // this, read at, impressions).
+    let mut unscored: VecDeque<(Watermark, Instant, usize)> = VecDeque::new();
+    // Event times of the impressions of the current poll round.
+    let mut impression_ts: Vec<i64> = Vec::with_capacity(poll_batch);
+    let latency = metrics::histogram!(telemetry::LATENCY);
+    let stage_ingest = metrics::histogram!(telemetry::STAGE, "stage" => "ingest");
+    let stage_dataflow = metrics::histogram!(telemetry::STAGE, "stage" => "dataflow");
+    let stage_commit = metrics::histogram!(telemetry::STAGE, "stage" => "commit");
 
     while !stop.load(Ordering::Relaxed) {
         if let Some(c) = checkpointer {
@@ -574,11 +728,20 @@ fn work(
         let input = &mut dataflow.input;
         let busy = dataflow.probe.less_than(input.time());
         let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+        let mut types = [0u64; 4];
+        impression_ts.clear();
+        let read_at = Instant::now();
+        let sent_at = *input.time();
         let read = source.poll(poll_batch, wait, |message| {
             let pos = position(message.partition, message.offset);
             match ingest.record(message.payload, pos) {
                 Ok(record) => {
                     let ts = record.ts;
+                    let kind = event_type(&record.kind);
+                    types[kind] += 1;
+                    if kind == 0 {
+                        impression_ts.push(ts);
+                    }
                     newest = newest.max(ts);
                     input.send(record);
                     sent += 1;
@@ -598,19 +761,28 @@ fn work(
                         message.payload,
                         &mut dead,
                     );
-                    if let Err(error) = sink.send(&dead_topic, None, &dead) {
-                        status.send_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%error, ?at, "A dead letter could not be queued.");
+                    if let Err(error) = sink.send(&dead_topic, None, &dead)
+                        && status.send_failed()
+                    {
+                            tracing::error!(%error, ?at, failures = status.send_errors.load(Ordering::Relaxed), "A dead letter could not be queued.");
                     }
                     status.bad_events.fetch_add(1, Ordering::Relaxed);
                     None
                 }
             }
         });
+        let ingested_at = Instant::now();
         if read > 0 {
             status.events.fetch_add(read as u64, Ordering::Relaxed);
             status.newest_ts.fetch_max(newest, Ordering::Relaxed);
+            for (counter, n) in status.events_by_type.iter().zip(types) {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            stage_ingest.record(ingested_at.duration_since(read_at).as_secs_f64());
         }
+        status.polled[index].store(true, Ordering::Relaxed);
         let time = source.time();
         let idle = matches!(time, SourceTime::Idle | SourceTime::Unassigned);
         status.idle[index].store(idle, Ordering::Relaxed);
@@ -629,6 +801,46 @@ fn work(
         // still) would otherwise wait in the input's buffer for the next advance.
         dataflow.flush();
         status.watermark[index].store(*dataflow.input.time(), Ordering::Relaxed);
+        // The round's impressions older than the watermark just reached are scored by the
+        // next step; the others once the watermark passes the newest of them.
+        let now_at = *dataflow.input.time();
+        let scored_now = impression_ts
+            .iter()
+            .filter(|&&ts| ts >= 0 && (ts as u64) < now_at)
+            .count();
+        let waiting_newest = impression_ts
+            .iter()
+            .copied()
+            .filter(|&ts| ts < 0 || ts as u64 >= now_at)
+            .max();
+        let groups = [
+            (now_at.max(sent_at + 1), scored_now),
+            (
+                waiting_newest.map_or(0, |ts| past(ts, 1)).max(sent_at + 1),
+                impression_ts.len() - scored_now,
+            ),
+        ];
+        for (scored_at, n) in groups {
+            if n == 0 {
+                continue;
+            }
+            // Rounds read within LATENCY_GRAIN of each other share an entry when that does
+            // not delay it (measured from the first: overstated by less than the grain);
+            // this bounds the queue, and beyond MAX_UNSCORED_ROUNDS entries rounds merge
+            // into the newest, their latency overstated, never understated.
+            let full = unscored.len() >= MAX_UNSCORED_ROUNDS;
+            match unscored.back_mut() {
+                Some(back)
+                    if full
+                        || (scored_at <= back.0
+                            && read_at.duration_since(back.1) < LATENCY_GRAIN) =>
+                {
+                    back.0 = back.0.max(scored_at);
+                    back.2 += n;
+                }
+                _ => unscored.push_back((scored_at, read_at, n)),
+            }
+        }
         worker.step();
 
         // Read at most MAX_ROUNDS_AHEAD poll rounds ahead of what the dataflow has
@@ -652,6 +864,17 @@ fn work(
             }
         }
 
+        let stepped_at = Instant::now();
+        if read > 0 {
+            stage_dataflow.record(stepped_at.duration_since(ingested_at).as_secs_f64());
+        }
+        while let Some(&(t, at, n)) = unscored.front()
+            && !dataflow.probe.less_than(&t)
+        {
+            latency.record_many(stepped_at.duration_since(at).as_secs_f64(), n);
+            unscored.pop_front();
+        }
+
         // Offsets go to the group only once everything read before them was processed
         // (with checkpoints, at checkpoints instead).
         if checkpointer.is_none() && last_snapshot.elapsed() >= commit_every {
@@ -663,12 +886,14 @@ fn work(
             && !dataflow.probe.less_than(t)
         {
             if let Some((_, positions)) = commits.pop_front() {
+                let started = Instant::now();
                 source.commit(&positions);
+                stage_commit.record(started.elapsed().as_secs_f64());
             }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            publish(status, index, &source, &dataflow);
+            publish(status, index, &source, &dataflow, &bad);
             if let Err(error) = sink.retry_failed() {
                 tracing::error!(%error, "Failed deliveries could not be queued again.");
             }
@@ -712,6 +937,11 @@ fn work(
     while dataflow.probe.less_than(&last) {
         worker.step_or_park(Some(IDLE_WAIT));
     }
+    // The impressions still waiting were scored just now.
+    let now = Instant::now();
+    for (_, at, n) in unscored.drain(..) {
+        latency.record_many(now.duration_since(at).as_secs_f64(), n);
+    }
     match checkpointer {
         Some(c) => {
             rounds_done += 1;
@@ -728,7 +958,7 @@ fn work(
         }
         None => source.commit(&source.positions()),
     }
-    publish(status, index, &source, &dataflow);
+    publish(status, index, &source, &dataflow, &bad);
     let result = WorkerResult {
         join: dataflow.join.borrow().stats.clone(),
         progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
@@ -833,15 +1063,22 @@ fn examples_output(
     Some(Box::new(move |batch| {
         for example in batch {
             pipeline::encode_example(example, &mut pairs, &mut buf);
-            if let Err(error) = sink.send(&topic, Some(example.id.as_bytes()), &buf) {
-                status.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, id = %example.id, "An example could not be queued.");
+            if let Err(error) = sink.send(&topic, Some(example.id.as_bytes()), &buf)
+                && status.send_failed()
+            {
+                tracing::error!(%error, id = %example.id, failures = status.send_errors.load(Ordering::Relaxed), "An example could not be queued.");
             }
         }
     }))
 }
 
-fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pipeline::Dataflow) {
+fn publish(
+    status: &RunStatus,
+    index: usize,
+    source: &KafkaSource,
+    dataflow: &pipeline::Dataflow,
+    bad: &BadEvents,
+) {
     let lags = source.lag();
     let lag = if lags.iter().all(|(_, l)| l.is_some()) {
         lags.iter().map(|(_, l)| l.unwrap_or(0)).sum()
@@ -851,6 +1088,15 @@ fn publish(status: &RunStatus, index: usize, source: &KafkaSource, dataflow: &pi
     status.lag[index].store(lag, Ordering::Relaxed);
     if let Ok(mut slot) = status.progressive[index].lock() {
         *slot = Some(dataflow.progressive.borrow().clone());
+    }
+    if let Ok(mut slot) = status.join[index].lock() {
+        *slot = dataflow.join.borrow().stats.clone();
+    }
+    if let Ok(mut slot) = status.bad_by_reason[index].lock() {
+        slot.clone_from(&bad.by_reason);
+    }
+    if let Ok(mut slot) = status.partition_lag[index].lock() {
+        *slot = lags;
     }
 }
 

@@ -10,8 +10,9 @@ use ctrflow::generator::GenConfig;
 use ctrflow::produce::{KafkaTarget, produce};
 
 use crate::kafka_util::{
-    Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
-    assert_one_valid_score_per_impression, consume, json, produce_raw,
+    Scrape, Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
+    assert_metrics_after, assert_one_valid_score_per_impression, consume, free_port, http_get,
+    json, produce_raw, scrape_until, wait_ready,
 };
 
 fn broker() -> String {
@@ -263,4 +264,55 @@ fn the_worker_reconnects_after_a_broker_restart_and_scores_everything() {
         "{report}"
     );
     assert_every_impression_scored_once_or_identically(&scores, generated.impressions);
+}
+
+/// Issue 6: a running worker's /metrics, scraped while a producer writes and after it
+/// stopped, shows what it does; /healthz and /readyz answer.
+#[test]
+fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
+    let brokers = broker();
+    let topics = Topics::create(&brokers, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = WorkerProcess::start(dir.path(), &topics.config_serving(&brokers, &addr, ""), 2);
+    wait_ready(&addr, Duration::from_secs(60));
+    assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+
+    let bad = 2;
+    produce_raw(&brokers, &topics.events, &vec![b"not json".to_vec(); bad]);
+    let producing = {
+        let brokers = brokers.clone();
+        let topic = topics.events.clone();
+        std::thread::spawn(move || generate_into(&brokers, &topic, 20_000, 8, Some(8_000.0)))
+    };
+    // While the producer runs (~4 s), the counters grow from one scrape to the next.
+    let scores = |s: &Scrape| s.sum("ctrflow_scores_total", "").unwrap_or(0.0);
+    let first = scrape_until(&addr, Duration::from_secs(30), |s| scores(s) > 0.0);
+    let second = scrape_until(&addr, Duration::from_secs(30), |s| {
+        scores(s) > scores(&first)
+    });
+    assert!(
+        second.get("ctrflow_events_total", "") > first.get("ctrflow_events_total", ""),
+        "events did not grow"
+    );
+    let generated = producing.join().unwrap();
+
+    // Once the producer stopped, everything is read and the lag falls to zero.
+    let done = scrape_until(&addr, Duration::from_secs(60), |s| {
+        s.sum("ctrflow_events_total", "").unwrap_or(0.0) as u64 == generated.events
+            && s.sum("ctrflow_consumer_lag_messages", "") == Some(0.0)
+            && s.sum("ctrflow_model_nonzero_weights", "").unwrap_or(0.0) > 0.0
+            && s.sum("ctrflow_bad_events_total", "") == Some(bad as f64)
+            && scores(s) >= 0.99 * generated.impressions as f64
+    });
+    assert_metrics_after(&done, generated.events, generated.impressions, bad as u64);
+    assert_eq!(
+        done.sum("ctrflow_consumer_lag_messages", "partition=\"1\""),
+        Some(0.0),
+        "one lag series per partition"
+    );
+
+    let report = worker.stop();
+    assert_eq!(report["events"], generated.events + bad as u64, "{report}");
+    assert_eq!(report["scores"], generated.impressions, "{report}");
 }

@@ -83,8 +83,8 @@ fn failing_requests_and_a_broker_down_lose_nothing() {
 
     let status = Arc::clone(running.status());
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Wait for every event, not just every score: the feedback after the last impression
-    // may still be unread when the last score is out (seen under load).
+    // Every event read, not only every impression scored: the feedback after the last
+    // impression may still be on its way when that impression's score is out.
     while (status.scores.load(Ordering::Relaxed) < generated.impressions
         || status.events.load(Ordering::Relaxed) < generated.events)
         && Instant::now() < deadline

@@ -196,13 +196,23 @@ impl Topics {
         topics
     }
 
-    /// A worker config for these topics; `extra` is appended (more TOML).
+    /// A worker config for these topics; `extra` is appended (more TOML). Its metrics
+    /// server takes any free port (tests run workers side by side).
     pub fn config(&self, brokers: &str, extra: &str) -> String {
-        self.config_with_group(brokers, &unique("group"), extra)
+        self.config_serving(brokers, "127.0.0.1:0", extra)
     }
 
-    /// A worker config for these topics in consumer group `group`.
+    /// [`config`](Self::config) with the metrics server on `listen`.
+    pub fn config_serving(&self, brokers: &str, listen: &str, extra: &str) -> String {
+        self.config_full(brokers, &unique("group"), listen, extra)
+    }
+
+    /// [`config`](Self::config) in consumer group `group`.
     pub fn config_with_group(&self, brokers: &str, group: &str, extra: &str) -> String {
+        self.config_full(brokers, group, "127.0.0.1:0", extra)
+    }
+
+    fn config_full(&self, brokers: &str, group: &str, listen: &str, extra: &str) -> String {
         format!(
             r#"
 [kafka]
@@ -214,6 +224,9 @@ events = "{events}"
 scores = "{scores}"
 dead_letters = "{dead}"
 examples = "{examples}"
+
+[telemetry]
+listen = "{listen}"
 
 [kafka.consumer]
 # Above librdkafka's fetch.wait.max.ms (500): a caught-up partition fetches that often.
@@ -236,10 +249,23 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `ctrflow run --config <dir>/worker.toml --workers N --json`.
     pub fn start(dir: &Path, config: &str, workers: usize) -> Self {
+        Self::start_logging(dir, config, workers, "warn", "human")
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG=<filter>` and `--log-format <format>`.
+    pub fn start_logging(
+        dir: &Path,
+        config: &str,
+        workers: usize,
+        filter: &str,
+        format: &str,
+    ) -> Self {
         let path = dir.join("worker.toml");
         std::fs::write(&path, config).unwrap();
         let child = ctrflow()
             .args([
+                "--log-format",
+                format,
                 "run",
                 "--json",
                 "--workers",
@@ -247,7 +273,7 @@ impl WorkerProcess {
                 "--config",
             ])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -279,7 +305,12 @@ impl WorkerProcess {
     }
 
     /// SIGTERM, then the report it prints; fails the test unless it exits 0 within 60 s.
-    pub fn stop(mut self) -> serde_json::Value {
+    pub fn stop(self) -> serde_json::Value {
+        self.stop_with_logs().0
+    }
+
+    /// [`stop`](Self::stop), with what it logged (stderr).
+    pub fn stop_with_logs(mut self) -> (serde_json::Value, String) {
         let pid = self.child.id().to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -313,7 +344,9 @@ impl WorkerProcess {
             .unwrap();
         let tail = &stderr[stderr.len().saturating_sub(3000)..];
         assert!(status.success(), "ctrflow run exited {status}: ...{tail}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+        let report =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+        (report, stderr)
     }
 }
 
@@ -429,4 +462,142 @@ pub fn assert_every_impression_scored_once_or_identically(
     }
     let distinct: Vec<serde_json::Value> = by_id.into_values().cloned().collect();
     assert_one_valid_score_per_impression(&distinct, impressions);
+}
+
+/// A free TCP port on 127.0.0.1 (free a moment ago: bind, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET of `path` on `addr`: the status and body, or `None` when nothing
+/// answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
+}
+
+/// A scrape of `/metrics`: the sum of a metric over its label sets, or of those whose
+/// labels contain `labels` (e.g. `type="click"`).
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// Scrapes `addr`, failing the test unless it answers 200.
+    pub fn take(addr: &str) -> Self {
+        let (status, body) = http_get(addr, "/metrics").expect("/metrics answers");
+        assert_eq!(status, 200, "{body}");
+        Self(body)
+    }
+
+    /// The sum over the series of `name` whose labels contain `labels` (`None`: no
+    /// such series).
+    pub fn sum(&self, name: &str, labels: &str) -> Option<f64> {
+        let mut found = None;
+        for line in self.0.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            if series_name == name && series_labels.contains(labels) {
+                let value: f64 = value.parse().expect("a number");
+                *found.get_or_insert(0.0) += value;
+            }
+        }
+        found
+    }
+
+    /// [`sum`](Self::sum), failing the test when the metric is absent.
+    pub fn get(&self, name: &str, labels: &str) -> f64 {
+        self.sum(name, labels)
+            .unwrap_or_else(|| panic!("{name}{{{labels}}} not in\n{}", self.0))
+    }
+}
+
+/// Checks what a worker exports once it has read `events` events with `impressions`
+/// impressions and `bad` bad ones, and the producer has stopped: counts, the label join,
+/// the model, progressive metrics, histograms, lag back to zero.
+pub fn assert_metrics_after(scrape: &Scrape, events: u64, impressions: u64, bad: u64) {
+    let m = |name: &str| scrape.get(name, "");
+    assert_eq!(
+        m("ctrflow_events_total") as u64 + m("ctrflow_bad_events_total") as u64,
+        events + bad
+    );
+    assert_eq!(
+        scrape.get("ctrflow_events_total", "type=\"impression\"") as u64,
+        impressions
+    );
+    assert!(scrape.get("ctrflow_events_total", "type=\"click\"") > 0.0);
+    assert_eq!(
+        scrape.get("ctrflow_bad_events_total", "reason=\"malformed_json\"") as u64,
+        bad,
+        "{}",
+        scrape.0
+    );
+    // Live, an impression is scored once every partition moved past it: nearly all are.
+    let scores = m("ctrflow_scores_total");
+    assert!(
+        scores > 0.9 * impressions as f64 && scores <= impressions as f64,
+        "{scores}"
+    );
+    assert!(scrape.get("ctrflow_label_join_total", "outcome=\"positive_click\"") > 0.0);
+    assert!(scrape.get("ctrflow_label_join_total", "outcome=\"negative_fast_skip\"") > 0.0);
+    assert!(m("ctrflow_model_version") > 0.0);
+    assert!(m("ctrflow_model_nonzero_weights") > 10.0);
+    let logloss = scrape.get("ctrflow_progressive_logloss", "window=\"all\"");
+    assert!(logloss > 0.01 && logloss < 0.69, "logloss {logloss}");
+    let auc = scrape.get("ctrflow_progressive_auc", "window=\"recent\"");
+    assert!(auc > 0.5 && auc <= 1.0, "AUC {auc}");
+    assert!(scrape.get("ctrflow_progressive_calibration", "window=\"all\"") > 0.0);
+    assert_eq!(m("ctrflow_consumer_lag_messages"), 0.0, "{}", scrape.0);
+    let latency = m("ctrflow_event_to_score_latency_seconds_count");
+    assert!(
+        latency > 0.9 * impressions as f64,
+        "latency observations {latency}"
+    );
+    assert!(m("ctrflow_event_to_score_latency_seconds_sum") > 0.0);
+    assert!(scrape.get("ctrflow_stage_duration_seconds_count", "stage=\"ingest\"") > 0.0);
+    assert!(scrape.get("ctrflow_stage_duration_seconds_sum", "stage=\"dataflow\"") > 0.0);
+    assert_eq!(m("ctrflow_ready"), 1.0);
+}
+
+/// Waits (at most `timeout`) until `check` holds of a scrape of `addr`; returns that
+/// scrape, or fails the test with the last one.
+pub fn scrape_until(addr: &str, timeout: Duration, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let scrape = Scrape::take(addr);
+        if check(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; last scrape:\n{}",
+            scrape.0
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits (at most `timeout`) until `/readyz` on `addr` answers 200.
+pub fn wait_ready(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while http_get(addr, "/readyz").is_none_or(|(status, _)| status != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "{addr}/readyz never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -188,3 +188,50 @@ fn a_missing_input_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/events.jsonl"), "{stderr}");
 }
+
+/// Issue 6: `--baseline` prints a batch logistic regression beside the online model on
+/// the same later part of a time split.
+#[test]
+fn gh_6_baseline_is_compared_with_the_online_model_on_the_same_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), "events.jsonl", 6_000, 4);
+    let report = replay_json(&input, &["--baseline", "--baseline-max-rows", "2000"]);
+    let b = &report["baseline"];
+    assert_eq!(
+        b["train_examples"].as_u64().unwrap() + b["test_examples"].as_u64().unwrap(),
+        report["examples"].as_u64().unwrap(),
+        "{b}"
+    );
+    assert_eq!(b["trained_on"], 2000, "{b}");
+    let fields: Vec<&str> = b["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for field in ["device", "country", "position"] {
+        assert!(fields.contains(&field), "{fields:?}");
+    }
+    assert!(!fields.contains(&"_p_true"));
+    for model in ["batch", "online", "base_rate"] {
+        assert_eq!(b[model]["count"], b["test_examples"], "{model}: {b}");
+        let logloss = b[model]["logloss"].as_f64().unwrap();
+        assert!(logloss > 0.05 && logloss < 0.3, "{model} {logloss}");
+    }
+    // Device, country and position carry signal: the batch model beats the base rate.
+    assert!(b["batch"]["auc"].as_f64().unwrap() > 0.55, "{b}");
+    assert_eq!(b["base_rate"]["auc"].as_f64().unwrap(), 0.5, "{b}");
+    // The online model's part is the progressive metrics of those impressions: a subset
+    // of the whole run's examples.
+    assert!(b["online"]["count"].as_u64() < report["overall"]["count"].as_u64());
+
+    let human = run_ok(
+        ctrflow()
+            .args(["replay", "--no-progress", "--baseline", "--input"])
+            .arg(&input),
+    );
+    let text = String::from_utf8(human.stdout).unwrap();
+    for needle in ["batch baseline", "online (progressive)", "base rate"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+}

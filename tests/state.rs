@@ -196,6 +196,8 @@ pub struct Scenario {
     pub kills: usize,
     /// How long after a restart's first checkpoint the kill comes (random in this range).
     pub kill_after_ms: std::ops::Range<u64>,
+    /// `state.checkpoint_interval_ms` of the workers.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// The kill -9 scenario on `brokers`: impressions generated into a fresh topic (created by
@@ -215,6 +217,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         workers,
         kills,
         kill_after_ms,
+        checkpoint_interval_ms,
     } = scenario;
     let (impressions, partitions, workers, kills) = (*impressions, *partitions, *workers, *kills);
     let exact = workers == 1;
@@ -234,7 +237,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let dir = tempfile::tempdir().unwrap();
     let config = |topics: &Topics, group: &str, state: &Path| {
         let extra = format!(
-            "[state]\ndir = {:?}\ncheckpoint_interval_ms = 200\n",
+            "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n",
             state.display().to_string()
         );
         topics.config_with_group(brokers, group, &extra)
@@ -337,6 +340,7 @@ fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
             workers,
             kills: 3,
             kill_after_ms: 0..600,
+            checkpoint_interval_ms: 200,
         };
         killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
     }
@@ -355,7 +359,8 @@ fn gh_4_killed_five_times_in_a_500k_event_stream_the_worker_resumes_exactly() {
         partitions: 2,
         workers: 1,
         kills: 5,
-        kill_after_ms: 0..3_000,
+        kill_after_ms: 3_000..30_000,
+        checkpoint_interval_ms: 1_000,
     };
     killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
 }

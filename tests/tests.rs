@@ -22,6 +22,8 @@ mod kafka_mock;
 
 /// Durable state: point-in-time entity features, kill -9 recovery.
 mod state;
+/// `ctrflow run`'s /metrics, /healthz and /readyz, in-process against the mock cluster.
+mod telemetry;
 
 /// `ctrflow run` against a real, separate broker (tests/run.sh starts it).
 #[cfg(feature = "kafka-it")]

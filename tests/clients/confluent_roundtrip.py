@@ -46,6 +46,9 @@ scores = "{scores}"
 dead_letters = "{dead}"
 [kafka.consumer]
 idle_timeout_ms = 2000
+[telemetry]
+# Any free port: another worker may hold the default one.
+listen = "127.0.0.1:0"
 """
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(config)
