@@ -108,6 +108,8 @@ pub struct Checkpointer {
     /// Rounds that failed, and (total, longest) seconds workers were paused for rounds.
     failures: AtomicU64,
     pauses: Mutex<(f64, f64)>,
+    /// When the last checkpoint was committed (or the state opened).
+    last_ok: Mutex<Instant>,
 }
 
 /// What the checkpoints of a run did, for its report.
@@ -196,6 +198,7 @@ impl Checkpointer {
             last_commit: Mutex::new(None),
             failures: AtomicU64::new(0),
             pauses: Mutex::new((0.0, 0.0)),
+            last_ok: Mutex::new(Instant::now()),
         };
         Ok((
             checkpointer,
@@ -351,6 +354,7 @@ impl Checkpointer {
         match &result {
             Ok(stats) => {
                 *self.last_commit.lock().unwrap_or_else(|e| e.into_inner()) = Some(*stats);
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 self.committed.store(round, SeqCst);
             }
             Err(_) => {
@@ -375,6 +379,19 @@ impl Checkpointer {
     /// Epoch of the last checkpoint committed (or resumed from).
     pub fn epoch(&self) -> u64 {
         self.base_epoch + self.committed.load(SeqCst)
+    }
+
+    /// Whether checkpoints are healthy (for `/readyz`): the last round committed, and the
+    /// last commit is not overdue (three intervals, at least 30 s).
+    pub fn healthy(&self) -> bool {
+        let overdue = (self.interval * 3).max(Duration::from_secs(30));
+        let last_ok = *self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        self.committed.load(SeqCst) >= self.failed.load(SeqCst) && last_ok.elapsed() < overdue
+    }
+
+    /// What the last commit cost.
+    pub fn last_commit(&self) -> Option<CommitStats> {
+        *self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records that worker 0 was paused `seconds` for a round.

@@ -445,6 +445,12 @@ impl Running {
         &self.status
     }
 
+    /// Whether checkpoints are healthy (always, without durable state): see
+    /// [`Checkpointer::healthy`].
+    pub fn checkpoints_healthy(&self) -> bool {
+        self.checkpointer.as_ref().is_none_or(|c| c.healthy())
+    }
+
     /// Whether every worker has returned.
     pub fn is_finished(&self) -> bool {
         self.status.finished.load(Ordering::Relaxed) == self.workers
@@ -567,6 +573,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     while !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         health.set_consuming(running.status().consuming());
+        health.set_checkpointing(running.checkpoints_healthy());
         if server.is_some() && last_publish.is_none_or(|t| t.elapsed() >= publish_every) {
             last_publish = Some(Instant::now());
             let nonzero = last_nonzero.is_none_or(|t| t.elapsed() >= NONZERO_EVERY);
@@ -1034,7 +1041,14 @@ fn checkpoint_round(
         worker.step_or_park(Some(CHECKPOINT_WAIT));
     };
     if index == 0 {
-        checkpointer.paused_for(started.elapsed().as_secs_f64());
+        let paused = started.elapsed().as_secs_f64();
+        checkpointer.paused_for(paused);
+        metrics::histogram!("ctrflow_checkpoint_duration_seconds").record(paused);
+        let outcome = if committed { "ok" } else { "failed" };
+        metrics::counter!("ctrflow_checkpoints_total", "outcome" => outcome).increment(1);
+        if let Some(stats) = checkpointer.last_commit() {
+            metrics::gauge!("ctrflow_checkpoint_size_bytes").set(stats.bytes as f64);
+        }
     }
     if committed {
         dataflow.join.borrow_mut().checkpoint_done();

@@ -20,11 +20,10 @@
 //!
 //! Not exported yet; use exactly these when the component lands, so that the dashboard and
 //! `configs/prometheus-alerts.yml` pick them up:
-//! - checkpoints (`[state]`): `ctrflow_checkpoint_duration_seconds` (histogram; every
-//!   `*_seconds` histogram gets [`LATENCY_BUCKETS`]), `ctrflow_checkpoint_size_bytes`
-//!   (gauge), `ctrflow_checkpoints_total{outcome="ok"|"failed"}`,
-//!   `ctrflow_state_size_bytes{table}` (gauge), and [`Health::set_checkpointing`] for
-//!   `/readyz`.
+//! - state (`[state]`): `ctrflow_state_size_bytes{table}` (gauge), and
+//!   [`Health::set_checkpointing`] for `/readyz`. (The checkpoint metrics are exported:
+//!   `ctrflow_checkpoint_duration_seconds`, `ctrflow_checkpoint_size_bytes`,
+//!   `ctrflow_checkpoints_total{outcome}`.)
 //! - drift (`[drift]`): `ctrflow_alerts_firing{kind}` (gauge, 1 while an alert of that
 //!   kind fires), `ctrflow_alerts_total{kind,severity}`, `ctrflow_drift_statistic{detector,
 //!   metric}` (gauge: each detector's current statistic) and
@@ -202,6 +201,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("ctrflow_workers", Kind::Gauge, "Timely worker threads."),
     (
+        "ctrflow_checkpoint_duration_seconds",
+        Kind::Histogram,
+        "How long reading was paused for a checkpoint: waiting for nothing in flight, writing the batch, syncing, copying.",
+    ),
+    (
+        "ctrflow_checkpoint_size_bytes",
+        Kind::Gauge,
+        "Bytes of keys and values the last checkpoint wrote (changed state only).",
+    ),
+    (
+        "ctrflow_checkpoints_total",
+        Kind::Counter,
+        "Checkpoints by outcome: ok, or failed (the previous one stands).",
+    ),
+    (
         "ctrflow_ready",
         Kind::Gauge,
         "1 while /readyz answers 200 (consuming, checkpoints healthy).",
@@ -211,9 +225,6 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
 /// Names reserved for components still being built (see the module doc); the dashboard
 /// and alerting rules already use them.
 pub const RESERVED: &[&str] = &[
-    "ctrflow_checkpoint_duration_seconds",
-    "ctrflow_checkpoint_size_bytes",
-    "ctrflow_checkpoints_total",
     "ctrflow_state_size_bytes",
     "ctrflow_alerts_firing",
     "ctrflow_alerts_total",

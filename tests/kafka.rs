@@ -3,48 +3,18 @@
 //! `kafka-it` feature only.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
-
-use ctrflow::generator::GenConfig;
-use ctrflow::produce::{KafkaTarget, produce};
 
 use crate::kafka_util::{
     Scrape, Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
-    assert_metrics_after, assert_one_valid_score_per_impression, consume, free_port, http_get,
-    json, produce_raw, scrape_until, wait_ready,
+    assert_metrics_after, assert_one_valid_score_per_impression, consume, free_port, generate_into,
+    http_get, json, produce_raw, scrape_until, wait_ready,
 };
 
 fn broker() -> String {
     std::env::var("CTRFLOW_TEST_BROKER").expect(
         "CTRFLOW_TEST_BROKER: run the Kafka tests through tests/run.sh, which starts a broker",
     )
-}
-
-fn generate_into(
-    brokers: &str,
-    topic: &str,
-    impressions: u64,
-    seed: u64,
-    rate: Option<f64>,
-) -> ctrflow::generator::GenStats {
-    let config = GenConfig {
-        count: impressions,
-        seed,
-        ..GenConfig::default()
-    };
-    let target = KafkaTarget {
-        brokers: brokers.to_owned(),
-        topic: topic.to_owned(),
-    };
-    produce(
-        &config,
-        &target,
-        rate,
-        &AtomicBool::new(false),
-        &AtomicU64::new(0),
-    )
-    .expect("producing generated events")
 }
 
 #[test]
@@ -285,16 +255,17 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
         let topic = topics.events.clone();
         std::thread::spawn(move || generate_into(&brokers, &topic, 20_000, 8, Some(8_000.0)))
     };
-    // While the producer runs (~4 s), the counters grow from one scrape to the next.
+    // While the producer runs (~4 s), scrape: the counters only grow, and are seen between
+    // nothing and everything at least once. (Not "between any two scrapes": the broker may
+    // hand over a burst that is read at once and scored over the following seconds.)
     let scores = |s: &Scrape| s.sum("ctrflow_scores_total", "").unwrap_or(0.0);
-    let first = scrape_until(&addr, Duration::from_secs(30), |s| scores(s) > 0.0);
-    let second = scrape_until(&addr, Duration::from_secs(30), |s| {
-        scores(s) > scores(&first)
-    });
-    assert!(
-        second.get("ctrflow_events_total", "") > first.get("ctrflow_events_total", ""),
-        "events did not grow"
-    );
+    let events = |s: &Scrape| s.sum("ctrflow_events_total", "").unwrap_or(0.0);
+    let mut seen = Vec::new();
+    while !producing.is_finished() {
+        let scrape = Scrape::take(&addr);
+        seen.push((events(&scrape), scores(&scrape)));
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let generated = producing.join().unwrap();
 
     // Once the producer stopped, everything is read and the lag falls to zero.
@@ -304,8 +275,23 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
             && s.sum("ctrflow_model_nonzero_weights", "").unwrap_or(0.0) > 0.0
             && s.sum("ctrflow_bad_events_total", "") == Some(bad as f64)
             && scores(s) >= 0.99 * generated.impressions as f64
+            && s.sum("ctrflow_event_to_score_latency_seconds_count", "")
+                .unwrap_or(0.0)
+                > 0.9 * generated.impressions as f64
     });
     assert_metrics_after(&done, generated.events, generated.impressions, bad as u64);
+    seen.push((events(&done), scores(&done)));
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "counters went down: {seen:?}"
+    );
+    let (all_events, all_scores) = (events(&done), scores(&done));
+    assert!(
+        seen.iter()
+            .any(|&(e, s)| (e > 0.0 && e < all_events) || (s > 0.0 && s < all_scores)),
+        "never seen growing: {seen:?}"
+    );
     assert_eq!(
         done.sum("ctrflow_consumer_lag_messages", "partition=\"1\""),
         Some(0.0),

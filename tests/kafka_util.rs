@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,6 +14,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+
+use ctrflow::generator::GenConfig;
+use ctrflow::produce::{KafkaTarget, produce};
 
 use crate::util::ctrflow;
 
@@ -600,4 +603,32 @@ pub fn wait_ready(addr: &str, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Produces `impressions` generated impressions (and their feedback, seeded by `seed`) to
+/// `topic`, at `rate` messages per second or as fast as possible.
+pub fn generate_into(
+    brokers: &str,
+    topic: &str,
+    impressions: u64,
+    seed: u64,
+    rate: Option<f64>,
+) -> ctrflow::generator::GenStats {
+    let config = GenConfig {
+        count: impressions,
+        seed,
+        ..GenConfig::default()
+    };
+    let target = KafkaTarget {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+    };
+    produce(
+        &config,
+        &target,
+        rate,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+    )
+    .expect("producing generated events")
 }

@@ -4,21 +4,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ctrflow::config::PipelineConfig;
 use ctrflow::entity::{self, EntityStore};
-use ctrflow::generator::{GenConfig, GenStats};
 use ctrflow::model::Model;
 use ctrflow::pipeline::{self, Ingest};
-use ctrflow::produce::{KafkaTarget, produce};
 use ctrflow_dataflows::Example;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::kafka_util::{Topics, WorkerProcess, consume, json, unique, wait_committed};
+use crate::kafka_util::{
+    Topics, WorkerProcess, consume, generate_into, json, unique, wait_committed,
+};
 use crate::util::{ctrflow, run_ok};
 
 #[test]
@@ -118,26 +117,6 @@ fn topics_reading(events: &str) -> Topics {
     }
 }
 
-fn produce_into(brokers: &str, topic: &str, impressions: u64, seed: u64) -> GenStats {
-    let config = GenConfig {
-        count: impressions,
-        seed,
-        ..GenConfig::default()
-    };
-    let target = KafkaTarget {
-        brokers: brokers.to_owned(),
-        topic: topic.to_owned(),
-    };
-    produce(
-        &config,
-        &target,
-        None,
-        &AtomicBool::new(false),
-        &AtomicU64::new(0),
-    )
-    .expect("producing generated events")
-}
-
 /// The epoch of the newest retained checkpoint copy in `state`.
 fn newest_copy(state: &Path) -> Option<u64> {
     std::fs::read_dir(state.join("checkpoints"))
@@ -232,7 +211,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     ]);
     let started = std::time::Instant::now();
     let phase = |what: &str| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
-    let generated = produce_into(brokers, &events, impressions, 17);
+    let generated = generate_into(brokers, &events, impressions, 17, None);
     phase("produced");
     let dir = tempfile::tempdir().unwrap();
     let config = |topics: &Topics, group: &str, state: &Path| {
