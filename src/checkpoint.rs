@@ -62,6 +62,11 @@ const INPUT_PART: u8 = 2;
 /// The topic the offsets are of, in [`TableId::Meta`]: a state directory belongs to one.
 const SOURCE: Table<String, String> = Table::new(TableId::Meta);
 const SOURCE_KEY: &str = "source_topic";
+/// Counter: records read into the dataflow over the state's lifetime (records re-read after
+/// a crash count again).
+pub const RECORDS_READ: &str = "records_read";
+/// Counter: checkpoints committed over the state's lifetime.
+pub const CHECKPOINTS: &str = "checkpoints";
 
 /// The state a process resumes with.
 #[derive(Debug)]
@@ -110,6 +115,8 @@ pub struct Checkpointer {
     pauses: Mutex<(f64, f64)>,
     /// When the last checkpoint was committed (or the state opened).
     last_ok: Mutex<Instant>,
+    /// Records sent in by all workers of this process as of the last commit.
+    sent_committed: AtomicU64,
 }
 
 /// What the checkpoints of a run did, for its report.
@@ -199,6 +206,7 @@ impl Checkpointer {
             failures: AtomicU64::new(0),
             pauses: Mutex::new((0.0, 0.0)),
             last_ok: Mutex::new(Instant::now()),
+            sent_committed: AtomicU64::new(0),
         };
         Ok((
             checkpointer,
@@ -336,6 +344,10 @@ impl Checkpointer {
             let changes = shadow.changes_into(&self.model, &mut batch);
             self.entities
                 .checkpoint_into(&mut batch, watermark.min(i64::MAX as u64) as i64);
+            // Lifetime totals of the state, by merge (no read-modify-write).
+            let sent: u64 = self.sent.iter().map(|s| s.load(SeqCst)).sum();
+            batch.add(RECORDS_READ, sent - self.sent_committed.load(SeqCst));
+            batch.add(CHECKPOINTS, 1);
             SOURCE.put(&mut batch, &SOURCE_KEY.to_owned(), &self.topic);
             before_commit()?;
             let manifest = Manifest {
@@ -349,6 +361,7 @@ impl Checkpointer {
             let stats = self.durable.commit(batch, &manifest)?;
             shadow.confirm(changes);
             self.entities.checkpoint_done();
+            self.sent_committed.store(sent, SeqCst);
             Ok(stats)
         })();
         match &result {

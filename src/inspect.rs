@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ctrflow_dataflows::operators::{JoinState, JoinStats};
+use ctrflow_state::store::counter_value;
 use ctrflow_state::{Durable, Manifest, Recovery, StateConfig, TableId, TableStats};
 use serde::Serialize;
 
@@ -60,6 +61,8 @@ pub struct InspectReport {
     pub entities_digest: String,
     /// The features asked for, as of the checkpoint's watermark.
     pub features: BTreeMap<String, BTreeMap<&'static str, f32>>,
+    /// Lifetime counters of the state (`records_read`, `checkpoints`).
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// One table.
@@ -153,6 +156,11 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
         h.write(v);
         true
     })?;
+    let mut counters = BTreeMap::new();
+    store.backend().scan(TableId::Counters, &[], &mut |k, v| {
+        counters.insert(String::from_utf8_lossy(k).into_owned(), counter_value(v));
+        true
+    })?;
     let mut features = BTreeMap::new();
     if options.user.is_some() || options.item.is_some() {
         let entity_store = EntityStore::new(
@@ -203,6 +211,7 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
         entities,
         entities_digest: format!("{:016x}", h.0),
         features,
+        counters,
     })
 }
 
@@ -258,6 +267,7 @@ impl InspectReport {
             "entities: {} (digest {})",
             self.entities, self.entities_digest
         );
+        let _ = writeln!(s, "counters: {:?}", self.counters);
         for (who, values) in &self.features {
             let _ = writeln!(s, "{who}:");
             for (name, v) in values {

@@ -287,6 +287,13 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         assert!(s["model"]["nonzero_weights"].as_u64().unwrap() > 100, "{s}");
     }
     assert_eq!(sa["entities"], sb["entities"]);
+    // Lifetime counters: the uninterrupted run read every event once; the killed one read
+    // some again after each restart.
+    assert_eq!(sa["counters"]["records_read"], generated.events, "{sa}");
+    assert!(
+        sb["counters"]["records_read"].as_u64().unwrap() >= generated.events,
+        "{sb}"
+    );
 
     phase("states compared");
     // Every impression scored; the killed run re-emitted some, identically, and each

@@ -363,14 +363,18 @@ mod tests {
         sink.close();
     }
 
-    #[test]
-    fn a_down_endpoint_gets_its_alerts_when_it_comes_up() {
-        // Find a free port, and leave it closed for now.
-        let port = TcpListener::bind("127.0.0.1:0")
+    /// A free port, left closed: nothing listens on it (for now).
+    fn closed_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
+            .port()
+    }
+
+    #[test]
+    fn a_down_endpoint_gets_its_alerts_when_it_comes_up() {
+        let port = closed_port();
         let config = WebhookConfig {
             backoff_initial_ms: 50,
             backoff_max_ms: 200,
@@ -409,11 +413,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_that_never_comes_up_is_counted_at_shutdown() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = closed_port();
         let config = WebhookConfig {
             backoff_initial_ms: 20,
             backoff_max_ms: 50,
