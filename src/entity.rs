@@ -35,11 +35,19 @@
 //! evicted when the cache is full, so memory is bounded by `cache_entries`, not by the
 //! number of users. Entities untouched for `expire_after_ms` of event time are dropped
 //! (from memory at once, from RocksDB as it compacts).
+//!
+//! Without durable state (`replay`, or `run` with no `state.dir`) the store is a scratch
+//! RocksDB in a temporary directory ([`EntityStore::scratch`]): no checkpoint reads it, so
+//! entities are written to it when they are evicted, changed or not, and memory is bounded
+//! the same way. Counts round-trip exactly, so eviction never changes a feature value.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context as _;
 use ctrflow_dataflows::{Enrich, Entities, EventTime, Feature, Features, Signal};
-use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
+use ctrflow_state::rocks::RocksBackend;
+use ctrflow_state::{Batch, StateConfig, StateError, StateStore, Table, TableId};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +72,9 @@ pub struct EntityConfig {
     /// Entities untouched for this long (event time) are forgotten.
     #[serde(default = "default_expire_after_ms")]
     pub expire_after_ms: u64,
-    /// Entities kept in memory per process; with durable state, checkpointed entities
-    /// beyond this are evicted and read back from RocksDB when needed.
+    /// Entities kept in memory per process; beyond this the least recently touched are
+    /// evicted (with durable state once checkpointed; otherwise through a scratch
+    /// RocksDB) and read back when needed.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
 }
@@ -277,8 +286,15 @@ struct Shared {
     indices: [u32; FEATURES],
     prior_logit: f64,
     shards: Vec<Mutex<Shard>>,
-    /// The durable copy, when state is durable.
+    /// The durable copy, when state is durable; the scratch copy otherwise.
     store: Option<StateStore>,
+    /// `store` is a scratch store: evicted entities are written to it at once.
+    spill: bool,
+    /// Entities written by eviction (scratch store only).
+    spilled: AtomicU64,
+    /// The scratch store's directory, removed when the store is dropped (after `store`:
+    /// fields drop in order, and RocksDB must close before its files go).
+    _scratch_dir: Option<tempfile::TempDir>,
 }
 
 /// The entity table in RocksDB: `(kind, key)` → counts, expiring on the touch time.
@@ -305,6 +321,32 @@ impl EntityStore {
     /// An empty store for `config`, hashing feature indices into `2^bits`, backed by
     /// `store` when state is durable.
     pub fn new(config: &EntityConfig, bits: u8, store: Option<StateStore>) -> Self {
+        Self::with_store(config, bits, store, None)
+    }
+
+    /// An empty store for `config` whose entities beyond `cache_entries` go to a scratch
+    /// RocksDB in a new temporary directory (removed when the store is dropped), tuned by
+    /// `state`. For runs without durable state; nothing survives the process. Without
+    /// entity features, nothing is created.
+    pub fn scratch(config: &EntityConfig, bits: u8, state: &StateConfig) -> anyhow::Result<Self> {
+        if !config.enabled {
+            return Ok(Self::new(config, bits, None));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ctrflow-entities-")
+            .tempdir()
+            .context("creating a scratch directory for entity features (set TMPDIR to move it)")?;
+        let backend = RocksBackend::open(dir.path(), state)?;
+        let store = StateStore::new(Arc::new(backend));
+        Ok(Self::with_store(config, bits, Some(store), Some(dir)))
+    }
+
+    fn with_store(
+        config: &EntityConfig,
+        bits: u8,
+        store: Option<StateStore>,
+        scratch_dir: Option<tempfile::TempDir>,
+    ) -> Self {
         let indices = FEATURE_NAMES.map(|name| feature_index(name, bits));
         let p = config.prior_ctr;
         Self {
@@ -315,6 +357,9 @@ impl EntityStore {
                 prior_logit: (p / (1.0 - p)).ln(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 store,
+                spill: scratch_dir.is_some(),
+                spilled: AtomicU64::new(0),
+                _scratch_dir: scratch_dir,
             }),
         }
     }
@@ -335,6 +380,12 @@ impl EntityStore {
     /// Whether no entity is in memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Entities written to the scratch store by eviction so far (0 with durable state,
+    /// where only checkpoints write).
+    pub fn spilled(&self) -> u64 {
+        self.shared.spilled.load(Ordering::Relaxed)
     }
 
     /// The counts of one entity, from memory or the durable copy.
@@ -469,22 +520,51 @@ impl Shared {
         shard.get_mut(&k)
     }
 
-    /// Evicts clean entities of a full shard (only with a durable copy to read them back
-    /// from). Called before inserting, so an entity just loaded is not the one evicted.
+    /// Evicts the least recently touched eighth of a full shard: only clean entities
+    /// with a durable copy (changed ones wait for the next checkpoint), any with a scratch
+    /// copy (changed ones are written to it first, in one batch). Without a copy to read
+    /// them back from, nothing is evicted. Called before inserting, so an entity just
+    /// loaded is not the one evicted; amortized, a few entries examined per insert.
     fn evict(&self, shard: &mut Shard) {
         let cap = (self.config.cache_entries / SHARDS).max(16);
-        if self.store.is_none() || shard.len() < cap {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if shard.len() < cap {
             return;
         }
-        let target = cap - cap / 8;
-        let mut excess = shard.len() - target;
-        shard.retain(|_, e| {
-            if excess > 0 && !e.dirty {
-                excess -= 1;
-                return false;
+        let excess = shard.len() - (cap - cap / 8);
+        // Least recently touched first: the touch time is the event time of the entity's
+        // last update, and every impression updates its three entities.
+        let mut victims: Vec<(EventTime, (u8, u64))> = shard
+            .iter()
+            .filter(|(_, e)| self.spill || !e.dirty)
+            .map(|(k, e)| (e.agg.touched, *k))
+            .collect();
+        if victims.len() > excess {
+            victims.select_nth_unstable(excess);
+            victims.truncate(excess);
+        }
+        if self.spill {
+            let mut batch = Batch::new();
+            for (_, k) in &victims {
+                if let Some(e) = shard.get(k).filter(|e| e.dirty) {
+                    ENTITIES.put_touched(&mut batch, k, e.agg.touched, &e.agg);
+                }
             }
-            true
-        });
+            let written = batch.len() as u64;
+            if let Err(error) = store.write_unsynced(batch) {
+                // Nothing is lost: changed entities stay in memory (which then grows) and
+                // only clean ones are evicted.
+                tracing::error!(%error, "Writing evicted entity features to the scratch store failed.");
+                victims.retain(|(_, k)| shard.get(k).is_some_and(|e| !e.dirty));
+            } else {
+                self.spilled.fetch_add(written, Ordering::Relaxed);
+            }
+        }
+        for (_, k) in &victims {
+            shard.remove(k);
+        }
     }
 }
 
@@ -728,6 +808,48 @@ mod tests {
         h.record(&all[0], 1900, Signal::Click);
         let after = s.features_of(&all[0], 2000);
         assert!(value(&after, "user.ctr_short") > value(&expected[0], "user.ctr_short"));
+    }
+
+    #[test]
+    fn a_scratch_store_bounds_memory_and_never_changes_a_feature() {
+        // The same events into an unbounded in-memory store and into a small cache over a
+        // scratch RocksDB: every feature value must be identical, with eviction at work.
+        let config = EntityConfig {
+            cache_entries: 1024,
+            ..EntityConfig::default()
+        };
+        let unbounded = EntityStore::new(&config, 22, None);
+        let bounded = EntityStore::scratch(&config, 22, &StateConfig::default()).unwrap();
+        let (mut hu, mut hb) = (unbounded.handle(), bounded.handle());
+        let all: Vec<Entities> = (0..4000)
+            .map(|u| entities(&format!("u{}", u % 1500), &format!("i{}", u % 700), "c"))
+            .collect();
+        for (t, chunk) in all.chunks(64).enumerate() {
+            let ts = 1000 * t as i64;
+            hb.prepare(chunk);
+            for (i, e) in chunk.iter().enumerate() {
+                let (mut fu, mut fb) = (Features::new(), Features::new());
+                hu.enrich(e, ts, &mut fu);
+                hb.enrich(e, ts, &mut fb);
+                assert_eq!(fu, fb, "entity {i} of chunk {t}");
+                let signal = if i % 9 == 0 {
+                    Signal::Click
+                } else {
+                    Signal::Impression
+                };
+                hu.record(e, ts, signal);
+                hb.record(e, ts, signal);
+            }
+            assert!(bounded.len() <= 1024 + SHARDS * 2, "{}", bounded.len());
+        }
+        assert!(bounded.spilled() > 1000, "{}", bounded.spilled());
+        assert!(unbounded.len() > 2000);
+        for e in &all {
+            assert_eq!(
+                unbounded.features_of(e, 70_000),
+                bounded.features_of(e, 70_000)
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -105,6 +105,9 @@ pub struct ReplayReport {
     pub recent: Summary,
     /// The model after the run.
     pub model: ModelReport,
+    /// Entity features at the end: how many were in memory, and how many writes went to
+    /// the scratch store because memory was full (`features.entity.cache_entries`).
+    pub entities: EntitiesReport,
     /// Drift alerts raised, in event-time order, in the contract's form (`resolved`
     /// messages included).
     pub alerts: Vec<Alert>,
@@ -124,6 +127,15 @@ pub struct ModelReport {
     pub nonzero_weights: usize,
     /// Euclidean norm of the weights.
     pub weight_norm: f64,
+}
+
+/// Where the entity features were at the end of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EntitiesReport {
+    /// Entities in memory.
+    pub in_memory: usize,
+    /// Entity writes to the scratch store by eviction.
+    pub spilled: u64,
 }
 
 /// What one worker hands back when the input is done.
@@ -148,7 +160,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     // Fail on a bad feature config before starting any thread.
     Ingest::new(config)?;
     let model = Model::from_config(&config.model)?;
-    let entities = EntityStore::new(&config.features.entity, config.features.bits, None);
+    let entities =
+        EntityStore::scratch(&config.features.entity, config.features.bits, &config.state)?;
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
@@ -158,6 +171,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         None => None,
     };
     let bytes_read = Arc::new(AtomicU64::new(0));
+    // The first failed block read: the workers stop reading and the replay fails.
+    let read_error: Arc<OnceLock<String>> = Arc::default();
     let sinks = Arc::new(AlertSinks::start(&config.drift));
     // Every labelled impression with its served score, for the baseline.
     let served: Option<Arc<Mutex<Vec<Served>>>> = options.baseline.as_ref().map(|_| Arc::default());
@@ -173,6 +188,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
         let bytes_read = Arc::clone(&bytes_read);
+        let read_error = Arc::clone(&read_error);
         let bar = bar.clone();
         let sinks = Arc::clone(&sinks);
         let served = served.clone();
@@ -221,8 +237,13 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let mut max_ts = i64::MIN;
             let mut sent_at = std::collections::VecDeque::new();
             let mut dead = Vec::new();
+            let mut buf = Vec::new();
             for block in source.share(index, peers) {
-                for (line, payload) in source.lines(block) {
+                if let Err(error) = source.read(block, &mut buf) {
+                    read_error.get_or_init(|| error.to_string());
+                    break;
+                }
+                for (line, payload) in block.lines(&buf) {
                     events += 1;
                     match ingest.record(payload, line) {
                         Ok(record) => {
@@ -237,7 +258,6 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                         }
                     }
                 }
-                source.release(block);
                 for summary in ingest.take_summaries(false) {
                     dataflow.send_summary(summary);
                 }
@@ -277,6 +297,9 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     };
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    if let Some(error) = read_error.get() {
+        anyhow::bail!("{error}");
+    }
 
     let mut events = 0;
     let mut join = JoinStats::default();
@@ -313,6 +336,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         &progressive,
         bad,
         &model,
+        EntitiesReport {
+            in_memory: entities.len(),
+            spilled: entities.spilled(),
+        },
         alerts,
         webhooks,
     );
@@ -345,6 +372,7 @@ fn report(
     progressive: &Progressive,
     bad: BadEvents,
     model: &Model,
+    entities: EntitiesReport,
     alerts: Vec<Alert>,
     webhooks: SinkReport,
 ) -> ReplayReport {
@@ -376,6 +404,7 @@ fn report(
             nonzero_weights: model.nonzero_weights(),
             weight_norm: model.weight_norm(),
         },
+        entities,
         alerts,
         webhooks,
         baseline: None,

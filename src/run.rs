@@ -358,7 +358,8 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         )
     } else {
         let model = Model::from_config(&config.model)?;
-        let entities = EntityStore::new(&config.features.entity, config.features.bits, None);
+        let entities =
+            EntityStore::scratch(&config.features.entity, config.features.bits, &config.state)?;
         (None, model, entities, Default::default())
     };
     let mut restored = Vec::with_capacity(workers);

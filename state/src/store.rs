@@ -145,6 +145,12 @@ impl StateStore {
         self.backend.write(batch, true)
     }
 
+    /// Applies `batch` atomically without waiting for it to be durable: for scratch
+    /// stores that no checkpoint reads.
+    pub fn write_unsynced(&self, batch: Batch) -> Result<(), StateError> {
+        self.backend.write(batch, false)
+    }
+
     /// Counter `name`'s value.
     pub fn counter(&self, name: &str) -> Result<u64, StateError> {
         let mut out = Vec::new();
