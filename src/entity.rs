@@ -272,9 +272,45 @@ struct Entry {
     agg: Aggregate,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// The shard's clock when the entry was last used: eviction takes the least recently
+    /// used (not the least recently updated: an entity just read back is old by that
+    /// measure, and would be evicted again before its reader gets to it).
+    used: u32,
 }
 
-type Shard = FxHashMap<(u8, u64), Entry>;
+/// One shard of the in-memory entities, with its use clock.
+#[derive(Debug, Default)]
+struct Shard {
+    map: FxHashMap<(u8, u64), Entry>,
+    clock: u32,
+}
+
+impl Shard {
+    /// The next tick of the use clock (wrapping: ages are compared modulo 2^32).
+    fn tick(&mut self) -> u32 {
+        self.clock = self.clock.wrapping_add(1);
+        self.clock
+    }
+
+    /// Inserts `k`, used now.
+    fn insert(&mut self, k: (u8, u64), agg: Aggregate, dirty: bool) {
+        let used = self.tick();
+        self.map.insert(k, Entry { agg, dirty, used });
+    }
+}
+
+impl std::ops::Deref for Shard {
+    type Target = FxHashMap<(u8, u64), Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Shard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
 
 /// Shards of the in-memory map: enough that workers rarely contend.
 const SHARDS: usize = 64;
@@ -515,12 +551,15 @@ impl Shared {
                 }
             };
             self.evict(shard);
-            shard.insert(k, Entry { agg, dirty: false });
+            shard.insert(k, agg, false);
         }
-        shard.get_mut(&k)
+        let now = shard.tick();
+        let entry = shard.map.get_mut(&k)?;
+        entry.used = now;
+        Some(entry)
     }
 
-    /// Evicts the least recently touched eighth of a full shard: only clean entities
+    /// Evicts the least recently used eighth of a full shard: only clean entities
     /// with a durable copy (changed ones wait for the next checkpoint), any with a scratch
     /// copy (changed ones are written to it first, in one batch). Without a copy to read
     /// them back from, nothing is evicted. Called before inserting, so an entity just
@@ -534,12 +573,12 @@ impl Shared {
             return;
         }
         let excess = shard.len() - (cap - cap / 8);
-        // Least recently touched first: the touch time is the event time of the entity's
-        // last update, and every impression updates its three entities.
-        let mut victims: Vec<(EventTime, (u8, u64))> = shard
+        let clock = shard.clock;
+        // Oldest use first (largest age on the wrapping clock).
+        let mut victims: Vec<(std::cmp::Reverse<u32>, (u8, u64))> = shard
             .iter()
             .filter(|(_, e)| self.spill || !e.dirty)
-            .map(|(k, e)| (e.agg.touched, *k))
+            .map(|(k, e)| (std::cmp::Reverse(clock.wrapping_sub(e.used)), *k))
             .collect();
         if victims.len() > excess {
             victims.select_nth_unstable(excess);
@@ -601,7 +640,7 @@ impl Enrich for EntityHandle {
                         let mut shard = lock(&self.shared.shards[shard_of(k)]);
                         if !shard.contains_key(k) {
                             self.shared.evict(&mut shard);
-                            shard.insert(*k, Entry { agg, dirty: false });
+                            shard.insert(*k, agg, false);
                         }
                     }
                 }
@@ -642,13 +681,7 @@ impl Enrich for EntityHandle {
             // not start again from zero.
             if self.shared.load(&mut shard, k).is_none() {
                 self.shared.evict(&mut shard);
-                shard.insert(
-                    k,
-                    Entry {
-                        agg: Aggregate::new(ts),
-                        dirty: true,
-                    },
-                );
+                shard.insert(k, Aggregate::new(ts), true);
             }
             if let Some(entry) = shard.get_mut(&k) {
                 if self.shared.expired(&entry.agg, ts) {
