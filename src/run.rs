@@ -671,6 +671,7 @@ fn work(
         let context = pipeline::Context {
             entities: Some(entities),
             restored,
+            timeline: None,
         };
         pipeline::build_detecting(
             worker,

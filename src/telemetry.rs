@@ -58,6 +58,18 @@ pub struct TelemetryConfig {
     /// How often the worker's counters are published as metrics.
     #[serde(default = "default_publish_interval_ms")]
     pub publish_interval_ms: u64,
+    /// JSON Lines file the worker appends the metrics over time to (one record per
+    /// `metrics_interval_ms` of event time; `ctrflow report` plots it); empty: none.
+    /// `replay --metrics-out FILE` overrides it.
+    #[serde(default)]
+    pub metrics_out: String,
+    /// Event time per metrics record, milliseconds.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub metrics_interval_ms: u64,
+}
+
+const fn default_metrics_interval_ms() -> u64 {
+    60_000
 }
 
 fn default_listen() -> String {
@@ -73,6 +85,8 @@ impl Default for TelemetryConfig {
         Self {
             listen: default_listen(),
             publish_interval_ms: default_publish_interval_ms(),
+            metrics_out: String::new(),
+            metrics_interval_ms: default_metrics_interval_ms(),
         }
     }
 }
@@ -90,6 +104,12 @@ impl TelemetryConfig {
             problems.push(format!(
                 "telemetry.publish_interval_ms must be in 100..=60000, got {}",
                 self.publish_interval_ms
+            ));
+        }
+        if self.metrics_interval_ms < 1000 {
+            problems.push(format!(
+                "telemetry.metrics_interval_ms must be at least 1000 (one record per second of event time), got {}",
+                self.metrics_interval_ms
             ));
         }
     }
@@ -643,10 +663,13 @@ mod tests {
         TelemetryConfig {
             listen: "localhost".to_owned(),
             publish_interval_ms: 5,
+            metrics_out: String::new(),
+            metrics_interval_ms: 10,
         }
         .validate(&mut problems);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("telemetry.listen"));
         assert!(problems[1].contains("telemetry.publish_interval_ms"));
+        assert!(problems[2].contains("telemetry.metrics_interval_ms"));
     }
 }
