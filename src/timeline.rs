@@ -113,11 +113,26 @@ impl TimelineOutput {
     /// Records to `path` (created or truncated) every `interval_ms` of event time.
     pub fn file(path: &Path, interval_ms: u64) -> anyhow::Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self {
+        Ok(Self::to(file, interval_ms))
+    }
+
+    /// Records appended to `path` (created if missing): a restarted worker continues the
+    /// file. Its overall metrics restart from zero with the process.
+    pub fn append(path: &Path, interval_ms: u64) -> anyhow::Result<Self> {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {} to append", path.display()))?;
+        Ok(Self::to(file, interval_ms))
+    }
+
+    fn to(file: File, interval_ms: u64) -> Self {
+        Self {
             records: Some(BufWriter::new(file)),
             metrics: None,
             interval_ms,
-        })
+        }
     }
 }
 
