@@ -114,6 +114,12 @@ struct DemoArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Serve /metrics, /healthz and /readyz here ("" for no server; port 0 for any).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: String,
+    /// Write the metrics over time here (`ctrflow report` plots them).
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -238,6 +244,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 partitions: args.partitions,
                 seed: args.seed,
                 stop,
+                listen: args.listen,
+                metrics_out: args.metrics_out,
             })?;
             print!("{}", report.render());
             Ok(())
