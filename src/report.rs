@@ -18,7 +18,7 @@ use plotters::prelude::*;
 use crate::timeline::{self, Record};
 
 /// Plot size, pixels.
-const WIDTH: u32 = 1100;
+const WIDTH: u32 = 1150;
 const HEIGHT: u32 = 300;
 
 /// Series colours: saturated and distinct from the alert markers' red and green.
@@ -231,7 +231,11 @@ fn y_range(plot: &Plot<'_>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// One plot as an SVG document.
+/// Width of the legend beside each plot, pixels.
+const LEGEND: u32 = 250;
+
+/// One plot as an SVG document: the chart, and its legend to the right of it (a legend
+/// inside would hide lines).
 fn draw(
     plot: &Plot<'_>,
     x_end: f64,
@@ -242,8 +246,9 @@ fn draw(
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (area, legend) = root.split_horizontally(WIDTH - LEGEND);
         let (y0, y1) = y_range(plot);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&area)
             .caption(plot.title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
@@ -255,35 +260,25 @@ fn draw(
             .y_desc(plot.y_desc)
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
+        let mut entries: Vec<(String, ShapeStyle)> = Vec::new();
         for (i, s) in plot.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().copied(),
-                    color.stroke_width(2),
-                ))?
-                .label(s.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+            let style = COLORS[i % COLORS.len()].stroke_width(2);
+            chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?;
+            entries.push((s.name.clone(), style));
         }
         for (y, label) in &plot.references {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    [(0.0, *y), (x_end, *y)],
-                    6,
-                    4,
-                    BLACK.stroke_width(1),
-                ))?
-                .label(label.as_str())
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+            chart.draw_series(DashedLineSeries::new(
+                [(0.0, *y), (x_end, *y)],
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))?;
+            entries.push((format!("- - {label}"), BLACK.stroke_width(1)));
         }
-        for state in [AlertState::Firing, AlertState::Resolved] {
-            let color = if state == AlertState::Firing {
-                FIRING
-            } else {
-                RESOLVED
-            };
+        for (state, color, name) in [
+            (AlertState::Firing, FIRING, "alert fired"),
+            (AlertState::Resolved, RESOLVED, "alert resolved"),
+        ] {
             let lines: Vec<_> = alerts
                 .iter()
                 .filter(|a| a.state == state)
@@ -292,26 +287,23 @@ fn draw(
                     PathElement::new(vec![(x, y0), (x, y1)], color.stroke_width(2))
                 })
                 .collect();
-            if lines.is_empty() {
-                continue;
+            if !lines.is_empty() {
+                chart.draw_series(lines)?;
+                entries.push((name.to_owned(), color.stroke_width(2)));
             }
-            chart
-                .draw_series(lines)?
-                .label(match state {
-                    AlertState::Firing => "alert fired",
-                    AlertState::Resolved => "alert resolved",
-                })
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        for (i, (name, style)) in entries.iter().enumerate() {
+            let y = 40 + 18 * i as i32;
+            if y > HEIGHT as i32 - 10 {
+                break;
+            }
+            legend.draw(&PathElement::new(vec![(5, y), (30, y)], *style))?;
+            legend.draw(&Text::new(
+                name.as_str(),
+                (36, y - 7),
+                ("sans-serif", 13).into_font(),
+            ))?;
+        }
         root.present()?;
     }
     Ok(svg)
