@@ -22,7 +22,7 @@ const WIDTH: u32 = 1150;
 const HEIGHT: u32 = 300;
 
 /// Series colours: saturated and distinct from the alert markers' red and green.
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
@@ -31,6 +31,10 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
     RGBColor(188, 189, 34),
     RGBColor(60, 60, 60),
+    RGBColor(0, 0, 160),
+    RGBColor(255, 200, 0),
+    RGBColor(160, 0, 160),
+    RGBColor(120, 180, 255),
 ];
 const FIRING: RGBColor = RGBColor(220, 20, 20);
 const RESOLVED: RGBColor = RGBColor(20, 160, 60);
