@@ -431,3 +431,103 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::DriftConfig;
+    use ctrflow_dataflows::{AlertWindow, LabelSource, Severity};
+
+    fn quiet_drift() -> Drift {
+        let mut c = DriftConfig::default();
+        c.concept.enabled = false;
+        c.calibration.enabled = false;
+        c.feedback.enabled = false;
+        c.data.enabled = false;
+        c.score.enabled = false;
+        Drift::new(&c, 1000)
+    }
+
+    fn alert(state: AlertState, ts: EventTime) -> Alert {
+        Alert {
+            kind: AlertKind::Calibration,
+            state,
+            severity: Severity::Warning,
+            detector: "ratio_band".into(),
+            metric: "calibration".into(),
+            value: 0.7,
+            threshold: 0.8,
+            window: AlertWindow { from: 0, to: ts },
+            ts,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_record_per_interval_with_data_and_alerts_in_the_record_of_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut output = TimelineOutput::file(&path, 1000).unwrap();
+        let metrics = Arc::new(Mutex::new(DriftMetrics::default()));
+        output.metrics = Some(Arc::clone(&metrics));
+        let mut t = Timeline::new(quiet_drift(), output, Progressive::with_window(10, 2));
+        let mut out = Vec::new();
+        let label = |ts, served, label| Observation::Label {
+            impression_ts: ts - 10,
+            label_ts: ts,
+            served,
+            label,
+        };
+        // Interval 1000..2000: two impressions, two labels; 2000..3000 empty;
+        // 3000..4000: one impression and a label, seen in one watermark step with the rest.
+        for o in [
+            Observation::Impression {
+                ts: 1100,
+                score: 0.5,
+            },
+            Observation::Impression {
+                ts: 1200,
+                score: 0.2,
+            },
+            label(1500, 0.5, LabelSource::Click),
+            label(1600, 0.2, LabelSource::Expired),
+        ] {
+            t.observe(&o);
+        }
+        t.advance(1700, &mut out);
+        t.observe(&Observation::Impression {
+            ts: 3100,
+            score: 0.1,
+        });
+        t.observe(&label(3200, 0.1, LabelSource::FastSkip));
+        // The detector raised these as it observed (they come out at the next advance).
+        t.raised.push(alert(AlertState::Firing, 1650));
+        t.raised.push(alert(AlertState::Resolved, 3150));
+        t.advance(3500, &mut out);
+        assert_eq!(out.len(), 2, "alerts pass through");
+        t.advance(EventTime::MAX, &mut out);
+        drop(t);
+
+        let records = read(&path).unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        let (a, b) = (&records[0], &records[1]);
+        assert_eq!((a.from, a.ts), (1000, 2000));
+        assert_eq!(
+            (b.from, b.ts),
+            (3000, 3201),
+            "the last closes after its last observation"
+        );
+        assert_eq!((a.impressions, a.examples), (2, 2));
+        assert_eq!((b.impressions, b.examples), (3, 3));
+        assert_eq!(b.interval.examples, 1);
+        let expected = (logloss(0.5, true) + logloss(f64::from(0.2f32), false)) / 2.0;
+        assert!((a.interval.logloss.unwrap() - expected).abs() < 1e-12);
+        assert_eq!(a.overall.count, 2);
+        assert_eq!(b.overall.count, 3);
+        assert_eq!(a.alerts, vec![alert(AlertState::Firing, 1650)]);
+        assert_eq!(b.alerts, vec![alert(AlertState::Resolved, 3150)]);
+        let m = metrics.lock().unwrap();
+        assert_eq!(m.firing[2], ("calibration", 0), "fired, then resolved");
+        assert_eq!(m.alerts_total.len(), 2);
+    }
+}
