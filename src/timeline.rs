@@ -221,15 +221,13 @@ impl Timeline {
     /// Closes every interval that ends at or before `ts`.
     fn roll(&mut self, ts: EventTime) {
         let interval = self.interval;
-        let end = *self
-            .end
-            .get_or_insert_with(|| ts.div_euclid(interval).saturating_add(1) * interval);
+        let end = *self.end.get_or_insert_with(|| interval_end(ts, interval));
         if ts < end {
             return;
         }
-        self.close(end - interval, end);
+        self.close(end.saturating_sub(interval), end);
         // The next interval is the one holding `ts`: empty ones in between are skipped.
-        self.end = Some(ts.div_euclid(interval).saturating_add(1) * interval);
+        self.end = Some(interval_end(ts, interval));
     }
 
     /// Builds the record of `from..to` (unless nothing happened in it).
@@ -367,7 +365,10 @@ impl Detector for Timeline {
         if now == EventTime::MAX {
             // The input ended: the last, partial interval closes after its last observation.
             if let Some(end) = self.end.take() {
-                self.close(end - self.interval, self.last_ts.saturating_add(1));
+                self.close(
+                    end.saturating_sub(self.interval),
+                    self.last_ts.saturating_add(1),
+                );
             }
         } else if self.end.is_some() {
             self.roll(now);
@@ -375,6 +376,13 @@ impl Detector for Timeline {
         self.file_alerts();
         self.write();
     }
+}
+
+/// The end of the interval holding `ts`; saturating, since a bad event may carry any time.
+fn interval_end(ts: EventTime, interval: EventTime) -> EventTime {
+    ts.div_euclid(interval)
+        .saturating_add(1)
+        .saturating_mul(interval)
 }
 
 /// The contract's name of an alert kind.
@@ -461,6 +469,15 @@ mod tests {
             ts,
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn interval_ends_hold_at_the_extremes() {
+        assert_eq!(interval_end(0, 1000), 1000);
+        assert_eq!(interval_end(999, 1000), 1000);
+        assert_eq!(interval_end(-1, 1000), 0);
+        assert_eq!(interval_end(EventTime::MAX - 1, 60_000), EventTime::MAX);
+        assert!(interval_end(EventTime::MIN, 60_000) <= EventTime::MIN + 60_000);
     }
 
     #[test]
