@@ -39,7 +39,7 @@ const COLORS: [RGBColor; 12] = [
 const FIRING: RGBColor = RGBColor(220, 20, 20);
 const RESOLVED: RGBColor = RGBColor(20, 160, 60);
 
-/// What [`write`] produced.
+/// What [`write()`] produced.
 #[derive(Debug, Clone)]
 pub struct Written {
     /// Records read.
