@@ -37,6 +37,7 @@ fn replay(c: &mut Criterion) {
             model_out: None,
             progress: false,
             baseline: None,
+            metrics_out: None,
         };
         group.bench_function(format!("{workers}w"), |b| {
             b.iter(|| black_box(run(&options).expect("replay").examples));

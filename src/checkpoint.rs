@@ -414,6 +414,16 @@ impl Checkpointer {
         p.1 = p.1.max(seconds);
     }
 
+    /// Bytes per table of the live state (RocksDB: SST files plus memtables), for
+    /// `ctrflow_state_size_bytes`; a few property reads, for checkpoint time.
+    pub fn table_sizes(&self) -> Vec<(&'static str, u64)> {
+        let backend = self.durable.store().backend();
+        TableId::ALL
+            .iter()
+            .map(|&t| (t.name(), backend.table_stats(t).bytes))
+            .collect()
+    }
+
     /// What the checkpoints of this run did.
     pub fn report(&self) -> CheckpointReport {
         let last =

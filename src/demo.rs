@@ -14,6 +14,7 @@ use crate::config::PipelineConfig;
 use crate::generator::{DriftKind, GenConfig, GenStats};
 use crate::produce::{self, KafkaTarget};
 use crate::run::{self, Progress, RunOptions, RunReport};
+use crate::telemetry::{self, Health};
 
 /// Events the demo's generator may be ahead of the worker.
 const MAX_AHEAD: u64 = 50_000;
@@ -31,6 +32,11 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Stops the demo early (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`telemetry.listen`); empty:
+    /// nowhere.
+    pub listen: String,
+    /// Where the worker writes its metrics over time (`telemetry.metrics_out`).
+    pub metrics_out: Option<std::path::PathBuf>,
 }
 
 /// What the demo did.
@@ -52,6 +58,22 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     config.kafka.brokers = bootstrap.clone();
     config.kafka.group_id = "ctrflow-demo".to_owned();
     config.kafka.consumer.idle_timeout_ms = 500;
+    config.telemetry.listen.clone_from(&options.listen);
+    if let Some(path) = &options.metrics_out {
+        config.telemetry.metrics_out = path.display().to_string();
+    }
+    // The same telemetry server as `ctrflow run`, started before the workers (they take
+    // their histogram handles from the recorder).
+    let health = Arc::new(Health::default());
+    let server = if options.listen.is_empty() {
+        None
+    } else {
+        let server =
+            telemetry::Server::start(&options.listen, telemetry::install()?, Arc::clone(&health))
+                .with_context(|| format!("serving metrics on {} (--listen)", options.listen))?;
+        eprintln!("Prometheus metrics at http://{}/metrics", server.addr());
+        Some(server)
+    };
     for (topic, partitions) in [
         (&config.kafka.topics.events, options.partitions),
         (&config.kafka.topics.scores, options.partitions),
@@ -114,10 +136,20 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let line = ProgressLine::new();
     let mut generated = None;
     let mut caught_up_since: Option<Instant> = None;
+    let mut last_nonzero: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let progress = status.snapshot(&config);
         line.draw(&progress);
+        if server.is_some() {
+            health.set_consuming(status.consuming());
+            // Counting non-zero weights scans the model: every 5 s, as `run` does.
+            let nonzero = last_nonzero.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+            if nonzero {
+                last_nonzero = Some(Instant::now());
+            }
+            telemetry::publish(&running.metrics(nonzero, &health));
+        }
         if let Some(handle) = producing.take_if(|h| h.is_finished()) {
             generated = Some(
                 handle
@@ -139,7 +171,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         }
     }
     worker_stop.store(true, Ordering::Relaxed);
+    health.set_consuming(false);
     let report = running.join()?;
+    drop(server);
     line.finish();
     let generated = match (generated, producing) {
         (Some(g), _) => g,

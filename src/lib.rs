@@ -24,5 +24,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod progressive;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod telemetry;
+pub mod timeline;

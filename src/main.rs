@@ -42,6 +42,18 @@ enum Command {
     /// Validate a configuration file (with the `CTRFLOW__...` environment overrides)
     /// without running anything: exit 0, or non-zero listing every problem.
     CheckConfig(CheckConfigArgs),
+    /// Plot a `--metrics-out` file (logloss, AUC, calibration, throughput, drift
+    /// statistics with the alerts, feature drift) as one self-contained HTML page.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// The metrics records (`replay --metrics-out`, `telemetry.metrics_out`).
+    file: PathBuf,
+    /// The HTML page to write.
+    #[arg(long, short, default_value = "report.html")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,6 +114,12 @@ struct DemoArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Serve /metrics, /healthz and /readyz here ("" for no server; port 0 for any).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: String,
+    /// Write the metrics over time here (`ctrflow report` plots them).
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +158,10 @@ struct ReplayArgs {
     /// At most this many training rows for the baseline (evenly spread over its period).
     #[arg(long, default_value_t = 50_000, requires = "baseline")]
     baseline_max_rows: usize,
+    /// Write the metrics over time here: one JSON record per `telemetry.metrics_interval_ms`
+    /// of event time (`ctrflow report` plots them). Overrides `telemetry.metrics_out`.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -171,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_train_rows: args.baseline_max_rows,
                     ..Default::default()
                 }),
+                metrics_out: args.metrics_out,
             };
             let report = replay::run(&options)?;
             print_report(&report, args.json, || report.render())
@@ -221,6 +244,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 partitions: args.partitions,
                 seed: args.seed,
                 stop,
+                listen: args.listen,
+                metrics_out: args.metrics_out,
             })?;
             print!("{}", report.render());
             Ok(())
@@ -235,6 +260,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 category: args.category,
             })?;
             print_report(&report, args.json, || report.render())
+        }
+        Command::Report(args) => {
+            let started = std::time::Instant::now();
+            let written = ctrflow::report::write(&args.file, &args.output)?;
+            eprintln!(
+                "wrote {} ({} KiB): {} records, {} alerts, in {:.2} s",
+                args.output.display(),
+                written.bytes / 1024,
+                written.records,
+                written.alerts,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         Command::CheckConfig(args) => {
             let config = PipelineConfig::load_with_process_env(Some(&args.file))?;

@@ -24,13 +24,14 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
-use crate::drift::Drift;
 use crate::drift::data::CtxSketch;
+use crate::drift::{Drift, DriftConfig};
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
 use crate::features::Featurizer;
 use crate::model::Model;
 use crate::progressive::Progressive;
+use crate::timeline::{Timeline, TimelineOutput};
 
 /// The dataflow's input.
 pub type Input = InputHandle<Watermark, CapacityContainerBuilder<Vec<Interaction>>>;
@@ -96,6 +97,10 @@ pub struct Context<'a> {
     pub entities: Option<&'a EntityStore>,
     /// The worker's checkpointed state, when resuming.
     pub restored: Option<Restored>,
+    /// Metrics over time and drift metrics ([`crate::timeline`]): give it to worker 0
+    /// only, which runs the detectors. With it, the `Detect` operator runs even when
+    /// `[drift]` is disabled (then with no detector).
+    pub timeline: Option<TimelineOutput>,
 }
 
 /// Builds the learning dataflow on `worker`: records in, one score per impression handed
@@ -127,6 +132,7 @@ pub fn build_detecting(
     on_examples: Option<OnExamples>,
     on_alert: impl FnMut(&Alert) + 'static,
 ) -> Dataflow {
+    let detect = config.drift.enabled || context.timeline.is_some();
     let on_alert: Option<OnAlert> = Some(Box::new(on_alert));
     build_inner(
         worker,
@@ -135,7 +141,7 @@ pub fn build_detecting(
         context,
         on_scores,
         on_examples,
-        on_alert.filter(|_| config.drift.enabled),
+        on_alert.filter(|_| detect),
     )
 }
 
@@ -156,6 +162,7 @@ fn build_inner(
         Some(r) => (r.join, r.progressive),
         None => (JoinState::new(&config.label), progressive(config)),
     };
+    let timeline = context.timeline;
     let join = Rc::new(RefCell::new(join));
     let progressive = Rc::new(RefCell::new(progressive));
     let enrich = match context.entities {
@@ -205,14 +212,24 @@ fn build_inner(
                 label: e.label,
             });
             let sink = Rc::clone(&alerts);
-            impressions
+            let observations = impressions
                 .concat(labels)
-                .concat(drift_input.to_stream(scope))
-                .detect(Drift::new(&config.drift, config.label.window_ms))
-                .inspect(move |alert| {
-                    on_alert(alert);
-                    sink.borrow_mut().push(alert.clone());
-                });
+                .concat(drift_input.to_stream(scope));
+            let drift = if config.drift.enabled {
+                Drift::new(&config.drift, config.label.window_ms)
+            } else {
+                Drift::new(&no_detectors(), config.label.window_ms)
+            };
+            let alerts = match timeline {
+                Some(output) => {
+                    observations.detect(Timeline::new(drift, output, self::progressive(config)))
+                }
+                None => observations.detect(drift),
+            };
+            alerts.inspect(move |alert| {
+                on_alert(alert);
+                sink.borrow_mut().push(alert.clone());
+            });
         }
     });
     Dataflow {
@@ -224,6 +241,17 @@ fn build_inner(
         alerts,
         id,
     }
+}
+
+/// `[drift]` with every detector off: the timeline's host when drift detection is disabled.
+fn no_detectors() -> DriftConfig {
+    let mut c = DriftConfig::default();
+    c.concept.enabled = false;
+    c.calibration.enabled = false;
+    c.feedback.enabled = false;
+    c.data.enabled = false;
+    c.score.enabled = false;
+    c
 }
 
 impl Dataflow {

@@ -234,7 +234,7 @@ impl Totals {
 }
 
 /// Progressive-validation metrics over a set of examples (all so far, or the window).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Examples observed.
     pub count: u64,

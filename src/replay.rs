@@ -37,6 +37,7 @@ use crate::event::DecodeError;
 use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
+use crate::timeline::TimelineOutput;
 
 /// What `replay` was asked to do.
 #[derive(Debug, Clone)]
@@ -57,6 +58,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Also fit a batch baseline on the early part and compare ([`crate::baseline`]).
     pub baseline: Option<BaselineOptions>,
+    /// Where to write the metrics over time ([`crate::timeline`]); `None`:
+    /// `telemetry.metrics_out`, if set.
+    pub metrics_out: Option<PathBuf>,
 }
 
 /// The end-of-run report (`--json` prints it as is).
@@ -177,6 +181,19 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     // Every labelled impression with its served score, for the baseline.
     let served: Option<Arc<Mutex<Vec<Served>>>> = options.baseline.as_ref().map(|_| Arc::default());
     let bar = progress_bar(options.progress, source.len() as u64);
+    let metrics_out = options.metrics_out.clone().or_else(|| {
+        (!config.telemetry.metrics_out.is_empty())
+            .then(|| PathBuf::from(&config.telemetry.metrics_out))
+    });
+    // Worker 0 runs the detectors, so it keeps the timeline.
+    let timeline = match &metrics_out {
+        Some(path) => Some(TimelineOutput::file(
+            path,
+            config.telemetry.metrics_interval_ms,
+        )?),
+        None => None,
+    };
+    let timeline = Arc::new(Mutex::new(timeline));
 
     let started = Instant::now();
     let workers = options.workers.max(1);
@@ -192,6 +209,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let bar = bar.clone();
         let sinks = Arc::clone(&sinks);
         let served = served.clone();
+        let timeline = Arc::clone(&timeline);
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -219,6 +237,11 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let context = pipeline::Context {
                 entities: Some(&entities),
                 restored: None,
+                timeline: if index == 0 {
+                    timeline.lock().ok().and_then(|mut t| t.take())
+                } else {
+                    None
+                },
             };
             let mut dataflow = pipeline::build_detecting(
                 worker,

@@ -51,6 +51,7 @@
 //! the newest of them); feedback read with them does not hold them back.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +69,7 @@ use crate::model::Model;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
 use crate::progressive::{Progressive, Summary};
 use crate::telemetry::{self, Health};
+use crate::timeline::{DriftMetrics, TimelineOutput};
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -116,6 +118,8 @@ pub struct RunStatus {
     partition_lag: Vec<Mutex<PartitionLags>>,
     /// Per worker: it has completed a poll round.
     polled: Vec<AtomicBool>,
+    /// What the drift detectors (worker 0) report to `/metrics`.
+    drift: Arc<Mutex<DriftMetrics>>,
 }
 
 /// Messages behind the high watermark per partition (`None`: not known yet).
@@ -155,6 +159,7 @@ impl RunStatus {
             join: (0..workers).map(|_| Mutex::default()).collect(),
             partition_lag: (0..workers).map(|_| Mutex::default()).collect(),
             polled: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            drift: Arc::default(),
         }
     }
 
@@ -384,6 +389,29 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     let sources = Arc::new(sources);
     let status = Arc::new(RunStatus::new(workers));
     let alerts = Arc::new(AlertSinks::start(&config.drift));
+    // Worker 0 runs the detectors and keeps the metrics over time: records appended to
+    // `telemetry.metrics_out` (a restart adds to them), drift metrics for `/metrics`.
+    let telemetry_config = &config.telemetry;
+    let records = !telemetry_config.metrics_out.is_empty();
+    let timeline = if records || config.drift.enabled {
+        let mut output = if records {
+            TimelineOutput::append(
+                Path::new(&telemetry_config.metrics_out),
+                telemetry_config.metrics_interval_ms,
+            )
+            .context("telemetry.metrics_out")?
+        } else {
+            TimelineOutput {
+                interval_ms: telemetry_config.metrics_interval_ms,
+                ..TimelineOutput::default()
+            }
+        };
+        output.metrics = Some(Arc::clone(&status.drift));
+        Some(output)
+    } else {
+        None
+    };
+    let timeline = Mutex::new(timeline);
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();
@@ -408,6 +436,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 checkpointer: checkpointer.as_deref(),
                 sink: &sink,
                 status: &status,
+                timeline: &timeline,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -473,6 +502,11 @@ impl Running {
             overall: progress.overall,
             recent: progress.recent,
             ready: health.ready().is_ok(),
+            drift: self
+                .config
+                .drift
+                .enabled
+                .then(|| status.drift.lock().map(|d| d.clone()).unwrap_or_default()),
             ..telemetry::Snapshot::default()
         };
         for (slot, (name, counter)) in s
@@ -624,6 +658,8 @@ struct Shared<'a> {
     checkpointer: Option<&'a Checkpointer>,
     sink: &'a Arc<KafkaSink>,
     status: &'a Arc<RunStatus>,
+    /// Taken by worker 0.
+    timeline: &'a Mutex<Option<TimelineOutput>>,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -642,6 +678,7 @@ fn work(
         checkpointer,
         sink,
         status,
+        timeline,
     } = shared;
     // Resuming: the input starts where it stood at the checkpoint.
     let resumed_at = restored.as_ref().map(|r| (r.newest, r.input_time));
@@ -672,6 +709,11 @@ fn work(
         let context = pipeline::Context {
             entities: Some(entities),
             restored,
+            timeline: if index == 0 {
+                timeline.lock().ok().and_then(|mut t| t.take())
+            } else {
+                None
+            },
         };
         pipeline::build_detecting(
             worker,
@@ -1049,6 +1091,9 @@ fn checkpoint_round(
         metrics::counter!("ctrflow_checkpoints_total", "outcome" => outcome).increment(1);
         if let Some(stats) = checkpointer.last_commit() {
             metrics::gauge!("ctrflow_checkpoint_size_bytes").set(stats.bytes as f64);
+        }
+        for (table, bytes) in checkpointer.table_sizes() {
+            metrics::gauge!("ctrflow_state_size_bytes", "table" => table).set(bytes as f64);
         }
     }
     if committed {

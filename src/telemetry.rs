@@ -16,18 +16,13 @@
 //! [`METRICS`] lists every name with its help text; the dashboard and the alerting rules
 //! in `configs/` use these names (a test checks it).
 //!
-//! # Names reserved for other components
+//! # Drift and state
 //!
-//! Not exported yet; use exactly these when the component lands, so that the dashboard and
-//! `configs/prometheus-alerts.yml` pick them up:
-//! - state (`[state]`): `ctrflow_state_size_bytes{table}` (gauge), and
-//!   [`Health::set_checkpointing`] for `/readyz`. (The checkpoint metrics are exported:
-//!   `ctrflow_checkpoint_duration_seconds`, `ctrflow_checkpoint_size_bytes`,
-//!   `ctrflow_checkpoints_total{outcome}`.)
-//! - drift (`[drift]`): `ctrflow_alerts_firing{kind}` (gauge, 1 while an alert of that
-//!   kind fires), `ctrflow_alerts_total{kind,severity}`, `ctrflow_drift_statistic{detector,
-//!   metric}` (gauge: each detector's current statistic) and
-//!   `ctrflow_drift_threshold{detector, metric}`.
+//! The drift detectors run on worker 0 ([`crate::timeline`]): `ctrflow_alerts_firing{kind}`
+//! (open episodes) and `ctrflow_alerts_total{kind,state,severity}` follow each alert as it
+//! is raised; `ctrflow_drift_statistic{detector,metric}` and `ctrflow_drift_threshold`
+//! are refreshed once per `telemetry.metrics_interval_ms` of event time.
+//! `ctrflow_state_size_bytes{table}` is read from RocksDB at each checkpoint.
 //!
 //! # Logs
 //!
@@ -58,6 +53,18 @@ pub struct TelemetryConfig {
     /// How often the worker's counters are published as metrics.
     #[serde(default = "default_publish_interval_ms")]
     pub publish_interval_ms: u64,
+    /// JSON Lines file the worker appends the metrics over time to (one record per
+    /// `metrics_interval_ms` of event time; `ctrflow report` plots it); empty: none.
+    /// `replay --metrics-out FILE` overrides it.
+    #[serde(default)]
+    pub metrics_out: String,
+    /// Event time per metrics record, milliseconds.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub metrics_interval_ms: u64,
+}
+
+const fn default_metrics_interval_ms() -> u64 {
+    60_000
 }
 
 fn default_listen() -> String {
@@ -73,6 +80,8 @@ impl Default for TelemetryConfig {
         Self {
             listen: default_listen(),
             publish_interval_ms: default_publish_interval_ms(),
+            metrics_out: String::new(),
+            metrics_interval_ms: default_metrics_interval_ms(),
         }
     }
 }
@@ -90,6 +99,12 @@ impl TelemetryConfig {
             problems.push(format!(
                 "telemetry.publish_interval_ms must be in 100..=60000, got {}",
                 self.publish_interval_ms
+            ));
+        }
+        if self.metrics_interval_ms < 1000 {
+            problems.push(format!(
+                "telemetry.metrics_interval_ms must be at least 1000 (one record per second of event time), got {}",
+                self.metrics_interval_ms
             ));
         }
     }
@@ -216,6 +231,31 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Checkpoints by outcome: ok, or failed (the previous one stands).",
     ),
     (
+        "ctrflow_state_size_bytes",
+        Kind::Gauge,
+        "Bytes of the durable state per table (RocksDB SST files plus memtables), as of the last checkpoint.",
+    ),
+    (
+        "ctrflow_alerts_firing",
+        Kind::Gauge,
+        "Drift alert episodes open (fired, not yet resolved) by kind.",
+    ),
+    (
+        "ctrflow_alerts_total",
+        Kind::Counter,
+        "Drift alerts raised by kind, state (firing, resolved) and severity.",
+    ),
+    (
+        "ctrflow_drift_statistic",
+        Kind::Gauge,
+        "Each drift detector's statistic at the last metrics interval (telemetry.metrics_interval_ms of event time).",
+    ),
+    (
+        "ctrflow_drift_threshold",
+        Kind::Gauge,
+        "The threshold each drift detector's statistic alerts at.",
+    ),
+    (
         "ctrflow_ready",
         Kind::Gauge,
         "1 while /readyz answers 200 (consuming, checkpoints healthy).",
@@ -223,14 +263,8 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
 ];
 
 /// Names reserved for components still being built (see the module doc); the dashboard
-/// and alerting rules already use them.
-pub const RESERVED: &[&str] = &[
-    "ctrflow_state_size_bytes",
-    "ctrflow_alerts_firing",
-    "ctrflow_alerts_total",
-    "ctrflow_drift_statistic",
-    "ctrflow_drift_threshold",
-];
+/// and alerting rules may already use them. None at the moment.
+pub const RESERVED: &[&str] = &[];
 
 /// Bucket bounds of every `*_seconds` histogram: 100 µs to 60 s.
 pub const LATENCY_BUCKETS: [f64; 18] = [
@@ -306,6 +340,8 @@ pub struct Snapshot {
     pub recent: Summary,
     /// Whether `/readyz` says ready.
     pub ready: bool,
+    /// Alerts and detector statistics, when `[drift]` is enabled.
+    pub drift: Option<crate::timeline::DriftMetrics>,
 }
 
 /// Exports `s` to the current recorder (the global one, or a local one in tests).
@@ -370,6 +406,25 @@ pub fn publish(s: &Snapshot) {
         }
     }
     gauge!("ctrflow_ready").set(if s.ready { 1.0 } else { 0.0 });
+    if let Some(d) = &s.drift {
+        for &(kind, open) in &d.firing {
+            gauge!("ctrflow_alerts_firing", "kind" => kind).set(open as f64);
+        }
+        for (&(kind, state, severity), &n) in &d.alerts_total {
+            counter!("ctrflow_alerts_total", "kind" => kind, "state" => state, "severity" => severity)
+                .absolute(n);
+        }
+        for stat in &d.stats {
+            let labels = [
+                ("detector", stat.detector.to_string()),
+                ("metric", stat.metric.to_string()),
+            ];
+            gauge!("ctrflow_drift_statistic", &labels).set(stat.value);
+            if let Some(t) = stat.threshold {
+                gauge!("ctrflow_drift_threshold", &labels).set(t);
+            }
+        }
+    }
 }
 
 /// What `/readyz` reports. `/healthz` needs nothing: answering is being alive.
@@ -643,10 +698,13 @@ mod tests {
         TelemetryConfig {
             listen: "localhost".to_owned(),
             publish_interval_ms: 5,
+            metrics_out: String::new(),
+            metrics_interval_ms: 10,
         }
         .validate(&mut problems);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("telemetry.listen"));
         assert!(problems[1].contains("telemetry.publish_interval_ms"));
+        assert!(problems[2].contains("telemetry.metrics_interval_ms"));
     }
 }

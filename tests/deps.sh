@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System packages the build needs (../shared/DEPS.md): Debian's RocksDB (linked
 # dynamically; .cargo/config.toml points ROCKSDB_LIB_DIR at it) and libclang (bindgen in
-# librocksdb-sys). Installs them with apt when missing; a no-op otherwise.
+# librocksdb-sys), and Chromium (tests/report.rs renders `ctrflow report` headless).
+# Installs them with apt when missing; a no-op otherwise.
 set -euo pipefail
 missing=()
-for pkg in librocksdb-dev libclang-dev; do
+for pkg in librocksdb-dev libclang-dev chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

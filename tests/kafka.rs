@@ -6,9 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::kafka_util::{
-    Scrape, Topics, WorkerProcess, assert_every_impression_scored_once_or_identically,
-    assert_metrics_after, assert_one_valid_score_per_impression, consume, free_port, generate_into,
-    http_get, json, produce_raw, scrape_until, wait_ready,
+    SMALL_DRIFT, Scrape, Topics, WorkerProcess, assert_drift_and_state_metrics,
+    assert_every_impression_scored_once_or_identically, assert_metrics_after,
+    assert_one_valid_score_per_impression, consume, free_port, generate_into,
+    has_drift_and_state_metrics, http_get, json, produce_raw, scrape_until, wait_ready,
 };
 
 fn broker() -> String {
@@ -244,7 +245,16 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
     let topics = Topics::create(&brokers, 2);
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let worker = WorkerProcess::start(dir.path(), &topics.config_serving(&brokers, &addr, ""), 2);
+    // Durable state (for its size) and drift windows small enough for this stream.
+    let extra = format!(
+        "{SMALL_DRIFT}\n[state]\ndir = \"{}\"\ncheckpoint_interval_ms = 1000\n",
+        dir.path().join("state").display()
+    );
+    let worker = WorkerProcess::start(
+        dir.path(),
+        &topics.config_serving(&brokers, &addr, &extra),
+        2,
+    );
     wait_ready(&addr, Duration::from_secs(60));
     assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
 
@@ -280,6 +290,8 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
                 > 0.9 * generated.impressions as f64
     });
     assert_metrics_after(&done, generated.events, generated.impressions, bad as u64);
+    let drift = scrape_until(&addr, Duration::from_secs(30), has_drift_and_state_metrics);
+    assert_drift_and_state_metrics(&drift);
     seen.push((events(&done), scores(&done)));
     assert!(
         seen.windows(2)

@@ -575,6 +575,75 @@ pub fn assert_metrics_after(scrape: &Scrape, events: u64, impressions: u64, bad:
     assert_eq!(m("ctrflow_ready"), 1.0);
 }
 
+/// Settings under which a stream of a few thousand impressions (minutes of event time)
+/// already gives every drift detector's statistic and the metrics records: short
+/// attribution window, small data-drift slices, 10 s metrics intervals.
+pub const SMALL_DRIFT: &str = r#"
+[label]
+window_ms = 60000
+[drift.data]
+slice_impressions = 500
+recent_slices = 4
+reference_slices = 4
+"#;
+
+/// Whether a scrape shows what the drift detectors and the durable state export (see
+/// [`assert_drift_and_state_metrics`]).
+pub fn has_drift_and_state_metrics(scrape: &Scrape) -> bool {
+    scrape
+        .sum("ctrflow_drift_statistic", "detector=\"psi\"")
+        .is_some()
+        && scrape
+            .sum("ctrflow_drift_statistic", "detector=\"adwin\"")
+            .is_some()
+        && scrape.sum("ctrflow_state_size_bytes", "").unwrap_or(0.0) > 0.0
+}
+
+/// Checks the drift and state metrics of a worker run with [`SMALL_DRIFT`] and a state
+/// directory, on a stationary stream: every alert kind exported and quiet, each
+/// detector's statistic beside its threshold, the state's size per table.
+pub fn assert_drift_and_state_metrics(scrape: &Scrape) {
+    for kind in ["concept_drift", "data_drift", "calibration", "label_delay"] {
+        assert_eq!(
+            scrape.sum("ctrflow_alerts_firing", &format!("kind=\"{kind}\"")),
+            Some(0.0),
+            "{kind}: {}",
+            scrape.0
+        );
+    }
+    assert_eq!(scrape.sum("ctrflow_alerts_total", ""), None, "no alerts");
+    for (detector, metric) in [
+        ("adwin", "relative_logloss"),
+        ("psi", "ctx.country"),
+        ("js", "ctx.device"),
+    ] {
+        let labels = format!("detector=\"{detector}\",metric=\"{metric}\"");
+        let value = scrape.get("ctrflow_drift_statistic", &labels);
+        assert!(value.is_finite(), "{labels}: {value}");
+    }
+    let psi = scrape.get(
+        "ctrflow_drift_statistic",
+        "detector=\"psi\",metric=\"ctx.country\"",
+    );
+    let threshold = scrape.get(
+        "ctrflow_drift_threshold",
+        "detector=\"psi\",metric=\"ctx.country\"",
+    );
+    assert!(
+        (0.0..threshold).contains(&psi),
+        "PSI {psi}, threshold {threshold}"
+    );
+    let min_shift = scrape.get(
+        "ctrflow_drift_threshold",
+        "detector=\"adwin\",metric=\"relative_logloss\"",
+    );
+    assert_eq!(min_shift, 0.01);
+    for table in ["model", "offsets"] {
+        let bytes = scrape.sum("ctrflow_state_size_bytes", &format!("table=\"{table}\""));
+        assert!(bytes.is_some_and(|b| b > 0.0), "{table}: {}", scrape.0);
+    }
+}
+
 /// Waits (at most `timeout`) until `check` holds of a scrape of `addr`; returns that
 /// scrape, or fails the test with the last one.
 pub fn scrape_until(addr: &str, timeout: Duration, check: impl Fn(&Scrape) -> bool) -> Scrape {

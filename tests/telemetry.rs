@@ -12,8 +12,8 @@ use ctrflow::run::{RunOptions, run};
 use ctrflow_connectors::kafka::MockCluster;
 
 use crate::kafka_util::{
-    Scrape, WorkerProcess, assert_metrics_after, free_port, http_get, produce_raw, scrape_until,
-    wait_ready,
+    Scrape, WorkerProcess, assert_drift_and_state_metrics, assert_metrics_after, free_port,
+    has_drift_and_state_metrics, http_get, produce_raw, scrape_until, wait_ready,
 };
 
 #[test]
@@ -31,6 +31,18 @@ fn metrics_count_what_the_worker_does_and_health_answers() {
     config.input.allowed_lateness_ms = 0;
     config.telemetry.listen = addr.clone();
     config.telemetry.publish_interval_ms = 200;
+    // Every drift detector's statistic within minutes of event time (SMALL_DRIFT), the
+    // metrics over time in a file, and durable state for its size.
+    let dir = tempfile::tempdir().unwrap();
+    config.label.window_ms = 60_000;
+    config.drift.data.slice_impressions = 500;
+    config.drift.data.recent_slices = 4;
+    config.drift.data.reference_slices = 4;
+    config.telemetry.metrics_interval_ms = 10_000;
+    let records = dir.path().join("metrics.jsonl");
+    config.telemetry.metrics_out = records.display().to_string();
+    config.state.dir = dir.path().join("state");
+    config.state.checkpoint_interval_ms = 1000;
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let options = RunOptions {
@@ -86,12 +98,31 @@ fn metrics_count_what_the_worker_does_and_health_answers() {
         // Counted every 5 s (a scan of every coordinate): the first count saw none.
         s.sum("ctrflow_model_nonzero_weights", "").unwrap_or(0.0) > 0.0
             && s.sum("ctrflow_bad_events_total", "") == Some(bad as f64)
+            && s.sum("ctrflow_event_to_score_latency_seconds_count", "")
+                .unwrap_or(0.0)
+                > 0.9 * generated.impressions as f64
     });
     assert_metrics_after(&last, generated.events, generated.impressions, bad as u64);
+    let last = scrape_until(&addr, Duration::from_secs(20), has_drift_and_state_metrics);
+    assert_drift_and_state_metrics(&last);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = worker.join().unwrap().expect("clean shutdown");
     assert_eq!(report.events, generated.events + bad as u64);
+    // The worker wrote the metrics over time: one record per 10 s of event time that saw
+    // anything, the last one after every impression.
+    let records = ctrflow::timeline::read(&records).unwrap();
+    assert!(records.len() >= 10, "{} records", records.len());
+    assert!(records.windows(2).all(|w| w[0].ts < w[1].ts));
+    let final_record = records.last().unwrap();
+    assert_eq!(final_record.impressions, report.impressions);
+    assert!(
+        final_record
+            .overall
+            .logloss
+            .is_some_and(|l| l > 0.0 && l < 0.69)
+    );
+    assert!(!final_record.drift.is_empty());
     // The server stopped with the worker.
     assert!(http_get(&addr, "/healthz").is_none());
     drop(cluster);

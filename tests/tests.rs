@@ -10,6 +10,9 @@ mod replay;
 /// stream none; webhook delivery.
 mod drift;
 
+/// `replay --metrics-out` and `ctrflow report`, rendered by headless Chromium.
+mod report;
+
 /// Every file in `configs/` parses and validates.
 mod configs;
 

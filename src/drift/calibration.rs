@@ -130,6 +130,25 @@ impl CalibrationDrift {
     }
 }
 
+impl CalibrationDrift {
+    /// Appends the ratio over the last full window against the band edge on its side.
+    pub fn stats(&self, out: &mut Vec<super::DetectorStat>) {
+        if self.window.len() < self.slices {
+            return;
+        }
+        let predicted: f64 = self.window.iter().map(|s| s.predicted).sum();
+        let clicks: f64 = self.window.iter().map(|s| s.clicks).sum();
+        let ratio = predicted / clicks.max(0.5);
+        let threshold = if ratio < 1.0 { self.lower } else { self.upper };
+        out.push(super::DetectorStat::new(
+            "ratio_band",
+            "calibration",
+            ratio,
+            Some(threshold),
+        ));
+    }
+}
+
 struct Described {
     ratio: f64,
     threshold: f64,

@@ -247,6 +247,37 @@ impl ConceptDrift {
     }
 }
 
+impl ConceptDrift {
+    /// Appends the current statistics, computed from the state kept anyway: the loss
+    /// level's rise over its pre-drift level (what ADWIN's cuts and the recovery check
+    /// measure) against `min_shift`, and Page-Hinkley's `m_t - M_t` against `λ`.
+    pub fn stats(&self, out: &mut Vec<super::DetectorStat>) {
+        if self.seen == 0 {
+            return;
+        }
+        let before = if self.episode.is_open() {
+            self.baseline
+        } else {
+            self.slow
+        };
+        let metric = self.metric.name();
+        out.push(super::DetectorStat::new(
+            "adwin",
+            metric,
+            self.fast - before,
+            Some(self.settings.min_shift),
+        ));
+        if let Some(ph) = &self.page_hinkley {
+            out.push(super::DetectorStat::new(
+                "page_hinkley",
+                metric,
+                ph.statistic(),
+                ph.lambda(),
+            ));
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Fired {
     detector: &'static str,

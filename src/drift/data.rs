@@ -298,6 +298,66 @@ impl DistributionDrift {
     }
 }
 
+impl DistributionDrift {
+    /// Appends each field's PSI and JS distance between the reference and the recent
+    /// window as of the last closed slice, recomputed from the kept slices (call it now
+    /// and then, not per impression); the statistic alerts use carries its threshold.
+    pub fn stats(&self, out: &mut Vec<super::DetectorStat>) {
+        let settings = self.settings;
+        let n = self.slices.len();
+        let owned;
+        let (reference, recent) = match settings.reference {
+            Reference::Warmup => {
+                let Some(reference) = self.reference.as_ref() else {
+                    return;
+                };
+                if n < settings.recent_slices {
+                    return;
+                }
+                (
+                    reference,
+                    merged(self.slices.iter().skip(n - settings.recent_slices)),
+                )
+            }
+            Reference::Lagging => {
+                let keep = settings.reference_slices + settings.lag_slices + settings.recent_slices;
+                if n < keep {
+                    return;
+                }
+                owned = merged(
+                    self.slices
+                        .iter()
+                        .skip(n - keep)
+                        .take(settings.reference_slices),
+                );
+                (
+                    &owned,
+                    merged(self.slices.iter().skip(n - settings.recent_slices)),
+                )
+            }
+        };
+        let empty = BTreeMap::new();
+        for (key, ref_bins) in &reference.fields {
+            let recent_bins = recent.fields.get(key).unwrap_or(&empty);
+            let c = compare(
+                ref_bins,
+                reference.impressions,
+                recent_bins,
+                recent.impressions,
+                key.1,
+                &settings,
+            );
+            let metric = format!("{}{}", self.prefix, key.0);
+            let (psi, js) = match settings.statistic {
+                Statistic::Psi => (Some(c.threshold), None),
+                Statistic::Js => (None, Some(c.threshold)),
+            };
+            out.push(super::DetectorStat::new("psi", &metric, c.psi, psi));
+            out.push(super::DetectorStat::new("js", &metric, c.js, js));
+        }
+    }
+}
+
 fn merged<'a>(slices: impl Iterator<Item = &'a Slice>) -> Slice {
     let mut out = Slice::default();
     for s in slices {

@@ -817,6 +817,56 @@ impl Drift {
     }
 }
 
+/// One detector's statistic now, beside the threshold it alerts at (`None`: not set yet,
+/// or a statistic reported but not alerted on): what `--metrics-out` records and
+/// `/metrics` exports as `ctrflow_drift_statistic` / `ctrflow_drift_threshold`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectorStat {
+    /// As alerts name it: `adwin`, `page_hinkley`, `ratio_band`, `feedback_rate`, `psi`, `js`.
+    pub detector: compact_str::CompactString,
+    /// As alerts name it: `relative_logloss`, `calibration`, `ctx.device`, `score`, ...
+    pub metric: compact_str::CompactString,
+    /// The statistic.
+    pub value: f64,
+    /// The threshold it alerts above (below, for `calibration` under 1 and the feedback
+    /// rate).
+    pub threshold: Option<f64>,
+}
+
+impl DetectorStat {
+    fn new(detector: &str, metric: &str, value: f64, threshold: Option<f64>) -> Self {
+        Self {
+            detector: detector.into(),
+            metric: metric.into(),
+            value,
+            threshold,
+        }
+    }
+}
+
+impl Drift {
+    /// Appends every enabled detector's current statistic. Computed from the detectors'
+    /// state on demand (the data-drift part re-bins its windows): for interval ends and
+    /// metric publishing, not per observation.
+    pub fn stats(&self, out: &mut Vec<DetectorStat>) {
+        for c in &self.concept {
+            c.stats(out);
+        }
+        if let Some(c) = &self.calibration {
+            c.stats(out);
+        }
+        if let Some(o) = &self.outage {
+            o.stats(out);
+        }
+        if let Some(d) = &self.data {
+            d.stats(out);
+        }
+        if let Some(s) = &self.score {
+            s.stats(out);
+        }
+    }
+}
+
 impl Detector for Drift {
     fn observe(&mut self, observation: &Observation) {
         let timing = self.timing;

@@ -208,6 +208,42 @@ impl FeedbackOutage {
     }
 }
 
+impl FeedbackOutage {
+    /// Appends the decisive-feedback rate of the last evaluated span as a fraction of the
+    /// usual rate, against `max_fraction`.
+    pub fn stats(&self, out: &mut Vec<super::DetectorStat>) {
+        let s = self.settings;
+        let width = s.bucket_ms.max(1);
+        let span = (s.span_ms / width).max(1) as usize;
+        let baseline = (s.baseline_ms / width).max(1) as usize;
+        let closed = self.evaluated.min(self.buckets.len());
+        if closed < span + baseline {
+            return;
+        }
+        let (mut imp, mut dec, mut base_imp, mut base_dec) = (0u64, 0u64, 0u64, 0u64);
+        for b in self.buckets.range(closed - span..closed) {
+            imp += b.impressions;
+            dec += b.decisive;
+        }
+        for b in self.buckets.range(closed - span - baseline..closed - span) {
+            if !b.excluded {
+                base_imp += b.impressions;
+                base_dec += b.decisive;
+            }
+        }
+        if imp == 0 || base_imp == 0 || base_dec == 0 {
+            return;
+        }
+        let fraction = (dec as f64 / imp as f64) / (base_dec as f64 / base_imp as f64);
+        out.push(super::DetectorStat::new(
+            "feedback_rate",
+            "decisive_feedback_rate",
+            fraction,
+            Some(s.max_fraction),
+        ));
+    }
+}
+
 struct Described {
     fraction: f64,
     threshold: f64,

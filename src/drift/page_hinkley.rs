@@ -96,6 +96,11 @@ impl PageHinkley {
         self.mean
     }
 
+    /// The statistic `m_t - M_t` compared with `λ` (for metrics and reports).
+    pub fn statistic(&self) -> f64 {
+        self.cumulative - self.minimum
+    }
+
     /// Adds `x`; an alarm restarts the test (keeping `λ`).
     pub fn insert(&mut self, x: f64) -> Option<Alarm> {
         self.n += 1;
