@@ -270,6 +270,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             "pending_impressions",
             "buffered_records",
             "offsets",
+            // The global aggregates' sliding window was restored and slid on exactly.
+            "aggregates",
         ]
     } else {
         &["offsets"]
@@ -287,6 +289,25 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         assert!(s["model"]["nonzero_weights"].as_u64().unwrap() > 100, "{s}");
     }
     assert_eq!(sa["entities"], sb["entities"]);
+    // `inspect` shows the global aggregates of the last checkpoint: all the impressions
+    // of the last hour (of the whole stream, when it is shorter), and the most clicked items.
+    for s in [&sa, &sb] {
+        let a = &s["aggregates"];
+        let shown: u64 = a["category_ctr_1h"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["impressions"].as_u64().unwrap())
+            .sum();
+        assert!(shown > 0 && shown <= generated.impressions, "{a}");
+        if let Some((first, last)) = generated.ts_range
+            && last - first < 3_600_000 - 60_000
+        {
+            assert_eq!(shown, generated.impressions, "{a}");
+        }
+        assert_eq!(a["top_items_1h"].as_array().unwrap().len(), 10, "{a}");
+        assert_eq!(a["watermark"], s["checkpoint"]["watermark"], "{a}");
+    }
     // Lifetime counters: the uninterrupted run read every event once; the killed one read
     // some again after each restart.
     assert_eq!(sa["counters"]["records_read"], generated.events, "{sa}");
