@@ -24,6 +24,16 @@
 //! only when the attribution window closes) and inflate the recent CTR. A click that
 //! arrives after its impression's bucket retired is counted as late and left out.
 //!
+//! # Batching
+//!
+//! Updates take effect at the first bucket boundary at or after the time they arrive, not
+//! at that time itself: the differential operators then see one time per bucket (with the
+//! updates of all the batches in it consolidated) however finely the watermark moves
+//! (`run` advances it per poll, `replay` per block), and their work per time (re-ranking
+//! a top-K shard, replaying a key's history) is done once per bucket. The price: between
+//! boundaries the aggregates lag by less than one bucket (the window's state, which a
+//! checkpoint stores, is always complete); when the input ends everything takes effect.
+//!
 //! # Shape
 //!
 //! 1. `AggregatePrepare` (every worker): sums its scores (impressions) and positive examples
@@ -153,6 +163,12 @@ impl AggregatesConfig {
     fn retire(&self, b: i64) -> Watermark {
         let end = i128::from(b + 1) * i128::from(self.bucket_ms) + i128::from(self.window_ms);
         end.clamp(0, i128::from(Watermark::MAX)) as Watermark
+    }
+
+    /// The first bucket boundary at or after `t`: when an update arriving at `t` takes
+    /// effect (see the module docs, "Batching").
+    fn boundary(&self, t: Watermark) -> Watermark {
+        t.div_ceil(self.bucket_ms).saturating_mul(self.bucket_ms)
     }
 }
 
@@ -381,6 +397,8 @@ impl Aggregates {
             }
             return;
         }
+        // Never after `retire(bucket)`: that is a boundary, and after `time`.
+        let time = self.config.boundary(time);
         let sums = self.window.entry(bucket).or_default();
         match delta {
             Delta::Category {
@@ -403,6 +421,7 @@ impl Aggregates {
         if !std::mem::take(&mut self.reinsert) {
             return;
         }
+        let time = self.config.boundary(time);
         for sums in self.window.values() {
             push_bucket(out, sums, time, 1);
         }
@@ -920,6 +939,29 @@ mod tests {
         assert_eq!(ctr(&reports[1], "music"), (1, 1));
         assert_eq!(top(&reports[1]), vec![("b", 1)]);
         assert!(reports[2].category_ctr_1h.is_empty());
+    }
+
+    /// Updates wait for the next bucket boundary, so differential sees one time per bucket.
+    #[test]
+    fn updates_take_effect_at_the_next_boundary() {
+        let t = |m: i64| (m * MIN) as Watermark;
+        let batches = vec![
+            (t(1) + 500, vec![example(MIN + 400, "music", "a", true)]),
+            (t(2) - 1, vec![]),
+            (t(2), vec![]),
+        ];
+        let reports: Vec<AggregatesReport> = run(1, config(), None, batches)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert!(reports[0].category_ctr_1h.is_empty());
+        assert_eq!(
+            ctr(&reports[1], "music"),
+            (0, 0),
+            "the boundary is not passed"
+        );
+        assert_eq!(ctr(&reports[2], "music"), (1, 1));
+        assert_eq!(top(&reports[2]), vec![("a", 1)]);
     }
 
     #[test]
