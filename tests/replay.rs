@@ -259,7 +259,7 @@ fn gh_4_replay_aggregates_match_a_brute_force_count() {
         &config,
         format!(
             "[label]\nwindow_ms = {label_window}\n\
-             [aggregates]\nwindow_ms = {window_ms}\nbucket_ms = {bucket_ms}\ntop_k = {top_k}\n"
+             [aggregates]\nenabled = true\nwindow_ms = {window_ms}\nbucket_ms = {bucket_ms}\ntop_k = {top_k}\n"
         ),
     )
     .unwrap();

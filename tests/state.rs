@@ -216,7 +216,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let dir = tempfile::tempdir().unwrap();
     let config = |topics: &Topics, group: &str, state: &Path| {
         let extra = format!(
-            "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n",
+            "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n\
+             [aggregates]\nenabled = true\n",
             state.display().to_string()
         );
         topics.config_with_group(brokers, group, &extra)
