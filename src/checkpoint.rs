@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ctrflow_dataflows::operators::JoinState;
+use ctrflow_dataflows::operators::{Aggregates, JoinState};
 use ctrflow_state::{Batch, CommitStats, Durable, Manifest, Recovery, Table, TableId};
 
 use crate::config::PipelineConfig;
@@ -239,11 +239,16 @@ impl Checkpointer {
             .get(store, &(w, PROGRESS_PART))?
             .unwrap_or_else(|| crate::pipeline::progressive(config));
         let (newest, input_time) = INPUT.get(store, &(w, INPUT_PART))?.unwrap_or((i64::MIN, 0));
+        let aggregates = match worker {
+            0 if config.aggregates.enabled => Aggregates::restore(store, &config.aggregates)?,
+            _ => None,
+        };
         Ok(Some(Restored {
             join,
             progressive,
             newest,
             input_time,
+            aggregates,
         }))
     }
 
@@ -322,6 +327,17 @@ impl Checkpointer {
             .unwrap_or_else(|e| e.into_inner())
             .append(part);
         self.contributed.fetch_add(1, SeqCst);
+    }
+
+    /// Worker 0, phase 2, before [`Checkpointer::contribute`]: adds the global aggregates
+    /// (their window, to slide on after a restore, and their values, for `inspect`).
+    pub fn contribute_aggregates(&self, aggregates: &Aggregates) {
+        let mut part = Batch::new();
+        aggregates.checkpoint_into(&mut part);
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(part);
     }
 
     /// Whether every worker has added its part to `round`.

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use ctrflow_connectors::file::FileSourceConfig;
 use ctrflow_connectors::kafka::KafkaConfig;
-use ctrflow_dataflows::operators::{LabelConfig, Watermark};
+use ctrflow_dataflows::operators::{AggregatesConfig, LabelConfig, Watermark};
 use ctrflow_state::StateConfig;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,9 @@ pub struct PipelineConfig {
     /// Feature extraction and hashing.
     #[serde(default)]
     pub features: FeatureConfig,
+    /// Global aggregates over a sliding window (per-category CTR, top items by clicks).
+    #[serde(default)]
+    pub aggregates: AggregatesConfig,
     /// The online model.
     #[serde(default)]
     pub model: ModelConfig,
@@ -321,6 +324,7 @@ impl PipelineConfig {
         let mut problems = Vec::new();
         self.input.validate(&mut problems);
         problems.extend(self.label.validate());
+        problems.extend(self.aggregates.validate());
         problems.extend(self.features.validate());
         problems.extend(self.model.validate());
         if self.model.bits < self.features.bits {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ctrflow_dataflows::operators::{JoinState, JoinStats};
+use ctrflow_dataflows::operators::{Aggregates, AggregatesReport, JoinState, JoinStats};
 use ctrflow_state::store::counter_value;
 use ctrflow_state::{Durable, Manifest, Recovery, StateConfig, TableId, TableStats};
 use serde::Serialize;
@@ -63,6 +63,8 @@ pub struct InspectReport {
     pub features: BTreeMap<String, BTreeMap<&'static str, f32>>,
     /// Lifetime counters of the state (`records_read`, `checkpoints`).
     pub counters: BTreeMap<String, u64>,
+    /// The global aggregates as of the checkpoint (when the worker maintained them).
+    pub aggregates: Option<AggregatesReport>,
 }
 
 /// One table.
@@ -212,6 +214,7 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
         entities_digest: format!("{:016x}", h.0),
         features,
         counters,
+        aggregates: Aggregates::stored_report(store)?,
     })
 }
 
@@ -268,6 +271,9 @@ impl InspectReport {
             self.entities, self.entities_digest
         );
         let _ = writeln!(s, "counters: {:?}", self.counters);
+        if let Some(aggregates) = &self.aggregates {
+            s.push_str(&crate::replay::render_aggregates(aggregates));
+        }
         for (who, values) in &self.features {
             let _ = writeln!(s, "{who}:");
             for (name, v) in values {

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ctrflow_dataflows::operators::{Detect, JoinState, LearnOnline, Watermark};
+use ctrflow_dataflows::operators::{
+    Aggregate, Aggregates, Detect, JoinState, LearnOnline, Watermark,
+};
 use ctrflow_dataflows::{
     Alert, DataSummary, Example, Features, Interaction, InteractionKind, Observation, Score,
 };
@@ -54,6 +56,8 @@ pub struct Dataflow {
     pub drift_input: Option<DriftInput>,
     /// Drift alerts raised on this worker (all of them on worker 0), in the order raised.
     pub alerts: Rc<RefCell<Vec<Alert>>>,
+    /// The global aggregates, when enabled (`[aggregates]`); complete on worker 0.
+    pub aggregates: Option<Rc<RefCell<Aggregates>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
 }
@@ -88,6 +92,8 @@ pub struct Restored {
     pub newest: i64,
     /// The time its input stood at.
     pub input_time: Watermark,
+    /// The global aggregates' window (worker 0, when the checkpoint holds them).
+    pub aggregates: Option<Aggregates>,
 }
 
 /// What the workers of a process share, and what one worker resumes from.
@@ -158,11 +164,16 @@ fn build_inner(
     let mut drift_input = on_alert.is_some().then(DriftInput::new);
     let alerts = Rc::new(RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
-    let (join, progressive) = match context.restored {
-        Some(r) => (r.join, r.progressive),
-        None => (JoinState::new(&config.label), progressive(config)),
+    let (join, progressive, aggregates) = match context.restored {
+        Some(r) => (r.join, r.progressive, r.aggregates),
+        None => (JoinState::new(&config.label), progressive(config), None),
     };
     let timeline = context.timeline;
+    let aggregates = config.aggregates.enabled.then(|| {
+        Rc::new(RefCell::new(
+            aggregates.unwrap_or_else(|| Aggregates::new(&config.aggregates)),
+        ))
+    });
     let join = Rc::new(RefCell::new(join));
     let progressive = Rc::new(RefCell::new(progressive));
     let enrich = match context.entities {
@@ -199,6 +210,12 @@ fn build_inner(
                 }
             })
             .probe_with(&probe);
+        if let Some(state) = &aggregates {
+            scored
+                .clone()
+                .aggregate(examples.clone(), Rc::clone(state))
+                .probe_with(&probe);
+        }
         let scored = scored.probe_with(&probe);
         if let (Some(drift_input), Some(mut on_alert)) = (drift_input.as_mut(), on_alert) {
             let impressions = scored.map(|s| Observation::Impression {
@@ -239,6 +256,7 @@ fn build_inner(
         progressive,
         drift_input,
         alerts,
+        aggregates,
         id,
     }
 }
@@ -377,6 +395,7 @@ fn interaction(
                 kind: InteractionKind::Impression {
                     user: imp.user.as_ref().into(),
                     item: imp.item.as_ref().into(),
+                    category: category.into(),
                     features: std::mem::take(features),
                     reference,
                     entities,

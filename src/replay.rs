@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::file::{FileSource, JsonlSink};
-use ctrflow_dataflows::operators::JoinStats;
+use ctrflow_dataflows::operators::{AggregatesReport, JoinStats};
 use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
 
@@ -120,6 +120,9 @@ pub struct ReplayReport {
     /// The batch baseline beside the online model (`--baseline`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineReport>,
+    /// The global aggregates as of the last watermark (`[aggregates]`, when enabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregates: Option<AggregatesReport>,
 }
 
 /// The model at the end of a run.
@@ -149,6 +152,8 @@ struct WorkerResult {
     progressive: Progressive,
     bad: BadEvents,
     alerts: Vec<Alert>,
+    /// Worker 0's: the complete aggregates.
+    aggregates: Option<AggregatesReport>,
 }
 
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
@@ -302,8 +307,18 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             for summary in ingest.take_summaries(true) {
                 dataflow.send_summary(summary);
             }
+            // Let the dataflow catch up with the last watermark before the input closes, so
+            // that the aggregates are those of that watermark.
+            let last = *dataflow.input.time();
+            while dataflow.probe.less_than(&last) {
+                worker.step();
+            }
             dataflow.close();
             while worker.step() {}
+            let aggregates = match (index, &dataflow.aggregates) {
+                (0, Some(a)) => Some(a.borrow().report()),
+                _ => None,
+            };
             let join = dataflow.join.borrow().stats.clone();
             let alerts = dataflow.alerts.take();
             let progressive = dataflow.progressive.replace(Progressive::with_window(1, 1));
@@ -313,6 +328,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 progressive,
                 bad,
                 alerts,
+                aggregates,
             }
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
@@ -329,6 +345,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let mut progressive = pipeline::progressive(config);
     let mut bad = BadEvents::default();
     let mut alerts = Vec::new();
+    let mut aggregates = None;
     for result in results {
         let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
         events += result.events;
@@ -336,6 +353,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         progressive.merge(&result.progressive);
         bad.merge(result.bad);
         alerts.extend(result.alerts);
+        aggregates = aggregates.or(result.aggregates);
     }
     alerts.sort_by_key(|a| a.ts);
     // The workers are joined: this is the last reference.
@@ -366,6 +384,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         alerts,
         webhooks,
     );
+    report.aggregates = aggregates;
     if let (Some(baseline_options), Some(served)) = (&options.baseline, served) {
         let served = std::mem::take(
             &mut *served
@@ -431,6 +450,7 @@ fn report(
         alerts,
         webhooks,
         baseline: None,
+        aggregates: None,
     }
 }
 
@@ -568,9 +588,45 @@ impl ReplayReport {
                 }
             }
         }
+        if let Some(aggregates) = &self.aggregates {
+            s.push_str(&render_aggregates(aggregates));
+        }
         if let Some(baseline) = &self.baseline {
             s.push_str(&baseline.render());
         }
         s
     }
+}
+
+/// The global aggregates for people (the replay report and `inspect`).
+pub fn render_aggregates(a: &AggregatesReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  aggregates as of watermark {} (last {} s, in {} s buckets; {} late impressions or clicks left out):",
+        a.watermark,
+        a.window_ms / 1000,
+        a.bucket_ms / 1000,
+        a.late
+    );
+    for c in &a.category_ctr_1h {
+        let name = if c.category.is_empty() {
+            "(none)"
+        } else {
+            &c.category
+        };
+        let _ = writeln!(
+            s,
+            "    {name:<16} {:>9} impressions {:>7} clicks  CTR {:.4}",
+            c.impressions, c.clicks, c.ctr
+        );
+    }
+    let top: Vec<String> = a
+        .top_items_1h
+        .iter()
+        .map(|i| format!("{} ({})", i.item, i.clicks))
+        .collect();
+    let _ = writeln!(s, "    top items by clicks: {}", top.join(", "));
+    s
 }

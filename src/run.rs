@@ -1046,6 +1046,9 @@ fn checkpoint_round(
         }
     };
     let positions = source.positions();
+    if let (0, Some(aggregates)) = (index, &dataflow.aggregates) {
+        checkpointer.contribute_aggregates(&aggregates.borrow());
+    }
     checkpointer.contribute(
         index,
         &dataflow.join.borrow(),

@@ -235,3 +235,123 @@ fn gh_6_baseline_is_compared_with_the_online_model_on_the_same_split() {
         assert!(text.contains(needle), "{needle} in {text}");
     }
 }
+
+/// The global aggregates of `replay --json` (issue 4, differential) equal a brute-force
+/// count over the same file: the impressions in the window's buckets at the last
+/// watermark, labelled as the contract says; with 1 worker and with 2.
+#[test]
+fn gh_4_replay_aggregates_match_a_brute_force_count() {
+    use std::collections::{BTreeMap, HashMap};
+    let dir = tempfile::tempdir().unwrap();
+    // The stream's first 25k events, about 10 minutes of event time (the whole file ends
+    // with the feedback of its last impressions, up to an hour later): a 5-minute window
+    // slides over half of it.
+    let full = generate(dir.path(), "full.jsonl", 20_000, 5);
+    let input = dir.path().join("events.jsonl");
+    let text = std::fs::read_to_string(&full).unwrap();
+    let prefix: String = text.lines().take(25_000).flat_map(|l| [l, "\n"]).collect();
+    std::fs::write(&input, prefix).unwrap();
+    let (window_ms, bucket_ms, top_k) = (300_000i64, 60_000i64, 5usize);
+    // Labels final within 4 minutes: every click arrives while its minute is in the window.
+    let (label_window, fast_skip) = (240_000i64, 2000u64);
+    let config = dir.path().join("aggregates.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[label]\nwindow_ms = {label_window}\n\
+             [aggregates]\nenabled = true\nwindow_ms = {window_ms}\nbucket_ms = {bucket_ms}\ntop_k = {top_k}\n"
+        ),
+    )
+    .unwrap();
+
+    // Brute force: each impression's label is its first decisive feedback within the
+    // attribution window (click or like: positive; skip under 2 s: negative), else negative.
+    let mut impressions: Vec<(i64, String, String)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut label: Vec<Option<bool>> = Vec::new();
+    let mut max_ts = i64::MIN;
+    for line in std::fs::read_to_string(&input).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ts = e["ts"].as_i64().unwrap();
+        max_ts = max_ts.max(ts);
+        let id = e["id"].as_str().unwrap().to_owned();
+        match e["type"].as_str().unwrap() {
+            "impression" => {
+                let category = e["ctx"]["category"].as_str().unwrap_or("").to_owned();
+                let item = e["item"].as_str().unwrap().to_owned();
+                index.insert(id, impressions.len());
+                impressions.push((ts, category, item));
+                label.push(None);
+            }
+            kind => {
+                let Some(&i) = index.get(&id) else { continue };
+                if label[i].is_some() || ts - impressions[i].0 > label_window {
+                    continue;
+                }
+                match kind {
+                    "click" | "like" => label[i] = Some(true),
+                    "skip" if e["dwell_ms"].as_u64().unwrap() < fast_skip => label[i] = Some(false),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // The replay's last watermark: default lateness 2 s, steps of 100 ms.
+    let watermark = (max_ts - 2000) / 100 * 100;
+    let mut categories: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut items: HashMap<&str, u64> = HashMap::new();
+    for ((ts, category, item), label) in impressions.iter().zip(&label) {
+        let retire = (ts.div_euclid(bucket_ms) + 1) * bucket_ms + window_ms;
+        if retire <= watermark {
+            continue;
+        }
+        let clicked = label.unwrap_or(false);
+        let c = categories.entry(category).or_default();
+        c.0 += 1;
+        c.1 += u64::from(clicked);
+        if clicked {
+            *items.entry(item).or_default() += 1;
+        }
+    }
+    let mut top: Vec<(i64, &str)> = items.iter().map(|(i, n)| (-(*n as i64), *i)).collect();
+    top.sort();
+    top.truncate(top_k);
+    assert!(
+        categories.len() > 10 && top.len() == top_k,
+        "{categories:?} {top:?}"
+    );
+    let shown: u64 = categories.values().map(|c| c.0).sum();
+    assert!(
+        shown > 1000 && shown < impressions.len() as u64 / 2,
+        "the window holds part of the stream: {shown}"
+    );
+
+    for workers in ["1", "2"] {
+        let config = config.to_str().unwrap();
+        let report = replay_json(&input, &["--config", config, "--workers", workers]);
+        let a = &report["aggregates"];
+        assert_eq!(a["watermark"], watermark, "{a}");
+        assert_eq!(a["late"], 0, "{a}");
+        let got: BTreeMap<&str, (u64, u64)> = a["category_ctr_1h"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let (n, k) = (
+                    c["impressions"].as_u64().unwrap(),
+                    c["clicks"].as_u64().unwrap(),
+                );
+                assert!((c["ctr"].as_f64().unwrap() - k as f64 / n as f64).abs() < 1e-12);
+                (c["category"].as_str().unwrap(), (n, k))
+            })
+            .collect();
+        assert_eq!(got, categories, "{workers} worker(s)");
+        let got: Vec<(i64, &str)> = a["top_items_1h"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (-i["clicks"].as_i64().unwrap(), i["item"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, top, "{workers} worker(s)");
+    }
+}

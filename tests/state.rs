@@ -217,7 +217,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let dir = tempfile::tempdir().unwrap();
     let config = |topics: &Topics, group: &str, state: &Path| {
         let extra = format!(
-            "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n",
+            "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n\
+             [aggregates]\nenabled = true\n",
             state.display().to_string()
         );
         topics.config_with_group(brokers, group, &extra)
@@ -271,6 +272,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             "pending_impressions",
             "buffered_records",
             "offsets",
+            // The global aggregates' sliding window was restored and slid on exactly.
+            "aggregates",
         ]
     } else {
         &["offsets"]
@@ -288,6 +291,28 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         assert!(s["model"]["nonzero_weights"].as_u64().unwrap() > 100, "{s}");
     }
     assert_eq!(sa["entities"], sb["entities"]);
+    // `inspect` shows the global aggregates of the last checkpoint: all the impressions
+    // of the last hour (of the whole stream, when it is shorter), and the most clicked items.
+    for s in [&sa, &sb] {
+        let a = &s["aggregates"];
+        let shown: u64 = a["category_ctr_1h"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["impressions"].as_u64().unwrap())
+            .sum();
+        assert!(shown > 0 && shown <= generated.impressions, "{a}");
+        if let Some((first, last)) = generated.ts_range
+            && last - first < 3_600_000 - 60_000
+        {
+            // The whole stream is in the window but for the last minute's impressions,
+            // counted from the next minute boundary on.
+            let per_minute = generated.impressions * 60_000 / (last - first).max(60_000) as u64;
+            assert!(shown + per_minute >= generated.impressions, "{a}");
+        }
+        assert_eq!(a["top_items_1h"].as_array().unwrap().len(), 10, "{a}");
+        assert_eq!(a["watermark"], s["checkpoint"]["watermark"], "{a}");
+    }
     // Lifetime counters: the uninterrupted run read every event once; the killed one read
     // some again after each restart.
     assert_eq!(sa["counters"]["records_read"], generated.events, "{sa}");

@@ -48,6 +48,9 @@ pub enum InteractionKind {
         user: CompactString,
         /// Item id.
         item: CompactString,
+        /// The item's category (`ctx.category`; empty when absent), for the global
+        /// aggregates ([`crate::operators::Aggregate`]).
+        category: CompactString,
         /// Hashed features, computed once: serving and training use exactly these (the
         /// entity features are appended when it is scored).
         features: Features,
@@ -77,6 +80,8 @@ pub struct Score {
     pub user: CompactString,
     /// Item id.
     pub item: CompactString,
+    /// The item's category (empty when the impression had none), for the global aggregates.
+    pub category: CompactString,
     /// Predicted click probability.
     pub score: f32,
     /// Version of the model that produced the score (updates applied so far).
@@ -120,6 +125,10 @@ pub struct Example {
     pub label: LabelSource,
     /// The impression's true click probability, when the source knows it.
     pub reference: Option<f32>,
+    /// The item shown (inline up to 24 bytes: no allocation for typical ids).
+    pub item: CompactString,
+    /// The item's category (empty when the impression had none).
+    pub category: CompactString,
     /// The hashed features it was scored and trained with, when the dataflow was asked to
     /// emit them (the `examples` output); empty otherwise. A `Vec`, not [`Features`]: empty
     /// it costs 24 bytes in every record of the operator's output, where the inline vector

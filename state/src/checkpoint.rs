@@ -36,7 +36,7 @@ use crate::store::{Backend, Batch, StateStore};
 use crate::table::TableId;
 
 /// Layout version of everything ctrflow stores; a store of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Key of the manifest in [`TableId::Meta`].
 const MANIFEST_KEY: &[u8] = b"manifest";

@@ -194,7 +194,7 @@ pub trait LearnOnline<'scope> {
     ///
     /// let event = |ts, id: &str, kind| Interaction { ts, pos: ts as u64, id: id.into(), kind };
     /// let shown = || InteractionKind::Impression {
-    ///     user: "u".into(), item: "i".into(), features: Default::default(), reference: None,
+    ///     user: "u".into(), item: "i".into(), category: "c".into(), features: Default::default(), reference: None,
     ///     entities: Default::default(),
     /// };
     /// let input = vec![
@@ -245,6 +245,9 @@ pub trait LearnOnline<'scope> {
 type Learned = Result<Score, Example>;
 
 impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>> {
+    // Scores and examples travel by value in batches: boxing the larger would allocate once
+    // per example.
+    #[allow(clippy::result_large_err)]
     fn learn_online<L: Learner + 'static, E: Enrich + 'static>(
         self,
         learner: L,
@@ -312,6 +315,9 @@ struct Pending {
     features: Features,
     entities: Entities,
     reference: Option<f32>,
+    /// Carried to its example, for the global aggregates.
+    item: CompactString,
+    category: CompactString,
     /// The label is final.
     decided: bool,
     /// A provisional negative was learned for it (see [`Schedule`]).
@@ -427,6 +433,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                 InteractionKind::Impression {
                     user,
                     item,
+                    category,
                     mut features,
                     reference,
                     entities,
@@ -443,7 +450,8 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     step.out.push(Ok(Score {
                         id: record.id.clone(),
                         user,
-                        item,
+                        item: item.clone(),
+                        category: category.clone(),
                         score,
                         model_version: step.learner.version(),
                         event_ts: record.ts,
@@ -454,6 +462,8 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         features,
                         entities,
                         reference,
+                        item,
+                        category,
                         decided: false,
                         provisional: false,
                         closed: false,
@@ -635,6 +645,8 @@ impl<L: Learner, E> Step<'_, L, E> {
             served: entry.served,
             label,
             reference: entry.reference,
+            item: entry.item.clone(),
+            category: entry.category.clone(),
             // Copied only when asked for (one allocation per example then): the entry keeps
             // its own for a click that may still come after a provisional label.
             features: if self.example_features {
@@ -968,6 +980,7 @@ mod tests {
         let kind = InteractionKind::Impression {
             user: "u".into(),
             item: "i".into(),
+            category: "c".into(),
             features,
             reference: None,
             entities: Entities::default(),

@@ -1,8 +1,12 @@
 //! ctrflow's operators, one per file, each an extension trait named after its verb.
 
+pub mod aggregates;
 pub mod detect;
 pub mod learn_online;
 
+pub use aggregates::{
+    Aggregate, Aggregates, AggregatesConfig, AggregatesReport, CategoryCtr, Counts, ItemClicks,
+};
 pub use detect::Detect;
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
