@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ctrflow_dataflows::operators::{Detect, JoinState, LearnOnline, Watermark};
+use compact_str::CompactString;
+use ctrflow_dataflows::operators::{Detect, DetectState, JoinState, LearnOnline, Watermark};
 use ctrflow_dataflows::{
-    Alert, DataSummary, Example, Features, Interaction, InteractionKind, Observation, Score,
+    Alert, Example, Features, Interaction, InteractionKind, Observation, Score,
 };
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
@@ -26,6 +27,7 @@ use timely::worker::Worker;
 use crate::config::PipelineConfig;
 use crate::drift::Drift;
 use crate::drift::data::CtxSketch;
+use crate::drift::segment::id_key;
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
 use crate::features::Featurizer;
@@ -53,6 +55,9 @@ pub struct Dataflow {
     pub drift_input: Option<DriftInput>,
     /// Drift alerts raised on this worker (all of them on worker 0), in the order raised.
     pub alerts: Rc<RefCell<Vec<Alert>>>,
+    /// The drift detectors and what they have not yet observed, when the dataflow detects
+    /// (only worker 0's see anything); read it between steps, for checkpoints.
+    pub detect: Option<Rc<RefCell<DetectState<Drift>>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
 }
@@ -87,6 +92,8 @@ pub struct Restored {
     pub newest: i64,
     /// The time its input stood at.
     pub input_time: Watermark,
+    /// The drift detectors (worker 0's, when it detects).
+    pub detect: Option<DetectState<Drift>>,
 }
 
 /// What the workers of a process share, and what one worker resumes from.
@@ -152,10 +159,15 @@ fn build_inner(
     let mut drift_input = on_alert.is_some().then(DriftInput::new);
     let alerts = Rc::new(RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
-    let (join, progressive) = match context.restored {
-        Some(r) => (r.join, r.progressive),
-        None => (JoinState::new(&config.label), progressive(config)),
+    let (join, progressive, detect) = match context.restored {
+        Some(r) => (r.join, r.progressive, r.detect),
+        None => (JoinState::new(&config.label), progressive(config), None),
     };
+    let detect = drift_input.is_some().then(|| {
+        Rc::new(RefCell::new(detect.unwrap_or_else(|| {
+            DetectState::new(Drift::new(&config.drift, config.label.window_ms))
+        })))
+    });
     let join = Rc::new(RefCell::new(join));
     let progressive = Rc::new(RefCell::new(progressive));
     let enrich = match context.entities {
@@ -193,12 +205,15 @@ fn build_inner(
             })
             .probe_with(&probe);
         let scored = scored.probe_with(&probe);
-        if let (Some(drift_input), Some(mut on_alert)) = (drift_input.as_mut(), on_alert) {
+        if let (Some(drift_input), Some(detect), Some(mut on_alert)) =
+            (drift_input.as_mut(), detect.as_ref(), on_alert)
+        {
             let impressions = scored.map(|s| Observation::Impression {
                 ts: s.event_ts,
                 score: s.score,
             });
             let labels = examples.map(|e| Observation::Label {
+                id: id_key(&e.id),
                 impression_ts: e.impression_ts,
                 label_ts: e.label_ts,
                 served: e.served,
@@ -208,11 +223,14 @@ fn build_inner(
             impressions
                 .concat(labels)
                 .concat(drift_input.to_stream(scope))
-                .detect(Drift::new(&config.drift, config.label.window_ms))
+                .detect_shared(Rc::clone(detect))
                 .inspect(move |alert| {
                     on_alert(alert);
                     sink.borrow_mut().push(alert.clone());
-                });
+                })
+                // Past the probe, the detectors hold every observation before it (their
+                // state is then part of a checkpoint).
+                .probe_with(&probe);
         }
     });
     Dataflow {
@@ -221,6 +239,7 @@ fn build_inner(
         join,
         progressive,
         drift_input,
+        detect,
         alerts,
         id,
     }
@@ -239,10 +258,11 @@ impl Dataflow {
         }
     }
 
-    /// Hands a worker's `ctx` summary to the drift detectors (dropped without them).
-    pub fn send_summary(&mut self, summary: DataSummary) {
+    /// Hands what a worker's [`Ingest`] observed (`ctx` summaries, segments) to the drift
+    /// detectors (dropped without them).
+    pub fn send_summary(&mut self, observation: Observation) {
         if let Some(drift) = self.drift_input.as_mut() {
-            drift.send(Observation::Data(summary));
+            drift.send(observation);
         }
     }
 
@@ -273,7 +293,11 @@ pub struct Ingest {
     max_event_bytes: usize,
     /// Counts `ctx` values for data drift, when asked to ([`Ingest::sketching`]).
     sketch: Option<CtxSketch>,
-    summaries: Vec<DataSummary>,
+    /// The `ctx` field whose value is each impression's segment, for per-segment concept
+    /// drift ([`crate::drift::segment`]), when asked to.
+    segment_field: Option<CompactString>,
+    /// `ctx` summaries and segments, for the drift detectors.
+    summaries: Vec<Observation>,
 }
 
 impl Ingest {
@@ -284,6 +308,7 @@ impl Ingest {
             features: Features::new(),
             max_event_bytes: config.input.max_event_bytes,
             sketch: None,
+            segment_field: None,
             summaries: Vec::new(),
         })
     }
@@ -294,14 +319,17 @@ impl Ingest {
         if config.drift.enabled && config.drift.data.enabled {
             self.sketch = Some(config.drift.data.sketch());
         }
+        if config.drift.enabled && config.drift.segments.enabled {
+            self.segment_field = Some(config.drift.segments.field.as_str().into());
+        }
         self
     }
 
-    /// The `ctx` summaries completed since the last call; with `flush`, the incomplete
-    /// batch too (at the end of the input).
-    pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, DataSummary> {
+    /// The `ctx` summaries completed and the segments seen since the last call; with
+    /// `flush`, the incomplete summary too (at the end of the input).
+    pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, Observation> {
         if flush && let Some(last) = self.sketch.as_mut().and_then(CtxSketch::take) {
-            self.summaries.push(last);
+            self.summaries.push(Observation::Data(last));
         }
         self.summaries.drain(..)
     }
@@ -312,7 +340,16 @@ impl Ingest {
         if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
             && let Some(summary) = sketch.observe(imp)
         {
-            self.summaries.push(summary);
+            self.summaries.push(Observation::Data(summary));
+        }
+        if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), &event)
+            && let Some(CtxValue::Str(value)) = imp.ctx_get(field)
+        {
+            self.summaries.push(Observation::Segment {
+                ts: imp.ts,
+                id: id_key(&imp.id),
+                value: CompactString::from(value.as_ref()),
+            });
         }
         Ok(interaction(
             event,

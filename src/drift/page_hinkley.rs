@@ -16,7 +16,8 @@
 //!
 //! For "at most one false alarm per `N` items", solve `ARL(λ) = N` for `λ` (by bisection;
 //! `ARL` grows with `λ`). `σ²` is not known in advance: it is estimated over the first
-//! `warmup` items, during which the test does not alarm.
+//! `warmup` items, during which the test does not alarm, and then again every `warmup`
+//! items over all items since the last alarm.
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +106,15 @@ impl PageHinkley {
         self.cumulative += x - self.mean - self.delta;
         self.minimum = self.minimum.min(self.cumulative);
         let lambda = match self.lambda {
+            // The variance keeps being estimated (over everything since the last alarm),
+            // and λ follows it: a stream whose spread changes after the first items
+            // (a daily cycle, a model still settling) keeps its false-alarm budget.
+            Some(_) if self.n.is_multiple_of(self.warmup) => {
+                let sigma2 = self.m2 / (self.n - 1) as f64;
+                let l = lambda_for_budget(sigma2, self.delta, self.budget);
+                self.lambda = Some(l);
+                l
+            }
             Some(l) => l,
             None if self.n >= self.warmup => {
                 let sigma2 = self.m2 / (self.n - 1) as f64;

@@ -3,7 +3,7 @@
 pub mod detect;
 pub mod learn_online;
 
-pub use detect::Detect;
+pub use detect::{Detect, DetectState};
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
 };
