@@ -72,9 +72,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         count: options.impressions,
         seed: options.seed,
         drift_at: Some(options.impressions / 2),
-        // Flipped items alone move the loss less than the drift detectors' default
-        // minimum (README § Drift alerts); with the base rate doubled too, the alerts show
-        // up live in the log a few thousand impressions after the drift.
+        // Flipped items alone are seen only per category, tens of thousands of impressions
+        // after the drift (README § Drift alerts); with the base rate doubled too, the
+        // overall alerts show up live a few thousand impressions after it.
         drift_kinds: vec![DriftKind::FlipItems, DriftKind::BaseCtr],
         ..GenConfig::default()
     };
