@@ -40,10 +40,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ctrflow_dataflows::operators::{Aggregates, JoinState};
+use ctrflow_dataflows::operators::{Aggregates, DetectState, JoinState};
 use ctrflow_state::{Batch, CommitStats, Durable, Manifest, Recovery, Table, TableId};
 
 use crate::config::PipelineConfig;
+use crate::drift::Drift;
 use crate::entity::EntityStore;
 use crate::model::Model;
 use crate::model::checkpoint::ModelShadow;
@@ -59,6 +60,10 @@ const PROGRESS_PART: u8 = 1;
 /// time it had read and the time its input stood at.
 const INPUT: Table<(u32, u8), (i64, u64)> = Table::new(TableId::Operators);
 const INPUT_PART: u8 = 2;
+/// The drift detectors and their pending observations, under `(worker, DETECT_PART)`: only
+/// worker 0's hold anything (the `Detect` operator routes everything to it).
+const DETECT: Table<(u32, u8), DetectState<Drift>> = Table::new(TableId::Operators);
+const DETECT_PART: u8 = 4;
 /// The topic the offsets are of, in [`TableId::Meta`]: a state directory belongs to one.
 const SOURCE: Table<String, String> = Table::new(TableId::Meta);
 const SOURCE_KEY: &str = "source_topic";
@@ -243,12 +248,14 @@ impl Checkpointer {
             0 if config.aggregates.enabled => Aggregates::restore(store, &config.aggregates)?,
             _ => None,
         };
+        let detect = DETECT.get(store, &(w, DETECT_PART))?;
         Ok(Some(Restored {
             join,
             progressive,
             newest,
             input_time,
             aggregates,
+            detect,
         }))
     }
 
@@ -334,6 +341,16 @@ impl Checkpointer {
     pub fn contribute_aggregates(&self, aggregates: &Aggregates) {
         let mut part = Batch::new();
         aggregates.checkpoint_into(&mut part);
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(part);
+    }
+
+    /// Worker `index` adds its drift detectors to the round (before [`Self::contribute`]).
+    pub fn contribute_detect(&self, index: usize, detect: &DetectState<Drift>) {
+        let mut part = Batch::new();
+        DETECT.put(&mut part, &(index as u32, DETECT_PART), detect);
         self.parts
             .lock()
             .unwrap_or_else(|e| e.into_inner())

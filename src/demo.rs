@@ -78,6 +78,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         (&config.kafka.topics.events, options.partitions),
         (&config.kafka.topics.scores, options.partitions),
         (&config.kafka.topics.dead_letters, 1),
+        (&config.kafka.topics.alerts, 1),
     ] {
         cluster
             .create_topic(topic, partitions, 1)
@@ -93,9 +94,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         count: options.impressions,
         seed: options.seed,
         drift_at: Some(options.impressions / 2),
-        // Flipped items alone move the loss less than the drift detectors' default
-        // minimum (README § Drift alerts); with the base rate doubled too, the alerts show
-        // up live in the log a few thousand impressions after the drift.
+        // Flipped items alone are seen only per category, tens of thousands of impressions
+        // after the drift (README § Drift alerts); with the base rate doubled too, the
+        // overall alerts show up live a few thousand impressions after it.
         drift_kinds: vec![DriftKind::FlipItems, DriftKind::BaseCtr],
         ..GenConfig::default()
     };
@@ -137,9 +138,19 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let mut generated = None;
     let mut caught_up_since: Option<Instant> = None;
     let mut last_nonzero: Option<Instant> = None;
+    let mut alerts_shown = 0;
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let progress = status.snapshot(&config);
+        // Each drift alert as a line above the progress line, as it is raised.
+        for alert in status.alerts_after(alerts_shown) {
+            alerts_shown += 1;
+            line.println(&format!(
+                "{} (after {} events)",
+                crate::drift::sinks::text(&alert),
+                progress.events
+            ));
+        }
         line.draw(&progress);
         if server.is_some() {
             health.set_consuming(status.consuming());
@@ -217,7 +228,7 @@ impl ProgressLine {
         let f = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.d$}"));
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let message = format!(
-            "{} events ({:.0}/s), {} scores, logloss {} (recent {}), AUC {}, lag {}",
+            "{} events ({:.0}/s), {} scores, logloss {} (recent {}), AUC {}, lag {}, drift alerts {}",
             p.events,
             p.events as f64 / secs,
             p.scores,
@@ -225,6 +236,7 @@ impl ProgressLine {
             f(p.recent.logloss, 4),
             f(p.overall.auc, 3),
             p.lag.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            p.alerts,
         );
         match &self.bar {
             Some(bar) => {
@@ -236,6 +248,14 @@ impl ProgressLine {
                 eprintln!("{message}");
             }
             None => {}
+        }
+    }
+
+    /// A line above the progress line (or a plain line on stderr without a terminal).
+    fn println(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
         }
     }
 

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use compact_str::CompactString;
 use ctrflow_dataflows::operators::{
-    Aggregate, Aggregates, Detect, JoinState, LearnOnline, Watermark,
+    Aggregate, Aggregates, Detect, DetectState, JoinState, LearnOnline, Watermark,
 };
 use ctrflow_dataflows::{
-    Alert, DataSummary, Example, Features, Interaction, InteractionKind, Observation, Score,
+    Alert, Detector, EventTime, Example, Features, Interaction, InteractionKind, Observation, Score,
 };
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
@@ -27,6 +28,7 @@ use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
 use crate::drift::data::CtxSketch;
+use crate::drift::segment::id_key;
 use crate::drift::{Drift, DriftConfig};
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
@@ -58,6 +60,9 @@ pub struct Dataflow {
     pub alerts: Rc<RefCell<Vec<Alert>>>,
     /// The global aggregates, when enabled (`[aggregates]`); complete on worker 0.
     pub aggregates: Option<Rc<RefCell<Aggregates>>>,
+    /// The drift detectors and what they have not yet observed, when the dataflow detects
+    /// (only worker 0's see anything); read it between steps, for checkpoints.
+    pub detect: Option<Rc<RefCell<DetectState<Watch>>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
 }
@@ -94,6 +99,8 @@ pub struct Restored {
     pub input_time: Watermark,
     /// The global aggregates' window (worker 0, when the checkpoint holds them).
     pub aggregates: Option<Aggregates>,
+    /// The drift detectors (worker 0's, when it detects).
+    pub detect: Option<DetectState<Drift>>,
 }
 
 /// What the workers of a process share, and what one worker resumes from.
@@ -164,15 +171,38 @@ fn build_inner(
     let mut drift_input = on_alert.is_some().then(DriftInput::new);
     let alerts = Rc::new(RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
-    let (join, progressive, aggregates) = match context.restored {
-        Some(r) => (r.join, r.progressive, r.aggregates),
-        None => (JoinState::new(&config.label), progressive(config), None),
+    let (join, progressive, aggregates, detect) = match context.restored {
+        Some(r) => (r.join, r.progressive, r.aggregates, r.detect),
+        None => (
+            JoinState::new(&config.label),
+            progressive(config),
+            None,
+            None,
+        ),
     };
-    let timeline = context.timeline;
     let aggregates = config.aggregates.enabled.then(|| {
         Rc::new(RefCell::new(
             aggregates.unwrap_or_else(|| Aggregates::new(&config.aggregates)),
         ))
+    });
+    let timeline = context.timeline;
+    let detect = drift_input.is_some().then(|| {
+        let state = detect.unwrap_or_else(|| {
+            let drift = if config.drift.enabled {
+                Drift::new(&config.drift, config.label.window_ms)
+            } else {
+                Drift::new(&no_detectors(), config.label.window_ms)
+            };
+            DetectState::new(drift)
+        });
+        Rc::new(RefCell::new(state.map(|drift| match timeline {
+            Some(output) => Watch::Recorded(Box::new(Timeline::new(
+                drift,
+                output,
+                self::progressive(config),
+            ))),
+            None => Watch::Plain(Box::new(drift)),
+        })))
     });
     let join = Rc::new(RefCell::new(join));
     let progressive = Rc::new(RefCell::new(progressive));
@@ -217,36 +247,32 @@ fn build_inner(
                 .probe_with(&probe);
         }
         let scored = scored.probe_with(&probe);
-        if let (Some(drift_input), Some(mut on_alert)) = (drift_input.as_mut(), on_alert) {
+        if let (Some(drift_input), Some(detect), Some(mut on_alert)) =
+            (drift_input.as_mut(), detect.as_ref(), on_alert)
+        {
             let impressions = scored.map(|s| Observation::Impression {
                 ts: s.event_ts,
                 score: s.score,
             });
             let labels = examples.map(|e| Observation::Label {
+                id: id_key(&e.id),
                 impression_ts: e.impression_ts,
                 label_ts: e.label_ts,
                 served: e.served,
                 label: e.label,
             });
             let sink = Rc::clone(&alerts);
-            let observations = impressions
+            impressions
                 .concat(labels)
-                .concat(drift_input.to_stream(scope));
-            let drift = if config.drift.enabled {
-                Drift::new(&config.drift, config.label.window_ms)
-            } else {
-                Drift::new(&no_detectors(), config.label.window_ms)
-            };
-            let alerts = match timeline {
-                Some(output) => {
-                    observations.detect(Timeline::new(drift, output, self::progressive(config)))
-                }
-                None => observations.detect(drift),
-            };
-            alerts.inspect(move |alert| {
-                on_alert(alert);
-                sink.borrow_mut().push(alert.clone());
-            });
+                .concat(drift_input.to_stream(scope))
+                .detect_shared(Rc::clone(detect))
+                .inspect(move |alert| {
+                    on_alert(alert);
+                    sink.borrow_mut().push(alert.clone());
+                })
+                // Past the probe, the detectors hold every observation before it (their
+                // state is then part of a checkpoint).
+                .probe_with(&probe);
         }
     });
     Dataflow {
@@ -255,9 +281,46 @@ fn build_inner(
         join,
         progressive,
         drift_input,
+        detect,
         alerts,
         aggregates,
         id,
+    }
+}
+
+/// What the `Detect` operator runs: the drift detectors, with the metrics over time
+/// recorded around them when asked (`Timeline`). Checkpoints keep the detectors only.
+#[derive(Debug)]
+pub enum Watch {
+    /// The detectors alone.
+    Plain(Box<Drift>),
+    /// The detectors inside the metrics-over-time recorder.
+    Recorded(Box<Timeline>),
+}
+
+impl Watch {
+    /// The detectors.
+    pub fn drift(&self) -> &Drift {
+        match self {
+            Watch::Plain(drift) => drift,
+            Watch::Recorded(timeline) => timeline.drift(),
+        }
+    }
+}
+
+impl Detector for Watch {
+    fn observe(&mut self, observation: &Observation) {
+        match self {
+            Watch::Plain(d) => d.observe(observation),
+            Watch::Recorded(t) => t.observe(observation),
+        }
+    }
+
+    fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
+        match self {
+            Watch::Plain(d) => d.advance(now, alerts),
+            Watch::Recorded(t) => t.advance(now, alerts),
+        }
     }
 }
 
@@ -285,10 +348,11 @@ impl Dataflow {
         }
     }
 
-    /// Hands a worker's `ctx` summary to the drift detectors (dropped without them).
-    pub fn send_summary(&mut self, summary: DataSummary) {
+    /// Hands what a worker's [`Ingest`] observed (`ctx` summaries, segments) to the drift
+    /// detectors (dropped without them).
+    pub fn send_summary(&mut self, observation: Observation) {
         if let Some(drift) = self.drift_input.as_mut() {
-            drift.send(Observation::Data(summary));
+            drift.send(observation);
         }
     }
 
@@ -319,7 +383,11 @@ pub struct Ingest {
     max_event_bytes: usize,
     /// Counts `ctx` values for data drift, when asked to ([`Ingest::sketching`]).
     sketch: Option<CtxSketch>,
-    summaries: Vec<DataSummary>,
+    /// The `ctx` field whose value is each impression's segment, for per-segment concept
+    /// drift ([`crate::drift::segment`]), when asked to.
+    segment_field: Option<CompactString>,
+    /// `ctx` summaries and segments, for the drift detectors.
+    summaries: Vec<Observation>,
 }
 
 impl Ingest {
@@ -330,6 +398,7 @@ impl Ingest {
             features: Features::new(),
             max_event_bytes: config.input.max_event_bytes,
             sketch: None,
+            segment_field: None,
             summaries: Vec::new(),
         })
     }
@@ -340,14 +409,17 @@ impl Ingest {
         if config.drift.enabled && config.drift.data.enabled {
             self.sketch = Some(config.drift.data.sketch());
         }
+        if config.drift.enabled && config.drift.segments.enabled {
+            self.segment_field = Some(config.drift.segments.field.as_str().into());
+        }
         self
     }
 
-    /// The `ctx` summaries completed since the last call; with `flush`, the incomplete
-    /// batch too (at the end of the input).
-    pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, DataSummary> {
+    /// The `ctx` summaries completed and the segments seen since the last call; with
+    /// `flush`, the incomplete summary too (at the end of the input).
+    pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, Observation> {
         if flush && let Some(last) = self.sketch.as_mut().and_then(CtxSketch::take) {
-            self.summaries.push(last);
+            self.summaries.push(Observation::Data(last));
         }
         self.summaries.drain(..)
     }
@@ -358,7 +430,16 @@ impl Ingest {
         if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
             && let Some(summary) = sketch.observe(imp)
         {
-            self.summaries.push(summary);
+            self.summaries.push(Observation::Data(summary));
+        }
+        if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), &event)
+            && let Some(CtxValue::Str(value)) = imp.ctx_get(field)
+        {
+            self.summaries.push(Observation::Segment {
+                ts: imp.ts,
+                id: id_key(&imp.id),
+                value: CompactString::from(value.as_ref()),
+            });
         }
         Ok(interaction(
             event,

@@ -120,6 +120,10 @@ pub struct RunStatus {
     polled: Vec<AtomicBool>,
     /// What the drift detectors (worker 0) report to `/metrics`.
     drift: Arc<Mutex<DriftMetrics>>,
+    /// Drift alerts raised, in order (few: one per episode and its `resolved`).
+    alerts: Mutex<Vec<ctrflow_dataflows::Alert>>,
+    /// `alerts.len()`, readable without the lock.
+    alerts_raised: AtomicU64,
 }
 
 /// Messages behind the high watermark per partition (`None`: not known yet).
@@ -160,7 +164,29 @@ impl RunStatus {
             partition_lag: (0..workers).map(|_| Mutex::default()).collect(),
             polled: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             drift: Arc::default(),
+            alerts: Mutex::default(),
+            alerts_raised: AtomicU64::new(0),
         }
+    }
+
+    /// Records a drift alert raised (on the detecting worker).
+    fn alert(&self, alert: &ctrflow_dataflows::Alert) {
+        if let Ok(mut alerts) = self.alerts.lock() {
+            alerts.push(alert.clone());
+            self.alerts_raised
+                .store(alerts.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The drift alerts raised after the first `skip`.
+    pub fn alerts_after(&self, skip: usize) -> Vec<ctrflow_dataflows::Alert> {
+        if self.alerts_raised.load(Ordering::Relaxed) as usize <= skip {
+            return Vec::new();
+        }
+        self.alerts
+            .lock()
+            .map(|a| a.get(skip..).unwrap_or_default().to_vec())
+            .unwrap_or_default()
     }
 
     /// Counts a message the producer refused; true when it should be logged: the 1st,
@@ -220,6 +246,7 @@ impl RunStatus {
                 .unwrap_or(0),
             overall: merged.summary(),
             recent: merged.window_summary(),
+            alerts: self.alerts_raised.load(Ordering::Relaxed),
         }
     }
 }
@@ -244,6 +271,8 @@ pub struct Progress {
     pub overall: Summary,
     /// Over the recent window.
     pub recent: Summary,
+    /// Drift alerts raised so far (`firing` and `resolved`).
+    pub alerts: u64,
 }
 
 /// The end-of-run report.
@@ -282,6 +311,8 @@ pub struct RunReport {
     pub recent: Summary,
     /// Checkpoints, when state is durable.
     pub checkpoints: Option<crate::checkpoint::CheckpointReport>,
+    /// Drift alerts raised, in the contract's form, in order.
+    pub alerts: Vec<ctrflow_dataflows::Alert>,
 }
 
 struct WorkerResult {
@@ -412,6 +443,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         None
     };
     let timeline = Mutex::new(timeline);
+    let alerts_topic = alerts_topic(&config, &sink);
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();
@@ -441,8 +473,10 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
                 let sink = Arc::clone(&sink);
-                let topic = config.kafka.topics.alerts.clone();
+                let topic = alerts_topic.clone();
+                let status = Arc::clone(&status);
                 move |alert: &ctrflow_dataflows::Alert| {
+                    status.alert(alert);
                     alerts.send(alert);
                     if !topic.is_empty() {
                         let key = crate::drift::sinks::kind_name(alert);
@@ -467,6 +501,28 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         workers,
         checkpointer,
     })
+}
+
+/// The topic drift alerts go to: `kafka.topics.alerts` if drift detection is on and the
+/// broker knows the topic; otherwise none, with a warning (the alerts still reach the log
+/// and the webhooks, and a missing topic must not hold every delivery and the shutdown
+/// flush back).
+fn alerts_topic(config: &PipelineConfig, sink: &KafkaSink) -> String {
+    let topic = &config.kafka.topics.alerts;
+    if !config.drift.enabled || topic.is_empty() {
+        return String::new();
+    }
+    match sink.check_topic(topic, Duration::from_secs(10)) {
+        Ok(()) => topic.clone(),
+        Err(error) => {
+            tracing::warn!(
+                topic = %topic,
+                %error,
+                "Drift alerts will not be written to Kafka: create the topic, or set kafka.topics.alerts = \"\" to silence this."
+            );
+            String::new()
+        }
+    }
 }
 
 impl Running {
@@ -573,6 +629,9 @@ impl Running {
             overall: progressive.summary(),
             recent: progressive.window_summary(),
             checkpoints: self.checkpointer.as_ref().map(|c| c.report()),
+            alerts: std::mem::take(
+                &mut *self.status.alerts.lock().unwrap_or_else(|e| e.into_inner()),
+            ),
         })
     }
 }
@@ -1049,6 +1108,11 @@ fn checkpoint_round(
     if let (0, Some(aggregates)) = (index, &dataflow.aggregates) {
         checkpointer.contribute_aggregates(&aggregates.borrow());
     }
+    if index == 0
+        && let Some(detect) = &dataflow.detect
+    {
+        checkpointer.contribute_detect(index, &detect.borrow().project(|w| w.drift().clone()));
+    }
     checkpointer.contribute(
         index,
         &dataflow.join.borrow(),
@@ -1216,6 +1280,19 @@ impl RunReport {
                 c.mean_pause_secs,
                 c.max_pause_secs
             );
+        }
+        let firing = self
+            .alerts
+            .iter()
+            .filter(|a| a.state == ctrflow_dataflows::AlertState::Firing)
+            .count();
+        let _ = writeln!(
+            s,
+            "  drift alerts: {firing} firing, {} resolved",
+            self.alerts.len() - firing
+        );
+        for alert in &self.alerts {
+            let _ = writeln!(s, "    {}", crate::drift::sinks::text(alert));
         }
         s
     }

@@ -194,6 +194,11 @@ impl std::fmt::Debug for Timeline {
 }
 
 impl Timeline {
+    /// The detectors inside.
+    pub fn drift(&self) -> &Drift {
+        &self.drift
+    }
+
     /// Wraps `drift`; `progressive` (empty, as configured) is kept only when records are
     /// written.
     pub fn new(drift: Drift, output: TimelineOutput, progressive: Progressive) -> Self {
@@ -354,7 +359,7 @@ impl Detector for Timeline {
                     self.sums.examples += 1;
                 }
             }
-            Observation::Data(_) => {}
+            Observation::Data(_) | Observation::Segment { .. } => {}
         }
         self.drift.observe(observation);
     }
@@ -490,6 +495,7 @@ mod tests {
         let mut t = Timeline::new(quiet_drift(), output, Progressive::with_window(10, 2));
         let mut out = Vec::new();
         let label = |ts, served, label| Observation::Label {
+            id: 0,
             impression_ts: ts - 10,
             label_ts: ts,
             served,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::kafka_util::{
     SMALL_DRIFT, Scrape, Topics, WorkerProcess, assert_drift_and_state_metrics,
     assert_every_impression_scored_once_or_identically, assert_metrics_after,
-    assert_one_valid_score_per_impression, consume, free_port, generate_into,
+    assert_one_valid_score_per_impression, consume, free_port, generate_config_into, generate_into,
     has_drift_and_state_metrics, http_get, json, produce_raw, scrape_until, wait_ready,
 };
 
@@ -313,4 +313,64 @@ fn gh_6_metrics_of_a_running_worker_track_its_work_and_lag_falls_to_zero() {
     let report = worker.stop();
     assert_eq!(report["events"], generated.events + bad as u64, "{report}");
     assert_eq!(report["scores"], generated.impressions, "{report}");
+}
+
+/// Issue 5: with the real broker, a drifting stream in (feedback stops for an hour of
+/// event time) → the `label_delay` alert, in the contract's form, on the `alerts` topic,
+/// once, and in the worker's report.
+#[test]
+fn gh_5_a_feedback_outage_alert_arrives_on_the_alerts_topic() {
+    let brokers = broker();
+    let topics = Topics::with_alerts(&brokers, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let worker = WorkerProcess::start(
+        dir.path(),
+        &topics.config(&brokers, crate::drift::SMALL_WINDOWS),
+        2,
+    );
+    let generated = generate_config_into(
+        &brokers,
+        &topics.events,
+        &ctrflow::generator::GenConfig {
+            count: 40_000,
+            seed: 4,
+            drift_at: Some(25_000),
+            drift_kinds: vec![ctrflow::generator::DriftKind::FeedbackOutage],
+            ..ctrflow::generator::GenConfig::default()
+        },
+        None,
+    );
+    let alerts = json(&consume(
+        &brokers,
+        &topics.alerts,
+        1,
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+    ));
+    let (report, _) = worker.stop_when_scored(
+        &brokers,
+        &topics.scores,
+        generated.impressions as usize,
+        Duration::from_secs(240),
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["kind"], "label_delay", "{alert}");
+    assert_eq!(alert["state"], "firing", "{alert}");
+    assert_eq!(alert["detector"], "feedback_rate", "{alert}");
+    for key in ["severity", "metric", "value", "threshold", "ts", "message"] {
+        assert!(!alert[key].is_null(), "{key} missing: {alert}");
+    }
+    assert!(
+        alert["window"]["from"].as_i64() <= alert["window"]["to"].as_i64(),
+        "{alert}"
+    );
+    // The same alert is in the report, with the feedback outage's only firing.
+    let reported: Vec<&serde_json::Value> = report["alerts"]
+        .as_array()
+        .expect("alerts in the report")
+        .iter()
+        .filter(|a| a["kind"] == "label_delay" && a["state"] == "firing")
+        .collect();
+    assert_eq!(reported, vec![alert], "{report}");
 }

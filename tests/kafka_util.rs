@@ -169,6 +169,8 @@ pub struct Topics {
     pub dead_letters: String,
     /// The `examples` output, when the test asked for it (empty otherwise).
     pub examples: String,
+    /// The drift `alerts` output, when the test asked for it (empty: off).
+    pub alerts: String,
 }
 
 impl Topics {
@@ -179,6 +181,7 @@ impl Topics {
             scores: unique("scores"),
             dead_letters: unique("dead"),
             examples: String::new(),
+            alerts: String::new(),
         };
         create_topics(
             brokers,
@@ -196,6 +199,14 @@ impl Topics {
         let mut topics = Self::create(brokers, partitions);
         topics.examples = unique("examples");
         create_topics(brokers, &[(&topics.examples, partitions)]);
+        topics
+    }
+
+    /// Fresh topics, with the drift `alerts` output too (one partition).
+    pub fn with_alerts(brokers: &str, partitions: i32) -> Self {
+        let mut topics = Self::create(brokers, partitions);
+        topics.alerts = unique("alerts");
+        create_topics(brokers, &[(&topics.alerts, 1)]);
         topics
     }
 
@@ -227,6 +238,7 @@ events = "{events}"
 scores = "{scores}"
 dead_letters = "{dead}"
 examples = "{examples}"
+alerts = "{alerts}"
 
 [telemetry]
 listen = "{listen}"
@@ -240,6 +252,7 @@ idle_timeout_ms = 2000
             scores = self.scores,
             dead = self.dead_letters,
             examples = self.examples,
+            alerts = self.alerts,
         )
     }
 }
@@ -683,17 +696,32 @@ pub fn generate_into(
     seed: u64,
     rate: Option<f64>,
 ) -> ctrflow::generator::GenStats {
-    let config = GenConfig {
-        count: impressions,
-        seed,
-        ..GenConfig::default()
-    };
+    generate_config_into(
+        brokers,
+        topic,
+        &GenConfig {
+            count: impressions,
+            seed,
+            ..GenConfig::default()
+        },
+        rate,
+    )
+}
+
+/// Produces what `config` generates to `topic`, at `rate` messages per second or as fast
+/// as possible.
+pub fn generate_config_into(
+    brokers: &str,
+    topic: &str,
+    config: &GenConfig,
+    rate: Option<f64>,
+) -> ctrflow::generator::GenStats {
     let target = KafkaTarget {
         brokers: brokers.to_owned(),
         topic: topic.to_owned(),
     };
     produce(
-        &config,
+        config,
         &target,
         rate,
         &AtomicBool::new(false),

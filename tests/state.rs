@@ -115,6 +115,7 @@ fn topics_reading(events: &str) -> Topics {
         scores: unique("scores"),
         dead_letters: unique("dead"),
         examples: String::new(),
+        alerts: String::new(),
     }
 }
 

@@ -21,8 +21,20 @@ pub enum Observation {
         /// The served score.
         score: f32,
     },
+    /// The segment (value of the segmenting `ctx` field) of an impression, sent by the
+    /// worker that decoded it, so that the detector can judge its label per segment.
+    Segment {
+        /// The impression's event time.
+        ts: EventTime,
+        /// A hash of the impression's id, as its label carries it.
+        id: u64,
+        /// The value of the segmenting field.
+        value: CompactString,
+    },
     /// An impression got its final label.
     Label {
+        /// A hash of the impression's id (the same hash as [`Observation::Segment`]'s).
+        id: u64,
         /// The impression's event time.
         impression_ts: EventTime,
         /// Event time at which the label became final.
@@ -40,7 +52,7 @@ impl Observation {
     /// The event time the detector orders observations by.
     pub fn ts(&self) -> EventTime {
         match self {
-            Observation::Impression { ts, .. } => *ts,
+            Observation::Impression { ts, .. } | Observation::Segment { ts, .. } => *ts,
             Observation::Label { label_ts, .. } => *label_ts,
             Observation::Data(d) => d.to,
         }

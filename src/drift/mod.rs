@@ -4,6 +4,7 @@
 //! | kind | detector | watches | module |
 //! |---|---|---|---|
 //! | `concept_drift` | ADWIN, Page-Hinkley | per-example relative logloss, its ranking part (`discrimination`), or raw logloss | [`concept`], [`adwin`], [`page_hinkley`] |
+//! | `concept_drift` | ADWIN, Page-Hinkley per segment | `discrimination` within each value of a `ctx` field (the category) | [`segment`] |
 //! | `calibration` | ratio band | Σ served / Σ clicks over a sliding window of examples | [`calibration`] |
 //! | `label_delay` | feedback rate | decisive feedback per impression, per event-time span | [`outage`] |
 //! | `data_drift` | PSI or JS distance | each `ctx` field, and the served score, recent vs reference | [`data`], [`distribution`] |
@@ -31,6 +32,7 @@ pub mod distribution;
 pub mod episode;
 pub mod outage;
 pub mod page_hinkley;
+pub mod segment;
 pub mod sinks;
 pub mod stats;
 
@@ -45,6 +47,7 @@ use self::data::{
 };
 use self::episode::EpisodeTiming;
 use self::outage::{FeedbackOutage, OutageSettings};
+use self::segment::SegmentDrift;
 
 /// Drift detection and alerting (`[drift]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +70,9 @@ pub struct DriftConfig {
     /// Concept drift on the loss.
     #[serde(default)]
     pub concept: ConceptConfig,
+    /// Concept drift on the loss per segment.
+    #[serde(default)]
+    pub segments: SegmentsConfig,
     /// Calibration drift.
     #[serde(default)]
     pub calibration: CalibrationConfig,
@@ -105,6 +111,7 @@ impl Default for DriftConfig {
             resolve_after_ms: default_resolve_after_ms(),
             min_alert_interval_ms: default_min_alert_interval_ms(),
             concept: ConceptConfig::default(),
+            segments: SegmentsConfig::default(),
             calibration: CalibrationConfig::default(),
             feedback: FeedbackConfig::default(),
             data: DataConfig::default(),
@@ -185,6 +192,40 @@ impl Default for ConceptConfig {
             adwin_max_buckets: default_adwin_max_buckets(),
             page_hinkley: default_page_hinkley(),
             recovery_examples: default_recovery_examples(),
+        }
+    }
+}
+
+/// Concept drift per segment (`[drift.segments]`): `discrimination` within each value of
+/// one `ctx` field, with `[drift.concept]`'s `min_shift`, `warmup_examples` (overall),
+/// `recovery_examples` (also each segment's warm-up) and ADWIN settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsConfig {
+    /// Run it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The categorical `ctx` field whose values are the segments.
+    #[serde(default = "default_segment_field")]
+    pub field: String,
+    /// Values watched: the first this many seen; later ones are counted, not watched.
+    #[serde(default = "default_max_segments")]
+    pub max_segments: usize,
+}
+
+fn default_segment_field() -> String {
+    "category".to_owned()
+}
+const fn default_max_segments() -> usize {
+    64
+}
+
+impl Default for SegmentsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            field: default_segment_field(),
+            max_segments: default_max_segments(),
         }
     }
 }
@@ -554,6 +595,16 @@ impl DriftConfig {
             "drift.concept.recovery_examples",
             c.recovery_examples,
         );
+        let g = &self.segments;
+        if g.enabled && g.field.is_empty() {
+            p.push("drift.segments.field is empty: name a categorical ctx field (such as \"category\") or set drift.segments.enabled = false".to_owned());
+        }
+        if g.enabled && !(1..=usize::from(u16::MAX)).contains(&g.max_segments) {
+            p.push(format!(
+                "drift.segments.max_segments must be in 1..=65535, got {}",
+                g.max_segments
+            ));
+        }
         let k = &self.calibration;
         at_least_one(&mut p, "drift.calibration.slice_examples", k.slice_examples);
         at_least_one(&mut p, "drift.calibration.slices", k.slices as u64);
@@ -718,6 +769,8 @@ const FLUSH_SLACK_MS: EventTime = 60_000;
 pub struct Drift {
     timing: EpisodeTiming,
     concept: Vec<ConceptDrift>,
+    segments: Option<SegmentDrift>,
+    concept_warmup: u64,
     calibration: Option<CalibrationDrift>,
     calibration_warmup: u64,
     outage: Option<FeedbackOutage>,
@@ -770,6 +823,15 @@ impl Drift {
         } else {
             Vec::new()
         };
+        let g = &config.segments;
+        let segments = g.enabled.then(|| {
+            let settings = ConceptSettings {
+                warmup_examples: c.recovery_examples,
+                page_hinkley: true,
+                ..concept_settings
+            };
+            SegmentDrift::new(&g.field, g.max_segments, settings, label_window_ms)
+        });
         let k = &config.calibration;
         let f = &config.feedback;
         let d = &config.data;
@@ -777,6 +839,8 @@ impl Drift {
         Self {
             timing: config.timing(),
             concept,
+            segments,
+            concept_warmup: c.warmup_examples,
             calibration: k.enabled.then(|| {
                 CalibrationDrift::new(
                     k.slice_examples,
@@ -887,7 +951,13 @@ impl Detector for Drift {
                     d.maybe_evaluate(&timing, &mut self.pending);
                 }
             }
+            Observation::Segment { ts, id, value } => {
+                if let Some(g) = &mut self.segments {
+                    g.impression(*ts, *id, value);
+                }
+            }
             Observation::Label {
+                id,
                 label_ts,
                 served,
                 label,
@@ -898,13 +968,26 @@ impl Detector for Drift {
                 {
                     o.decisive(*label_ts);
                 }
-                let settled = self.labels_from.is_some_and(|t| *label_ts >= t);
-                if !settled || *label_ts > self.newest_impression.saturating_add(FLUSH_SLACK_MS) {
+                let settled = self.labels_from.is_some_and(|t| *label_ts >= t)
+                    && *label_ts <= self.newest_impression.saturating_add(FLUSH_SLACK_MS);
+                let positive = label.is_positive();
+                let served = f64::from(*served);
+                if let Some(g) = &mut self.segments {
+                    let settled = settled && self.examples >= self.concept_warmup;
+                    g.label(
+                        *id,
+                        served,
+                        positive,
+                        *label_ts,
+                        settled,
+                        &timing,
+                        &mut self.pending,
+                    );
+                }
+                if !settled {
                     return;
                 }
                 self.examples += 1;
-                let positive = label.is_positive();
-                let served = f64::from(*served);
                 for c in &mut self.concept {
                     c.observe(served, positive, *label_ts, &timing, &mut self.pending);
                 }
@@ -926,6 +1009,9 @@ impl Detector for Drift {
     fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
         if let Some(o) = &mut self.outage {
             o.advance(now, &self.timing, &mut self.pending);
+        }
+        if let Some(g) = &mut self.segments {
+            g.advance(now);
         }
         alerts.append(&mut self.pending);
     }
@@ -957,6 +1043,74 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), 5, "{problems:?}");
+    }
+
+    /// Impressions at 25/s from `from` to `to` (ms), each with a decisive fast skip a second
+    /// later when `feedback`; the watermark advances every 10 s.
+    fn stream(d: &mut Drift, from: i64, to: i64, feedback: bool, alerts: &mut Vec<Alert>) {
+        for ts in (from..to).step_by(40) {
+            d.observe(&Observation::Impression { ts, score: 0.04 });
+            if feedback && ts % 120 == 0 {
+                d.observe(&Observation::Label {
+                    id: ts as u64,
+                    impression_ts: ts - 1000,
+                    label_ts: ts,
+                    served: 0.04,
+                    label: LabelSource::FastSkip,
+                });
+            }
+            if ts % 10_000 == 0 {
+                d.advance(ts, alerts);
+            }
+        }
+    }
+
+    #[test]
+    fn gh_5_restored_detectors_continue_their_episode() {
+        use ctrflow_dataflows::operators::DetectState;
+        use ctrflow_dataflows::{AlertKind, AlertState};
+        use ctrflow_state::codec::{decode_value, encode_value};
+        let hour = 3_600_000;
+        let mut config = DriftConfig::default();
+        config.data.enabled = false;
+        config.score.enabled = false;
+        let mut state = DetectState::new(Drift::new(&config, 1_800_000));
+        let mut alerts = Vec::new();
+        // Two hours of feedback, then half an hour of none: the episode opens.
+        stream(&mut state.detector, 0, 2 * hour, true, &mut alerts);
+        stream(
+            &mut state.detector,
+            2 * hour,
+            5 * hour / 2,
+            false,
+            &mut alerts,
+        );
+        let outage = |alerts: &[Alert]| -> Vec<AlertState> {
+            alerts
+                .iter()
+                .filter(|a| a.kind == AlertKind::LabelDelay)
+                .map(|a| a.state)
+                .collect()
+        };
+        assert_eq!(outage(&alerts), [AlertState::Firing], "{alerts:#?}");
+        // Checkpointed in the state's encoding, restored, fed the rest: feedback is back.
+        let mut bytes = Vec::new();
+        encode_value(&state, &mut bytes);
+        let mut restored: DetectState<Drift> = decode_value("operators", &bytes).unwrap();
+        let mut after = Vec::new();
+        stream(
+            &mut restored.detector,
+            5 * hour / 2,
+            3 * hour,
+            true,
+            &mut after,
+        );
+        assert_eq!(outage(&after), [AlertState::Resolved], "{after:#?}");
+        // A detector started afresh knows no episode: nothing to resolve.
+        let mut fresh = Drift::new(&config, 1_800_000);
+        let mut none = Vec::new();
+        stream(&mut fresh, 5 * hour / 2, 3 * hour, true, &mut none);
+        assert!(outage(&none).is_empty(), "{none:#?}");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!
 //! For "at most one false alarm per `N` items", solve `ARL(λ) = N` for `λ` (by bisection;
 //! `ARL` grows with `λ`). `σ²` is not known in advance: it is estimated over the first
-//! `warmup` items, during which the test does not alarm.
+//! `warmup` items, during which the test does not alarm, and then again every `warmup`
+//! items over all items since the last alarm (never below the first estimate).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,11 @@ pub struct PageHinkley {
     budget: u64,
     warmup: u64,
     lambda: Option<f64>,
+    /// The first estimate of `λ`: later ones may rise above it, never fall below (a stream
+    /// gone flat, such as a loss while feedback is missing, would otherwise make any
+    /// wobble an alarm).
+    #[serde(default)]
+    floor: f64,
     n: u64,
     mean: f64,
     m2: f64,
@@ -78,6 +84,7 @@ impl PageHinkley {
             budget: every,
             warmup: warmup.max(2),
             lambda: None,
+            floor: 0.0,
             n: 0,
             mean: 0.0,
             m2: 0.0,
@@ -110,11 +117,21 @@ impl PageHinkley {
         self.cumulative += x - self.mean - self.delta;
         self.minimum = self.minimum.min(self.cumulative);
         let lambda = match self.lambda {
+            // The variance keeps being estimated (over everything since the last alarm),
+            // and λ follows it: a stream whose spread changes after the first items
+            // (a daily cycle, a model still settling) keeps its false-alarm budget.
+            Some(_) if self.n.is_multiple_of(self.warmup) => {
+                let sigma2 = self.m2 / (self.n - 1) as f64;
+                let l = lambda_for_budget(sigma2, self.delta, self.budget).max(self.floor);
+                self.lambda = Some(l);
+                l
+            }
             Some(l) => l,
             None if self.n >= self.warmup => {
                 let sigma2 = self.m2 / (self.n - 1) as f64;
                 let l = lambda_for_budget(sigma2, self.delta, self.budget);
                 self.lambda = Some(l);
+                self.floor = l;
                 // Start the evidence afresh with the estimated scale.
                 self.cumulative = 0.0;
                 self.minimum = 0.0;
@@ -173,6 +190,32 @@ mod tests {
         }
         let at = at.expect("the rise is found");
         assert!(at < 5000, "found {at} items after the rise");
+    }
+
+    #[test]
+    fn a_stream_gone_flat_keeps_its_threshold() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut ph = PageHinkley::new(0.005, 5000, 100_000_000);
+        for _ in 0..20_000 {
+            assert!(ph.insert(rng.random::<f64>()).is_none());
+        }
+        let first = ph.lambda().unwrap();
+        // Nearly constant, with a blip barely above delta: too little evidence at the
+        // scale the stream had (a threshold from the flat part alone would be ~0).
+        for i in 0..50_000 {
+            let blip = if (25_000..27_000).contains(&i) {
+                0.006
+            } else {
+                0.0
+            };
+            let x = 0.5 + blip + 1e-4 * rng.random::<f64>();
+            assert!(ph.insert(x).is_none(), "alarm at {i}");
+        }
+        assert!(
+            ph.lambda().unwrap() > first / 2.0,
+            "{:?} {first}",
+            ph.lambda()
+        );
     }
 
     #[test]

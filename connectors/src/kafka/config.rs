@@ -71,8 +71,9 @@ pub struct TopicsConfig {
     #[serde(default)]
     pub examples: String,
     /// Drift alerts (DESIGN.md § Outputs), keyed by kind; empty: not written (they still
-    /// go to the log and the webhooks).
-    #[serde(default)]
+    /// go to the log and the webhooks). A topic the broker does not know at start is
+    /// skipped with a warning.
+    #[serde(default = "default_alerts")]
     pub alerts: String,
 }
 
@@ -88,6 +89,10 @@ fn default_dead_letters() -> String {
     "dead-letters".to_owned()
 }
 
+fn default_alerts() -> String {
+    "alerts".to_owned()
+}
+
 impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
@@ -95,7 +100,7 @@ impl Default for TopicsConfig {
             scores: default_scores(),
             dead_letters: default_dead_letters(),
             examples: String::new(),
-            alerts: String::new(),
+            alerts: default_alerts(),
         }
     }
 }

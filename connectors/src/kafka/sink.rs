@@ -256,6 +256,25 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Whether the broker knows `topic` (with at least one partition), asked once, within
+    /// `timeout`: why not, if it does not.
+    pub fn check_topic(&self, topic: &str, timeout: Duration) -> Result<(), ConnectorError> {
+        let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
+        let last = match producer.client().fetch_metadata(Some(topic), timeout) {
+            Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => return Ok(()),
+                Some(t) => format!("the broker reports {:?} for it", t.error()),
+                None => "the broker does not know it".to_owned(),
+            },
+            Err(error) => error.to_string(),
+        };
+        Err(ConnectorError::TopicUnavailable {
+            topic: topic.to_owned(),
+            waited: timeout,
+            last,
+        })
+    }
+
     /// Messages queued in the client and not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.producer.read().map_or(0, |p| p.in_flight_count())

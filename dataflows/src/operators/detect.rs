@@ -17,7 +17,18 @@
 //! then sorted by `(ts, kind)` and handed over; `advance` follows with the watermark, so
 //! detectors that evaluate event-time windows see every observation of a window before it
 //! closes.
+//!
+//! # Checkpoints
+//!
+//! [`Detect::detect_shared`] keeps the detector and the observations it has not yet handed
+//! over in a [`DetectState`] the worker can read between steps: once the dataflow's probe
+//! (which must cover the alert stream) has passed a time, every observation before it is
+//! in there, so the state is a consistent part of a checkpoint.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -70,20 +81,81 @@ pub trait Detect<'scope> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn detect<D: Detector + 'static>(self, detector: D) -> Stream<'scope, Watermark, Vec<Alert>>;
+
+    /// [`detect`](Detect::detect) with the detector and its pending observations in `state`,
+    /// shared with the worker (for checkpoints; see the module docs).
+    fn detect_shared<D: Detector + 'static>(
+        self,
+        state: Rc<RefCell<DetectState<D>>>,
+    ) -> Stream<'scope, Watermark, Vec<Alert>>;
+}
+
+/// A detector with the observations it has received and not yet been handed (ahead of the
+/// watermark); `serde`, so that it can be checkpointed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DetectState<D> {
+    /// The detector.
+    pub detector: D,
+    buffer: Vec<Observation>,
+    advanced: EventTime,
+}
+
+impl<D> DetectState<D> {
+    /// `detector`, with nothing pending.
+    pub fn new(detector: D) -> Self {
+        Self {
+            detector,
+            buffer: Vec::new(),
+            advanced: EventTime::MIN,
+        }
+    }
+
+    /// The same pending observations with the detector replaced by `f(detector)` (to wrap
+    /// a restored detector).
+    pub fn map<E>(self, f: impl FnOnce(D) -> E) -> DetectState<E> {
+        DetectState {
+            detector: f(self.detector),
+            buffer: self.buffer,
+            advanced: self.advanced,
+        }
+    }
+
+    /// A copy with the detector replaced by `f(&detector)` (to checkpoint the part of a
+    /// wrapper that is state).
+    pub fn project<E>(&self, f: impl FnOnce(&D) -> E) -> DetectState<E> {
+        DetectState {
+            detector: f(&self.detector),
+            buffer: self.buffer.clone(),
+            advanced: self.advanced,
+        }
+    }
+
+    /// Observations received and not yet handed to the detector.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
 }
 
 impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
-    fn detect<D: Detector + 'static>(
+    fn detect<D: Detector + 'static>(self, detector: D) -> Stream<'scope, Watermark, Vec<Alert>> {
+        self.detect_shared(Rc::new(RefCell::new(DetectState::new(detector))))
+    }
+
+    fn detect_shared<D: Detector + 'static>(
         self,
-        mut detector: D,
+        state: Rc<RefCell<DetectState<D>>>,
     ) -> Stream<'scope, Watermark, Vec<Alert>> {
         let exchange = Exchange::new(|_: &Observation| 0);
         self.unary_frontier(exchange, "Detect", move |_cap, _info| {
             let mut held = None;
-            let mut buffer: Vec<Observation> = Vec::new();
             let mut alerts = Vec::new();
-            let mut advanced = EventTime::MIN;
             move |(input, frontier), output| {
+                let mut guard = state.borrow_mut();
+                let DetectState {
+                    detector,
+                    buffer,
+                    advanced,
+                } = &mut *guard;
                 input.for_each(|cap, data| {
                     if held.is_none() {
                         held = cap.retain_least(0);
@@ -102,9 +174,9 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                         detector.observe(&o);
                     }
                 }
-                if now > advanced {
+                if now > *advanced {
                     // At the end of the input, evaluate up to the last observation seen.
-                    advanced = now;
+                    *advanced = now;
                     detector.advance(now, &mut alerts);
                 }
                 if !alerts.is_empty() {
@@ -120,13 +192,14 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
     }
 }
 
-/// Ties in event time: data summaries, then impressions, then labels, so an impression is
-/// seen before a label with the same timestamp.
+/// Ties in event time: data summaries, then segments and impressions, then labels, so an
+/// impression is seen before a label with the same timestamp.
 fn kind_order(o: &Observation) -> u8 {
     match o {
         Observation::Data(_) => 0,
-        Observation::Impression { .. } => 1,
-        Observation::Label { .. } => 2,
+        Observation::Segment { .. } => 1,
+        Observation::Impression { .. } => 2,
+        Observation::Label { .. } => 3,
     }
 }
 

@@ -7,7 +7,7 @@ pub mod learn_online;
 pub use aggregates::{
     Aggregate, Aggregates, AggregatesConfig, AggregatesReport, CategoryCtr, Counts, ItemClicks,
 };
-pub use detect::Detect;
+pub use detect::{Detect, DetectState};
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
 };
