@@ -203,7 +203,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         checkpoint_interval_ms,
         aggregates,
     } = scenario;
-    let (impressions, partitions, workers, kills) = (*impressions, *partitions, *workers, *kills);
+    let (impressions, partitions, workers, kills, aggregates) =
+        (*impressions, *partitions, *workers, *kills, *aggregates);
     let exact = workers == 1;
     let events = unique("events");
     let (a, b) = (topics_reading(&events), topics_reading(&events));
@@ -296,8 +297,11 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         assert!(s["model"]["nonzero_weights"].as_u64().unwrap() > 100, "{s}");
     }
     assert_eq!(sa["entities"], sb["entities"]);
-    // `inspect` shows the global aggregates of the last checkpoint: all the impressions
-    // of the last hour (of the whole stream, when it is shorter), and the most clicked items.
+    // `inspect` shows the global aggregates of the last checkpoint: the impressions of the
+    // hour before its watermark. On a stream shorter than that, all of them (values on
+    // longer streams are checked against a brute-force count in tests/replay.rs; here
+    // the trailing feedback can move the watermark more than an hour past the last
+    // impression, leaving the window empty).
     for s in [&sa, &sb].into_iter().filter(|_| aggregates) {
         let a = &s["aggregates"];
         let shown: u64 = a["category_ctr_1h"]
@@ -306,17 +310,20 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             .iter()
             .map(|c| c["impressions"].as_u64().unwrap())
             .sum();
-        assert!(shown > 0 && shown <= generated.impressions, "{a}");
+        assert!(shown <= generated.impressions, "{a}");
+        assert_eq!(a["watermark"], s["checkpoint"]["watermark"], "{a}");
         if let Some((first, last)) = generated.ts_range
             && last - first < 3_600_000 - 60_000
         {
-            // The whole stream is in the window but for the last minute's impressions,
-            // counted from the next minute boundary on.
+            // All but the last minute's impressions, counted from the next minute
+            // boundary on.
             let per_minute = generated.impressions * 60_000 / (last - first).max(60_000) as u64;
-            assert!(shown + per_minute >= generated.impressions, "{a}");
+            assert!(
+                shown > 0 && shown + per_minute >= generated.impressions,
+                "{a}"
+            );
+            assert_eq!(a["top_items_1h"].as_array().unwrap().len(), 10, "{a}");
         }
-        assert_eq!(a["top_items_1h"].as_array().unwrap().len(), 10, "{a}");
-        assert_eq!(a["watermark"], s["checkpoint"]["watermark"], "{a}");
     }
     // Lifetime counters: the uninterrupted run read every event once; the killed one read
     // some again after each restart.
@@ -379,11 +386,8 @@ fn gh_4_killed_five_times_in_a_500k_event_stream_the_worker_resumes_exactly() {
         kills: 5,
         kill_after_ms: 3_000..30_000,
         checkpoint_interval_ms: 1_000,
-        // Off here: with them on, a `run` over this stream (longer than their 1 h window)
-        // ends with empty aggregates in the checkpoint although `replay` of a similar
-        // stream shows them (a known bug of `run`'s aggregates, issue 4's note); the
-        // mock-broker scenario covers their restore on a stream shorter than the window.
-        aggregates: false,
+        // Their 1 h window slides across the restarts (the stream spans ~4.7 h).
+        aggregates: true,
     };
     killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
 }
