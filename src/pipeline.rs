@@ -27,9 +27,9 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
+use crate::drift::Drift;
 use crate::drift::data::CtxSketch;
 use crate::drift::segment::id_key;
-use crate::drift::{Drift, DriftConfig};
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
 use crate::features::Featurizer;
@@ -191,7 +191,7 @@ fn build_inner(
             let drift = if config.drift.enabled {
                 Drift::new(&config.drift, config.label.window_ms)
             } else {
-                Drift::new(&no_detectors(), config.label.window_ms)
+                Drift::new(&config.drift.all_off(), config.label.window_ms)
             };
             DetectState::new(drift)
         });
@@ -322,17 +322,6 @@ impl Detector for Watch {
             Watch::Recorded(t) => t.advance(now, alerts),
         }
     }
-}
-
-/// `[drift]` with every detector off: the timeline's host when drift detection is disabled.
-fn no_detectors() -> DriftConfig {
-    let mut c = DriftConfig::default();
-    c.concept.enabled = false;
-    c.calibration.enabled = false;
-    c.feedback.enabled = false;
-    c.data.enabled = false;
-    c.score.enabled = false;
-    c
 }
 
 impl Dataflow {

@@ -452,13 +452,7 @@ mod tests {
     use ctrflow_dataflows::{AlertWindow, LabelSource, Severity};
 
     fn quiet_drift() -> Drift {
-        let mut c = DriftConfig::default();
-        c.concept.enabled = false;
-        c.calibration.enabled = false;
-        c.feedback.enabled = false;
-        c.data.enabled = false;
-        c.score.enabled = false;
-        Drift::new(&c, 1000)
+        Drift::new(&DriftConfig::default().all_off(), 1000)
     }
 
     fn alert(state: AlertState, ts: EventTime) -> Alert {

@@ -561,6 +561,19 @@ fn fraction(problems: &mut Vec<String>, key: &str, value: f64) {
 }
 
 impl DriftConfig {
+    /// These settings with every detector off (what hosts the metrics over time when drift
+    /// detection is disabled).
+    pub fn all_off(&self) -> Self {
+        let mut c = self.clone();
+        c.concept.enabled = false;
+        c.segments.enabled = false;
+        c.calibration.enabled = false;
+        c.feedback.enabled = false;
+        c.data.enabled = false;
+        c.score.enabled = false;
+        c
+    }
+
     /// Every problem with these settings, each naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
