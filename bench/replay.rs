@@ -34,6 +34,7 @@ fn replay(c: &mut Criterion) {
             config: PipelineConfig::default(),
             scores_out: None,
             dead_letters_out: None,
+            examples_out: None,
             model_out: None,
             progress: false,
             baseline: None,

@@ -142,6 +142,10 @@ struct ReplayArgs {
     /// Write rejected lines here (JSON Lines, the dead-letter contract).
     #[arg(long)]
     dead_letters: Option<PathBuf>,
+    /// Write every labelled impression here with the hashed features it was scored and
+    /// trained with (JSON Lines, the `examples` topic's form).
+    #[arg(long)]
+    examples_out: Option<PathBuf>,
     /// Save the trained model here.
     #[arg(long)]
     model_out: Option<PathBuf>,
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 scores_out: args.scores_out,
                 dead_letters_out: args.dead_letters,
+                examples_out: args.examples_out,
                 model_out: args.model_out,
                 progress: !args.no_progress && !args.json,
                 baseline: args.baseline.then(|| ctrflow::baseline::BaselineOptions {

@@ -52,6 +52,9 @@ pub struct ReplayOptions {
     pub scores_out: Option<PathBuf>,
     /// Where to write rejected lines in the dead-letter form, if anywhere.
     pub dead_letters_out: Option<PathBuf>,
+    /// Where to write every labelled impression with the hashed features it was scored
+    /// and trained with (JSON Lines, the `examples` topic's form), if anywhere.
+    pub examples_out: Option<PathBuf>,
     /// Where to save the trained model, if anywhere.
     pub model_out: Option<PathBuf>,
     /// Show a progress bar (only drawn when stderr is a terminal).
@@ -179,6 +182,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
     };
+    let examples = match &options.examples_out {
+        Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
+        None => None,
+    };
     let bytes_read = Arc::new(AtomicU64::new(0));
     // The first failed block read: the workers stop reading and the replay fails.
     let read_error: Arc<OnceLock<String>> = Arc::default();
@@ -209,6 +216,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let entities = entities.clone();
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
+        let examples = examples.clone();
         let bytes_read = Arc::clone(&bytes_read);
         let read_error = Arc::clone(&read_error);
         let bar = bar.clone();
@@ -225,18 +233,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     write_scores(sink, batch, &mut line);
                 }
             };
-            let on_examples = served.clone().map(|served| -> pipeline::OnExamples {
-                Box::new(move |batch| {
-                    if let Ok(mut served) = served.lock() {
-                        served.extend(batch.iter().map(|e| Served {
-                            id: e.id.clone(),
-                            ts: e.impression_ts,
-                            positive: e.label.is_positive(),
-                            served: e.served,
-                        }));
-                    }
-                })
-            });
+            let on_examples = examples_output(served.clone(), examples.clone());
             let sinks = Arc::clone(&sinks);
             let on_alert = move |alert: &Alert| sinks.send(alert);
             let context = pipeline::Context {
@@ -358,7 +355,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     alerts.sort_by_key(|a| a.ts);
     // The workers are joined: this is the last reference.
     let webhooks = Arc::try_unwrap(sinks).map_or_else(|_| SinkReport::default(), AlertSinks::close);
-    for sink in [&scores, &dead_letters].into_iter().flatten() {
+    for sink in [&scores, &dead_letters, &examples].into_iter().flatten() {
         sink.lock()
             .map_err(|_| anyhow::anyhow!("a worker panicked while writing"))?
             .flush()?;
@@ -452,6 +449,38 @@ fn report(
         baseline: None,
         aggregates: None,
     }
+}
+
+/// What the dataflow does with labelled examples: keeps them for the baseline and/or
+/// writes them to `--examples-out` (`None` when neither: the dataflow then does not
+/// collect their features at all).
+fn examples_output(
+    served: Option<Arc<Mutex<Vec<Served>>>>,
+    file: Option<Arc<Mutex<JsonlSink>>>,
+) -> Option<pipeline::OnExamples> {
+    if served.is_none() && file.is_none() {
+        return None;
+    }
+    let (mut pairs, mut line) = (Vec::new(), Vec::new());
+    Some(Box::new(move |batch| {
+        if let Some(Ok(mut served)) = served.as_ref().map(|s| s.lock()) {
+            served.extend(batch.iter().map(|e| Served {
+                id: e.id.clone(),
+                ts: e.impression_ts,
+                positive: e.label.is_positive(),
+                served: e.served,
+            }));
+        }
+        if let Some(Ok(mut sink)) = file.as_ref().map(|s| s.lock()) {
+            for example in batch {
+                pipeline::encode_example(example, &mut pairs, &mut line);
+                if sink.send(&line).is_err() {
+                    tracing::warn!("Failed to write examples; the rest of the run goes on.");
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 fn write_scores(sink: &Mutex<JsonlSink>, batch: &[Score], line: &mut Vec<u8>) {

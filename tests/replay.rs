@@ -178,6 +178,61 @@ fn several_workers_score_every_impression_once() {
     }
 }
 
+/// `--examples-out` is the file twin of the `examples` topic: one record per labelled
+/// impression, served exactly as scored, with its hashed features and its label.
+#[test]
+fn gh_3_examples_out_holds_every_labelled_impression_as_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), "events.jsonl", 8_000, 5);
+    let scores = dir.path().join("scores.jsonl");
+    let examples = dir.path().join("examples.jsonl");
+    let report = replay_json(
+        &input,
+        &[
+            "--scores-out",
+            scores.to_str().unwrap(),
+            "--examples-out",
+            examples.to_str().unwrap(),
+        ],
+    );
+    let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let served: std::collections::HashMap<String, f64> = read(&scores)
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let examples = read(&examples);
+    assert_eq!(examples.len() as u64, report["examples"].as_u64().unwrap());
+    let ids: HashSet<&str> = examples.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), examples.len(), "one example per impression");
+    let mut positives = 0;
+    for e in &examples {
+        let id = e["id"].as_str().unwrap();
+        assert_eq!(e["served"].as_f64().unwrap(), served[id], "{e}");
+        let label = e["label"].as_u64().unwrap();
+        let source = e["label_source"].as_str().unwrap();
+        assert_eq!(label == 1, source == "click" || source == "like", "{e}");
+        positives += label;
+        let features = e["features"].as_array().unwrap();
+        assert!(features.len() >= 10, "{e}");
+        assert!(e["label_ts"].as_i64().unwrap() >= e["impression_ts"].as_i64().unwrap());
+    }
+    let reported =
+        report["positive_click"].as_u64().unwrap() + report["positive_like"].as_u64().unwrap();
+    assert!(positives > 0);
+    assert_eq!(positives, reported);
+}
+
 #[test]
 fn a_missing_input_is_a_clear_error() {
     let output = ctrflow()
