@@ -70,7 +70,13 @@ impl RocksBackend {
             blocks.set_block_cache(&cache);
             blocks.set_bloom_filter(10.0, false);
             blocks.set_cache_index_and_filter_blocks(true);
+            // Recently flushed files' filters and indexes stay cached: point lookups of
+            // keys that are not there (new entities) are the common miss.
+            blocks.set_pin_l0_filter_and_index_blocks_in_cache(true);
             options.set_block_based_table_factory(&blocks);
+            // A bloom filter over the memtable too, for the same lookups.
+            options.set_memtable_whole_key_filtering(true);
+            options.set_memtable_prefix_bloom_ratio(0.05);
             options.set_write_buffer_size(config.write_buffer_mb << 20);
             options.set_compression_type(match config.compression {
                 Compression::None => DBCompressionType::None,
