@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use crate::util::{ctrflow, replay_json, run_ok};
+use crate::util::{ctrflow, impression_ts, replay_json, run_ok};
 
 /// Windows small enough for 60k-impression streams (the defaults are sized for millions).
 pub const SMALL_WINDOWS: &str = r#"
@@ -53,17 +53,6 @@ fn alerts(report: &serde_json::Value) -> Vec<serde_json::Value> {
         .clone()
 }
 
-fn first_impression_ts(input: &Path, n: u64) -> i64 {
-    let text = std::fs::read_to_string(input).unwrap();
-    let id = format!("\"imp-{n}\"");
-    let line = text
-        .lines()
-        .find(|l| l.contains(&id) && l.contains("impression"))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    v["ts"].as_i64().unwrap()
-}
-
 /// Checks the alerts of one kind: the first fires after `drift_ts` and every alert has
 /// the contract's keys.
 fn assert_fires(report: &serde_json::Value, kind: &str, drift_ts: i64) {
@@ -113,7 +102,7 @@ fn a_mix_shift_raises_data_drift() {
     let input = generate_drift(dir.path(), 40_000, 20_000, "mix-shift");
     let config = small_config(dir.path(), "");
     let report = replay_json(&input, &["--config", config.to_str().unwrap()]);
-    assert_fires(&report, "data_drift", first_impression_ts(&input, 20_000));
+    assert_fires(&report, "data_drift", impression_ts(&input, 20_000));
     let metrics: Vec<_> = alerts(&report)
         .iter()
         .map(|a| a["metric"].as_str().unwrap().to_owned())
@@ -133,7 +122,7 @@ fn a_doubled_ctr_raises_calibration_or_concept_drift_once() {
     let input = generate_drift(dir.path(), 70_000, 55_000, "base-ctr");
     let config = small_config(dir.path(), "");
     let report = replay_json(&input, &["--config", config.to_str().unwrap()]);
-    let drift_ts = first_impression_ts(&input, 55_000);
+    let drift_ts = impression_ts(&input, 55_000);
     assert_fires(&report, "calibration", drift_ts);
     // One alert per episode: never two firing alerts of one metric in a row.
     let all = alerts(&report);
@@ -156,7 +145,7 @@ fn a_feedback_outage_raises_label_delay() {
     let input = generate_drift(dir.path(), 40_000, 25_000, "feedback-outage");
     let config = small_config(dir.path(), "");
     let report = replay_json(&input, &["--config", config.to_str().unwrap()]);
-    assert_fires(&report, "label_delay", first_impression_ts(&input, 25_000));
+    assert_fires(&report, "label_delay", impression_ts(&input, 25_000));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::drift::{generate_drift, small_config};
-use crate::util::{ctrflow, replay_json, run_ok};
+use crate::util::{ctrflow, impression_ts, replay_json, run_ok};
 
 /// Series colours of `src/report.rs` (`COLORS`, the first six) and the firing marker.
 const SERIES: [[u8; 3]; 6] = [
@@ -92,7 +92,7 @@ fn metrics_over_time_are_recorded_and_the_report_shows_the_drift() {
         assert!(s["value"].as_f64().unwrap().is_finite(), "{s}");
     }
     // The loss of the served scores jumps with the doubled base rate.
-    let drift_at = input_ts(&input, 30_000);
+    let drift_at = impression_ts(&input, 30_000);
     let mean_loss = |from: i64, to: i64| {
         let v: Vec<f64> = records
             .iter()
@@ -169,18 +169,6 @@ fn metrics_over_time_are_recorded_and_the_report_shows_the_drift() {
     );
     // Vertical marker lines across the plots.
     assert!(firing >= 500, "{firing} pixels of alert markers");
-}
-
-/// Event time of impression `n`.
-fn input_ts(input: &Path, n: u64) -> i64 {
-    let id = format!("\"imp-{n}\"");
-    let text = std::fs::read_to_string(input).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains(&id) && l.contains("impression"))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    v["ts"].as_i64().unwrap()
 }
 
 /// Renders `html` with headless Chromium into `png`.

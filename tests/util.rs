@@ -48,3 +48,15 @@ pub fn replay_json(input: &Path, extra: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout).expect("the report is one JSON object")
 }
+
+/// Event time of impression `imp-<n>` in the generated file `input`.
+pub fn impression_ts(input: &Path, n: u64) -> i64 {
+    let id = format!("\"imp-{n}\"");
+    let text = std::fs::read_to_string(input).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&id) && l.contains("impression"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["ts"].as_i64().unwrap()
+}
