@@ -430,7 +430,7 @@ impl EntityStore {
         if let Some(e) = lock(&self.shared.shards[shard_of(&k)]).get(&k) {
             return Ok(Some(e.agg));
         }
-        match &self.shared.store {
+        match self.shared.readable_store() {
             Some(store) => ENTITIES.get(store, &k),
             None => Ok(None),
         }
@@ -495,6 +495,14 @@ fn key_of(entities: &Entities, kind: Kind) -> u64 {
 }
 
 impl Shared {
+    /// The copy to read entities back from: none while a scratch store has had nothing
+    /// written to it (the common replay, whose entities all fit), so that new entities do
+    /// not cost a lookup there.
+    fn readable_store(&self) -> Option<&StateStore> {
+        let store = self.store.as_ref()?;
+        (!self.spill || self.spilled.load(Ordering::Relaxed) > 0).then_some(store)
+    }
+
     /// Whether `agg` has expired by `ts`: it then reads as never seen, whether or not it
     /// was physically dropped yet, so expiry does not depend on when checkpoints ran.
     fn expired(&self, agg: &Aggregate, ts: EventTime) -> bool {
@@ -542,7 +550,7 @@ impl Shared {
     /// (making room first); `None` for an entity never seen.
     fn load<'a>(&self, shard: &'a mut Shard, k: (u8, u64)) -> Option<&'a mut Entry> {
         if !shard.contains_key(&k) {
-            let store = self.store.as_ref()?;
+            let store = self.readable_store()?;
             let agg = match ENTITIES.get(store, &k) {
                 Ok(agg) => agg?,
                 Err(error) => {
@@ -616,7 +624,7 @@ pub struct EntityHandle {
 
 impl Enrich for EntityHandle {
     fn prepare(&mut self, batch: &[Entities]) {
-        let Some(store) = &self.shared.store else {
+        let Some(store) = self.shared.readable_store() else {
             return;
         };
         self.missing.clear();
