@@ -2,25 +2,37 @@
 //! latency (p50/p99) at fixed input rates. Measured, never asserted.
 //!
 //! Run: `bash bench/kafka.sh` (starts a tansu broker, then `cargo bench --bench kafka`).
+//! Environment: `CTRFLOW_BENCH_IMPRESSIONS` (throughput run, default 300000; 0 skips it),
+//! `CTRFLOW_BENCH_RATES` (latency runs, events/s, default `10000,50000`),
+//! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
+//! (the bench's producer, default 1), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
+//! `fetch.wait.max.ms`, default 5).
 //! Without `CTRFLOW_BENCH_BROKER` it prints how to run it and exits (so that
 //! `cargo test --all-targets` can build and run it as a no-op).
 //!
 //! - Throughput: the events topic is filled first; then the worker starts and the clock runs
 //!   until every impression is scored: events / seconds.
-//! - Latency: the worker runs; events are produced at a fixed rate; a reader of the events
-//!   topic notes each impression's Kafka timestamp (set by the producer when it sent it), a
-//!   reader of the scores topic notes when each score arrived. Event-to-score latency is the
-//!   difference: producer → broker → worker → broker → consumer, all on one machine.
+//! - Latency: the worker runs; the bench produces events at a fixed rate, paced every
+//!   millisecond, noting when it handed each impression to its producer; a reader of the
+//!   scores topic notes when each score arrived. Event-to-score latency is the difference:
+//!   producer → broker → worker → broker → consumer, all on one machine. Impressions are
+//!   numbered (`imp-N`), so both sides note times in arrays, not maps: the measuring code
+//!   shares the 2 cores with what it measures and should cost little.
+//! - CPU: for each latency run, the CPU time used per thread group (timely workers,
+//!   librdkafka threads, the bench's producer and reader) and by the broker process
+//!   (`CTRFLOW_BENCH_BROKER_PID`, set by bench/kafka.sh), as a share of one core: when the
+//!   sum nears the machine's cores, latency is queueing.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ctrflow::config::PipelineConfig;
-use ctrflow::generator::GenConfig;
+use ctrflow::generator::{EventKind, GenConfig, Generator};
 use ctrflow::produce::{KafkaTarget, produce};
 use ctrflow::run::{RunOptions, start};
+use ctrflow_connectors::kafka::{KafkaConfig, KafkaSink};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -43,17 +55,29 @@ fn main() {
     let impressions: u64 = env_or("CTRFLOW_BENCH_IMPRESSIONS", 300_000);
     let seconds: u64 = env_or("CTRFLOW_BENCH_SECONDS", 20);
 
-    let (events, secs) = throughput(&brokers, impressions);
-    println!(
-        "throughput: {events} events in {secs:.2} s = {:.0} events/s ({WORKERS} workers, {PARTITIONS} partitions)",
-        events as f64 / secs
-    );
-    for rate in [10_000.0, 50_000.0] {
+    if impressions > 0 {
+        let (events, secs) = throughput(&brokers, impressions);
+        println!(
+            "throughput: {events} events in {secs:.2} s = {:.0} events/s ({WORKERS} workers, {PARTITIONS} partitions)",
+            events as f64 / secs
+        );
+    }
+    let rates = std::env::var("CTRFLOW_BENCH_RATES").unwrap_or_else(|_| "10000,50000".to_owned());
+    for rate in rates
+        .split(',')
+        .filter_map(|r| r.trim().parse::<f64>().ok())
+    {
         let l = latency(&brokers, rate, seconds);
         println!(
-            "latency at {rate:.0} events/s offered ({:.0} achieved), after the first {WARMUP_MS} ms: {} impressions, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (first {WARMUP_MS} ms: max {:.0} ms)",
-            l.achieved, l.count, l.p50, l.p99, l.max, l.warmup_max
+            "latency at {rate:.0} events/s offered ({:.0} achieved), after the first {WARMUP_MS} ms: {} impressions ({} unscored), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (first {WARMUP_MS} ms: max {:.1} ms)",
+            l.achieved, l.count, l.unscored, l.p50, l.p90, l.p99, l.max, l.warmup_max
         );
+        let cpu: Vec<String> = l
+            .cpu
+            .iter()
+            .map(|(g, c)| format!("{g} {:.0}%", c * 100.0))
+            .collect();
+        println!("  CPU (share of one core): {}", cpu.join(", "));
     }
 }
 
@@ -165,25 +189,37 @@ fn throughput(brokers: &str, impressions: u64) -> (u64, f64) {
 struct Latency {
     achieved: f64,
     count: usize,
+    unscored: usize,
     p50: f64,
+    p90: f64,
     p99: f64,
     max: f64,
     warmup_max: f64,
+    /// CPU time per thread group over the run, as a share of one core.
+    cpu: Vec<(String, f64)>,
 }
 
 /// Traffic of the first seconds, while the worker settles, reported apart.
-const WARMUP_MS: i64 = 2000;
+const WARMUP_MS: u64 = 2000;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+/// Not (yet) seen, in the per-impression time arrays.
+const NEVER: u64 = u64::MAX;
+
+/// Microseconds since `epoch`.
+fn micros(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
 }
 
-/// Reads `topic` from the beginning until `stop`, calling `f` with each message's payload
-/// and Kafka timestamp.
-fn read(brokers: &str, topic: &str, stop: &AtomicBool, mut f: impl FnMut(&[u8], i64)) {
+/// The impression number `N` of a score (`{"id":"imp-N",...}`, as ctrflow encodes it).
+fn impression_of(payload: &[u8]) -> Option<usize> {
+    let rest = payload.strip_prefix(br#"{"id":"imp-"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Reads `topic` from the beginning until `stop`, noting in `at[N]` when the score of
+/// `imp-N` arrived (microseconds since `epoch`).
+fn read_scores(brokers: &str, topic: &str, stop: &AtomicBool, epoch: Instant, at: &mut [u64]) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -200,30 +236,122 @@ fn read(brokers: &str, topic: &str, stop: &AtomicBool, mut f: impl FnMut(&[u8], 
     drop(list);
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
-            let ts = m.timestamp().to_millis().unwrap_or(0);
-            f(m.payload().unwrap_or_default(), ts);
+            let now = micros(epoch);
+            if let Some(slot) = m
+                .payload()
+                .and_then(impression_of)
+                .and_then(|n| at.get_mut(n))
+                && *slot == NEVER
+            {
+                *slot = now;
+            }
         }
     }
 }
 
-/// The `id` of an impression or a score (both are written without escapes by ctrflow's
-/// generator and encoder); `None` for feedback. A scan, not a JSON parse: the measuring
-/// readers share the 2 cores with what they measure.
-fn id_of(payload: &[u8]) -> Option<String> {
-    let is_impression = payload.starts_with(br#"{"type":"impression""#);
-    let is_score = payload.starts_with(br#"{"id":""#);
-    if !is_impression && !is_score {
-        return None;
+/// Produces `config`'s events to `topic` at `rate` events/s, a millisecond's worth at a
+/// time, noting in `at[N]` when `imp-N` was handed to the producer. Returns events sent.
+fn produce_timed(
+    brokers: &str,
+    topic: &str,
+    config: &GenConfig,
+    rate: f64,
+    epoch: Instant,
+    at: &mut [u64],
+) -> u64 {
+    let linger = env_or("CTRFLOW_BENCH_PRODUCER_LINGER_MS", 1);
+    let mut kafka = KafkaConfig {
+        brokers: brokers.to_owned(),
+        ..KafkaConfig::default()
+    };
+    kafka.producer.linger_ms = linger;
+    let sink = KafkaSink::new(&kafka).expect("producer");
+    let mut generator = Generator::new(config).expect("generator");
+    let (mut line, mut key) = (Vec::with_capacity(512), Vec::with_capacity(16));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        // Everything due by now, then sleep to the next millisecond.
+        let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
+        while sent < due {
+            line.clear();
+            let Some(e) = generator.next_event(&mut line) else {
+                sink.flush().expect("deliveries");
+                return sent;
+            };
+            key.clear();
+            key.push(b'u');
+            key.extend_from_slice(itoa::Buffer::new().format(e.user).as_bytes());
+            if e.kind == EventKind::Impression
+                && let Some(slot) = at.get_mut(e.impression as usize)
+            {
+                *slot = micros(epoch);
+            }
+            let payload = line.strip_suffix(b"\n").unwrap_or(&line);
+            sink.send(topic, Some(&key), payload).expect("produce");
+            sent += 1;
+        }
+        sink.retry_failed().expect("produce");
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let key = br#""id":""#;
-    let start = payload.windows(key.len()).position(|w| w == key)? + key.len();
-    let len = payload[start..].iter().position(|&b| b == b'"')?;
-    let id = std::str::from_utf8(&payload[start..start + len]).ok()?;
-    Some(id.to_owned())
+}
+
+/// CPU time (user + system, seconds) per thread group of this process, and of `broker`.
+fn cpu_times(broker: Option<u32>) -> BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let parse = |stat: &str| -> Option<f64> {
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+    };
+    let mut groups = BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let group = match name.trim() {
+                n if n.starts_with("timely") => "timely workers",
+                n if n.starts_with("rdk:") => "librdkafka",
+                n if n.starts_with("bench-") => "bench producer+reader",
+                _ => "other threads",
+            };
+            if let Some(t) = std::fs::read_to_string(path.join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse)
+            {
+                *groups.entry(group.to_owned()).or_insert(0.0) += t;
+            }
+        }
+    }
+    // Threads that have ended (the bench producer's client) count in the process's total.
+    let live: f64 = groups.values().sum();
+    if let Some(total) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(parse)
+    {
+        groups.insert(
+            "ended threads (bench producer client)".to_owned(),
+            total - live,
+        );
+    }
+    if let Some(t) = broker
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .as_deref()
+        .and_then(parse)
+    {
+        groups.insert("broker".to_owned(), t);
+    }
+    groups
 }
 
 fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     let t = topics(brokers, &format!("lat{rate}"));
+    let broker_pid = std::env::var("CTRFLOW_BENCH_BROKER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
     let stop = Arc::new(AtomicBool::new(false));
     let running = start(&RunOptions {
         config: config(brokers, &t),
@@ -231,95 +359,103 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         stop: Arc::clone(&stop),
     })
     .expect("worker");
+    // Enough impressions for `seconds` of traffic at `rate` events/s (about 1.6 events per
+    // impression).
+    let count = (rate * seconds as f64 / 1.6) as u64;
+    let epoch = Instant::now();
     let readers_stop = Arc::new(AtomicBool::new(false));
-    let sent = {
-        let (brokers, topic, stop) = (
-            brokers.to_owned(),
-            t.events.clone(),
-            Arc::clone(&readers_stop),
-        );
-        std::thread::spawn(move || {
-            let mut sent = HashMap::new();
-            read(&brokers, &topic, &stop, |payload, ts| {
-                if let Some(id) = id_of(payload) {
-                    sent.insert(id, ts);
-                }
-            });
-            sent
-        })
-    };
     let scored = {
         let (brokers, topic, stop) = (
             brokers.to_owned(),
             t.scores.clone(),
             Arc::clone(&readers_stop),
         );
-        std::thread::spawn(move || {
-            let mut scored = HashMap::new();
-            read(&brokers, &topic, &stop, |payload, _| {
-                if let Some(id) = id_of(payload) {
-                    scored.insert(id, now_ms());
-                }
-            });
-            scored
-        })
+        std::thread::Builder::new()
+            .name("bench-scores".to_owned())
+            .spawn(move || {
+                let mut at = vec![NEVER; count as usize];
+                read_scores(&brokers, &topic, &stop, epoch, &mut at);
+                at
+            })
+            .expect("reader thread")
     };
-    // Enough impressions for `seconds` of traffic at `rate` events/s (about 1.6 events per
-    // impression), produced at that rate.
-    let count = (rate * seconds as f64 / 1.6) as u64;
-    let target = KafkaTarget {
-        brokers: brokers.to_owned(),
-        topic: t.events.clone(),
-    };
+    let cpu_before = cpu_times(broker_pid);
     let began = Instant::now();
-    let stats = produce(
-        &generated(count),
-        &target,
-        Some(rate),
-        &AtomicBool::new(false),
-        &AtomicU64::new(0),
-    )
-    .expect("produce at rate");
-    let achieved = stats.events as f64 / began.elapsed().as_secs_f64();
+    let (sent_events, sent) = {
+        let (brokers, topic) = (brokers.to_owned(), t.events.clone());
+        std::thread::Builder::new()
+            .name("bench-produce".to_owned())
+            .spawn(move || {
+                let mut at = vec![NEVER; count as usize];
+                let events =
+                    produce_timed(&brokers, &topic, &generated(count), rate, epoch, &mut at);
+                (events, at)
+            })
+            .expect("producer thread")
+            .join()
+            .expect("producer")
+    };
+    let achieved = sent_events as f64 / began.elapsed().as_secs_f64();
     let status = Arc::clone(running.status());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while status.scores.load(Ordering::Relaxed) < stats.impressions && Instant::now() < deadline {
+    while status.scores.load(Ordering::Relaxed) < count && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_secs(1));
+    let wall = began.elapsed().as_secs_f64();
+    let cpu_after = cpu_times(broker_pid);
     readers_stop.store(true, Ordering::Relaxed);
-    let sent = sent.join().expect("events reader");
     let scored = scored.join().expect("scores reader");
     stop.store(true, Ordering::Relaxed);
     running.join().expect("clean stop");
 
     // The first seconds include the worker's start on its partitions (the watermark waits
     // for every partition's first data or idleness): reported apart.
-    let first = sent.values().copied().min().unwrap_or(0);
-    let (mut warm, mut steady): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
-    for (id, at) in &scored {
-        if let Some(s) = sent.get(id) {
-            if s - first < WARMUP_MS {
-                &mut warm
-            } else {
-                &mut steady
-            }
-            .push(at - s);
+    let first = sent.iter().copied().min().unwrap_or(0);
+    let (mut warm, mut steady): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut unscored = 0;
+    for (&s, &at) in sent.iter().zip(&scored) {
+        if s == NEVER {
+            continue;
         }
+        if at == NEVER {
+            unscored += 1;
+            continue;
+        }
+        let l = at.saturating_sub(s);
+        if s - first < WARMUP_MS * 1000 {
+            &mut warm
+        } else {
+            &mut steady
+        }
+        .push(l);
     }
     warm.sort_unstable();
     steady.sort_unstable();
-    let q = |v: &[i64], p: f64| {
+    let q = |v: &[u64], p: f64| {
         v.get(((v.len() as f64 - 1.0) * p) as usize)
             .copied()
             .unwrap_or(0) as f64
+            / 1000.0
     };
+    let cpu = cpu_after
+        .iter()
+        .map(|(g, after)| {
+            (
+                g.clone(),
+                (after - cpu_before.get(g).copied().unwrap_or(0.0)) / wall,
+            )
+        })
+        .collect();
     Latency {
         achieved,
         count: steady.len(),
+        unscored,
         p50: q(&steady, 0.5),
+        p90: q(&steady, 0.9),
         p99: q(&steady, 0.99),
-        max: steady.last().copied().unwrap_or(0) as f64,
-        warmup_max: warm.last().copied().unwrap_or(0) as f64,
+        max: steady.last().copied().unwrap_or(0) as f64 / 1000.0,
+        warmup_max: warm.last().copied().unwrap_or(0) as f64 / 1000.0,
+        cpu,
     }
 }

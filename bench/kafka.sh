@@ -11,4 +11,6 @@ export CTRFLOW_BROKER_STORAGE="${CTRFLOW_BROKER_STORAGE:-memory}"
 dir="$(mktemp -d)"
 trap 'bash tests/broker.sh stop "$dir"; rm -rf "$dir"' EXIT
 bash tests/broker.sh start "$dir"
+# Its CPU time is reported beside the worker's.
+export CTRFLOW_BENCH_BROKER_PID="$(cat "$dir/broker.pid")"
 cargo bench --bench kafka "$@"

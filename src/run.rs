@@ -321,8 +321,10 @@ struct WorkerResult {
     bad: BadEvents,
 }
 
-/// How long a worker with nothing to do waits for input; bounds the extra latency of
-/// records that reach it from other workers while it waits.
+/// How long a worker with nothing to do sleeps at most. It wakes earlier when a record or
+/// progress arrives from another worker (timely unparks it) or messages arrive from Kafka
+/// ([`KafkaSource::wake_on_arrival`]), so this only bounds how late it notices timers (a
+/// checkpoint request, the stop flag, idle partitions).
 const IDLE_WAIT: Duration = Duration::from_millis(2);
 
 /// Poll rounds a worker may read ahead of what the dataflow has processed.
@@ -739,6 +741,10 @@ fn work(
         status,
         timeline,
     } = shared;
+    {
+        let me = std::thread::current();
+        source.wake_on_arrival(move || me.unpark());
+    }
     // Resuming: the input starts where it stood at the checkpoint.
     let resumed_at = restored.as_ref().map(|r| (r.newest, r.input_time));
     let index = worker.index();
@@ -835,13 +841,13 @@ fn work(
             }
         }
         let input = &mut dataflow.input;
-        let busy = dataflow.probe.less_than(input.time());
-        let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
         let mut types = [0u64; 4];
         impression_ts.clear();
         let read_at = Instant::now();
         let sent_at = *input.time();
-        let read = source.poll(poll_batch, wait, |message| {
+        // Never block in the client: waiting happens in `step_or_park` below, which also
+        // wakes for other workers' records and progress.
+        let read = source.poll(poll_batch, Duration::ZERO, |message| {
             let pos = position(message.partition, message.offset);
             match ingest.record(message.payload, pos) {
                 Ok(record) => {
@@ -950,7 +956,15 @@ fn work(
                 _ => unscored.push_back((scored_at, read_at, n)),
             }
         }
-        worker.step();
+        if read > 0 {
+            worker.step();
+        } else {
+            // Nothing new from Kafka: step, and sleep if no operator has work, until a
+            // record, progress or a Kafka message arrives (a busy loop here burnt a core
+            // per worker while waiting for the other workers' progress, which the broker
+            // and the other workers then lacked).
+            worker.step_or_park(Some(IDLE_WAIT));
+        }
 
         // Read at most MAX_ROUNDS_AHEAD poll rounds ahead of what the dataflow has
         // processed: bounds the records buffered when a backlog is read faster than it is

@@ -276,6 +276,14 @@ impl KafkaSource {
         Arc::clone(&self.stats)
     }
 
+    /// Calls `wake` (from a client thread) whenever messages arrive in an empty queue: a
+    /// worker can then sleep on its own terms (timely's `step_or_park`) instead of
+    /// spinning on `poll` or blocking in it while other workers' records wait. `wake` must
+    /// be cheap and must not call into the client (e.g. `Thread::unpark`).
+    pub fn wake_on_arrival(&mut self, wake: impl Fn() + Send + Sync + 'static) {
+        self.consumer.set_nonempty_callback(wake);
+    }
+
     /// Reads up to `max` messages, waiting up to `wait` for the first, and hands each to
     /// `on_message`, which returns the message's event time when it has one (a bad event
     /// has none). Returns the number of messages read.
