@@ -444,6 +444,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     };
     let timeline = Mutex::new(timeline);
     let alerts_topic = alerts_topic(&config, &sink);
+    let response = crate::drift::response::Response::new(&config.drift.response, &model);
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();
@@ -469,6 +470,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 sink: &sink,
                 status: &status,
                 timeline: &timeline,
+                response: &response,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -719,6 +721,8 @@ struct Shared<'a> {
     status: &'a Arc<RunStatus>,
     /// Taken by worker 0.
     timeline: &'a Mutex<Option<TimelineOutput>>,
+    /// The response policy, when `[drift.response]` enables it.
+    response: &'a Option<Arc<crate::drift::response::Response>>,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -738,6 +742,7 @@ fn work(
         sink,
         status,
         timeline,
+        response,
     } = shared;
     // Resuming: the input starts where it stood at the checkpoint.
     let resumed_at = restored.as_ref().map(|r| (r.newest, r.input_time));
@@ -773,6 +778,7 @@ fn work(
             } else {
                 None
             },
+            response: response.clone(),
         };
         pipeline::build_detecting(
             worker,
