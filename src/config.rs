@@ -347,6 +347,10 @@ impl PipelineConfig {
         self.kafka.validate(&mut problems);
         problems.extend(self.state.validate());
         problems.extend(self.drift.validate());
+        problems.extend(self.drift.response.validate_with(
+            self.drift.enabled && self.drift.concept.enabled,
+            self.state.is_durable(),
+        ));
         self.telemetry.validate(&mut problems);
         problems
     }

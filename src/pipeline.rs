@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
@@ -29,6 +30,7 @@ use timely::worker::Worker;
 use crate::config::PipelineConfig;
 use crate::drift::Drift;
 use crate::drift::data::CtxSketch;
+use crate::drift::response::{Response, Serving};
 use crate::drift::segment::id_key;
 use crate::entity::{EntityStore, MaybeEntities};
 use crate::event::{self, CtxValue, DecodeError, Event, FeedbackKind};
@@ -114,6 +116,9 @@ pub struct Context<'a> {
     /// only, which runs the detectors. With it, the `Detect` operator runs even when
     /// `[drift]` is disabled (then with no detector).
     pub timeline: Option<TimelineOutput>,
+    /// The response policy (`[drift.response]`), shared by every worker of the process
+    /// ([`Response::new`]); `None` when it is off.
+    pub response: Option<Arc<Response>>,
 }
 
 /// Builds the learning dataflow on `worker`: records in, one score per impression handed
@@ -186,6 +191,7 @@ fn build_inner(
         ))
     });
     let timeline = context.timeline;
+    let response = context.response;
     let detect = drift_input.is_some().then(|| {
         let state = detect.unwrap_or_else(|| {
             let drift = if config.drift.enabled {
@@ -195,13 +201,16 @@ fn build_inner(
             };
             DetectState::new(drift)
         });
-        Rc::new(RefCell::new(state.map(|drift| match timeline {
-            Some(output) => Watch::Recorded(Box::new(Timeline::new(
-                drift,
-                output,
-                self::progressive(config),
-            ))),
-            None => Watch::Plain(Box::new(drift)),
+        Rc::new(RefCell::new(state.map(|drift| Watch {
+            detectors: match timeline {
+                Some(output) => Watching::Recorded(Box::new(Timeline::new(
+                    drift,
+                    output,
+                    self::progressive(config),
+                ))),
+                None => Watching::Plain(Box::new(drift)),
+            },
+            response: response.clone(),
         })))
     });
     let join = Rc::new(RefCell::new(join));
@@ -216,7 +225,7 @@ fn build_inner(
             .to_stream(scope)
             .container::<Vec<Interaction>>()
             .learn_online(
-                model.handle(),
+                Serving::new(model.handle(), response),
                 enrich,
                 Rc::clone(&join),
                 on_examples.is_some(),
@@ -289,9 +298,17 @@ fn build_inner(
 }
 
 /// What the `Detect` operator runs: the drift detectors, with the metrics over time
-/// recorded around them when asked (`Timeline`). Checkpoints keep the detectors only.
+/// recorded around them when asked (`Timeline`), and the response policy they trigger.
+/// Checkpoints keep the detectors only.
 #[derive(Debug)]
-pub enum Watch {
+pub struct Watch {
+    detectors: Watching,
+    response: Option<Arc<Response>>,
+}
+
+/// The detectors, plain or recorded.
+#[derive(Debug)]
+enum Watching {
     /// The detectors alone.
     Plain(Box<Drift>),
     /// The detectors inside the metrics-over-time recorder.
@@ -301,25 +318,31 @@ pub enum Watch {
 impl Watch {
     /// The detectors.
     pub fn drift(&self) -> &Drift {
-        match self {
-            Watch::Plain(drift) => drift,
-            Watch::Recorded(timeline) => timeline.drift(),
+        match &self.detectors {
+            Watching::Plain(drift) => drift,
+            Watching::Recorded(timeline) => timeline.drift(),
         }
     }
 }
 
 impl Detector for Watch {
     fn observe(&mut self, observation: &Observation) {
-        match self {
-            Watch::Plain(d) => d.observe(observation),
-            Watch::Recorded(t) => t.observe(observation),
+        match &mut self.detectors {
+            Watching::Plain(d) => d.observe(observation),
+            Watching::Recorded(t) => t.observe(observation),
         }
     }
 
     fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
-        match self {
-            Watch::Plain(d) => d.advance(now, alerts),
-            Watch::Recorded(t) => t.advance(now, alerts),
+        let from = alerts.len();
+        match &mut self.detectors {
+            Watching::Plain(d) => d.advance(now, alerts),
+            Watching::Recorded(t) => t.advance(now, alerts),
+        }
+        // A firing concept_drift starts a challenger; promotions become alerts here, on
+        // the way to every sink.
+        if let Some(response) = &self.response {
+            response.after_advance(now, alerts, from);
         }
     }
 }

@@ -172,6 +172,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     // Fail on a bad feature config before starting any thread.
     Ingest::new(config)?;
     let model = Model::from_config(&config.model)?;
+    let response = crate::drift::response::Response::new(&config.drift.response, &model);
     let entities =
         EntityStore::scratch(&config.features.entity, config.features.bits, &config.state)?;
     let scores = match &options.scores_out {
@@ -213,6 +214,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let config = config.clone();
         let source = Arc::clone(&source);
         let model = model.clone();
+        let response = response.clone();
         let entities = entities.clone();
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
@@ -244,6 +246,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 } else {
                     None
                 },
+                response: response.clone(),
             };
             let mut dataflow = pipeline::build_detecting(
                 worker,

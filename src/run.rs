@@ -446,6 +446,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     };
     let timeline = Mutex::new(timeline);
     let alerts_topic = alerts_topic(&config, &sink);
+    let response = crate::drift::response::Response::new(&config.drift.response, &model);
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();
@@ -471,6 +472,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 sink: &sink,
                 status: &status,
                 timeline: &timeline,
+                response: &response,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -721,6 +723,8 @@ struct Shared<'a> {
     status: &'a Arc<RunStatus>,
     /// Taken by worker 0.
     timeline: &'a Mutex<Option<TimelineOutput>>,
+    /// The response policy, when `[drift.response]` enables it.
+    response: &'a Option<Arc<crate::drift::response::Response>>,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -740,6 +744,7 @@ fn work(
         sink,
         status,
         timeline,
+        response,
     } = shared;
     {
         let me = std::thread::current();
@@ -779,6 +784,7 @@ fn work(
             } else {
                 None
             },
+            response: response.clone(),
         };
         pipeline::build_detecting(
             worker,

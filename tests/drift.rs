@@ -306,3 +306,95 @@ fn a_webhook_down_at_first_gets_every_alert_when_it_comes_up() {
     let received: Vec<_> = rx.try_iter().collect();
     assert_delivered(&report, &received);
 }
+
+/// Where the flip happens in the response test.
+const RESPONSE_AT: u64 = 50_000;
+
+/// A response policy sized for an 80k stream.
+const RESPONSE: &str = r#"
+[drift.response]
+enabled = true
+start = "warm"
+margin = 0.002
+window = 2000
+min_examples = 2000
+max_examples = 40000
+"#;
+
+/// `[drift.response]` (issue 5, point 7): a concept drift alert starts a challenger, the
+/// challenger is announced when promoted, and the scores after the promotion carry the
+/// new generation in `model_version`'s high bits.
+#[test]
+fn gh_5_a_challenger_is_promoted_after_concept_drift_and_serves_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate_drift(dir.path(), 80_000, RESPONSE_AT, "flip-items");
+    // Detectors this sensitive (one false alarm per 1000 impressions) see the flip within
+    // a short stream; labels start 45k impressions in, so there is no false alarm before.
+    let config = dir.path().join("response.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{RESPONSE}",
+            SMALL_WINDOWS.replace("[drift]\n", "[drift]\nfalse_alarm_every = 1000\n")
+        ),
+    )
+    .unwrap();
+    let scores = dir.path().join("scores.jsonl");
+    let report = replay_json(
+        &input,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--scores-out",
+            scores.to_str().unwrap(),
+        ],
+    );
+    let all = alerts(&report);
+    let drift_ts = impression_ts(&input, RESPONSE_AT);
+    let promoted: Vec<_> = all
+        .iter()
+        .filter(|a| a["detector"] == "challenger" && a["state"] == "firing")
+        .collect();
+    assert_eq!(promoted.len(), 1, "{all:#?}");
+    let p = promoted[0];
+    assert_eq!(p["kind"], "concept_drift");
+    assert!(p["message"].as_str().unwrap().contains("promoted"), "{p}");
+    assert!(p["value"].as_f64().unwrap() <= p["threshold"].as_f64().unwrap());
+    // Started by a concept drift alert raised after the drift.
+    let started = p["window"]["from"].as_i64().unwrap();
+    assert!(started >= drift_ts, "{started} < {drift_ts}");
+    assert!(all.iter().any(|a| a["kind"] == "concept_drift"
+        && a["state"] == "firing"
+        && a["detector"] != "challenger"
+        && a["ts"] == started));
+    // Scores, in the order served: generation 0, then 1 from the promotion on. The
+    // learner switches when it learns the deciding label; the detector announces it at
+    // its own event time, which trails the learner's (labels arrive after impressions).
+    let promoted_ts = p["ts"].as_i64().unwrap();
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let (mut before, mut after, mut switched_at) = (0, 0, None);
+    for line in text.lines() {
+        let s: serde_json::Value = serde_json::from_str(line).unwrap();
+        let generation = s["model_version"].as_u64().unwrap() >> 48;
+        let ts = s["event_ts"].as_i64().unwrap();
+        match (generation, switched_at) {
+            (0, None) => before += 1,
+            (1, None) => {
+                switched_at = Some(ts);
+                after += 1;
+            }
+            (1, Some(_)) => after += 1,
+            _ => panic!("generation {generation} after the switch at {switched_at:?}: {s}"),
+        }
+    }
+    let switched_at = switched_at.expect("scores of generation 1");
+    assert!(
+        switched_at >= started && switched_at + 1000 >= promoted_ts,
+        "switched at {switched_at}, started {started}, announced {promoted_ts}"
+    );
+    assert!(
+        switched_at - promoted_ts < 120_000,
+        "{switched_at} vs {promoted_ts}"
+    );
+    assert!(before > 0 && after > 0, "{before} before, {after} after");
+}

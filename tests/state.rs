@@ -55,6 +55,7 @@ fn gh_4_an_impression_is_scored_and_trained_without_its_own_feedback() {
             entities: Some(&entities),
             restored: None,
             timeline: None,
+            response: None,
         };
         let mut dataflow =
             pipeline::build(worker, &config, &model, context, |_| {}, Some(on_examples));

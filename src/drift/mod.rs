@@ -32,6 +32,7 @@ pub mod distribution;
 pub mod episode;
 pub mod outage;
 pub mod page_hinkley;
+pub mod response;
 pub mod segment;
 pub mod sinks;
 pub mod stats;
@@ -47,6 +48,7 @@ use self::data::{
 };
 use self::episode::EpisodeTiming;
 use self::outage::{FeedbackOutage, OutageSettings};
+use self::response::ResponseConfig;
 use self::segment::SegmentDrift;
 
 /// Drift detection and alerting (`[drift]`).
@@ -85,6 +87,9 @@ pub struct DriftConfig {
     /// Data drift of the served score.
     #[serde(default)]
     pub score: ScoreConfig,
+    /// The response policy: a challenger model on confirmed concept drift (off by default).
+    #[serde(default)]
+    pub response: ResponseConfig,
     /// Webhooks every alert is POSTed to (`[[drift.webhooks]]`); alerts are logged too.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
@@ -116,6 +121,7 @@ impl Default for DriftConfig {
             feedback: FeedbackConfig::default(),
             data: DataConfig::default(),
             score: ScoreConfig::default(),
+            response: ResponseConfig::default(),
             webhooks: Vec::new(),
         }
     }
@@ -571,6 +577,7 @@ impl DriftConfig {
         c.feedback.enabled = false;
         c.data.enabled = false;
         c.score.enabled = false;
+        c.response.enabled = false;
         c
     }
 
@@ -666,6 +673,9 @@ impl DriftConfig {
             "drift.score",
             &s.window(self.alpha(s.slice_impressions)),
         );
+        if self.response.enabled {
+            p.extend(self.response.validate());
+        }
         for (i, w) in self.webhooks.iter().enumerate() {
             w.validate(&format!("drift.webhooks[{i}]"), &mut p);
         }

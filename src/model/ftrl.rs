@@ -200,6 +200,26 @@ impl FtrlModel {
         self.shared.coords[i].store(word, Relaxed);
     }
 
+    /// Sets every coordinate to `from`'s weight with its accumulated squared gradients
+    /// `n` reset to 0: the same predictions, with the learning rates of a fresh model
+    /// (a warm-started challenger; `from` has the same parameters).
+    pub(crate) fn warm_start_from(&self, from: &FtrlModel) {
+        let p = &self.shared.params;
+        let denominator = p.beta_over_alpha + p.l2_f;
+        for (to, c) in self.shared.coords.iter().zip(from.shared.coords.iter()) {
+            let (z, n) = unpack(c.load(Relaxed));
+            let w = p.weight(z, n);
+            // weight(z', 0) = w: z' = -w (β/α + λ2) - sign(w) λ1; a zero weight keeps its
+            // z inside [-λ1, λ1], the L1 dead zone.
+            let z_new = if w == 0.0 {
+                z.clamp(-p.l1_f, p.l1_f)
+            } else {
+                -w * denominator - p.l1_f.copysign(w)
+            };
+            to.store(pack(z_new, 0.0), Relaxed);
+        }
+    }
+
     /// Sets the version (restoring a checkpoint).
     pub(crate) fn set_version(&self, version: u64) {
         self.shared.version.0.store(version, Relaxed);

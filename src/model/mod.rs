@@ -265,6 +265,37 @@ impl Model {
         }
     }
 
+    /// Overwrites every coordinate with `other`'s (a promoted challenger of the same
+    /// config). Handles keep learning meanwhile; with several workers an update racing
+    /// the copy may land on either model, like any lock-free update.
+    pub fn copy_from(&self, other: &Model) {
+        match (self, other) {
+            (Model::Ftrl(to), Model::Ftrl(from)) if to.raw_len() == from.raw_len() => {
+                for i in 0..to.raw_len() {
+                    to.set_raw(i, from.raw(i));
+                }
+            }
+            (Model::Sgd(to), Model::Sgd(from)) if to.raw_len() == from.raw_len() => {
+                for i in 0..to.raw_len() {
+                    to.set_raw(i, from.raw(i));
+                }
+            }
+            _ => panic!("copy_from needs a model of the same optimizer and bits"),
+        }
+    }
+
+    /// A model of the same config predicting like this one, with the learning rates of a
+    /// fresh one (FTRL: every coordinate's `n` reset to 0; SGD: a copy of the weights,
+    /// since SGD's rate is global).
+    pub fn warm_started(&self) -> Result<Model, ModelError> {
+        let fresh = Model::from_config(&self.config())?;
+        match (&fresh, self) {
+            (Model::Ftrl(to), Model::Ftrl(from)) => to.warm_start_from(from),
+            (to, _) => to.copy_from(self),
+        }
+        Ok(fresh)
+    }
+
     /// Saves the model atomically to `path` (see [`FtrlModel::save`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
         match self {

@@ -1,6 +1,9 @@
 //! Settings of one webhook (`[[drift.webhooks]]`).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+use ureq::tls::{Certificate, PemItem, parse_pem};
 
 /// What is POSTed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,10 @@ pub struct WebhookConfig {
     /// it stays out of config files).
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// A PEM file of CA certificates to trust for `https://`, instead of the built-in
+    /// Mozilla roots: a private CA, or a self-signed endpoint.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 const fn default_timeout_ms() -> u64 {
@@ -77,6 +84,7 @@ impl WebhookConfig {
             flush_timeout_ms: default_flush_timeout_ms(),
             header: None,
             secret_env: None,
+            ca_file: None,
         }
     }
 
@@ -110,6 +118,33 @@ impl WebhookConfig {
             )),
             _ => {}
         }
+        if let Err(problem) = self.root_certs() {
+            problems.push(format!("{key}.ca_file: {problem}"));
+        }
+    }
+
+    /// The certificates of `ca_file`, when set.
+    pub fn root_certs(&self) -> Result<Option<Vec<Certificate<'static>>>, String> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut certs = Vec::new();
+        for item in parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{} is not valid PEM: {e}", path.display())),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        Ok(Some(certs))
     }
 
     /// The header to send, with its value read from the environment.

@@ -64,6 +64,24 @@ impl WebhookStats {
     }
 }
 
+/// The HTTP client for `config`: its timeout, and its `ca_file` as the trusted roots.
+fn agent(config: &WebhookConfig) -> ureq::Agent {
+    let mut builder = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
+        .http_status_as_error(false);
+    match config.root_certs() {
+        Ok(Some(certs)) => {
+            let roots = ureq::tls::RootCerts::Specific(Arc::new(certs));
+            builder = builder.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        Ok(None) => {}
+        // Validation reads the file first; if it went away since, deliveries fail and
+        // are retried and counted like any other failure.
+        Err(problem) => tracing::error!(url = %config.url, %problem, "Webhook CA file unusable."),
+    }
+    builder.build().into()
+}
+
 /// A running webhook; see the module docs.
 #[derive(Debug)]
 pub struct WebhookSink {
@@ -87,11 +105,7 @@ impl WebhookSink {
         let delivery = Delivery {
             config: config.clone(),
             header: config.header_value(),
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            agent: agent(config),
             stats: Arc::clone(&stats),
             closing: Arc::clone(&closing),
             deadline_ms: Arc::clone(&deadline_ms),
@@ -344,6 +358,117 @@ mod tests {
         let totals = sink.close();
         assert_eq!(totals.delivered, 3);
         assert_eq!(totals.undelivered, 0);
+    }
+
+    /// Reads one HTTP request off `stream`: its body; `None` if the stream fails first
+    /// (a TLS handshake the client refused).
+    fn read_request(stream: impl Read) -> Option<String> {
+        let mut reader = BufReader::new(stream);
+        let mut len = 0;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).ok()?;
+        String::from_utf8(body).ok()
+    }
+
+    #[test]
+    fn posts_over_https_to_an_endpoint_trusted_through_ca_file() {
+        use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+        // A self-signed certificate for 127.0.0.1: its own CA.
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from(certified.cert.der().to_vec())],
+                    PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()).into(),
+                )
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let conn = rustls::ServerConnection::new(Arc::clone(&server)).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                // A handshake the client refused ends here (the untrusted case).
+                let Some(body) = read_request(&mut tls) else {
+                    continue;
+                };
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                let _ = tx.send(body);
+            }
+        });
+        // Without the CA file the self-signed endpoint is not trusted: nothing delivered.
+        let untrusted = WebhookSink::start(&WebhookConfig {
+            flush_timeout_ms: 300,
+            ..WebhookConfig::new(url.clone())
+        });
+        untrusted.send(message(1));
+        assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err());
+        let totals = untrusted.close();
+        assert_eq!((totals.delivered, totals.undelivered), (0, 1));
+        // With it: one alert delivered over TLS, received and parsed.
+        let config = WebhookConfig {
+            ca_file: Some(ca_file),
+            ..WebhookConfig::new(url)
+        };
+        let mut problems = Vec::new();
+        config.validate("w", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let sink = WebhookSink::start(&config);
+        sink.send(message(2));
+        let body = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["n"], 2);
+        let totals = sink.close();
+        assert_eq!((totals.delivered, totals.undelivered), (1, 0));
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        for ca in [path, dir.path().join("missing.pem")] {
+            let mut problems = Vec::new();
+            WebhookConfig {
+                ca_file: Some(ca),
+                ..WebhookConfig::new("https://x")
+            }
+            .validate("drift.webhooks[0]", &mut problems);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with("drift.webhooks[0].ca_file"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]
