@@ -29,10 +29,6 @@
 //!   Value `1.0`.
 //! - **Index** = hash `& (2^bits − 1)`.
 
-use super::grid::{KeyGrid, hash_grid_scalar};
-#[cfg(target_arch = "x86_64")]
-use super::hash_simd;
-
 /// Seed domain of the top-level field names (`bias`, `user`, `item`).
 pub const TOP_DOMAIN: u32 = 0x746f_7031;
 /// Seed domain of `ctx` field names.
@@ -152,93 +148,6 @@ impl Backend {
     }
 }
 
-/// Byte alignment and zero padding of each key in a [`KeyBatch`]: the SIMD path loads keys
-/// 16 bytes at a time and relies on the bytes after a key, up to the next multiple of 16,
-/// being zero. Every key, even an empty one, owns at least one such 16-byte chunk.
-pub const KEY_ALIGN: usize = 16;
-
-/// A batch of keys to hash, each with its own seed, stored in one reusable buffer.
-///
-/// Each key starts at a multiple of [`KEY_ALIGN`] and is followed by zeros up to the next
-/// one (a whole chunk of zeros for an empty key). Clearing keeps the capacity, so a reused
-/// batch stops allocating once warm.
-#[derive(Debug, Clone, Default)]
-pub struct KeyBatch {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) offsets: Vec<usize>,
-    pub(crate) lens: Vec<usize>,
-    /// `len as u32`, as the hash mixes it in.
-    pub(crate) lens32: Vec<u32>,
-    pub(crate) seeds: Vec<u32>,
-}
-
-impl KeyBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Removes every key, keeping the capacity.
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.offsets.clear();
-        self.lens.clear();
-        self.lens32.clear();
-        self.seeds.clear();
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.seeds.len()
-    }
-
-    /// Whether the batch has no keys.
-    pub fn is_empty(&self) -> bool {
-        self.seeds.is_empty()
-    }
-
-    /// Appends `key` with `seed`; returns its position in the batch.
-    #[inline]
-    pub fn push(&mut self, seed: u32, key: &[u8]) -> usize {
-        let offset = self.bytes.len();
-        if let Some(chunk) = small_chunk(key) {
-            // A fixed-size append: no memcpy/memset calls for the typical short key.
-            self.bytes.extend_from_slice(&chunk);
-        } else {
-            self.bytes.extend_from_slice(key);
-            let padded = self.bytes.len().next_multiple_of(KEY_ALIGN);
-            self.bytes.resize(padded, 0);
-        }
-        self.offsets.push(offset);
-        self.lens.push(key.len());
-        self.lens32.push(key.len() as u32);
-        self.seeds.push(seed);
-        self.seeds.len() - 1
-    }
-
-    /// Appends the decimal text of `n` with `seed` (no allocation beyond the batch's own).
-    pub fn push_int(&mut self, seed: u32, n: i64) -> usize {
-        self.push(seed, itoa::Buffer::new().format(n).as_bytes())
-    }
-
-    /// The seed and bytes of key `i`, if there is one.
-    pub fn get(&self, i: usize) -> Option<(u32, &[u8])> {
-        let (&seed, &offset, &len) = (self.seeds.get(i)?, self.offsets.get(i)?, self.lens.get(i)?);
-        Some((seed, self.bytes.get(offset..offset + len)?))
-    }
-}
-
-/// A key of at most 16 bytes, zero padded to 16; `None` for longer keys. Reads the key with
-/// overlapping fixed-size loads instead of a variable-length copy.
-#[inline(always)]
-fn small_chunk(key: &[u8]) -> Option<[u8; KEY_ALIGN]> {
-    let (lo, hi) = small_words(key)?;
-    let mut chunk = [0u8; KEY_ALIGN];
-    chunk[..8].copy_from_slice(&lo.to_le_bytes());
-    chunk[8..].copy_from_slice(&hi.to_le_bytes());
-    Some(chunk)
-}
-
 /// A key of at most 16 bytes as two little-endian words, zero padded: bytes `0..8` and
 /// `8..16`; `None` for longer keys. Overlapping fixed-size loads, no variable-length copy.
 #[inline(always)]
@@ -274,66 +183,6 @@ pub(crate) fn small_words(key: &[u8]) -> Option<(u64, u64)> {
     })
 }
 
-/// Hashes every key of `batch` with the scalar reference: `out[i] = H(seed_i, key_i)`.
-pub fn hash_batch_scalar(batch: &KeyBatch, out: &mut Vec<u32>) {
-    out.clear();
-    out.extend((0..batch.len()).map(|i| match batch.get(i) {
-        Some((seed, key)) => hash_scalar(seed, key),
-        // Unreachable: the batch's vectors always have equal lengths.
-        None => 0,
-    }));
-}
-
-/// Hashes every key of `batch` with `backend`: `out[i] = H(seed_i, key_i)`, bit-identical
-/// whatever the backend.
-pub fn hash_batch(backend: Backend, batch: &KeyBatch, out: &mut Vec<u32>) {
-    match backend.0 {
-        Kind::Scalar => hash_batch_scalar(batch, out),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Kind::Avx2` is only constructed by `Backend::detect` after
-        // `is_x86_feature_detected!("avx2")` returned true.
-        Kind::Avx2 => unsafe { hash_simd::hash_batch_avx2(batch, out) },
-    }
-}
-
-/// Hashes every position of `grid` with `backend`: `out[p] = H(seed_p, key_p)`,
-/// bit-identical whatever the backend; `out.len()` becomes [`KeyGrid::len`].
-pub fn hash_grid(backend: Backend, grid: &KeyGrid, out: &mut Vec<u32>) {
-    match backend.0 {
-        Kind::Scalar => hash_grid_scalar(grid, out),
-        #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => {
-            // SAFETY: as in `hash_batch`, AVX2 was detected.
-            unsafe { hash_simd::hash_grid_avx2(grid, out) };
-            grid.patch_long(out);
-        }
-    }
-}
-
-/// Cross mixes with the scalar reference: `out[i] = M(seeds[i], a[i], b[i])`, over the
-/// shortest of the three inputs.
-pub fn cross_batch_scalar(seeds: &[u32], a: &[u32], b: &[u32], out: &mut Vec<u32>) {
-    out.clear();
-    out.extend(
-        seeds
-            .iter()
-            .zip(a)
-            .zip(b)
-            .map(|((&s, &a), &b)| cross_mix(s, a, b)),
-    );
-}
-
-/// Cross mixes with `backend`: `out[i] = M(seeds[i], a[i], b[i])`, over the shortest of the
-/// three inputs, bit-identical whatever the backend.
-pub fn cross_batch(backend: Backend, seeds: &[u32], a: &[u32], b: &[u32], out: &mut Vec<u32>) {
-    match backend.0 {
-        Kind::Scalar => cross_batch_scalar(seeds, a, b, out),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `hash_batch`, AVX2 was detected.
-        Kind::Avx2 => unsafe { hash_simd::cross_batch_avx2(seeds, a, b, out) },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,40 +215,15 @@ mod tests {
     }
 
     #[test]
-    fn small_chunk_is_the_zero_padded_key() {
+    fn small_words_are_the_zero_padded_key() {
         let key: Vec<u8> = (1..=17).collect();
         for len in 0..=16 {
-            let mut want = [0u8; KEY_ALIGN];
+            let mut want = [0u8; 16];
             want[..len].copy_from_slice(&key[..len]);
-            assert_eq!(small_chunk(&key[..len]), Some(want), "len {len}");
+            let lo = u64::from_le_bytes(want[..8].try_into().unwrap());
+            let hi = u64::from_le_bytes(want[8..].try_into().unwrap());
+            assert_eq!(small_words(&key[..len]), Some((lo, hi)), "len {len}");
         }
-        assert_eq!(small_chunk(&key), None);
-    }
-
-    #[test]
-    fn key_batch_pads_and_reads_back() {
-        let mut batch = KeyBatch::new();
-        assert_eq!(batch.push(7, b"abc"), 0);
-        assert_eq!(batch.push_int(8, -42), 1);
-        assert_eq!(batch.push(9, b""), 2);
-        assert_eq!(batch.get(1), Some((8, &b"-42"[..])));
-        assert_eq!(batch.get(2), Some((9, &b""[..])));
-        assert_eq!(batch.get(3), None);
-        assert_eq!(
-            batch.bytes.len(),
-            3 * KEY_ALIGN,
-            "even an empty key owns a chunk"
-        );
-        assert!(batch.bytes[3..16].iter().all(|&b| b == 0));
-        let mut out = Vec::new();
-        hash_batch_scalar(&batch, &mut out);
-        assert_eq!(
-            out,
-            [
-                hash_scalar(7, b"abc"),
-                hash_scalar(8, b"-42"),
-                hash_scalar(9, b"")
-            ]
-        );
+        assert_eq!(small_words(&key), None);
     }
 }

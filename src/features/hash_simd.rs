@@ -1,14 +1,22 @@
-//! The AVX2 fast path of [`super::hash`]: eight keys hashed at once, one per 32-bit lane.
+//! The AVX2 fast path of [`super::hash`]: the keys of ONE event hashed eight at a time, one
+//! per 32-bit lane, and its crosses mixed eight at a time.
 //!
 //! Bit-identical to the scalar reference by construction, and checked so by proptests.
 //!
-//! # How a group of eight keys is hashed
+//! # How the keys of an event are hashed
 //!
-//! Keys come from a [`KeyBatch`], where each key starts 16-byte aligned and is zero padded
-//! to a multiple of 16. A group walks the keys in 16-byte chunks: it loads one chunk per
-//! lane (zeros for lanes whose key is already done), pairs lanes `j` and `j + 4` into one
-//! 256-bit register and transposes 4×4 within each 128-bit half, which yields four vectors
-//! each holding block `i` of all eight lanes. Each block is then mixed in all lanes:
+//! The featurizer's walk puts feature `i` of the event in lane `i` of [`Lanes`] (up to
+//! [`MAX_LANES`]): its seed, its length and its first 16 bytes, zero padded. The bytes are
+//! read from the borrowed key with overlapping fixed-size loads that never leave the key
+//! ([`super::hash::small_words`]), so no byte past a key is ever read, whatever buffer it
+//! lives in, and written as one 16-byte row (one store, which a later 16-byte load can
+//! forward from; several small stores could not). Keys longer than 16 bytes (rare: ids are
+//! short) and numeric features, whose hash is their field seed, are lanes whose hash is
+//! already known: length [`PRE`], hash in the seed.
+//!
+//! Hashing loads eight rows, pairs lanes `j` and `j + 4` in one 256-bit register and
+//! transposes 4×4 within each 128-bit half, which yields four vectors each holding block `i`
+//! of all eight lanes. Each block needed by the event's longest key is mixed in all lanes:
 //!
 //! - lanes with a full block at `i` (`len >= 4i + 4`) take the body round;
 //! - a lane whose 1–3 byte tail is block `i` takes the tail step `h ^= k`; its padding
@@ -17,22 +25,30 @@
 //!   them unchanged.
 //!
 //! So one `blendv` between `h ^ k` and the full round handles every lane, with no per-lane
-//! scalar tail. Length xor and `fmix32` finish all lanes at once. On other architectures
-//! this module is empty and the scalar reference is used.
+//! scalar tail. Length xor and `fmix32` finish all lanes at once, and a last `blendv` puts
+//! the known hashes of [`PRE`] lanes back. Crosses are MurmurHash3 of two 4-byte blocks:
+//! two body rounds and the finalizer, eight crosses per vector ([`cross8`]).
+//!
+//! On other architectures this module is empty and the featurizer hashes with the scalar
+//! reference.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::{cross_batch_avx2, hash_batch_avx2, hash_grid_avx2};
+pub(crate) use avx2::{Lanes, MAX_LANES, cross8};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::features::grid::{GRID_LANES, KeyGrid, Row};
-    use crate::features::hash::{C1, C2, F1, F2, KEY_ALIGN, KeyBatch, N, cross_mix, hash_scalar};
+    use crate::features::hash::{C1, C2, F1, F2, N, hash_scalar, small_words};
 
     const LANES: usize = 8;
-    /// Longest key hashed in lanes; lengths then fit the signed 32-bit compares.
-    const MAX_SIMD_KEY: usize = 1 << 30;
+    /// Most features of one event hashed in lanes; a wider event takes the scalar path.
+    pub(crate) const MAX_LANES: usize = 32;
+    /// Longest key hashed in lanes; longer ones are hashed by the scalar reference.
+    const LANE_KEY_MAX: usize = 16;
+    /// Length of a lane whose hash is already known (held in its seed). Negative as an
+    /// `i32`, so the signed length compares see no full block in it.
+    const PRE: u32 = u32::MAX;
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -77,137 +93,9 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn store8(v: __m256i) -> [u32; LANES] {
-        let mut out = [0u32; LANES];
+    fn store8(v: __m256i, out: &mut [u32; LANES]) {
         // SAFETY: `out` is 32 writable bytes; `storeu` has no alignment requirement.
         unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
-        out
-    }
-
-    /// Chunk `chunk` (16 bytes) of key `key` of `batch`, or zeros if there is no such key or
-    /// the key ends before the chunk.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn load_chunk(batch: &KeyBatch, key: usize, chunk: usize) -> __m128i {
-        let (Some(&offset), Some(&len)) = (batch.offsets.get(key), batch.lens.get(key)) else {
-            return _mm_setzero_si128();
-        };
-        // Every key owns its first chunk, even an empty one (zeros), so chunk 0 is always
-        // loaded; a later chunk only while the key lasts, since after it come other keys.
-        if chunk == 0 || chunk * KEY_ALIGN < len {
-            let at = offset + chunk * KEY_ALIGN;
-            if let Some(src) = batch.bytes.get(at..at + KEY_ALIGN) {
-                // SAFETY: `src` is exactly 16 readable bytes; `loadu` has no alignment
-                // requirement.
-                return unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
-            }
-        }
-        _mm_setzero_si128()
-    }
-
-    /// Eight lanes of `v` starting at `base`, zeros past its end.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn lanes(v: &[u32], base: usize) -> __m256i {
-        match v.get(base..base + LANES) {
-            Some(full) => {
-                // SAFETY: `full` is 8 readable u32; `loadu` has no alignment requirement.
-                unsafe { _mm256_loadu_si256(full.as_ptr().cast()) }
-            }
-            None => {
-                let mut padded = [0u32; LANES];
-                let rest = v.get(base..).unwrap_or(&[]);
-                for (p, &x) in padded.iter_mut().zip(rest) {
-                    *p = x;
-                }
-                load8(&padded)
-            }
-        }
-    }
-
-    /// Hashes `G` groups of eight keys starting at key `base` (lanes past the end of the
-    /// batch are computed on zeros and ignored). The groups are interleaved so that their
-    /// multiply chains overlap.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn hash_groups<const G: usize>(batch: &KeyBatch, base: usize, max_len: usize) -> [__m256i; G] {
-        let mut h = [_mm256_setzero_si256(); G];
-        let mut len_v = h;
-        for g in 0..G {
-            h[g] = lanes(&batch.seeds, base + g * LANES);
-            len_v[g] = lanes(&batch.lens32, base + g * LANES);
-        }
-        let chunks = max_len.div_ceil(KEY_ALIGN).max(1);
-        for chunk in 0..chunks {
-            let mut blocks = [[h[0]; 4]; G];
-            for (g, group) in blocks.iter_mut().enumerate() {
-                // SAFETY: this function is only compiled for and run on AVX2.
-                *group = unsafe { transpose(batch, base + g * LANES, chunk) };
-            }
-            let first = chunk * (KEY_ALIGN / 4);
-            let in_chunk = (max_len.saturating_sub(chunk * KEY_ALIGN))
-                .div_ceil(4)
-                .min(4);
-            for b in 0..in_chunk {
-                let i = first + b;
-                let limit = _mm256_set1_epi32((4 * i + 3) as i32);
-                for ((h, group), len) in h.iter_mut().zip(&blocks).zip(&len_v) {
-                    *h = block_round(*h, group[b], *len, limit);
-                }
-            }
-        }
-        for g in 0..G {
-            h[g] = fmix(_mm256_xor_si256(h[g], len_v[g]));
-        }
-        h
-    }
-
-    /// The four 4-byte blocks of chunk `chunk` of keys `key..key + 8`, each as one vector
-    /// holding that block of all eight lanes.
-    ///
-    /// Not a `#[target_feature]` function so that it can be `#[inline(always)]` into
-    /// [`hash_groups`]: the shuffle chain is short and a call would cost as much.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2 (it is only called from AVX2 functions).
-    #[inline(always)]
-    unsafe fn transpose(batch: &KeyBatch, key: usize, chunk: usize) -> [__m256i; 4] {
-        // SAFETY (every intrinsic below): the caller guarantees AVX2, which implies SSE2.
-        let mut rows = [unsafe { _mm_setzero_si128() }; LANES];
-        match batch.offsets.get(key..key + LANES) {
-            // The common case, a full group's first chunk: every key owns it, no length test.
-            Some(offsets) if chunk == 0 => {
-                for (row, &at) in rows.iter_mut().zip(offsets) {
-                    if let Some(src) = batch.bytes.get(at..at + KEY_ALIGN) {
-                        // SAFETY: `src` is exactly 16 readable bytes; `loadu` has no
-                        // alignment requirement.
-                        *row = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
-                    }
-                }
-            }
-            _ => {
-                for (lane, row) in rows.iter_mut().enumerate() {
-                    *row = unsafe { load_chunk(batch, key + lane, chunk) };
-                }
-            }
-        }
-        let row = |lane: usize| rows[lane];
-        // a_j holds lane j in its low half and lane j + 4 in its high half.
-        let a0 = unsafe { _mm256_set_m128i(row(4), row(0)) };
-        let a1 = unsafe { _mm256_set_m128i(row(5), row(1)) };
-        let a2 = unsafe { _mm256_set_m128i(row(6), row(2)) };
-        let a3 = unsafe { _mm256_set_m128i(row(7), row(3)) };
-        let t0 = unsafe { _mm256_unpacklo_epi32(a0, a1) };
-        let t1 = unsafe { _mm256_unpackhi_epi32(a0, a1) };
-        let t2 = unsafe { _mm256_unpacklo_epi32(a2, a3) };
-        let t3 = unsafe { _mm256_unpackhi_epi32(a2, a3) };
-        [
-            unsafe { _mm256_unpacklo_epi64(t0, t2) },
-            unsafe { _mm256_unpackhi_epi64(t0, t2) },
-            unsafe { _mm256_unpacklo_epi64(t1, t3) },
-            unsafe { _mm256_unpackhi_epi64(t1, t3) },
-        ]
     }
 
     /// Mixes block `i` into every lane: the body round where the lane has a full block
@@ -215,122 +103,181 @@ mod avx2 {
     /// are done (their block is zero).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn block_round(h: __m256i, block: __m256i, len: __m256i, limit: __m256i) -> __m256i {
+    fn block_round(h: __m256i, block: __m256i, len: __m256i, limit: i32) -> __m256i {
         let k = mix_k(block);
-        let full = _mm256_cmpgt_epi32(len, limit);
+        let full = _mm256_cmpgt_epi32(len, _mm256_set1_epi32(limit));
         _mm256_blendv_epi8(_mm256_xor_si256(h, k), round_mixed(h, k), full)
     }
 
-    /// [`crate::features::hash::hash_batch`] on AVX2.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn hash_batch_avx2(batch: &KeyBatch, out: &mut Vec<u32>) {
-        let n = batch.len();
-        out.clear();
-        out.resize(n, 0);
-        let mut base = 0;
-        while base < n {
-            let end = (base + 2 * LANES).min(n);
-            let max_len = batch
-                .lens
-                .get(base..end)
-                .map_or(0, |l| l.iter().fold(0, |m, &len| m.max(len)));
-            if max_len > MAX_SIMD_KEY {
-                // Such keys never come from events; the reference handles them exactly.
-                for (i, o) in out.iter_mut().enumerate().take(end).skip(base) {
-                    *o = batch.get(i).map_or(0, |(s, k)| hash_scalar(s, k));
-                }
-                base = end;
-            } else if n - base > LANES {
-                let [a, b] = hash_groups::<2>(batch, base, max_len);
-                store(out, base, a);
-                store(out, base + LANES, b);
-                base += 2 * LANES;
-            } else {
-                let [a] = hash_groups::<1>(batch, base, max_len);
-                store(out, base, a);
-                base += LANES;
-            }
-        }
-    }
-
-    /// Writes the lanes of `v` to `out[base..]`, as many as fit.
+    /// The four 4-byte blocks of eight rows, each as one vector holding that block of all
+    /// eight lanes.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn store(out: &mut [u32], base: usize, v: __m256i) {
-        match out.get_mut(base..base + LANES) {
-            // SAFETY: `dst` is 8 writable u32; `storeu` has no alignment requirement.
-            Some(dst) => unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) },
-            None => {
-                let lanes = store8(v);
-                let dst = out.get_mut(base..).unwrap_or(&mut []);
-                for (d, &x) in dst.iter_mut().zip(&lanes) {
-                    *d = x;
-                }
+    fn transpose(rows: &[__m128i; LANES]) -> [__m256i; 4] {
+        // a_j holds lane j in its low half and lane j + 4 in its high half.
+        let a0 = _mm256_set_m128i(rows[4], rows[0]);
+        let a1 = _mm256_set_m128i(rows[5], rows[1]);
+        let a2 = _mm256_set_m128i(rows[6], rows[2]);
+        let a3 = _mm256_set_m128i(rows[7], rows[3]);
+        let t0 = _mm256_unpacklo_epi32(a0, a1);
+        let t1 = _mm256_unpackhi_epi32(a0, a1);
+        let t2 = _mm256_unpacklo_epi32(a2, a3);
+        let t3 = _mm256_unpackhi_epi32(a2, a3);
+        [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// An all-zero 16-byte row.
+    #[inline(always)]
+    fn zero128() -> __m128i {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { _mm_setzero_si128() }
+    }
+
+    /// The features of one event, one per lane, laid out for hashing (see the module docs).
+    /// Reused from event to event: lanes past the ones set hold stale but harmless values.
+    ///
+    /// Each lane is written as two 16-byte rows, each with one store, so that the vector
+    /// loads of [`Lanes::hash`] are forwarded from the stores (a vector load of several
+    /// scalar stores waits until they reach the cache).
+    #[derive(Debug, Clone)]
+    #[repr(C, align(32))]
+    pub(crate) struct Lanes {
+        /// Lane `i`: the first 16 bytes of its key, zero padded.
+        rows: [[__m128i; LANES]; MAX_LANES / LANES],
+        /// Lane `i`: its seed (or the known hash of a [`PRE`] lane), its key length (or
+        /// [`PRE`]), the bits of its value, zero.
+        meta: [[__m128i; LANES]; MAX_LANES / LANES],
+        /// Hashes of the lanes, once [`Lanes::hash`] ran.
+        hashes: [[u32; LANES]; MAX_LANES / LANES],
+        /// Values of the lanes, once [`Lanes::hash`] ran.
+        values: [[f32; LANES]; MAX_LANES / LANES],
+        /// Longest key set since [`Lanes::clear`], at most [`LANE_KEY_MAX`].
+        max_len: usize,
+    }
+
+    impl Default for Lanes {
+        fn default() -> Self {
+            Lanes {
+                rows: [[zero128(); LANES]; MAX_LANES / LANES],
+                meta: [[zero128(); LANES]; MAX_LANES / LANES],
+                hashes: [[0; LANES]; MAX_LANES / LANES],
+                values: [[0.0; LANES]; MAX_LANES / LANES],
+                max_len: 0,
             }
         }
     }
 
-    /// Hashes one grid row: its blocks while some lane's key reaches them, then the length
-    /// and the finalizer. A long key's lane (length [`crate::features::grid::LONG`], negative as `i32`) computes
-    /// garbage that the caller replaces.
+    /// `(lo, hi)` as one 16-byte row.
+    #[inline(always)]
+    fn row(lo: u64, hi: u64) -> __m128i {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { _mm_set_epi64x(hi as i64, lo as i64) }
+    }
+
+    impl Lanes {
+        /// Starts a new event.
+        #[inline(always)]
+        pub(crate) fn clear(&mut self) {
+            self.max_len = 0;
+        }
+
+        /// Writes lane `lane`; ignored past [`MAX_LANES`].
+        #[inline(always)]
+        fn set(&mut self, lane: usize, key: __m128i, seed: u32, len: u32, value: f32) {
+            let (group, j) = (lane / LANES, lane % LANES);
+            if let (Some(r), Some(m)) = (
+                self.rows.get_mut(group).and_then(|g| g.get_mut(j)),
+                self.meta.get_mut(group).and_then(|g| g.get_mut(j)),
+            ) {
+                *r = key;
+                *m = row(
+                    u64::from(seed) | u64::from(len) << 32,
+                    u64::from(value.to_bits()),
+                );
+            }
+        }
+
+        /// Lane `lane` hashes `key` with `seed`, value 1.0. Ignored past [`MAX_LANES`].
+        #[inline(always)]
+        pub(crate) fn set_key(&mut self, lane: usize, seed: u32, key: &[u8]) {
+            match small_words(key) {
+                Some((lo, hi)) => {
+                    self.max_len = self.max_len.max(key.len());
+                    self.set(lane, row(lo, hi), seed, key.len() as u32, 1.0);
+                }
+                None => self.set(lane, zero128(), hash_scalar(seed, key), PRE, 1.0),
+            }
+        }
+
+        /// Lane `lane`'s hash is `hash` (a numeric feature's field seed), with `value`.
+        /// Ignored past [`MAX_LANES`].
+        #[inline(always)]
+        pub(crate) fn set_hash(&mut self, lane: usize, hash: u32, value: f32) {
+            self.set(lane, zero128(), hash, PRE, value);
+        }
+
+        /// Hashes lanes `0..n` (at most [`MAX_LANES`]) and returns their hashes
+        /// (`H(seed, key)` for keys, the given hash for the others) and their values.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX2.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        pub(crate) unsafe fn hash(&mut self, n: usize) -> (&[u32], &[f32]) {
+            let n = n.min(MAX_LANES);
+            let blocks = self.max_len.min(LANE_KEY_MAX).div_ceil(4);
+            let groups = n.div_ceil(LANES);
+            let Lanes {
+                rows,
+                meta,
+                hashes,
+                values,
+                ..
+            } = self;
+            let lanes = rows
+                .iter()
+                .zip(&*meta)
+                .zip(hashes.iter_mut())
+                .zip(values.iter_mut());
+            for (((rows, meta), hashes), values) in lanes.take(groups) {
+                let b = transpose(rows);
+                let [seeds, len, value, _] = transpose(meta);
+                let mut h = seeds;
+                for (i, block) in b.iter().enumerate().take(blocks) {
+                    h = block_round(h, *block, len, (4 * i + 3) as i32);
+                }
+                let h = fmix(_mm256_xor_si256(h, len));
+                let pre = _mm256_cmpeq_epi32(len, _mm256_set1_epi32(PRE as i32));
+                store8(_mm256_blendv_epi8(h, seeds, pre), hashes);
+                // SAFETY: `values` is 32 writable bytes; `storeu` has no alignment
+                // requirement.
+                unsafe { _mm256_storeu_si256(values.as_mut_ptr().cast(), value) };
+            }
+            (
+                self.hashes.as_flattened().get(..n).unwrap_or(&[]),
+                self.values.as_flattened().get(..n).unwrap_or(&[]),
+            )
+        }
+    }
+
+    /// `out[j] = M(seeds[j], a[j], b[j])` ([`crate::features::hash::cross_mix`]) for eight
+    /// crosses at once.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn hash_row(row: &Row) -> __m256i {
-        let len = load8(&row.lens);
-        let mut h = load8(&row.seeds);
-        for (i, block) in row.blocks.iter().enumerate() {
-            if _mm256_movemask_epi8(_mm256_cmpgt_epi32(len, _mm256_set1_epi32(4 * i as i32))) == 0 {
-                break;
-            }
-            let limit = _mm256_set1_epi32((4 * i + 3) as i32);
-            h = block_round(h, load8(block), len, limit);
-        }
-        fmix(_mm256_xor_si256(h, len))
-    }
-
-    /// [`crate::features::hash::hash_grid`] on AVX2, except for the long keys, which the
-    /// caller patches in. Rows are block-major already: one load per block, no transpose.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn hash_grid_avx2(grid: &KeyGrid, out: &mut Vec<u32>) {
-        const _: () = assert!(GRID_LANES == LANES);
-        out.clear();
-        out.resize(grid.len(), 0);
-        for (row, dst) in grid.rows().iter().zip(out.chunks_exact_mut(LANES)) {
-            let h = hash_row(row);
-            // SAFETY: `dst` is 8 writable u32; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) };
-        }
-    }
-
-    /// [`crate::features::hash::cross_batch`] on AVX2.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn cross_batch_avx2(seeds: &[u32], a: &[u32], b: &[u32], out: &mut Vec<u32>) {
-        out.clear();
-        let n = seeds.len().min(a.len()).min(b.len());
-        let (seeds, a, b) = (&seeds[..n], &a[..n], &b[..n]);
-        let full = n - n % LANES;
-        for base in (0..full).step_by(LANES) {
-            let h = round_mixed(lanes(seeds, base), mix_k(lanes(a, base)));
-            let h = round_mixed(h, mix_k(lanes(b, base)));
-            let h = fmix(_mm256_xor_si256(h, _mm256_set1_epi32(8)));
-            out.extend_from_slice(&store8(h));
-        }
-        // Fewer than eight left (a typical event has three crosses): padding them into a
-        // vector costs more (store-forwarding stalls) than mixing them one by one.
-        for ((&s, &x), &y) in seeds[full..].iter().zip(&a[full..]).zip(&b[full..]) {
-            out.push(cross_mix(s, x, y));
-        }
+    pub(crate) fn cross8(
+        seeds: &[u32; LANES],
+        a: &[u32; LANES],
+        b: &[u32; LANES],
+        out: &mut [u32; LANES],
+    ) {
+        let h = round_mixed(load8(seeds), mix_k(load8(a)));
+        let h = round_mixed(h, mix_k(load8(b)));
+        store8(fmix(_mm256_xor_si256(h, _mm256_set1_epi32(8))), out);
     }
 }

@@ -18,15 +18,24 @@
 //! # Speed
 //!
 //! [`Featurizer::featurize_scalar`] is the reference, resolving every `ctx` name through
-//! the name map. [`Featurizer::featurize`] and [`Featurizer::featurize_batch`] match it bit
-//! for bit, resolving names through a per-position cache (events of a stream share their
-//! `ctx` layout) and hashing keys as they meet them. [`Featurizer::featurize_batch_lanes`]
-//! hashes the same field of eight events at once with AVX2 when the CPU has it
-//! ([`Backend::detect`], checked once when the featurizer is built); it is bit-identical
-//! too, but not yet faster end to end (see its docs and `bench/hashing.rs`). None allocates
-//! once its scratch buffers are warm, except when a caller's output grows past its inline
-//! capacity or a `ctx` field name is seen for the first time (its seed is then cached, up
-//! to [`MAX_CACHED_FIELDS`] names).
+//! the name map and hashing key by key. [`Featurizer::featurize`] (and
+//! [`Featurizer::featurize_batch`], the same per event) matches it bit for bit, resolving
+//! names through a per-position cache (events of a stream share their `ctx` layout) and
+//! hashing keys with the scalar reference as the walk meets them: this is the pipeline's
+//! path. [`Featurizer::featurize_simd`] is bit-identical too: with AVX2
+//! ([`Backend::detect`], checked once when the featurizer is built) the walk lays the keys
+//! of the event into SIMD lanes, which are hashed eight at a time, and mixes its crosses
+//! eight at a time (module `hash_simd`). The hashing itself is several times faster than
+//! scalar, but on one event the walk, which both paths share, dominates, and laying keys
+//! into lanes costs about what the vector hashing saves: measured with `bench/hashing.rs`
+//! (one run, shared 2-core machine under load from other builds, so absolute figures are
+//! inflated; per event, reference / `featurize` / `featurize_simd`): contract event 301 /
+//! 180 (1.67×) / 296 ns (1.02×), 16-feature event 368 / 256 (1.44×) / 393 ns (0.94×).
+//! So `featurize` stays on scalar hashing; the design's 4× needs a cheaper walk first (the
+//! per-feature emit call, name checks and output pushes are most of the time). None
+//! allocates once its scratch buffers are warm, except when a caller's output grows past
+//! its inline capacity or a `ctx` field name is seen for the first time (its seed is then
+//! cached, up to [`MAX_CACHED_FIELDS`] names).
 //!
 //! ```
 //! use ctrflow::event::{Event, decode};
@@ -44,7 +53,6 @@
 //! ```
 
 pub mod config;
-mod grid;
 pub mod hash;
 mod hash_simd;
 
@@ -52,11 +60,9 @@ use ctrflow_dataflows::{Feature, Features};
 use hashbrown::HashMap;
 
 pub use config::{FeatureConfig, NumericTransform};
-pub use grid::{GRID_KEY_MAX, GRID_LANES, KeyGrid, hash_grid_scalar};
-pub use hash::{
-    Backend, KeyBatch, cross_batch, cross_batch_scalar, cross_mix, hash_batch, hash_batch_scalar,
-    hash_grid, hash_scalar,
-};
+pub use hash::{Backend, cross_mix, hash_scalar};
+#[cfg(target_arch = "x86_64")]
+use hash_simd::{Lanes, MAX_LANES, cross8};
 
 use crate::event::{CtxValue, Impression};
 
@@ -67,19 +73,8 @@ pub const MAX_CACHED_FIELDS: usize = 4096;
 /// Most crosses a config may list.
 pub const MAX_CROSSES: usize = 1024;
 
-/// Events hashed together by [`Featurizer::featurize_batch_lanes`]: one per SIMD lane.
-pub const BATCH_GROUP: usize = GRID_LANES;
-
 /// `ctx` positions whose resolved field the fast paths remember.
 const MAX_CACHED_POSITIONS: usize = 64;
-
-/// Events with more `ctx` fields than this are featurized alone, not in a group of
-/// [`BATCH_GROUP`], which bounds the grid of a group to about this many rows.
-const MAX_GROUPED_CTX: usize = 62;
-
-/// A group with fewer events than this (the end of a batch) is featurized event by event:
-/// lanes per event would leave most of each row empty.
-const MIN_GROUP: usize = 4;
 
 /// A [`FeatureConfig`] that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -95,8 +90,9 @@ pub enum FeatureConfigError {
 
 /// Marks a field that feeds no cross.
 const NO_SIDE: u16 = u16::MAX;
-/// Marks a cross side not present in the current event.
-const ABSENT: u32 = u32::MAX;
+/// Marks a cross side not present in the current event (no lane has that index).
+#[cfg(target_arch = "x86_64")]
+const NO_LANE: u8 = u8::MAX;
 /// Index of `numeric_default` in [`Schema::transforms`].
 const DEFAULT_TRANSFORM: u16 = 0;
 
@@ -263,6 +259,7 @@ impl Schema {
     /// Calls `emit(seed, side, value)` for `user`, `item` and each featurized `ctx` field, in
     /// order. `side` is [`NO_SIDE`] for numeric values. `ctx` fields are resolved by
     /// `lookup(self, position in ctx, name)`, which must return `self.field(name)`.
+    #[inline(always)]
     fn walk(
         &mut self,
         imp: &Impression<'_>,
@@ -354,38 +351,18 @@ impl PositionCache {
     }
 }
 
-/// A walked feature waiting for its hash: numeric ones are final, categorical ones are
-/// [`PENDING`] until their key is hashed.
-#[derive(Debug, Clone, Copy)]
-struct Item {
-    index: u32,
-    value: f32,
-}
-
-/// `Item::index` of a categorical feature: hashes are masked to at most 30 bits, so no real
-/// index is `u32::MAX`.
-const PENDING: u32 = u32::MAX;
-
 /// Reused buffers of the featurizer.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Keys of the current group: key `k` of event `e` at `k * stride + e`.
-    grid: KeyGrid,
-    /// Hash of each grid position.
-    hashes: Vec<u32>,
-    /// Walked features of every event of the group, in order.
-    items: Vec<Item>,
-    /// Per event of the group: where its items end, and how many crosses it has.
-    ends: Vec<(usize, usize)>,
-    /// Per event and cross side (`e * sides + side`): the key number `k` of the side's
-    /// first categorical occurrence, or [`ABSENT`].
-    sides: Vec<u32>,
     /// Per cross side, scalar path: the value hash of its first categorical occurrence.
     side_hashes: Vec<Option<u32>>,
-    cross_seeds: Vec<u32>,
-    cross_a: Vec<u32>,
-    cross_b: Vec<u32>,
-    cross_out: Vec<u32>,
+    /// Per cross side, SIMD path: the lane of its first categorical occurrence, or
+    /// [`NO_LANE`].
+    #[cfg(target_arch = "x86_64")]
+    side_lanes: Vec<u8>,
+    /// The features of the current event, one per lane, SIMD path.
+    #[cfg(target_arch = "x86_64")]
+    lanes: Lanes,
 }
 
 /// Turns impressions into hashed feature vectors; one per worker.
@@ -436,18 +413,29 @@ impl Featurizer {
 
     /// Clears `out` and fills it with the features of `imp`. Bit-identical to
     /// [`Featurizer::featurize_scalar`], and faster: `ctx` names are resolved through a
-    /// per-position cache instead of the name map, and keys are hashed as the walk meets
-    /// them (no batching: on one event, laying keys out for SIMD costs more than the
-    /// hashing it saves, so this path hashes with the scalar reference whatever the
-    /// backend).
+    /// per-position cache instead of the name map, and keys are hashed with the scalar
+    /// reference as the walk meets them, whatever the backend: on one event this measured
+    /// faster than [`Featurizer::featurize_simd`] (see the module docs, "Speed").
     pub fn featurize(&mut self, imp: &Impression<'_>, out: &mut Features) {
         self.featurize_direct(imp, out);
     }
 
+    /// [`Featurizer::featurize`] with SIMD hashing when the backend has it: the keys of the
+    /// event are hashed eight at a time in AVX2 lanes and its crosses mixed eight at a time
+    /// ([`hash_simd`]). Bit-identical to the reference; not yet faster end to end (see the
+    /// module docs, "Speed"), so the pipeline does not use it. Without SIMD it is
+    /// [`Featurizer::featurize`].
+    pub fn featurize_simd(&mut self, imp: &Impression<'_>, out: &mut Features) {
+        #[cfg(target_arch = "x86_64")]
+        if self.backend.is_simd() {
+            return self.featurize_lanes(imp, out);
+        }
+        self.featurize_direct(imp, out);
+    }
+
     /// Featurizes `imps[i]` into `outs[i]` (each cleared first), exactly as
-    /// [`Featurizer::featurize`] does one by one; currently the same per-event path, which
-    /// measured fastest (see [`Featurizer::featurize_batch_lanes`]). Reuse `outs` so that
-    /// nothing allocates once warm.
+    /// [`Featurizer::featurize`] does one by one. Reuse `outs` so that nothing allocates
+    /// once warm.
     ///
     /// # Panics
     ///
@@ -459,193 +447,28 @@ impl Featurizer {
             "featurize_batch needs one output per impression"
         );
         for (imp, out) in imps.iter().zip(outs.iter_mut()) {
-            self.featurize_direct(imp, out);
+            self.featurize(imp, out);
         }
     }
 
-    /// [`Featurizer::featurize_batch`] with lane-parallel hashing across events: groups of
-    /// [`BATCH_GROUP`] events are walked into a [`KeyGrid`] (field `k` of event `e` at
-    /// `8k + e`), hashed one row per SIMD vector, crosses mixed eight at a time, then the
-    /// outputs assembled. Bit-identical to the reference. The hashing itself is about 5×
-    /// faster than scalar, but on typical events laying the keys out and assembling the
-    /// outputs cost more than that saves, so this is slower than
-    /// [`Featurizer::featurize_batch`]; kept, tested and benched as the base for a wider
-    /// SIMD pipeline. Without SIMD it is `featurize_batch`.
+    /// One event with SIMD hashing: the walk puts feature `i` in lane `i` (numeric features
+    /// and long keys with their hash already known), the lanes are hashed together, then
+    /// the crosses mixed eight at a time from the lanes of their sides. An event with more
+    /// than [`MAX_LANES`] walked features takes [`Featurizer::featurize_direct`].
     ///
-    /// # Panics
-    ///
-    /// If `imps` and `outs` differ in length.
-    pub fn featurize_batch_lanes(&mut self, imps: &[Impression<'_>], outs: &mut [Features]) {
-        assert_eq!(
-            imps.len(),
-            outs.len(),
-            "featurize_batch_lanes needs one output per impression"
-        );
-        if !self.backend.is_simd() {
-            return self.featurize_batch(imps, outs);
-        }
-        let mut i = 0;
-        while i < imps.len() {
-            let groupable = |imp: &Impression<'_>| imp.ctx.len() <= MAX_GROUPED_CTX;
-            let len = imps[i..]
-                .iter()
-                .take(BATCH_GROUP)
-                .take_while(|imp| groupable(imp))
-                .count();
-            if len >= MIN_GROUP {
-                let end = i + len;
-                self.featurize_group::<BATCH_GROUP>(&imps[i..end], &mut outs[i..end]);
-                i = end;
-            } else {
-                // A short group or an event too wide to group: one event at a time.
-                for _ in 0..len.max(1) {
-                    self.featurize_group::<1>(&imps[i..=i], &mut outs[i..=i]);
-                    i += 1;
-                }
-            }
-        }
-    }
-
-    /// Featurizes `imps` (at most [`BATCH_GROUP`] events; exactly one when `STRIDE` is 1)
-    /// into `outs`: key `k` of event `e` is hashed at grid position `k * STRIDE + e`.
-    fn featurize_group<const STRIDE: usize>(
-        &mut self,
-        imps: &[Impression<'_>],
-        outs: &mut [Features],
-    ) {
-        let stride = STRIDE;
-        debug_assert!(imps.len() <= STRIDE.max(1) || STRIDE == 1 && imps.len() == 1);
+    /// Only called when `self.backend` is SIMD, i.e. [`Backend::detect`] found AVX2.
+    #[cfg(target_arch = "x86_64")]
+    fn featurize_lanes(&mut self, imp: &Impression<'_>, out: &mut Features) {
         let bias = self.bias();
         let Featurizer {
             schema,
-            backend,
             cache,
-            scratch: s,
+            scratch,
+            ..
         } = self;
-        let (mask, nsides, simd) = (schema.mask, schema.sides, backend.is_simd());
-        s.grid.clear();
-        s.hashes.clear();
-        s.items.clear();
-        s.ends.clear();
-        s.sides.clear();
-        s.sides.resize(imps.len() * nsides, ABSENT);
-
-        // Walk every event: numeric features are final, keys go to the grid (or are hashed
-        // at once without SIMD).
-        for (e, imp) in imps.iter().enumerate() {
-            let mut k = 0usize;
-            let sides = s
-                .sides
-                .get_mut(e * nsides..(e + 1) * nsides)
-                .unwrap_or(&mut []);
-            let (grid, hashes, items) = (&mut s.grid, &mut s.hashes, &mut s.items);
-            schema.walk(
-                imp,
-                |schema, pos, name| cache.field(schema, pos, name),
-                |seed, side, value| {
-                    let pos = k * stride + e;
-                    let mut int = itoa::Buffer::new();
-                    let key = match value {
-                        Value::Bytes(bytes) => bytes,
-                        Value::Int(n) => int.format(n).as_bytes(),
-                        Value::Numeric(value) => {
-                            items.push(Item {
-                                index: seed & mask,
-                                value,
-                            });
-                            return;
-                        }
-                    };
-                    if simd {
-                        grid.set(pos, seed, key);
-                    } else {
-                        if pos >= hashes.len() {
-                            hashes.resize(pos + 1, 0);
-                        }
-                        if let Some(h) = hashes.get_mut(pos) {
-                            *h = hash_scalar(seed, key);
-                        }
-                    }
-                    items.push(Item {
-                        index: PENDING,
-                        value: 1.0,
-                    });
-                    if let Some(slot) = sides.get_mut(usize::from(side))
-                        && *slot == ABSENT
-                    {
-                        *slot = k as u32;
-                    }
-                    k += 1;
-                },
-            );
-            s.ends.push((s.items.len(), 0));
-        }
-        if simd {
-            hash_grid(*backend, &s.grid, &mut s.hashes);
-        }
-
-        // Crosses of every event, mixed together.
-        s.cross_seeds.clear();
-        s.cross_a.clear();
-        s.cross_b.clear();
-        for (e, end) in s.ends.iter_mut().enumerate() {
-            let sides = s.sides.get(e * nsides..(e + 1) * nsides).unwrap_or(&[]);
-            let side_hash = |side: u16| {
-                let k = *sides.get(usize::from(side))?;
-                s.hashes.get(k as usize * stride + e).copied()
-            };
-            for c in &schema.crosses {
-                if let (Some(a), Some(b)) = (side_hash(c.a), side_hash(c.b)) {
-                    s.cross_seeds.push(c.seed);
-                    s.cross_a.push(a);
-                    s.cross_b.push(b);
-                    end.1 += 1;
-                }
-            }
-        }
-        cross_batch(
-            *backend,
-            &s.cross_seeds,
-            &s.cross_a,
-            &s.cross_b,
-            &mut s.cross_out,
-        );
-
-        // Assemble: bias, walked features with their hashes, crosses.
-        let (mut item, mut cross) = (0, 0);
-        for (e, (out, &(items_end, crosses))) in outs.iter_mut().zip(&s.ends).enumerate() {
-            out.clear();
-            out.push(bias);
-            let mut pos = e;
-            let hashes = &s.hashes;
-            out.extend(
-                s.items
-                    .get(item..items_end)
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(|it| {
-                        if it.index == PENDING {
-                            let h = hashes.get(pos).copied().unwrap_or(0);
-                            pos += stride;
-                            Feature {
-                                index: h & mask,
-                                value: 1.0,
-                            }
-                        } else {
-                            Feature {
-                                index: it.index,
-                                value: it.value,
-                            }
-                        }
-                    }),
-            );
-            item = items_end;
-            let mixed = s.cross_out.get(cross..cross + crosses).unwrap_or(&[]);
-            out.extend(mixed.iter().map(|&h| Feature {
-                index: h & mask,
-                value: 1.0,
-            }));
-            cross += crosses;
+        // SAFETY: the backend is SIMD, so `Backend::detect` found AVX2.
+        if !unsafe { lanes_avx2(schema, cache, scratch, bias, imp, out) } {
+            self.featurize_direct(imp, out);
         }
     }
 
@@ -670,6 +493,94 @@ impl Featurizer {
         let lookup = |schema: &mut Schema, _: usize, name: &str| schema.field(name);
         scalar_walk(&mut self.schema, &mut self.scratch, bias, imp, lookup, out);
     }
+}
+
+/// [`Featurizer::featurize_lanes`], compiled for AVX2 so that the hashing inlines into the
+/// walk. Returns false, leaving `out` unspecified, for an event with more than
+/// [`MAX_LANES`] walked features.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lanes_avx2(
+    schema: &mut Schema,
+    cache: &mut PositionCache,
+    s: &mut Scratch,
+    bias: Feature,
+    imp: &Impression<'_>,
+    out: &mut Features,
+) -> bool {
+    let mask = schema.mask;
+    let (lanes, side_lanes) = (&mut s.lanes, &mut s.side_lanes);
+    lanes.clear();
+    side_lanes.clear();
+    side_lanes.resize(schema.sides, NO_LANE);
+    let mut n = 0usize;
+    schema.walk(
+        imp,
+        |schema, pos, name| cache.field(schema, pos, name),
+        |seed, side, value| {
+            let mut int = itoa::Buffer::new();
+            let key = match value {
+                Value::Bytes(bytes) => bytes,
+                Value::Int(i) => int.format(i).as_bytes(),
+                Value::Numeric(value) => {
+                    lanes.set_hash(n, seed, value);
+                    n += 1;
+                    return;
+                }
+            };
+            lanes.set_key(n, seed, key);
+            if let Some(slot) = side_lanes.get_mut(usize::from(side))
+                && *slot == NO_LANE
+            {
+                // Lanes past MAX_LANES are never read: the event falls back.
+                *slot = u8::try_from(n).unwrap_or(NO_LANE);
+            }
+            n += 1;
+        },
+    );
+    if n > MAX_LANES {
+        return false;
+    }
+    // SAFETY: the caller guarantees AVX2.
+    let (hashes, values) = unsafe { lanes.hash(n) };
+    out.clear();
+    out.push(bias);
+    out.extend(hashes.iter().zip(values).map(|(&h, &value)| Feature {
+        index: h & mask,
+        value,
+    }));
+
+    // Crosses, eight at a time; the last few (a typical event has three) one by one, since
+    // gathering them into a vector costs more than it saves.
+    let lane_hash = |side: u16| {
+        let lane = *side_lanes.get(usize::from(side))?;
+        hashes.get(usize::from(lane)).copied()
+    };
+    let (mut seeds, mut a, mut b, mut mixed) = ([0u32; 8], [0u32; 8], [0u32; 8], [0u32; 8]);
+    let mut m = 0;
+    let feature = |h: u32| Feature {
+        index: h & mask,
+        value: 1.0,
+    };
+    for c in &schema.crosses {
+        if let (Some(x), Some(y)) = (lane_hash(c.a), lane_hash(c.b)) {
+            // `m < 8`: it is reset when it reaches 8.
+            (seeds[m], a[m], b[m]) = (c.seed, x, y);
+            m += 1;
+            if m == 8 {
+                cross8(&seeds, &a, &b, &mut mixed);
+                out.extend(mixed.iter().map(|&h| feature(h)));
+                m = 0;
+            }
+        }
+    }
+    let tail = seeds.iter().zip(&a).zip(&b).take(m);
+    out.extend(tail.map(|((&s, &x), &y)| feature(cross_mix(s, x, y))));
+    true
 }
 
 /// Walks `imp` in the order of the module docs, hashing each key with the scalar reference

@@ -367,12 +367,14 @@ fn featurize_does_not_allocate_once_warm() {
         let mut out = Features::new();
         for imp in &imps {
             f.featurize(imp, &mut out);
+            f.featurize_simd(imp, &mut out);
             f.featurize_scalar(imp, &mut out);
         }
         let n = counting::allocations(|| {
             for _ in 0..100 {
                 for imp in &imps {
                     f.featurize(imp, &mut out);
+                    f.featurize_simd(imp, &mut out);
                     f.featurize_scalar(imp, &mut out);
                 }
             }
@@ -384,20 +386,18 @@ fn featurize_does_not_allocate_once_warm() {
         let batch: Vec<Impression<'_>> = imps.iter().cycle().take(21).cloned().collect();
         let mut outs = vec![Features::new(); batch.len()];
         f.featurize_batch(&batch, &mut outs);
-        f.featurize_batch_lanes(&batch, &mut outs);
         let n = counting::allocations(|| {
             for _ in 0..20 {
                 f.featurize_batch(&batch, &mut outs);
-                f.featurize_batch_lanes(&batch, &mut outs);
             }
         });
-        assert_eq!(n, 0, "{} batch paths allocated", backend.name());
+        assert_eq!(n, 0, "{} batch path allocated", backend.name());
         assert!(outs.iter().all(|o| !o.spilled()));
     }
 }
 
 #[test]
-fn batches_with_wide_and_varied_events_match_the_reference() {
+fn wide_events_and_many_crosses_match_the_reference() {
     let names: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
     let wide: Vec<(&str, CtxValue<'_>)> = names
         .iter()
@@ -409,27 +409,52 @@ fn batches_with_wide_and_varied_events_match_the_reference() {
         impression(CONTRACT_EVENT),
         imp(long, "i", &[("device", s("ios")), ("category", s(long))]),
         imp("u", "i", &wide),
+        // Fits the lanes, with 12 crosses: one full vector of them and a tail.
+        imp("u", "i", &wide[..20]),
         imp("", "", &[]),
         imp("u", "i", &[("country", s("PL")), ("device", s("tv"))]),
     ];
     for backend in [Backend::detect(), Backend::scalar()] {
-        let config = FeatureConfig {
+        // 100 categorical fields (more than the SIMD lanes), and 22 crosses (more than one
+        // vector of them), some of them with a long key, some with an absent side.
+        let mut config = FeatureConfig {
             numeric_default: NumericTransform::Categorical,
             ..FeatureConfig::default()
         };
+        for i in 0..12 {
+            config.crosses.push(["user".to_owned(), format!("f{i}")]);
+        }
+        for i in 50..56 {
+            config.crosses.push([format!("f{i}"), "device".to_owned()]);
+        }
+        config.crosses.push(["f99".to_owned(), "user".to_owned()]);
         let mut f = Featurizer::with_backend(&config, backend).unwrap();
         for n in [0, 1, 3, 7, 8, 9, 17, 40] {
             let batch: Vec<Impression<'_>> = events.iter().cycle().take(n).cloned().collect();
             let mut reference = Features::new();
-            let (mut a, mut b) = (vec![Features::new(); n], vec![Features::new(); n]);
+            let mut a = vec![Features::new(); n];
             f.featurize_batch(&batch, &mut a);
-            f.featurize_batch_lanes(&batch, &mut b);
-            for ((imp, a), b) in batch.iter().zip(&a).zip(&b) {
+            let mut simd = Features::new();
+            for (imp, a) in batch.iter().zip(&a) {
                 f.featurize_scalar(imp, &mut reference);
+                f.featurize_simd(imp, &mut simd);
                 assert_same(a, &reference);
-                assert_same(b, &reference);
+                assert_same(&simd, &reference);
             }
         }
+        let mut out = Features::new();
+        f.featurize_simd(&events[2], &mut out);
+        assert_eq!(
+            out.len(),
+            1 + 2 + 100 + 12 + 1,
+            "the wide event has 13 crosses"
+        );
+        f.featurize_simd(&events[3], &mut out);
+        assert_eq!(
+            out.len(),
+            1 + 2 + 20 + 12,
+            "the 20-field event has 12 crosses"
+        );
     }
 }
 
@@ -571,43 +596,49 @@ proptest! {
             let mut reference = Features::new();
             // Dirty outputs: every path must clear them.
             let dirty = |n| vec![Features::from_elem(Feature { index: 7, value: 7.0 }, 30); n];
-            let (mut batched, mut lanes, mut single) = (dirty(imps.len()), dirty(imps.len()), dirty(1));
+            let (mut batched, mut single, mut simd) = (dirty(imps.len()), dirty(1), dirty(1));
             f.featurize_batch(&imps, &mut batched);
-            f.featurize_batch_lanes(&imps, &mut lanes);
             for (i, imp) in imps.iter().enumerate() {
                 f.featurize_scalar(imp, &mut reference);
                 f.featurize(imp, &mut single[0]);
+                f.featurize_simd(imp, &mut simd[0]);
+                prop_assert_eq!(bits(&simd[0]), bits(&reference), "featurize_simd, event {}", i);
                 prop_assert_eq!(bits(&batched[i]), bits(&reference), "featurize_batch, event {}", i);
-                prop_assert_eq!(bits(&lanes[i]), bits(&reference), "featurize_batch_lanes, event {}", i);
                 prop_assert_eq!(bits(&single[0]), bits(&reference), "featurize, event {}", i);
             }
         }
     }
 
     #[test]
-    fn grid_hash_matches_the_scalar_reference(
+    fn lanes_hash_matches_the_scalar_reference(
         keys in proptest::collection::vec(
-            (0usize..70, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40)),
-            0..60,
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40), any::<bool>()),
+            0..=hash_simd::MAX_LANES,
         ),
     ) {
-        let mut grid = KeyGrid::new();
-        let mut want = Vec::new();
-        for (pos, seed, key) in &keys {
-            grid.set(*pos, *seed, key);
-            if want.len() <= *pos {
-                want.resize(pos + 1, None);
+        // Only on a CPU with AVX2: lanes are never hashed elsewhere.
+        #[cfg(target_arch = "x86_64")]
+        if Backend::detect().is_simd() {
+            let mut lanes = hash_simd::Lanes::default();
+            // A previous event with long keys, so that stale lanes would show.
+            for lane in 0..hash_simd::MAX_LANES {
+                lanes.set_key(lane, 1, b"stale-and-longer-than-the-rest");
             }
-            want[*pos] = Some(hash_scalar(*seed, key));
-        }
-        let (mut fast, mut reference) = (Vec::new(), Vec::new());
-        hash_grid(Backend::detect(), &grid, &mut fast);
-        hash_grid_scalar(&grid, &mut reference);
-        prop_assert_eq!(&fast, &reference);
-        prop_assert_eq!(fast.len(), want.len().next_multiple_of(GRID_LANES));
-        for (p, &h) in fast.iter().enumerate() {
-            let want = want.get(p).copied().flatten().unwrap_or(hash_scalar(0, b""));
-            prop_assert_eq!(h, want, "position {}", p);
+            lanes.clear();
+            let mut want = Vec::new();
+            for (lane, (seed, key, numeric)) in keys.iter().enumerate() {
+                if *numeric {
+                    lanes.set_hash(lane, *seed, 0.5);
+                    want.push((*seed, 0.5f32));
+                } else {
+                    lanes.set_key(lane, *seed, key);
+                    want.push((hash_scalar(*seed, key), 1.0));
+                }
+            }
+            // SAFETY: AVX2 was detected.
+            let (hashes, values) = unsafe { lanes.hash(keys.len()) };
+            let got: Vec<(u32, f32)> = hashes.iter().copied().zip(values.iter().copied()).collect();
+            prop_assert_eq!(got, want);
         }
     }
 
@@ -630,40 +661,29 @@ proptest! {
             })
             .collect();
         let imp = Impression { id: "i".into(), ts: 0, user: user.into(), item: item.into(), ctx };
-        let (mut fast, mut reference) = (Features::new(), Features::new());
+        let (mut fast, mut simd, mut reference) = (Features::new(), Features::new(), Features::new());
         f.featurize(&imp, &mut fast);
+        f.featurize_simd(&imp, &mut simd);
         f.featurize_scalar(&imp, &mut reference);
         let bits = |v: &Features| v.iter().map(|f| (f.index, f.value.to_bits())).collect::<Vec<_>>();
         prop_assert_eq!(bits(&fast), bits(&reference));
+        prop_assert_eq!(bits(&simd), bits(&reference));
         prop_assert!(fast.iter().all(|x| x.index <= f.mask() && x.value.is_finite()));
     }
 
     #[test]
-    fn batch_hash_matches_the_scalar_reference(
-        keys in proptest::collection::vec((any::<u32>(), proptest::collection::vec(any::<u8>(), 0..100)), 0..40),
+    fn cross8_matches_the_scalar_reference(
+        seeds in any::<[u32; 8]>(),
+        a in any::<[u32; 8]>(),
+        b in any::<[u32; 8]>(),
     ) {
-        let mut batch = KeyBatch::new();
-        for (seed, key) in &keys {
-            batch.push(*seed, key);
+        #[cfg(target_arch = "x86_64")]
+        if Backend::detect().is_simd() {
+            let mut fast = [0u32; 8];
+            // SAFETY: AVX2 was detected.
+            unsafe { hash_simd::cross8(&seeds, &a, &b, &mut fast) };
+            let reference: Vec<u32> = (0..8).map(|i| cross_mix(seeds[i], a[i], b[i])).collect();
+            prop_assert_eq!(fast.to_vec(), reference);
         }
-        let (mut fast, mut reference) = (Vec::new(), Vec::new());
-        hash_batch(Backend::detect(), &batch, &mut fast);
-        hash_batch_scalar(&batch, &mut reference);
-        let direct: Vec<u32> = keys.iter().map(|(s, k)| hash_scalar(*s, k)).collect();
-        prop_assert_eq!(&fast, &reference);
-        prop_assert_eq!(&fast, &direct);
-    }
-
-    #[test]
-    fn cross_batch_matches_the_scalar_reference(
-        triples in proptest::collection::vec(any::<(u32, u32, u32)>(), 0..40),
-    ) {
-        let seeds: Vec<u32> = triples.iter().map(|t| t.0).collect();
-        let a: Vec<u32> = triples.iter().map(|t| t.1).collect();
-        let b: Vec<u32> = triples.iter().map(|t| t.2).collect();
-        let (mut fast, mut reference) = (Vec::new(), Vec::new());
-        cross_batch(Backend::detect(), &seeds, &a, &b, &mut fast);
-        cross_batch_scalar(&seeds, &a, &b, &mut reference);
-        prop_assert_eq!(fast, reference);
     }
 }
