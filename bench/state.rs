@@ -84,11 +84,7 @@ fn entity(c: &mut Criterion) {
     let mut batch = Batch::new();
     warm.checkpoint_into(&mut batch, 0);
     durable.write(batch).unwrap();
-    let small = EntityConfig {
-        cache_entries: 16_384,
-        ..EntityConfig::default()
-    };
-    let cold = EntityStore::new(&small, 22, Some(durable.clone()));
+    let cold = EntityStore::new(&EntityConfig::default(), 22, Some(durable.clone())).capped(16_384);
     group.bench_function("enrich_record/rocksdb_cold", |b| {
         b.iter(|| {
             drive(&cold, &traffic, 2_000_000);

@@ -32,7 +32,7 @@
 //! access; with one worker the run is deterministic). With durable state, changed entities
 //! are written at each checkpoint, entities not in memory are read through from RocksDB in
 //! one batched read per batch of impressions, and clean (already checkpointed) entities are
-//! evicted when the cache is full, so memory is bounded by `cache_entries`, not by the
+//! evicted when the cache is full, so memory is bounded by `cache_mb`, not by the
 //! number of users. Entities untouched for `expire_after_ms` of event time are dropped
 //! (from memory at once, from RocksDB as it compacts).
 //!
@@ -48,7 +48,7 @@ use anyhow::Context as _;
 use ctrflow_dataflows::{Enrich, Entities, EventTime, Feature, Features, Signal};
 use ctrflow_state::rocks::RocksBackend;
 use ctrflow_state::{Batch, StateConfig, StateError, StateStore, Table, TableId};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::features::hash::hash_scalar;
@@ -72,11 +72,12 @@ pub struct EntityConfig {
     /// Entities untouched for this long (event time) are forgotten.
     #[serde(default = "default_expire_after_ms")]
     pub expire_after_ms: u64,
-    /// Entities kept in memory per process; beyond this the least recently touched are
-    /// evicted (with durable state once checkpointed; otherwise through a scratch
-    /// RocksDB) and read back when needed.
-    #[serde(default = "default_cache_entries")]
-    pub cache_entries: usize,
+    /// Memory for entity counters per process, MiB (about [`ENTRY_BYTES`] per entity in
+    /// memory). Beyond it the least recently used entities are evicted (with durable state
+    /// once checkpointed; otherwise through a scratch RocksDB, whose memtables and block
+    /// cache take a quarter of this budget) and read back when needed.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: usize,
 }
 
 const fn default_enabled() -> bool {
@@ -94,9 +95,16 @@ const fn default_prior_weight() -> f64 {
 const fn default_expire_after_ms() -> u64 {
     7 * 86_400_000
 }
-const fn default_cache_entries() -> usize {
-    2_000_000
+const fn default_cache_mb() -> usize {
+    256
 }
+
+/// Largest `cache_mb` (1 TiB).
+const MAX_CACHE_MB: usize = 1 << 20;
+
+/// Memory per entity in the in-memory cache, as measured: a 64-byte map slot and its
+/// control byte, at the hash tables' average load.
+pub const ENTRY_BYTES: usize = 96;
 
 impl Default for EntityConfig {
     fn default() -> Self {
@@ -106,7 +114,7 @@ impl Default for EntityConfig {
             prior_ctr: default_prior_ctr(),
             prior_weight: default_prior_weight(),
             expire_after_ms: default_expire_after_ms(),
-            cache_entries: default_cache_entries(),
+            cache_mb: default_cache_mb(),
         }
     }
 }
@@ -143,13 +151,35 @@ impl EntityConfig {
                 self.expire_after_ms
             ));
         }
-        if self.cache_entries < 1024 {
+        if !(1..=MAX_CACHE_MB).contains(&self.cache_mb) {
             problems.push(format!(
-                "features.entity.cache_entries must be at least 1024, got {}",
-                self.cache_entries
+                "features.entity.cache_mb must be in 1..={MAX_CACHE_MB}, got {}",
+                self.cache_mb
             ));
         }
         problems
+    }
+
+    /// Entities kept in memory (2.1M at the default with a scratch store, 2.8M with
+    /// durable state): all of `cache_mb` with durable state (RocksDB is tuned by
+    /// `[state]`), three quarters of it with a scratch store (see [`Self::scratch_state`]).
+    pub fn cache_entries(&self, scratch: bool) -> usize {
+        let bytes = self.cache_mb.min(MAX_CACHE_MB) << 20;
+        let bytes = if scratch { bytes - bytes / 4 } else { bytes };
+        bytes / ENTRY_BYTES
+    }
+
+    /// The scratch store's RocksDB settings: `state` with an eighth of `cache_mb` each for
+    /// the block cache and the memtable (two of them at most while one flushes), so a
+    /// replay's memory stays within `cache_mb` however many entities it evicts. The
+    /// scratch store's reads are of cold entities, which the OS page cache serves.
+    pub fn scratch_state(&self, state: &StateConfig) -> StateConfig {
+        let eighth = (self.cache_mb / 8).max(1);
+        StateConfig {
+            block_cache_mb: eighth,
+            write_buffer_mb: eighth,
+            ..state.clone()
+        }
     }
 }
 
@@ -267,23 +297,70 @@ const ENTITY_DOMAIN: u32 = 0x656e_7431;
 /// Seconds reported since the last click when there was none: 30 days.
 const NEVER_CLICKED_SECS: f64 = 30.0 * 86_400.0;
 
+/// One entity in memory: its [`Aggregate`] laid out flat (no `Option` tag, no padding
+/// beyond the flags) so a map slot with its key is 64 bytes, not 80.
 #[derive(Debug)]
 struct Entry {
-    agg: Aggregate,
-    /// Changed since the last checkpoint.
-    dirty: bool,
+    touched: EventTime,
+    /// Last click's event time; meaningful only with `clicked`.
+    last_click: EventTime,
+    counts: [[f32; 4]; 2],
     /// The shard's clock when the entry was last used: eviction takes the least recently
     /// used (not the least recently updated: an entity just read back is old by that
     /// measure, and would be evicted again before its reader gets to it).
     used: u32,
+    clicked: bool,
+    /// Changed since the last checkpoint.
+    dirty: bool,
 }
 
-/// One shard of the in-memory entities, with its use clock.
+impl Entry {
+    fn new(agg: &Aggregate, dirty: bool, used: u32) -> Self {
+        Self {
+            touched: agg.touched,
+            last_click: agg.last_click.unwrap_or_default(),
+            counts: agg.counts,
+            used,
+            clicked: agg.last_click.is_some(),
+            dirty,
+        }
+    }
+
+    fn agg(&self) -> Aggregate {
+        Aggregate {
+            touched: self.touched,
+            last_click: self.clicked.then_some(self.last_click),
+            counts: self.counts,
+        }
+    }
+
+    fn set(&mut self, agg: &Aggregate) {
+        self.touched = agg.touched;
+        self.last_click = agg.last_click.unwrap_or_default();
+        self.clicked = agg.last_click.is_some();
+        self.counts = agg.counts;
+    }
+}
+
+/// One shard of the in-memory entities, with its use clock: one map per [`Kind`], keyed by
+/// the entity's 64-bit key alone.
 #[derive(Debug, Default)]
 struct Shard {
-    map: FxHashMap<(u8, u64), Entry>,
+    maps: [FxHashMap<u64, Entry>; 3],
     clock: u32,
+    /// Keys a batched read just found in neither memory nor the store, so the impressions
+    /// of the batch do not look them up again one by one (a new entity would otherwise
+    /// cost three lookups). Sound because the store is only ever written from memory: a
+    /// key leaves this set when it enters memory, so until then the store cannot have it.
+    absent: FxHashSet<(u8, u64)>,
+    /// Bumped whenever the store may have received a write of this shard's entities (or a
+    /// clean entity became evictable): a batched read started under an older generation
+    /// may be stale, and is not used.
+    generation: u64,
 }
+
+/// Absent-key hints kept per shard: beyond this they are dropped (always safe).
+const ABSENT_HINTS: usize = 1024;
 
 impl Shard {
     /// The next tick of the use clock (wrapping: ages are compared modulo 2^32).
@@ -294,21 +371,49 @@ impl Shard {
 
     /// Inserts `k`, used now.
     fn insert(&mut self, k: (u8, u64), agg: Aggregate, dirty: bool) {
+        if !self.absent.is_empty() {
+            self.absent.remove(&k);
+        }
         let used = self.tick();
-        self.map.insert(k, Entry { agg, dirty, used });
+        self.maps[usize::from(k.0)].insert(k.1, Entry::new(&agg, dirty, used));
     }
-}
 
-impl std::ops::Deref for Shard {
-    type Target = FxHashMap<(u8, u64), Entry>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
+    fn get(&self, k: &(u8, u64)) -> Option<&Entry> {
+        self.maps[usize::from(k.0)].get(&k.1)
     }
-}
 
-impl std::ops::DerefMut for Shard {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
+    fn get_mut(&mut self, k: &(u8, u64)) -> Option<&mut Entry> {
+        self.maps[usize::from(k.0)].get_mut(&k.1)
+    }
+
+    fn contains_key(&self, k: &(u8, u64)) -> bool {
+        self.maps[usize::from(k.0)].contains_key(&k.1)
+    }
+
+    fn remove(&mut self, k: &(u8, u64)) {
+        self.maps[usize::from(k.0)].remove(&k.1);
+    }
+
+    fn len(&self) -> usize {
+        self.maps.iter().map(FxHashMap::len).sum()
+    }
+
+    /// Every entry with its key.
+    fn iter(&self) -> impl Iterator<Item = ((u8, u64), &Entry)> {
+        self.maps
+            .iter()
+            .zip(0u8..)
+            .flat_map(|(map, kind)| map.iter().map(move |(&key, e)| ((kind, key), e)))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&(u8, u64), &mut Entry) -> bool) {
+        for (map, kind) in self.maps.iter_mut().zip(0u8..) {
+            map.retain(|&key, e| keep(&(kind, key), e));
+        }
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.maps.iter_mut().flat_map(FxHashMap::values_mut)
     }
 }
 
@@ -326,6 +431,8 @@ struct Shared {
     store: Option<StateStore>,
     /// `store` is a scratch store: evicted entities are written to it at once.
     spill: bool,
+    /// Entities a shard holds before it evicts.
+    shard_cap: usize,
     /// Entities written by eviction (scratch store only).
     spilled: AtomicU64,
     /// The scratch store's directory, removed when the store is dropped (after `store`:
@@ -360,9 +467,9 @@ impl EntityStore {
         Self::with_store(config, bits, store, None)
     }
 
-    /// An empty store for `config` whose entities beyond `cache_entries` go to a scratch
+    /// An empty store for `config` whose entities beyond its cache go to a scratch
     /// RocksDB in a new temporary directory (removed when the store is dropped), tuned by
-    /// `state`. For runs without durable state; nothing survives the process. Without
+    /// `state` within the entity budget ([`EntityConfig::scratch_state`]). For runs without durable state; nothing survives the process. Without
     /// entity features, nothing is created.
     pub fn scratch(config: &EntityConfig, bits: u8, state: &StateConfig) -> anyhow::Result<Self> {
         if !config.enabled {
@@ -372,7 +479,7 @@ impl EntityStore {
             .prefix("ctrflow-entities-")
             .tempdir()
             .context("creating a scratch directory for entity features (set TMPDIR to move it)")?;
-        let backend = RocksBackend::open(dir.path(), state)?;
+        let backend = RocksBackend::open(dir.path(), &config.scratch_state(state))?;
         let store = StateStore::new(Arc::new(backend));
         Ok(Self::with_store(config, bits, Some(store), Some(dir)))
     }
@@ -394,10 +501,23 @@ impl EntityStore {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 store,
                 spill: scratch_dir.is_some(),
+                shard_cap: (config.cache_entries(scratch_dir.is_some()) / SHARDS).max(16),
                 spilled: AtomicU64::new(0),
                 _scratch_dir: scratch_dir,
             }),
         }
+    }
+
+    /// This store with its cache capped at about `entries` instead of `cache_mb`: for
+    /// tests and benches of eviction at small sizes. Call it before taking handles.
+    ///
+    /// # Panics
+    /// If the store is already shared (a handle or clone exists).
+    #[must_use]
+    pub fn capped(mut self, entries: usize) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("capped before the store is shared");
+        shared.shard_cap = (entries / SHARDS).max(16);
+        self
     }
 
     /// A worker's handle.
@@ -405,6 +525,7 @@ impl EntityStore {
         EntityHandle {
             shared: Arc::clone(&self.shared),
             missing: Vec::new(),
+            generations: Vec::with_capacity(SHARDS),
         }
     }
 
@@ -428,7 +549,7 @@ impl EntityStore {
     pub fn get(&self, kind: Kind, key: u64) -> Result<Option<Aggregate>, StateError> {
         let k = (kind as u8, key);
         if let Some(e) = lock(&self.shared.shards[shard_of(&k)]).get(&k) {
-            return Ok(Some(e.agg));
+            return Ok(Some(e.agg()));
         }
         match self.shared.readable_store() {
             Some(store) => ENTITIES.get(store, &k),
@@ -442,7 +563,7 @@ impl EntityStore {
         let aggs = KINDS.map(|kind| {
             let k = (kind as u8, key_of(entities, kind));
             let mut shard = lock(&self.shared.shards[shard_of(&k)]);
-            self.shared.load(&mut shard, k).map(|e| e.agg)
+            self.shared.load(&mut shard, k).map(|e| e.agg())
         });
         self.shared.values(&aggs, ts)
     }
@@ -455,15 +576,16 @@ impl EntityStore {
         let mut written = 0;
         for shard in &self.shared.shards {
             let mut shard = lock(shard);
+            shard.generation += 1;
             shard.retain(|k, e| {
-                if e.agg.touched < horizon {
+                if e.touched < horizon {
                     if e.dirty {
                         ENTITIES.delete(batch, k);
                     }
                     return false;
                 }
                 if e.dirty {
-                    ENTITIES.put_touched(batch, k, e.agg.touched, &e.agg);
+                    ENTITIES.put_touched(batch, k, e.touched, &e.agg());
                     written += 1;
                 }
                 true
@@ -479,7 +601,9 @@ impl EntityStore {
     /// every entity is clean (evictable) again.
     pub fn checkpoint_done(&self) {
         for shard in &self.shared.shards {
-            for e in lock(shard).values_mut() {
+            let mut shard = lock(shard);
+            shard.generation += 1;
+            for e in shard.values_mut() {
                 e.dirty = false;
             }
         }
@@ -551,6 +675,9 @@ impl Shared {
     fn load<'a>(&self, shard: &'a mut Shard, k: (u8, u64)) -> Option<&'a mut Entry> {
         if !shard.contains_key(&k) {
             let store = self.readable_store()?;
+            if shard.absent.contains(&k) {
+                return None;
+            }
             let agg = match ENTITIES.get(store, &k) {
                 Ok(agg) => agg?,
                 Err(error) => {
@@ -562,7 +689,7 @@ impl Shared {
             shard.insert(k, agg, false);
         }
         let now = shard.tick();
-        let entry = shard.map.get_mut(&k)?;
+        let entry = shard.get_mut(&k)?;
         entry.used = now;
         Some(entry)
     }
@@ -573,7 +700,7 @@ impl Shared {
     /// them back from, nothing is evicted. Called before inserting, so an entity just
     /// loaded is not the one evicted; amortized, a few entries examined per insert.
     fn evict(&self, shard: &mut Shard) {
-        let cap = (self.config.cache_entries / SHARDS).max(16);
+        let cap = self.shard_cap;
         let Some(store) = &self.store else {
             return;
         };
@@ -586,7 +713,7 @@ impl Shared {
         let mut victims: Vec<(std::cmp::Reverse<u32>, (u8, u64))> = shard
             .iter()
             .filter(|(_, e)| self.spill || !e.dirty)
-            .map(|(k, e)| (std::cmp::Reverse(clock.wrapping_sub(e.used)), *k))
+            .map(|(k, e)| (std::cmp::Reverse(clock.wrapping_sub(e.used)), k))
             .collect();
         if victims.len() > excess {
             victims.select_nth_unstable(excess);
@@ -596,7 +723,7 @@ impl Shared {
             let mut batch = Batch::new();
             for (_, k) in &victims {
                 if let Some(e) = shard.get(k).filter(|e| e.dirty) {
-                    ENTITIES.put_touched(&mut batch, k, e.agg.touched, &e.agg);
+                    ENTITIES.put_touched(&mut batch, k, e.touched, &e.agg());
                 }
             }
             let written = batch.len() as u64;
@@ -608,6 +735,7 @@ impl Shared {
             } else {
                 self.spilled.fetch_add(written, Ordering::Relaxed);
             }
+            shard.generation += 1;
         }
         for (_, k) in &victims {
             shard.remove(k);
@@ -620,6 +748,8 @@ impl Shared {
 pub struct EntityHandle {
     shared: Arc<Shared>,
     missing: Vec<(u8, u64)>,
+    /// Each shard's generation when the batched read started.
+    generations: Vec<u64>,
 }
 
 impl Enrich for EntityHandle {
@@ -639,16 +769,36 @@ impl Enrich for EntityHandle {
         if self.missing.is_empty() {
             return;
         }
-        self.missing.sort_unstable();
+        // By shard, so each shard's results are applied under one lock, all or none.
+        self.missing.sort_unstable_by_key(|k| (shard_of(k), *k));
         self.missing.dedup();
+        self.generations.clear();
+        self.generations
+            .extend(self.shared.shards.iter().map(|s| lock(s).generation));
         match ENTITIES.multi_get(store, &self.missing) {
             Ok(found) => {
-                for (k, agg) in self.missing.iter().zip(found) {
-                    if let Some(agg) = agg {
-                        let mut shard = lock(&self.shared.shards[shard_of(k)]);
-                        if !shard.contains_key(k) {
-                            self.shared.evict(&mut shard);
-                            shard.insert(*k, agg, false);
+                let mut results = self.missing.iter().zip(found).peekable();
+                while let Some((first, _)) = results.peek() {
+                    let index = shard_of(first);
+                    let mut shard = lock(&self.shared.shards[index]);
+                    // Another worker wrote to the store meanwhile: its single-key reads
+                    // will see the truth.
+                    let fresh = shard.generation == self.generations[index];
+                    while let Some((k, agg)) = results.next_if(|(k, _)| shard_of(k) == index) {
+                        if !fresh || shard.contains_key(k) {
+                            continue;
+                        }
+                        match agg {
+                            Some(agg) => {
+                                self.shared.evict(&mut shard);
+                                shard.insert(*k, agg, false);
+                            }
+                            None => {
+                                if shard.absent.len() >= ABSENT_HINTS {
+                                    shard.absent.clear();
+                                }
+                                shard.absent.insert(*k);
+                            }
                         }
                     }
                 }
@@ -663,7 +813,7 @@ impl Enrich for EntityHandle {
         let aggs = KINDS.map(|kind| {
             let k = (kind as u8, key_of(entities, kind));
             let mut shard = lock(&self.shared.shards[shard_of(&k)]);
-            self.shared.load(&mut shard, k).map(|e| e.agg)
+            self.shared.load(&mut shard, k).map(|e| e.agg())
         });
         let values = self.shared.values(&aggs, ts);
         features.extend(
@@ -692,10 +842,12 @@ impl Enrich for EntityHandle {
                 shard.insert(k, Aggregate::new(ts), true);
             }
             if let Some(entry) = shard.get_mut(&k) {
-                if self.shared.expired(&entry.agg, ts) {
-                    entry.agg = Aggregate::new(ts);
+                let mut agg = entry.agg();
+                if self.shared.expired(&agg, ts) {
+                    agg = Aggregate::new(ts);
                 }
-                entry.agg.add(ts, what, &self.shared.inv_half_lives);
+                agg.add(ts, what, &self.shared.inv_half_lives);
+                entry.set(&agg);
                 entry.dirty = true;
             }
         }
@@ -805,11 +957,7 @@ mod tests {
     #[test]
     fn checkpointed_entities_are_evicted_and_read_back_from_the_durable_copy() {
         let durable = StateStore::memory();
-        let config = EntityConfig {
-            cache_entries: 1024,
-            ..EntityConfig::default()
-        };
-        let s = EntityStore::new(&config, 22, Some(durable.clone()));
+        let s = EntityStore::new(&EntityConfig::default(), 22, Some(durable.clone())).capped(1024);
         let mut h = s.handle();
         let all: Vec<Entities> = (0..3000)
             .map(|u| entities(&format!("u{u}"), &format!("i{u}"), "c"))
@@ -855,12 +1003,11 @@ mod tests {
     fn a_scratch_store_bounds_memory_and_never_changes_a_feature() {
         // The same events into an unbounded in-memory store and into a small cache over a
         // scratch RocksDB: every feature value must be identical, with eviction at work.
-        let config = EntityConfig {
-            cache_entries: 1024,
-            ..EntityConfig::default()
-        };
+        let config = EntityConfig::default();
         let unbounded = EntityStore::new(&config, 22, None);
-        let bounded = EntityStore::scratch(&config, 22, &StateConfig::default()).unwrap();
+        let bounded = EntityStore::scratch(&config, 22, &StateConfig::default())
+            .unwrap()
+            .capped(1024);
         let (mut hu, mut hb) = (unbounded.handle(), bounded.handle());
         let all: Vec<Entities> = (0..4000)
             .map(|u| entities(&format!("u{}", u % 1500), &format!("i{}", u % 700), "c"))
@@ -928,7 +1075,7 @@ mod tests {
         let bad = EntityConfig {
             half_lives_ms: [10, 5],
             prior_ctr: 1.5,
-            cache_entries: 3,
+            cache_mb: 0,
             ..EntityConfig::default()
         };
         let problems = bad.validate();

@@ -113,7 +113,7 @@ pub struct ReplayReport {
     /// The model after the run.
     pub model: ModelReport,
     /// Entity features at the end: how many were in memory, and how many writes went to
-    /// the scratch store because memory was full (`features.entity.cache_entries`).
+    /// the scratch store because memory was full (`features.entity.cache_mb`).
     pub entities: EntitiesReport,
     /// Drift alerts raised, in event-time order, in the contract's form (`resolved`
     /// messages included).
