@@ -817,4 +817,41 @@ mod tests {
         off.confirm(changes);
         assert!(RESPONSE.get(&store, &(0, RESPONSE_PART)).unwrap().is_none());
     }
+
+    /// Through [`Checkpointer`] on RocksDB: a commit holds the running challenger, a
+    /// reopened state gives it back to the policy.
+    #[test]
+    fn a_checkpointer_commits_the_challenger_and_a_reopened_state_resumes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = PipelineConfig::default();
+        config.state.dir = dir.path().join("state");
+        config.model.bits = 10;
+        config.drift.response = response_config();
+        let open = || {
+            let (checkpointer, resumed) = Checkpointer::open(&config, 1).unwrap();
+            let response = Response::new(&config.drift.response, &resumed.model).unwrap();
+            checkpointer.resume_response(Some(&response)).unwrap();
+            (checkpointer, resumed.model, response)
+        };
+        let (checkpointer, model, response) = open();
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        learn(&mut serving, &examples(5_000, false, 1));
+        response.confirm(99);
+        learn(&mut serving, &examples(1_024, true, 2));
+        checkpointer.commit(1, 0, || Ok(())).unwrap();
+        let before = response.snapshot();
+        assert!(before.0.challenger.is_some());
+        drop((serving, checkpointer));
+
+        let (checkpointer, restored, again) = open();
+        assert_eq!(checkpointer.epoch(), 1);
+        assert_eq!(digest(&restored), digest(&model));
+        let after = again.snapshot();
+        assert_eq!(after.0, before.0);
+        assert_eq!(
+            after.1.as_ref().map(digest),
+            before.1.as_ref().map(digest),
+            "the challenger's coordinates"
+        );
+    }
 }
