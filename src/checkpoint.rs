@@ -719,7 +719,7 @@ mod tests {
             shadow: ModelShadow,
             policy: PolicyCheckpoint,
         ) -> Self {
-            let serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+            let serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
             Self {
                 model,
                 response,
@@ -770,16 +770,18 @@ mod tests {
         let stored = RESPONSE.get(&store, &(0, RESPONSE_PART)).unwrap().unwrap();
         assert_eq!(stored, ResponseState::default());
 
-        // A challenger runs; checkpoint it at a chunk boundary (no partial chunks).
+        // A challenger runs; checkpoint it twice, the second time with a partial chunk.
         a.response.confirm(1234);
         learn(&mut a.serving, &examples(512, true, 2));
         a.checkpoint(&store);
         assert!(stored_blocks(&store, CHALLENGER) > 0);
-        learn(&mut a.serving, &examples(256, true, 3));
+        learn(&mut a.serving, &examples(300, true, 3));
         a.checkpoint(&store);
         let (state, champion, challenger) = a.state();
         let window = state.challenger.as_ref().expect("running").losses.clone();
         assert_eq!(window.total().n, 768);
+        assert_eq!(state.partials.len(), 1);
+        assert_eq!(state.partials[0].1.n, 44, "{:?}", state.partials);
 
         // Restored: the same champion, challenger, window and generation.
         let mut b = Process::resumed(&store, a.model.version());
@@ -834,7 +836,7 @@ mod tests {
             (checkpointer, resumed.model, response)
         };
         let (checkpointer, model, response) = open();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
         learn(&mut serving, &examples(5_000, false, 1));
         response.confirm(99);
         learn(&mut serving, &examples(1_024, true, 2));

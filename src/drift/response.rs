@@ -45,10 +45,13 @@
 //! With durable state (`state.dir`) the checkpoint holds the policy ([`ResponseState`]:
 //! the serving generation, the running challenger's window and announcements pending) and
 //! the challenger's coordinates, incrementally like the champion's (`crate::checkpoint`).
-//! A restart rebuilds the challenger and it continues. Not kept: each worker's partial
-//! chunk (fewer than [`CHUNK`] examples per worker not yet published to the window); both
-//! models learned from those examples, only the comparison forgets them.
+//! Each worker's partial chunk (fewer than [`CHUNK`] examples not yet published to the
+//! window) is kept too: a handle mirrors it into a slot the checkpoint reads (three
+//! relaxed stores per example while a challenger runs, no lock). A restart rebuilds the
+//! challenger, hands every worker its partial chunk back, and the comparison continues
+//! exactly where it stood.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -297,6 +300,35 @@ struct Shared {
     promotions: Vec<Promotion>,
     /// Challengers started so far.
     started: u64,
+    /// Every handle's partial chunk, by worker.
+    partials: Vec<(u32, Arc<Partial>)>,
+    /// Partial chunks restored from a checkpoint, for the handles to take when created.
+    restored: HashMap<u32, Tally>,
+}
+
+/// A handle's partial chunk, mirrored for checkpoints: written by its worker only.
+#[derive(Debug, Default)]
+struct Partial {
+    n: AtomicU64,
+    champion: AtomicU64,
+    challenger: AtomicU64,
+}
+
+impl Partial {
+    #[inline]
+    fn store(&self, t: &Tally) {
+        self.n.store(t.n, Relaxed);
+        self.champion.store(t.champion.to_bits(), Relaxed);
+        self.challenger.store(t.challenger.to_bits(), Relaxed);
+    }
+
+    fn load(&self) -> Tally {
+        Tally {
+            n: self.n.load(Relaxed),
+            champion: f64::from_bits(self.champion.load(Relaxed)),
+            challenger: f64::from_bits(self.challenger.load(Relaxed)),
+        }
+    }
 }
 
 /// The policy's state in a checkpoint (the challenger's coordinates are stored apart).
@@ -310,6 +342,8 @@ pub struct ResponseState {
     pub challenger: Option<ChallengerState>,
     /// Promotions not announced yet.
     pub promotions: Vec<Promotion>,
+    /// The running challenger's partial chunks, by worker (none without a challenger).
+    pub partials: Vec<(u32, Tally)>,
 }
 
 /// A running challenger, but for its model.
@@ -392,18 +426,28 @@ impl Response {
                 losses: c.losses.clone(),
             }),
             promotions: shared.promotions.clone(),
+            partials: match shared.challenger {
+                Some(_) => shared
+                    .partials
+                    .iter()
+                    .map(|(w, p)| (*w, p.load()))
+                    .filter(|(_, t)| t.n > 0)
+                    .collect(),
+                None => Vec::new(),
+            },
         };
         (state, shared.challenger.as_ref().map(|c| c.model.clone()))
     }
 
     /// Continues from a checkpoint: `state`, with `model` the challenger's coordinates
-    /// when `state` has one (a challenger without its model is dropped, logged). Every
-    /// handle picks the challenger up at its next update.
+    /// when `state` has one (a challenger without its model is dropped, logged). Call
+    /// before creating the handles: each takes its worker's partial chunk back.
     pub fn restore(&self, state: ResponseState, model: Option<Model>) {
         let mut shared = self.lock();
         self.generation.store(state.generation, Relaxed);
         shared.started = state.started;
         shared.promotions = state.promotions;
+        shared.restored = state.partials.into_iter().collect();
         shared.challenger = match (state.challenger, model) {
             (Some(c), Some(model)) => Some(Challenger {
                 serial: c.serial,
@@ -568,20 +612,37 @@ struct PolicyHandle {
     epoch: u64,
     challenger: Option<ModelHandle>,
     tally: Tally,
+    /// `tally`, for checkpoints.
+    partial: Arc<Partial>,
 }
 
 impl Serving {
-    /// Serves and learns through `champion`, under `response` when there is one.
-    pub fn new(champion: ModelHandle, response: Option<Arc<Response>>) -> Self {
-        Self {
-            champion,
-            policy: response.map(|response| PolicyHandle {
+    /// Worker `worker`'s learner: serves and learns through `champion`, under `response`
+    /// when there is one (continuing its partial chunk if `response` was restored).
+    pub fn new(champion: ModelHandle, response: Option<Arc<Response>>, worker: usize) -> Self {
+        let policy = response.map(|response| {
+            let partial = Arc::new(Partial::default());
+            let (epoch, challenger, tally) = {
+                let mut shared = response.lock();
+                let w = worker as u32;
+                shared.partials.push((w, Arc::clone(&partial)));
+                let tally = shared.restored.remove(&w).unwrap_or_default();
+                (
+                    response.epoch.load(Acquire),
+                    shared.challenger.as_ref().map(|c| c.model.handle()),
+                    tally,
+                )
+            };
+            partial.store(&tally);
+            PolicyHandle {
                 response,
-                epoch: 0,
-                challenger: None,
-                tally: Tally::default(),
-            }),
-        }
+                epoch,
+                challenger,
+                tally,
+                partial,
+            }
+        });
+        Self { champion, policy }
     }
 }
 
@@ -594,6 +655,7 @@ impl PolicyHandle {
         self.epoch = self.response.epoch.load(Acquire);
         self.challenger = shared.challenger.as_ref().map(|c| c.model.handle());
         self.tally = Tally::default();
+        self.partial.store(&self.tally);
     }
 }
 
@@ -626,6 +688,7 @@ impl Learner for Serving {
             let chunk = std::mem::take(t);
             policy.response.publish(policy.epoch, &chunk);
         }
+        policy.partial.store(&policy.tally);
     }
 
     #[inline]
@@ -783,7 +846,7 @@ mod tests {
         })
         .unwrap();
         let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
         run(&mut serving, &examples(200_000, false, 1));
         assert_eq!(serving.version(), 200_000, "generation 0 before any drift");
         let before = serving.predict(&examples(1, false, 3)[0].0);
@@ -873,7 +936,7 @@ mod tests {
         })
         .unwrap();
         let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
         run(&mut serving, &examples(50_000, false, 1));
         // A drift alert from the detectors starts the challenger; its own alerts do not.
         let mut alerts = vec![Alert {
