@@ -7,7 +7,9 @@
 //! processed, the attribution windows' impressions with the features they were scored
 //! with — incrementally, see `JoinState` — cursors and counters) and its progressive
 //! metrics; the model blocks changed since the last checkpoint ([`ModelShadow`]); the
-//! entity counters changed since ([`EntityStore::checkpoint_into`]); and the manifest.
+//! entity counters changed since ([`EntityStore::checkpoint_into`]); the response policy
+//! ([`ResponseState`]) and its running challenger's changed blocks, when the policy is on;
+//! and the manifest.
 //!
 //! # A consistent cut, without stopping the world for long
 //!
@@ -35,8 +37,8 @@
 //! transaction per checkpoint and consumers in `read_committed`; not done yet).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -45,9 +47,10 @@ use ctrflow_state::{Batch, CommitStats, Durable, Manifest, Recovery, Table, Tabl
 
 use crate::config::PipelineConfig;
 use crate::drift::Drift;
+use crate::drift::response::{Response, ResponseState};
 use crate::entity::EntityStore;
 use crate::model::Model;
-use crate::model::checkpoint::ModelShadow;
+use crate::model::checkpoint::{CHALLENGER, ModelChanges, ModelShadow};
 use crate::pipeline::Restored;
 use crate::progressive::Progressive;
 
@@ -64,6 +67,9 @@ const INPUT_PART: u8 = 2;
 /// worker 0's hold anything (the `Detect` operator routes everything to it).
 const DETECT: Table<(u32, u8), DetectState<Drift>> = Table::new(TableId::Operators);
 const DETECT_PART: u8 = 4;
+/// The response policy, under `(0, RESPONSE_PART)` (one per process, kept by worker 0).
+const RESPONSE: Table<(u32, u8), ResponseState> = Table::new(TableId::Operators);
+const RESPONSE_PART: u8 = 5;
 /// The topic the offsets are of, in [`TableId::Meta`]: a state directory belongs to one.
 const SOURCE: Table<String, String> = Table::new(TableId::Meta);
 const SOURCE_KEY: &str = "source_topic";
@@ -93,6 +99,7 @@ pub struct Checkpointer {
     model: Model,
     entities: EntityStore,
     shadow: Mutex<ModelShadow>,
+    policy: Mutex<PolicyCheckpoint>,
     workers: usize,
     interval: Duration,
     topic: String,
@@ -193,6 +200,7 @@ impl Checkpointer {
             model: model.clone(),
             entities: entities.clone(),
             shadow: Mutex::new(shadow),
+            policy: Mutex::new(PolicyCheckpoint::default()),
             workers,
             interval: Duration::from_millis(config.state.checkpoint_interval_ms),
             topic: config.kafka.topics.events.clone(),
@@ -257,6 +265,15 @@ impl Checkpointer {
             aggregates,
             detect,
         }))
+    }
+
+    /// Restores the response policy `response` (`None`: off) from the checkpoint resumed
+    /// from, and checkpoints it from now on. Call once, before the workers start.
+    pub fn resume_response(&self, response: Option<&Arc<Response>>) -> anyhow::Result<()> {
+        let policy = PolicyCheckpoint::restore(self.durable.store(), &self.model, response)
+            .context("restoring the response policy")?;
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = policy;
+        Ok(())
     }
 
     /// Rounds requested so far.
@@ -375,6 +392,8 @@ impl Checkpointer {
                 std::mem::take(&mut *self.parts.lock().unwrap_or_else(|e| e.into_inner()));
             let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
             let changes = shadow.changes_into(&self.model, &mut batch);
+            let mut policy = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+            let policy_changes = policy.changes_into(&mut batch);
             self.entities
                 .checkpoint_into(&mut batch, watermark.min(i64::MAX as u64) as i64);
             // Lifetime totals of the state, by merge (no read-modify-write).
@@ -393,6 +412,7 @@ impl Checkpointer {
             };
             let stats = self.durable.commit(batch, &manifest)?;
             shadow.confirm(changes);
+            policy.confirm(policy_changes);
             self.entities.checkpoint_done();
             self.sent_committed.store(sent, SeqCst);
             Ok(stats)
@@ -474,5 +494,366 @@ impl Checkpointer {
             mean_pause_secs: total / (committed + failed).max(1) as f64,
             max_pause_secs: max,
         }
+    }
+}
+
+/// What the checkpoints hold of the response policy: its state, and the running
+/// challenger's coordinates (incremental, under [`CHALLENGER`] in the model table).
+#[derive(Debug, Default)]
+struct PolicyCheckpoint {
+    response: Option<Arc<Response>>,
+    /// The stored challenger: its serial and its coordinates as of the last checkpoint.
+    challenger: Option<(u64, ModelShadow)>,
+    /// Whether the store holds a [`RESPONSE`] part.
+    stored: bool,
+}
+
+/// A round's changes to the stored policy, to confirm once committed.
+#[derive(Debug)]
+struct PolicyChanges {
+    challenger: ChallengerChanges,
+    stored: bool,
+}
+
+#[derive(Debug)]
+enum ChallengerChanges {
+    /// Same challenger (or none, as before): these blocks changed.
+    Blocks(ModelChanges),
+    /// The stored challenger ended; another (or none) is stored from now on.
+    Replaced(Option<(u64, ModelShadow, ModelChanges)>),
+}
+
+impl PolicyCheckpoint {
+    /// Reads the policy stored in `store` into `response` (rebuilding a stored challenger
+    /// from `champion`'s config). With the policy off, a stored challenger is deleted by
+    /// the next checkpoint.
+    fn restore(
+        store: &ctrflow_state::StateStore,
+        champion: &Model,
+        response: Option<&Arc<Response>>,
+    ) -> anyhow::Result<Self> {
+        let state = RESPONSE.get(store, &(0, RESPONSE_PART))?;
+        let mut policy = Self {
+            response: response.cloned(),
+            challenger: None,
+            stored: state.is_some(),
+        };
+        let Some(state) = state else {
+            return Ok(policy);
+        };
+        let model = match &state.challenger {
+            Some(c) => {
+                let model = Model::from_config(&champion.config())?;
+                let shadow = ModelShadow::restore_at(&model, store, CHALLENGER)?;
+                policy.challenger = Some((c.serial, shadow));
+                Some(model)
+            }
+            None => None,
+        };
+        match response {
+            Some(response) => {
+                tracing::info!(
+                    generation = state.generation,
+                    challenger = state.challenger.is_some(),
+                    "Resuming the response policy."
+                );
+                response.restore(state, model);
+            }
+            None => tracing::warn!(
+                generation = state.generation,
+                challenger = state.challenger.is_some(),
+                "The checkpoint holds a response policy but drift.response is off: it is dropped."
+            ),
+        }
+        Ok(policy)
+    }
+
+    /// Adds the policy's changes since the last checkpoint to `batch`: its state, the
+    /// challenger's changed blocks; when the stored challenger ended, the deletion of its
+    /// blocks (before the next one's).
+    fn changes_into(&self, batch: &mut Batch) -> PolicyChanges {
+        let (state, model) = match &self.response {
+            Some(response) => {
+                let (state, model) = response.snapshot();
+                (Some(state), model)
+            }
+            None => (None, None),
+        };
+        let serial = state
+            .as_ref()
+            .and_then(|s| s.challenger.as_ref())
+            .map(|c| c.serial);
+        let current = serial.zip(model);
+        let challenger = match (&self.challenger, current) {
+            (Some((stored, shadow)), Some((serial, model))) if *stored == serial => {
+                ChallengerChanges::Blocks(shadow.changes_into(&model, batch))
+            }
+            (None, None) => ChallengerChanges::Blocks(ModelChanges::default()),
+            (old, new) => {
+                if let Some((_, shadow)) = old {
+                    shadow.delete_into(batch);
+                }
+                ChallengerChanges::Replaced(new.map(|(serial, model)| {
+                    let shadow = ModelShadow::fresh_at(&model, CHALLENGER);
+                    let changes = shadow.changes_into(&model, batch);
+                    (serial, shadow, changes)
+                }))
+            }
+        };
+        match &state {
+            Some(state) => RESPONSE.put(batch, &(0, RESPONSE_PART), state),
+            None if self.stored => RESPONSE.delete(batch, &(0, RESPONSE_PART)),
+            None => {}
+        }
+        PolicyChanges {
+            challenger,
+            stored: state.is_some(),
+        }
+    }
+
+    /// The changes were committed.
+    fn confirm(&mut self, changes: PolicyChanges) {
+        self.stored = changes.stored;
+        match changes.challenger {
+            ChallengerChanges::Blocks(blocks) => {
+                if let Some((_, shadow)) = &mut self.challenger {
+                    shadow.confirm(blocks);
+                }
+            }
+            ChallengerChanges::Replaced(next) => {
+                self.challenger = next.map(|(serial, mut shadow, blocks)| {
+                    shadow.confirm(blocks);
+                    (serial, shadow)
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ctrflow_dataflows::Learner;
+    use ctrflow_dataflows::record::Feature;
+    use ctrflow_state::StateStore;
+
+    use super::*;
+    use crate::drift::response::{ChallengerStart, ResponseConfig, Serving};
+    use crate::model::ModelConfig;
+    use crate::model::checkpoint::{digest, stored_blocks};
+
+    fn response_config() -> ResponseConfig {
+        ResponseConfig {
+            enabled: true,
+            start: ChallengerStart::Warm,
+            margin: 0.05,
+            window: 1000,
+            min_examples: 2000,
+            max_examples: 100_000,
+        }
+    }
+
+    fn model() -> Model {
+        Model::from_config(&ModelConfig {
+            bits: 10,
+            ..ModelConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// `n` examples over 20 items (one feature each plus a shared one): item `i` is
+    /// clicked with probability 0.8 when its parity matches `flipped`, 0.05 otherwise.
+    fn examples(n: usize, flipped: bool, seed: u64) -> Vec<(Vec<Feature>, bool)> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                let item = (state >> 40) as u32 % 20;
+                let hot = item.is_multiple_of(2) != flipped;
+                let x = vec![
+                    Feature {
+                        index: item,
+                        value: 1.0,
+                    },
+                    Feature {
+                        index: 100,
+                        value: 1.0,
+                    },
+                ];
+                (x, u < if hot { 0.8 } else { 0.05 })
+            })
+            .collect()
+    }
+
+    fn learn(serving: &mut Serving, examples: &[(Vec<Feature>, bool)]) {
+        for (x, y) in examples {
+            serving.update(x, *y);
+        }
+        serving.flush();
+    }
+
+    /// One process's checkpointed parts: the champion's shadow and the policy's.
+    struct Process {
+        model: Model,
+        response: Arc<Response>,
+        serving: Serving,
+        shadow: ModelShadow,
+        policy: PolicyCheckpoint,
+    }
+
+    impl Process {
+        fn fresh() -> Self {
+            let model = model();
+            let response = Response::new(&response_config(), &model).unwrap();
+            let policy =
+                PolicyCheckpoint::restore(&StateStore::memory(), &model, Some(&response)).unwrap();
+            let shadow = ModelShadow::fresh(&model);
+            Self::with(model, response, shadow, policy)
+        }
+
+        fn with(
+            model: Model,
+            response: Arc<Response>,
+            shadow: ModelShadow,
+            policy: PolicyCheckpoint,
+        ) -> Self {
+            let serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
+            Self {
+                model,
+                response,
+                serving,
+                shadow,
+                policy,
+            }
+        }
+
+        /// A restart from the checkpoint in `store`, taken at champion `version`.
+        fn resumed(store: &StateStore, version: u64) -> Self {
+            let model = model();
+            let response = Response::new(&response_config(), &model).unwrap();
+            let shadow = ModelShadow::restore(&model, store, version).unwrap();
+            let policy = PolicyCheckpoint::restore(store, &model, Some(&response)).unwrap();
+            Self::with(model, response, shadow, policy)
+        }
+
+        fn checkpoint(&mut self, store: &StateStore) -> usize {
+            let mut batch = Batch::new();
+            let changes = self.shadow.changes_into(&self.model, &mut batch);
+            let policy = self.policy.changes_into(&mut batch);
+            let ops = batch.len();
+            store.write(batch).unwrap();
+            self.shadow.confirm(changes);
+            self.policy.confirm(policy);
+            ops
+        }
+
+        /// The policy's state and the digests of the champion and the challenger.
+        fn state(&self) -> (ResponseState, u64, Option<u64>) {
+            let (state, challenger) = self.response.snapshot();
+            (state, digest(&self.model), challenger.as_ref().map(digest))
+        }
+    }
+
+    #[test]
+    fn a_running_challenger_is_checkpointed_restored_and_continues_exactly() {
+        let store = StateStore::memory();
+        let mut a = Process::fresh();
+        learn(&mut a.serving, &examples(20_000, false, 1));
+        a.checkpoint(&store);
+        assert_eq!(
+            stored_blocks(&store, CHALLENGER),
+            0,
+            "no challenger, no blocks"
+        );
+        let stored = RESPONSE.get(&store, &(0, RESPONSE_PART)).unwrap().unwrap();
+        assert_eq!(stored, ResponseState::default());
+
+        // A challenger runs; checkpoint it twice, the second time with a partial chunk.
+        a.response.confirm(1234);
+        learn(&mut a.serving, &examples(512, true, 2));
+        a.checkpoint(&store);
+        assert!(stored_blocks(&store, CHALLENGER) > 0);
+        learn(&mut a.serving, &examples(300, true, 3));
+        a.checkpoint(&store);
+        let (state, champion, challenger) = a.state();
+        let window = state.challenger.as_ref().expect("running").losses.clone();
+        assert_eq!(window.total().n, 768);
+        assert_eq!(state.partials.len(), 1);
+        assert_eq!(state.partials[0].1.n, 44, "{:?}", state.partials);
+
+        // Restored: the same champion, challenger, window and generation.
+        let mut b = Process::resumed(&store, a.model.version());
+        assert_eq!(b.state(), (state, champion, challenger));
+
+        // Both continue alike, to the promotion.
+        let more = examples(4096, true, 4);
+        learn(&mut a.serving, &more);
+        learn(&mut b.serving, &more);
+        assert_eq!(a.response.generation(), 1, "promoted");
+        assert_eq!(a.state(), b.state());
+        assert_eq!(a.serving.version(), b.serving.version());
+        assert_eq!(b.serving.version() >> 48, 1);
+
+        // The ended challenger's blocks go with the checkpoint that follows; the
+        // generation stays.
+        a.checkpoint(&store);
+        assert_eq!(stored_blocks(&store, CHALLENGER), 0);
+        let c = Process::resumed(&store, a.model.version());
+        assert_eq!(c.response.generation(), 1);
+        assert!(!c.response.challenging());
+        assert_eq!(c.state(), a.state());
+
+        // With the policy off nothing of it is stored, and a stored one is deleted.
+        let mut off = PolicyCheckpoint::default();
+        let mut batch = Batch::new();
+        let changes = off.changes_into(&mut batch);
+        assert!(batch.is_empty());
+        off.confirm(changes);
+        let mut off = PolicyCheckpoint::restore(&store, &model(), None).unwrap();
+        let mut batch = Batch::new();
+        let changes = off.changes_into(&mut batch);
+        assert_eq!(batch.len(), 1, "the policy part is deleted");
+        store.write(batch).unwrap();
+        off.confirm(changes);
+        assert!(RESPONSE.get(&store, &(0, RESPONSE_PART)).unwrap().is_none());
+    }
+
+    /// Through [`Checkpointer`] on RocksDB: a commit holds the running challenger, a
+    /// reopened state gives it back to the policy.
+    #[test]
+    fn a_checkpointer_commits_the_challenger_and_a_reopened_state_resumes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = PipelineConfig::default();
+        config.state.dir = dir.path().join("state");
+        config.model.bits = 10;
+        config.drift.response = response_config();
+        let open = || {
+            let (checkpointer, resumed) = Checkpointer::open(&config, 1).unwrap();
+            let response = Response::new(&config.drift.response, &resumed.model).unwrap();
+            checkpointer.resume_response(Some(&response)).unwrap();
+            (checkpointer, resumed.model, response)
+        };
+        let (checkpointer, model, response) = open();
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
+        learn(&mut serving, &examples(5_000, false, 1));
+        response.confirm(99);
+        learn(&mut serving, &examples(1_024, true, 2));
+        checkpointer.commit(1, 0, || Ok(())).unwrap();
+        let before = response.snapshot();
+        assert!(before.0.challenger.is_some());
+        drop((serving, checkpointer));
+
+        let (checkpointer, restored, again) = open();
+        assert_eq!(checkpointer.epoch(), 1);
+        assert_eq!(digest(&restored), digest(&model));
+        let after = again.snapshot();
+        assert_eq!(after.0, before.0);
+        assert_eq!(
+            after.1.as_ref().map(digest),
+            before.1.as_ref().map(digest),
+            "the challenger's coordinates"
+        );
     }
 }

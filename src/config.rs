@@ -347,10 +347,11 @@ impl PipelineConfig {
         self.kafka.validate(&mut problems);
         problems.extend(self.state.validate());
         problems.extend(self.drift.validate());
-        problems.extend(self.drift.response.validate_with(
-            self.drift.enabled && self.drift.concept.enabled,
-            self.state.is_durable(),
-        ));
+        problems.extend(
+            self.drift
+                .response
+                .validate_with(self.drift.enabled && self.drift.concept.enabled),
+        );
         self.telemetry.validate(&mut problems);
         problems
     }

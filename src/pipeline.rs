@@ -220,12 +220,13 @@ fn build_inner(
         _ => MaybeEntities::Off,
     };
     let id = worker.next_dataflow_index();
+    let index = worker.index();
     worker.dataflow::<Watermark, _, _>(|scope| {
         let (scored, examples) = input
             .to_stream(scope)
             .container::<Vec<Interaction>>()
             .learn_online(
-                Serving::new(model.handle(), response),
+                Serving::new(model.handle(), response, index),
                 enrich,
                 Rc::clone(&join),
                 on_examples.is_some(),

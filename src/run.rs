@@ -447,6 +447,9 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     let timeline = Mutex::new(timeline);
     let alerts_topic = alerts_topic(&config, &sink);
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
+    if let Some(c) = &checkpointer {
+        c.resume_response(response.as_ref())?;
+    }
     let guards = {
         let config = config.clone();
         let checkpointer = checkpointer.clone();

@@ -42,10 +42,16 @@
 //!
 //! # Checkpoints
 //!
-//! The challenger is not checkpointed yet: [`ResponseConfig::validate_with_state`] refuses
-//! the policy with durable state (`state.dir`), rather than lose the challenger at a
-//! restart silently.
+//! With durable state (`state.dir`) the checkpoint holds the policy ([`ResponseState`]:
+//! the serving generation, the running challenger's window and announcements pending) and
+//! the challenger's coordinates, incrementally like the champion's (`crate::checkpoint`).
+//! Each worker's partial chunk (fewer than [`CHUNK`] examples not yet published to the
+//! window) is kept too: a handle mirrors it into a slot the checkpoint reads (three
+//! relaxed stores per example while a challenger runs, no lock). A restart rebuilds the
+//! challenger, hands every worker its partial chunk back, and the comparison continues
+//! exactly where it stood.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -163,18 +169,14 @@ impl ResponseConfig {
     }
 
     /// The problems of running the policy with the rest of the pipeline: it needs the
-    /// concept detectors to trigger it, and no durable state (the challenger is not
-    /// checkpointed).
-    pub fn validate_with(&self, concept_enabled: bool, durable_state: bool) -> Vec<String> {
+    /// concept detectors to trigger it.
+    pub fn validate_with(&self, concept_enabled: bool) -> Vec<String> {
         let mut p = Vec::new();
         if !self.enabled {
             return p;
         }
         if !concept_enabled {
             p.push("drift.response.enabled = true needs the concept-drift detectors (drift.enabled and drift.concept.enabled = true) to start a challenger; enable them or set drift.response.enabled = false".to_owned());
-        }
-        if durable_state {
-            p.push("drift.response.enabled = true cannot run with durable state (state.dir is set): the challenger model is not checkpointed yet, a restart would lose it; set drift.response.enabled = false or state.dir = \"\"".to_owned());
         }
         p
     }
@@ -192,7 +194,7 @@ pub enum Verdict {
 }
 
 /// Losses summed over a run of examples.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
     /// Examples.
     pub n: u64,
@@ -223,7 +225,7 @@ impl Tally {
 }
 
 /// The last `window` examples' losses, in published chunks.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossWindow {
     chunks: VecDeque<Tally>,
     total: Tally,
@@ -268,7 +270,7 @@ impl LossWindow {
 }
 
 /// A promotion, for the `Detect` operator to announce.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Promotion {
     /// The generation now serving.
     pub generation: u64,
@@ -285,6 +287,8 @@ pub struct Promotion {
 }
 
 struct Challenger {
+    /// Which challenger this is: challengers started before it (over the state's life).
+    serial: u64,
     model: Model,
     from: EventTime,
     losses: LossWindow,
@@ -294,6 +298,64 @@ struct Challenger {
 struct Shared {
     challenger: Option<Challenger>,
     promotions: Vec<Promotion>,
+    /// Challengers started so far.
+    started: u64,
+    /// Every handle's partial chunk, by worker.
+    partials: Vec<(u32, Arc<Partial>)>,
+    /// Partial chunks restored from a checkpoint, for the handles to take when created.
+    restored: HashMap<u32, Tally>,
+}
+
+/// A handle's partial chunk, mirrored for checkpoints: written by its worker only.
+#[derive(Debug, Default)]
+struct Partial {
+    n: AtomicU64,
+    champion: AtomicU64,
+    challenger: AtomicU64,
+}
+
+impl Partial {
+    #[inline]
+    fn store(&self, t: &Tally) {
+        self.n.store(t.n, Relaxed);
+        self.champion.store(t.champion.to_bits(), Relaxed);
+        self.challenger.store(t.challenger.to_bits(), Relaxed);
+    }
+
+    fn load(&self) -> Tally {
+        Tally {
+            n: self.n.load(Relaxed),
+            champion: f64::from_bits(self.champion.load(Relaxed)),
+            challenger: f64::from_bits(self.challenger.load(Relaxed)),
+        }
+    }
+}
+
+/// The policy's state in a checkpoint (the challenger's coordinates are stored apart).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResponseState {
+    /// The serving generation: promotions so far.
+    pub generation: u64,
+    /// Challengers started so far.
+    pub started: u64,
+    /// The running challenger, if any.
+    pub challenger: Option<ChallengerState>,
+    /// Promotions not announced yet.
+    pub promotions: Vec<Promotion>,
+    /// The running challenger's partial chunks, by worker (none without a challenger).
+    pub partials: Vec<(u32, Tally)>,
+}
+
+/// A running challenger, but for its model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChallengerState {
+    /// Which challenger (see [`ResponseState::started`]): a checkpoint tells by it whether
+    /// the stored coordinates are this challenger's.
+    pub serial: u64,
+    /// Event time of the drift alert that started it.
+    pub from: EventTime,
+    /// Its comparison window.
+    pub losses: LossWindow,
 }
 
 /// The policy's state, shared by the `Detect` operator and every worker's learner.
@@ -346,6 +408,62 @@ impl Response {
         self.lock().challenger.is_some()
     }
 
+    /// The champion the policy serves through.
+    pub fn champion(&self) -> &Model {
+        &self.champion
+    }
+
+    /// The policy's state and the running challenger's model, for a checkpoint (taken
+    /// while no handle learns, so the two agree).
+    pub fn snapshot(&self) -> (ResponseState, Option<Model>) {
+        let shared = self.lock();
+        let state = ResponseState {
+            generation: self.generation.load(Relaxed),
+            started: shared.started,
+            challenger: shared.challenger.as_ref().map(|c| ChallengerState {
+                serial: c.serial,
+                from: c.from,
+                losses: c.losses.clone(),
+            }),
+            promotions: shared.promotions.clone(),
+            partials: match shared.challenger {
+                Some(_) => shared
+                    .partials
+                    .iter()
+                    .map(|(w, p)| (*w, p.load()))
+                    .filter(|(_, t)| t.n > 0)
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        (state, shared.challenger.as_ref().map(|c| c.model.clone()))
+    }
+
+    /// Continues from a checkpoint: `state`, with `model` the challenger's coordinates
+    /// when `state` has one (a challenger without its model is dropped, logged). Call
+    /// before creating the handles: each takes its worker's partial chunk back.
+    pub fn restore(&self, state: ResponseState, model: Option<Model>) {
+        let mut shared = self.lock();
+        self.generation.store(state.generation, Relaxed);
+        shared.started = state.started;
+        shared.promotions = state.promotions;
+        shared.restored = state.partials.into_iter().collect();
+        shared.challenger = match (state.challenger, model) {
+            (Some(c), Some(model)) => Some(Challenger {
+                serial: c.serial,
+                model,
+                from: c.from,
+                losses: c.losses,
+            }),
+            (Some(_), None) => {
+                tracing::error!("The checkpointed challenger has no model: it is dropped.");
+                None
+            }
+            (None, _) => None,
+        };
+        self.epoch.fetch_add(1, Release);
+    }
+
     /// Concept drift was confirmed at event time `ts`: start a challenger from zero, unless
     /// one is running already.
     pub fn confirm(&self, ts: EventTime) {
@@ -366,7 +484,9 @@ impl Response {
             }
         };
         tracing::info!(ts, "Concept drift confirmed: a challenger model starts.");
+        shared.started += 1;
         shared.challenger = Some(Challenger {
+            serial: shared.started,
             model,
             from: ts,
             losses: LossWindow::default(),
@@ -492,20 +612,37 @@ struct PolicyHandle {
     epoch: u64,
     challenger: Option<ModelHandle>,
     tally: Tally,
+    /// `tally`, for checkpoints.
+    partial: Arc<Partial>,
 }
 
 impl Serving {
-    /// Serves and learns through `champion`, under `response` when there is one.
-    pub fn new(champion: ModelHandle, response: Option<Arc<Response>>) -> Self {
-        Self {
-            champion,
-            policy: response.map(|response| PolicyHandle {
+    /// Worker `worker`'s learner: serves and learns through `champion`, under `response`
+    /// when there is one (continuing its partial chunk if `response` was restored).
+    pub fn new(champion: ModelHandle, response: Option<Arc<Response>>, worker: usize) -> Self {
+        let policy = response.map(|response| {
+            let partial = Arc::new(Partial::default());
+            let (epoch, challenger, tally) = {
+                let mut shared = response.lock();
+                let w = worker as u32;
+                shared.partials.push((w, Arc::clone(&partial)));
+                let tally = shared.restored.remove(&w).unwrap_or_default();
+                (
+                    response.epoch.load(Acquire),
+                    shared.challenger.as_ref().map(|c| c.model.handle()),
+                    tally,
+                )
+            };
+            partial.store(&tally);
+            PolicyHandle {
                 response,
-                epoch: 0,
-                challenger: None,
-                tally: Tally::default(),
-            }),
-        }
+                epoch,
+                challenger,
+                tally,
+                partial,
+            }
+        });
+        Self { champion, policy }
     }
 }
 
@@ -518,6 +655,7 @@ impl PolicyHandle {
         self.epoch = self.response.epoch.load(Acquire);
         self.challenger = shared.challenger.as_ref().map(|c| c.model.handle());
         self.tally = Tally::default();
+        self.partial.store(&self.tally);
     }
 }
 
@@ -550,6 +688,7 @@ impl Learner for Serving {
             let chunk = std::mem::take(t);
             policy.response.publish(policy.epoch, &chunk);
         }
+        policy.partial.store(&policy.tally);
     }
 
     #[inline]
@@ -620,11 +759,12 @@ mod tests {
                 "{key}: {problems:?}"
             );
         }
-        let with = c.validate_with(false, true);
+        let with = c.validate_with(false);
         assert!(with.is_empty(), "disabled: no demands");
-        let with = config().validate_with(false, true);
-        assert_eq!(with.len(), 2, "{with:?}");
-        assert!(with[1].contains("state.dir"));
+        let with = config().validate_with(false);
+        assert_eq!(with.len(), 1, "{with:?}");
+        assert!(with[0].contains("drift.concept.enabled"));
+        assert!(config().validate_with(true).is_empty());
     }
 
     #[test]
@@ -706,7 +846,7 @@ mod tests {
         })
         .unwrap();
         let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
         run(&mut serving, &examples(200_000, false, 1));
         assert_eq!(serving.version(), 200_000, "generation 0 before any drift");
         let before = serving.predict(&examples(1, false, 3)[0].0);
@@ -796,7 +936,7 @@ mod tests {
         })
         .unwrap();
         let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)));
+        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
         run(&mut serving, &examples(50_000, false, 1));
         // A drift alert from the detectors starts the challenger; its own alerts do not.
         let mut alerts = vec![Alert {

@@ -7,6 +7,10 @@
 //! comparison pass over 32 MiB at the default `bits = 22`, a few milliseconds) and writes
 //! the blocks that differ. With a Zipf-distributed stream most of the model is cold, so a
 //! checkpoint every 5 s writes a small fraction of it.
+//!
+//! A challenger model (`crate::drift::response`) is stored the same way in the same table,
+//! its block `b` under [`CHALLENGER`]` | b`, and deleted ([`ModelShadow::delete_into`])
+//! when it ends.
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,9 @@ const BLOCKS: Table<u32, Vec<u64>> = Table::new(TableId::Model);
 /// The shape of the stored model, under block number [`SHAPE_KEY`].
 const SHAPE: Table<u32, Shape> = Table::new(TableId::Model);
 const SHAPE_KEY: u32 = u32::MAX;
+/// The key base of a challenger's blocks: above every champion block (a model has fewer
+/// than 2^31 blocks) and below [`SHAPE_KEY`].
+pub const CHALLENGER: u32 = 0x8000_0000;
 
 /// What a stored model must agree with to be restored into a configured one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +40,8 @@ struct Shape {
 #[derive(Debug)]
 pub struct ModelShadow {
     words: Vec<u64>,
+    /// Added to block numbers in keys: 0 for the champion, [`CHALLENGER`].
+    base: u32,
 }
 
 /// Blocks that changed, ready to confirm into the shadow once committed.
@@ -66,9 +75,26 @@ impl ModelShadow {
     /// The shadow of a fresh (all-zero) model: the first checkpoint writes every block
     /// that learned anything.
     pub fn fresh(model: &Model) -> Self {
+        Self::fresh_at(model, 0)
+    }
+
+    /// [`Self::fresh`], for blocks stored under key base `base` ([`CHALLENGER`]).
+    pub fn fresh_at(model: &Model, base: u32) -> Self {
         Self {
             words: vec![0; raw_len(model)],
+            base,
         }
+    }
+
+    /// Deletes every block this shadow's model may have stored (the model ended).
+    pub fn delete_into(&self, batch: &mut Batch) {
+        for b in 0..self.words.len().div_ceil(BLOCK) {
+            BLOCKS.delete(batch, &(self.base | b as u32));
+        }
+    }
+
+    fn holds(&self, key: u32) -> bool {
+        key != SHAPE_KEY && key & CHALLENGER == self.base
     }
 
     /// Adds the blocks of `model` that differ from the shadow to `batch` (and the model's
@@ -81,18 +107,20 @@ impl ModelShadow {
             block.clear();
             block.extend((start..start + old.len()).map(|i| raw(model, i)));
             if block.as_slice() != old {
-                BLOCKS.put(batch, &(b as u32), &block);
+                BLOCKS.put(batch, &(self.base | b as u32), &block);
                 changes.blocks.push((b as u32, block.clone()));
             }
         }
-        SHAPE.put(
-            batch,
-            &SHAPE_KEY,
-            &Shape {
-                config: model.config(),
-                words: self.words.len() as u64,
-            },
-        );
+        if self.base == 0 {
+            SHAPE.put(
+                batch,
+                &SHAPE_KEY,
+                &Shape {
+                    config: model.config(),
+                    words: self.words.len() as u64,
+                },
+            );
+        }
         changes
     }
 
@@ -125,11 +153,28 @@ impl ModelShadow {
                 ),
             });
         }
+        shadow.load(model, store)?;
+        set_version(model, version);
+        Ok(shadow)
+    }
+
+    /// Restores `model` (fresh, of the champion's config: the champion's restore checked
+    /// the shape) from the blocks stored under key base `base`, and returns the matching
+    /// shadow.
+    pub fn restore_at(model: &Model, store: &StateStore, base: u32) -> Result<Self, StateError> {
+        let mut shadow = Self::fresh_at(model, base);
+        shadow.load(model, store)?;
+        Ok(shadow)
+    }
+
+    fn load(&mut self, model: &Model, store: &StateStore) -> Result<(), StateError> {
+        let shadow = self;
         let mut failure = None;
-        BLOCKS.scan_all(store, |b, words| {
-            if b == SHAPE_KEY {
+        BLOCKS.scan_all(store, |key, words| {
+            if !shadow.holds(key) {
                 return true;
             }
+            let b = key & !CHALLENGER;
             let start = b as usize * BLOCK;
             match shadow.words.get_mut(start..start + words.len()) {
                 Some(slot) => {
@@ -154,9 +199,25 @@ impl ModelShadow {
                 Model::Sgd(m) => m.set_raw(i, w),
             }
         }
-        set_version(model, version);
-        Ok(shadow)
+        Ok(())
     }
+}
+
+/// Blocks stored under key base `base` (0: the champion's, [`CHALLENGER`]).
+#[cfg(test)]
+pub(crate) fn stored_blocks(store: &StateStore, base: u32) -> usize {
+    let shadow = ModelShadow {
+        words: Vec::new(),
+        base,
+    };
+    let mut n = 0;
+    BLOCKS
+        .scan_all(store, |key, _| {
+            n += usize::from(shadow.holds(key));
+            true
+        })
+        .unwrap();
+    n
 }
 
 /// The configuration of the model stored in `store`, if one is.
