@@ -5,7 +5,8 @@
 //! Environment: `CTRFLOW_BENCH_IMPRESSIONS` (throughput run, default 300000; 0 skips it),
 //! `CTRFLOW_BENCH_RATES` (latency runs, events/s, default `10000,50000`),
 //! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
-//! (the bench's producer, default 1), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
+//! (the bench's producer, default 5 = librdkafka's default: at 1 ms its client took ~50% of
+//! a core at 50k events/s, which the worker and the broker then lacked), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
 //! `fetch.wait.max.ms`, default 5).
 //! Without `CTRFLOW_BENCH_BROKER` it prints how to run it and exits (so that
 //! `cargo test --all-targets` can build and run it as a no-op).
@@ -259,7 +260,7 @@ fn produce_timed(
     epoch: Instant,
     at: &mut [u64],
 ) -> u64 {
-    let linger = env_or("CTRFLOW_BENCH_PRODUCER_LINGER_MS", 1);
+    let linger = env_or("CTRFLOW_BENCH_PRODUCER_LINGER_MS", 5);
     let mut kafka = KafkaConfig {
         brokers: brokers.to_owned(),
         ..KafkaConfig::default()

@@ -637,6 +637,7 @@ mod tests {
     use ctrflow_state::StateStore;
 
     use super::*;
+    use crate::drift::response::tests::examples;
     use crate::drift::response::{ChallengerStart, ResponseConfig, Serving};
     use crate::model::ModelConfig;
     use crate::model::checkpoint::{digest, stored_blocks};
@@ -658,33 +659,6 @@ mod tests {
             ..ModelConfig::default()
         })
         .unwrap()
-    }
-
-    /// `n` examples over 20 items (one feature each plus a shared one): item `i` is
-    /// clicked with probability 0.8 when its parity matches `flipped`, 0.05 otherwise.
-    fn examples(n: usize, flipped: bool, seed: u64) -> Vec<(Vec<Feature>, bool)> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-                let item = (state >> 40) as u32 % 20;
-                let hot = item.is_multiple_of(2) != flipped;
-                let x = vec![
-                    Feature {
-                        index: item,
-                        value: 1.0,
-                    },
-                    Feature {
-                        index: 100,
-                        value: 1.0,
-                    },
-                ];
-                (x, u < if hot { 0.8 } else { 0.05 })
-            })
-            .collect()
     }
 
     fn learn(serving: &mut Serving, examples: &[(Vec<Feature>, bool)]) {

@@ -714,7 +714,7 @@ impl Learner for Serving {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::ModelConfig;
 
@@ -806,8 +806,9 @@ mod tests {
     }
 
     /// Examples over 20 "items", one feature each plus a shared one; item `i` is clicked
-    /// with probability 0.8 when its parity matches `flipped`, 0.05 otherwise.
-    fn examples(n: usize, flipped: bool, seed: u64) -> Vec<(Vec<Feature>, bool)> {
+    /// with probability 0.8 when its parity matches `flipped`, 0.05 otherwise (also the
+    /// checkpoint tests' stream).
+    pub(crate) fn examples(n: usize, flipped: bool, seed: u64) -> Vec<(Vec<Feature>, bool)> {
         let mut state = seed;
         (0..n)
             .map(|k| {

@@ -147,6 +147,9 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {}
 
+/// Consecutive empty polls that end a non-blocking [`KafkaSource::poll`].
+const EMPTY_POLLS: u32 = 4;
+
 /// A worker's share of the input topic.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
@@ -295,9 +298,19 @@ impl KafkaSource {
     ) -> usize {
         let mut read = 0;
         let mut timeout = wait;
+        let mut empty = 0;
         while read < max {
             let Some(result) = self.consumer.poll(timeout) else {
-                break;
+                // `None` also means "served one event that was not a message" (a commit
+                // result, statistics): with no wait, messages may be queued behind it. A few
+                // more tries get past such events without spinning on an empty queue (a
+                // worker polling once between back-to-back checkpoints read nothing for
+                // minutes, each try eaten by the previous checkpoint's commit result).
+                empty += 1;
+                if empty >= EMPTY_POLLS || !timeout.is_zero() {
+                    break;
+                }
+                continue;
             };
             timeout = Duration::ZERO;
             match result {
