@@ -833,6 +833,18 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// A 2^10-coordinate champion, the policy of [`config`] over it, and worker 0's learner.
+    fn policy() -> (Model, Arc<Response>, Serving) {
+        let model = Model::from_config(&ModelConfig {
+            bits: 10,
+            ..ModelConfig::default()
+        })
+        .unwrap();
+        let response = Response::new(&config(), &model).unwrap();
+        let serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
+        (model, response, serving)
+    }
+
     fn run(serving: &mut Serving, examples: &[(Vec<Feature>, bool)]) {
         for (x, y) in examples {
             serving.update(x, *y);
@@ -841,13 +853,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_challenger_from_the_drift_point_takes_over_a_flipped_concept() {
-        let model = Model::from_config(&ModelConfig {
-            bits: 10,
-            ..ModelConfig::default()
-        })
-        .unwrap();
-        let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
+        let (_model, response, mut serving) = policy();
         run(&mut serving, &examples(200_000, false, 1));
         assert_eq!(serving.version(), 200_000, "generation 0 before any drift");
         let before = serving.predict(&examples(1, false, 3)[0].0);
@@ -931,13 +937,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_challenger_on_an_unchanged_concept_is_dropped_not_promoted() {
-        let model = Model::from_config(&ModelConfig {
-            bits: 10,
-            ..ModelConfig::default()
-        })
-        .unwrap();
-        let response = Response::new(&config(), &model).unwrap();
-        let mut serving = Serving::new(model.handle(), Some(Arc::clone(&response)), 0);
+        let (_model, response, mut serving) = policy();
         run(&mut serving, &examples(50_000, false, 1));
         // A drift alert from the detectors starts the challenger; its own alerts do not.
         let mut alerts = vec![Alert {
