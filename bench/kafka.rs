@@ -18,7 +18,9 @@
 //!   scores topic notes when each score arrived. Event-to-score latency is the difference:
 //!   producer → broker → worker → broker → consumer, all on one machine. Impressions are
 //!   numbered (`imp-N`), so both sides note times in arrays, not maps: the measuring code
-//!   shares the 2 cores with what it measures and should cost little.
+//!   shares the 2 cores with what it measures and should cost little. Each score's Kafka
+//!   `CreateTime` (set when the worker produced it) splits the time into two legs, so that
+//!   the worker's share (fetch, watermark, dataflow) shows apart from the scores' trip back.
 //! - CPU: for each latency run, the CPU time used per thread group (timely workers,
 //!   librdkafka threads, the bench's producer and reader) and by the broker process
 //!   (`CTRFLOW_BENCH_BROKER_PID`, set by bench/kafka.sh), as a share of one core: when the
@@ -72,6 +74,10 @@ fn main() {
         println!(
             "latency at {rate:.0} events/s offered ({:.0} achieved), after the first {WARMUP_MS} ms: {} impressions ({} unscored), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (first {WARMUP_MS} ms: max {:.1} ms)",
             l.achieved, l.count, l.unscored, l.p50, l.p90, l.p99, l.max, l.warmup_max
+        );
+        println!(
+            "  legs (p50 / p99, ms resolution): sent → score produced {:.0} / {:.0} ms, score produced → read {:.0} / {:.0} ms",
+            l.upstream.0, l.upstream.1, l.downstream.0, l.downstream.1
         );
         let cpu: Vec<String> = l
             .cpu
@@ -196,6 +202,12 @@ struct Latency {
     p99: f64,
     max: f64,
     warmup_max: f64,
+    /// p50 and p99 of the two legs, split where the worker produced the score (its
+    /// Kafka `CreateTime`, ms resolution): sent → score produced (the bench's producer,
+    /// broker, the worker's fetch, watermark and dataflow) and score produced → read
+    /// (the worker's producer, broker, the bench's reader).
+    upstream: (f64, f64),
+    downstream: (f64, f64),
     /// CPU time per thread group over the run, as a share of one core.
     cpu: Vec<(String, f64)>,
 }
@@ -219,8 +231,16 @@ fn impression_of(payload: &[u8]) -> Option<usize> {
 }
 
 /// Reads `topic` from the beginning until `stop`, noting in `at[N]` when the score of
-/// `imp-N` arrived (microseconds since `epoch`).
-fn read_scores(brokers: &str, topic: &str, stop: &AtomicBool, epoch: Instant, at: &mut [u64]) {
+/// `imp-N` arrived and in `produced[N]` when the worker produced it (its `CreateTime`),
+/// both in microseconds since `epoch` (`epoch_ms`: the wall clock then, Unix ms).
+fn read_scores(
+    brokers: &str,
+    topic: &str,
+    stop: &AtomicBool,
+    (epoch, epoch_ms): (Instant, i64),
+    at: &mut [u64],
+    produced: &mut [u64],
+) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -238,13 +258,14 @@ fn read_scores(brokers: &str, topic: &str, stop: &AtomicBool, epoch: Instant, at
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
             let now = micros(epoch);
-            if let Some(slot) = m
-                .payload()
-                .and_then(impression_of)
-                .and_then(|n| at.get_mut(n))
+            if let Some(n) = m.payload().and_then(impression_of)
+                && let Some(slot) = at.get_mut(n)
                 && *slot == NEVER
             {
                 *slot = now;
+                if let Some(ms) = m.timestamp().to_millis() {
+                    produced[n] = ((ms - epoch_ms).max(0) * 1000) as u64;
+                }
             }
         }
     }
@@ -364,6 +385,10 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     // impression).
     let count = (rate * seconds as f64 / 1.6) as u64;
     let epoch = Instant::now();
+    let epoch_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
     let readers_stop = Arc::new(AtomicBool::new(false));
     let scored = {
         let (brokers, topic, stop) = (
@@ -375,8 +400,16 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
             .name("bench-scores".to_owned())
             .spawn(move || {
                 let mut at = vec![NEVER; count as usize];
-                read_scores(&brokers, &topic, &stop, epoch, &mut at);
-                at
+                let mut produced = vec![NEVER; count as usize];
+                read_scores(
+                    &brokers,
+                    &topic,
+                    &stop,
+                    (epoch, epoch_ms),
+                    &mut at,
+                    &mut produced,
+                );
+                (at, produced)
             })
             .expect("reader thread")
     };
@@ -406,7 +439,7 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     let wall = began.elapsed().as_secs_f64();
     let cpu_after = cpu_times(broker_pid);
     readers_stop.store(true, Ordering::Relaxed);
-    let scored = scored.join().expect("scores reader");
+    let (scored, produced) = scored.join().expect("scores reader");
     stop.store(true, Ordering::Relaxed);
     running.join().expect("clean stop");
 
@@ -414,8 +447,9 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     // for every partition's first data or idleness): reported apart.
     let first = sent.iter().copied().min().unwrap_or(0);
     let (mut warm, mut steady): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let (mut upstream, mut downstream) = (Vec::new(), Vec::new());
     let mut unscored = 0;
-    for (&s, &at) in sent.iter().zip(&scored) {
+    for ((&s, &at), &p) in sent.iter().zip(&scored).zip(&produced) {
         if s == NEVER {
             continue;
         }
@@ -425,14 +459,18 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         }
         let l = at.saturating_sub(s);
         if s - first < WARMUP_MS * 1000 {
-            &mut warm
+            warm.push(l);
         } else {
-            &mut steady
+            steady.push(l);
+            if p != NEVER {
+                upstream.push(p.saturating_sub(s));
+                downstream.push(at.saturating_sub(p));
+            }
         }
-        .push(l);
     }
-    warm.sort_unstable();
-    steady.sort_unstable();
+    for v in [&mut warm, &mut steady, &mut upstream, &mut downstream] {
+        v.sort_unstable();
+    }
     let q = |v: &[u64], p: f64| {
         v.get(((v.len() as f64 - 1.0) * p) as usize)
             .copied()
@@ -457,6 +495,8 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         p99: q(&steady, 0.99),
         max: steady.last().copied().unwrap_or(0) as f64 / 1000.0,
         warmup_max: warm.last().copied().unwrap_or(0) as f64 / 1000.0,
+        upstream: (q(&upstream, 0.5), q(&upstream, 0.99)),
+        downstream: (q(&downstream, 0.5), q(&downstream, 0.99)),
         cpu,
     }
 }
