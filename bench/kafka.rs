@@ -7,7 +7,8 @@
 //! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
 //! (the bench's producer, default 5 = librdkafka's default: at 1 ms its client took ~50% of
 //! a core at 50k events/s, which the worker and the broker then lacked), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
-//! `fetch.wait.max.ms`, default 5).
+//! `fetch.wait.max.ms`, default 5), `CTRFLOW_BENCH_NAGLE=off` (`socket.nagle.disable` on every
+//! client: measured, no difference on loopback).
 //! Without `CTRFLOW_BENCH_BROKER` it prints how to run it and exits (so that
 //! `cargo test --all-targets` can build and run it as a no-op).
 //!
@@ -76,8 +77,13 @@ fn main() {
             l.achieved, l.count, l.unscored, l.p50, l.p90, l.p99, l.max, l.warmup_max
         );
         println!(
-            "  legs (p50 / p99, ms resolution): sent → score produced {:.0} / {:.0} ms, score produced → read {:.0} / {:.0} ms",
-            l.upstream.0, l.upstream.1, l.downstream.0, l.downstream.1
+            "  legs (p50 / p99, ms resolution): sent → score produced {:.0} / {:.0} ms (in the worker, read → scored: ≤ {} / ≤ {} ms), score produced → read {:.0} / {:.0} ms",
+            l.upstream.0,
+            l.upstream.1,
+            l.in_worker.0,
+            l.in_worker.1,
+            l.downstream.0,
+            l.downstream.1
         );
         let cpu: Vec<String> = l
             .cpu
@@ -149,7 +155,18 @@ fn config(brokers: &str, t: &Topics) -> PipelineConfig {
         .consumer
         .properties
         .insert("fetch.wait.max.ms".to_owned(), wait);
+    for (k, v) in client_properties() {
+        config.kafka.properties.insert(k.to_owned(), v.to_owned());
+    }
     config
+}
+
+/// librdkafka properties for every client of the bench, the worker's included.
+fn client_properties() -> Vec<(&'static str, &'static str)> {
+    match std::env::var("CTRFLOW_BENCH_NAGLE").as_deref() {
+        Ok("off") => vec![("socket.nagle.disable", "true")],
+        _ => Vec::new(),
+    }
 }
 
 fn generated(count: u64) -> GenConfig {
@@ -208,6 +225,10 @@ struct Latency {
     /// (the worker's producer, broker, the bench's reader).
     upstream: (f64, f64),
     downstream: (f64, f64),
+    /// The worker's own share, read → scored (`ctrflow_event_to_score_latency_seconds`):
+    /// the bucket bounds (ms) below which half and 99% of the impressions were scored
+    /// (the whole run, its first seconds included).
+    in_worker: (f64, f64),
     /// CPU time per thread group over the run, as a share of one core.
     cpu: Vec<(String, f64)>,
 }
@@ -241,13 +262,16 @@ fn read_scores(
     at: &mut [u64],
     produced: &mut [u64],
 ) {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "1")
-        .create()
-        .expect("consumer");
+        .set("fetch.wait.max.ms", "1");
+    for (k, v) in client_properties() {
+        client.set(k, v);
+    }
+    let consumer: BaseConsumer = client.create().expect("consumer");
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition_offset(topic, p, Offset::Beginning)
@@ -286,6 +310,9 @@ fn produce_timed(
         brokers: brokers.to_owned(),
         ..KafkaConfig::default()
     };
+    for (k, v) in client_properties() {
+        kafka.properties.insert(k.to_owned(), v.to_owned());
+    }
     kafka.producer.linger_ms = linger;
     let sink = KafkaSink::new(&kafka).expect("producer");
     let mut generator = Generator::new(config).expect("generator");
@@ -316,6 +343,44 @@ fn produce_timed(
         sink.retry_failed().expect("produce");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The cumulative buckets of the worker's event-to-score histogram: (bound in ms, count).
+fn latency_buckets(text: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{}_bucket{{le=\"", ctrflow::telemetry::LATENCY);
+    text.lines()
+        .filter_map(|line| {
+            let (bound, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse::<f64>().ok()? * 1000.0
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bounds below which 50% and 99% of the observations between two renders fell.
+fn bucket_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> (f64, f64) {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(bound, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0, |(_, n)| *n);
+            (bound, n.saturating_sub(was))
+        })
+        .collect();
+    let total = counts.last().map_or(0, |(_, n)| *n) as f64;
+    let at = |p: f64| {
+        counts
+            .iter()
+            .find(|(_, n)| *n as f64 >= total * p)
+            .map_or(f64::NAN, |(b, _)| *b)
+    };
+    (at(0.5), at(0.99))
 }
 
 /// CPU time (user + system, seconds) per thread group of this process, and of `broker`.
@@ -371,6 +436,8 @@ fn cpu_times(broker: Option<u32>) -> BTreeMap<String, f64> {
 
 fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     let t = topics(brokers, &format!("lat{rate}"));
+    let metrics = ctrflow::telemetry::install().expect("metrics recorder");
+    let buckets_before = latency_buckets(&metrics.render());
     let broker_pid = std::env::var("CTRFLOW_BENCH_BROKER_PID")
         .ok()
         .and_then(|p| p.parse().ok());
@@ -438,6 +505,7 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
     std::thread::sleep(Duration::from_secs(1));
     let wall = began.elapsed().as_secs_f64();
     let cpu_after = cpu_times(broker_pid);
+    let in_worker = bucket_quantiles(&buckets_before, &latency_buckets(&metrics.render()));
     readers_stop.store(true, Ordering::Relaxed);
     let (scored, produced) = scored.join().expect("scores reader");
     stop.store(true, Ordering::Relaxed);
@@ -497,6 +565,7 @@ fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
         warmup_max: warm.last().copied().unwrap_or(0) as f64 / 1000.0,
         upstream: (q(&upstream, 0.5), q(&upstream, 0.99)),
         downstream: (q(&downstream, 0.5), q(&downstream, 0.99)),
+        in_worker,
         cpu,
     }
 }
