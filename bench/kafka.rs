@@ -9,6 +9,8 @@
 //! a core at 50k events/s, which the worker and the broker then lacked), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
 //! `fetch.wait.max.ms`, default 5), `CTRFLOW_BENCH_NAGLE=off` (`socket.nagle.disable` on every
 //! client: measured, no difference on loopback).
+//! `CTRFLOW_BENCH_BROKER=mock` runs against librdkafka's `MockCluster` in this process
+//! instead of a broker (what the worker costs without tansu's own latency).
 //! Without `CTRFLOW_BENCH_BROKER` it prints how to run it and exits (so that
 //! `cargo test --all-targets` can build and run it as a no-op).
 //!
@@ -42,10 +44,18 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const WORKERS: usize = 2;
+
+/// The broker the bench talks to: a real one, or librdkafka's mock in this process.
+struct Broker {
+    addr: String,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
 
 fn main() {
     let Ok(brokers) = std::env::var("CTRFLOW_BENCH_BROKER") else {
@@ -56,11 +66,24 @@ fn main() {
     if std::env::args().any(|a| a == "--test") {
         return;
     }
+    // `mock`: librdkafka's MockCluster, to see what the worker costs without tansu.
+    let broker = if brokers == "mock" {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        Broker {
+            addr: mock.bootstrap_servers(),
+            mock: Some(mock),
+        }
+    } else {
+        Broker {
+            addr: brokers,
+            mock: None,
+        }
+    };
     let impressions: u64 = env_or("CTRFLOW_BENCH_IMPRESSIONS", 300_000);
     let seconds: u64 = env_or("CTRFLOW_BENCH_SECONDS", 20);
 
     if impressions > 0 {
-        let (events, secs) = throughput(&brokers, impressions);
+        let (events, secs) = throughput(&broker, impressions);
         println!(
             "throughput: {events} events in {secs:.2} s = {:.0} events/s ({WORKERS} workers, {PARTITIONS} partitions)",
             events as f64 / secs
@@ -71,7 +94,7 @@ fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse::<f64>().ok())
     {
-        let l = latency(&brokers, rate, seconds);
+        let l = latency(&broker, rate, seconds);
         println!(
             "latency at {rate:.0} events/s offered ({:.0} achieved), after the first {WARMUP_MS} ms: {} impressions ({} unscored), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (first {WARMUP_MS} ms: max {:.1} ms)",
             l.achieved, l.count, l.unscored, l.p50, l.p90, l.p99, l.max, l.warmup_max
@@ -107,7 +130,7 @@ struct Topics {
     dead: String,
 }
 
-fn topics(brokers: &str, tag: &str) -> Topics {
+fn topics(broker: &Broker, tag: &str) -> Topics {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -117,8 +140,19 @@ fn topics(brokers: &str, tag: &str) -> Topics {
         scores: format!("bench-scores-{tag}-{nanos}"),
         dead: format!("bench-dead-{tag}-{nanos}"),
     };
+    if let Some(mock) = &broker.mock {
+        for (topic, partitions) in [
+            (&t.events, PARTITIONS),
+            (&t.scores, PARTITIONS),
+            (&t.dead, 1),
+        ] {
+            mock.create_topic(topic, partitions, 1)
+                .expect("topic created");
+        }
+        return t;
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &broker.addr)
         .create()
         .expect("admin client");
     let new = [
@@ -177,8 +211,9 @@ fn generated(count: u64) -> GenConfig {
     }
 }
 
-fn throughput(brokers: &str, impressions: u64) -> (u64, f64) {
-    let t = topics(brokers, "tput");
+fn throughput(broker: &Broker, impressions: u64) -> (u64, f64) {
+    let t = topics(broker, "tput");
+    let brokers = broker.addr.as_str();
     let target = KafkaTarget {
         brokers: brokers.to_owned(),
         topic: t.events.clone(),
@@ -399,6 +434,7 @@ fn cpu_times(broker: Option<u32>) -> BTreeMap<String, f64> {
             let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
             let group = match name.trim() {
                 n if n.starts_with("timely") => "timely workers",
+                n if n.starts_with("rdk:mock") => "mock broker",
                 n if n.starts_with("rdk:") => "librdkafka",
                 n if n.starts_with("bench-") => "bench producer+reader",
                 _ => "other threads",
@@ -434,8 +470,9 @@ fn cpu_times(broker: Option<u32>) -> BTreeMap<String, f64> {
     groups
 }
 
-fn latency(brokers: &str, rate: f64, seconds: u64) -> Latency {
-    let t = topics(brokers, &format!("lat{rate}"));
+fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
+    let t = topics(broker, &format!("lat{rate}"));
+    let brokers = broker.addr.as_str();
     let metrics = ctrflow::telemetry::install().expect("metrics recorder");
     let buckets_before = latency_buckets(&metrics.render());
     let broker_pid = std::env::var("CTRFLOW_BENCH_BROKER_PID")
