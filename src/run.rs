@@ -66,6 +66,7 @@ use crate::config::PipelineConfig;
 use crate::drift::sinks::AlertSinks;
 use crate::entity::EntityStore;
 use crate::model::Model;
+use crate::pending::PendingSpill;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
 use crate::progressive::{Progressive, Summary};
 use crate::telemetry::{self, Health};
@@ -445,6 +446,12 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         None
     };
     let timeline = Mutex::new(timeline);
+    // Where pending impressions beyond `label.pending_memory_mb` go: the checkpointed store,
+    // or a scratch store without durable state.
+    let pending = match &checkpointer {
+        Some(c) => PendingSpill::checkpoints(c.store().clone()),
+        None => PendingSpill::scratch(&config.state)?,
+    };
     let alerts_topic = alerts_topic(&config, &sink);
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     if let Some(c) = &checkpointer {
@@ -476,6 +483,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 status: &status,
                 timeline: &timeline,
                 response: &response,
+                pending: &pending,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -728,6 +736,8 @@ struct Shared<'a> {
     timeline: &'a Mutex<Option<TimelineOutput>>,
     /// The response policy, when `[drift.response]` enables it.
     response: &'a Option<Arc<crate::drift::response::Response>>,
+    /// Where pending impressions beyond `label.pending_memory_mb` go.
+    pending: &'a PendingSpill,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -748,6 +758,7 @@ fn work(
         status,
         timeline,
         response,
+        pending,
     } = shared;
     {
         let me = std::thread::current();
@@ -799,6 +810,13 @@ fn work(
             on_alert,
         )
     };
+    if resumed_at.is_none() {
+        // A join restored from a checkpoint already spills to the store it came from.
+        dataflow
+            .join
+            .borrow_mut()
+            .spill_to(pending.store.clone(), index as u32, pending.to);
+    }
     // Records sent into the dataflow, and checkpoint rounds taken part in.
     let mut sent: u64 = 0;
     let mut rounds_done: u64 = 0;

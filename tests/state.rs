@@ -276,6 +276,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             "entities_digest",
             "join",
             "pending_impressions",
+            "awaiting_label",
             "buffered_records",
             "offsets",
             // The global aggregates' sliding window was restored and slid on exactly
