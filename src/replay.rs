@@ -35,7 +35,7 @@ use crate::drift::sinks::{AlertSinks, SinkReport};
 use crate::entity::EntityStore;
 use crate::event::DecodeError;
 use crate::model::Model;
-use crate::pending::PendingScratch;
+use crate::pending::PendingSpill;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
 use crate::timeline::TimelineOutput;
@@ -180,7 +180,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     let entities =
         EntityStore::scratch(&config.features.entity, config.features.bits, &config.state)?;
-    let pending = PendingScratch::open(&config.state)?;
+    let pending = PendingSpill::scratch(&config.state)?;
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
@@ -222,7 +222,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let model = model.clone();
         let response = response.clone();
         let entities = entities.clone();
-        let pending = pending.store().clone();
+        let pending = pending.store.clone();
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
         let examples = examples.clone();

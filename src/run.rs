@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::kafka::{KafkaSink, KafkaSource, SourceTime};
-use ctrflow_dataflows::operators::{JoinStats, Watermark};
+use ctrflow_dataflows::operators::{JoinStats, SpillStats, Watermark};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpointer;
@@ -312,12 +312,16 @@ pub struct RunReport {
     pub recent: Summary,
     /// Checkpoints, when state is durable.
     pub checkpoints: Option<crate::checkpoint::CheckpointReport>,
+    /// Pending impressions' bodies in memory and out of it (`label.pending_memory_mb`)
+    /// at the end, and how many came back from the store.
+    pub pending: SpillStats,
     /// Drift alerts raised, in the contract's form, in order.
     pub alerts: Vec<ctrflow_dataflows::Alert>,
 }
 
 struct WorkerResult {
     join: JoinStats,
+    pending: SpillStats,
     progressive: Progressive,
     bad: BadEvents,
 }
@@ -609,11 +613,13 @@ impl Running {
     /// Waits for the workers, flushes the producer and reports.
     pub fn join(self) -> anyhow::Result<RunReport> {
         let mut join = JoinStats::default();
+        let mut pending = SpillStats::default();
         let mut progressive = pipeline::progressive(&self.config);
         let mut bad = BadEvents::default();
         for result in self.guards.join() {
             let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
             join.merge(&result.join);
+            pending.merge(&result.pending);
             progressive.merge(&result.progressive);
             bad.merge(result.bad);
         }
@@ -644,6 +650,7 @@ impl Running {
             overall: progressive.summary(),
             recent: progressive.window_summary(),
             checkpoints: self.checkpointer.as_ref().map(|c| c.report()),
+            pending,
             alerts: std::mem::take(
                 &mut *self.status.alerts.lock().unwrap_or_else(|e| e.into_inner()),
             ),
@@ -1111,6 +1118,7 @@ fn work(
     publish(status, index, &source, &dataflow, &bad);
     let result = WorkerResult {
         join: dataflow.join.borrow().stats.clone(),
+        pending: dataflow.join.borrow().spill_stats(),
         progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
         bad,
     };

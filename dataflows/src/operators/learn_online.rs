@@ -43,7 +43,7 @@ use timely::dataflow::operators::generic::Operator;
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
 use super::pending::{BODY_BYTES, Bodies, Body, BodyRef, PENDING, Pending, Spill, Stub};
-pub use super::pending::{SpillStats, SpillTo};
+pub use super::pending::{SpillStats, SpillStore, SpillTo};
 use crate::enrich::{Enrich, Entities, Signal};
 use crate::learner::Learner;
 use crate::record::{EventTime, Example, Interaction, InteractionKind, LabelSource, Score};
@@ -897,7 +897,7 @@ impl Windows {
         };
         let keys: Vec<(u32, u64)> = seqs.iter().map(|s| (spill.worker, *s)).collect();
         let values = PENDING
-            .multi_get(&spill.store, &keys)
+            .multi_get(spill.store.get(), &keys)
             .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
         for (seq, value) in seqs.iter().zip(values) {
             let Some((_, stored)) = value else {
@@ -933,6 +933,7 @@ impl Windows {
                 let batch = std::mem::take(&mut spill.queued);
                 spill
                     .store
+                    .get()
                     .write_unsynced(batch)
                     .unwrap_or_else(|e| panic!("writing pending impressions out failed: {e}"));
             }
@@ -979,6 +980,7 @@ impl Windows {
             let batch = std::mem::take(&mut spill.queued);
             spill
                 .store
+                .get()
                 .write_unsynced(batch)
                 .unwrap_or_else(|e| panic!("writing pending impressions out failed: {e}"));
         }
@@ -1082,7 +1084,7 @@ struct JoinRecord {
 impl JoinState {
     /// Lets bodies beyond the memory budget leave memory for `store`, as worker `worker`'s.
     /// Call on a new join, before it processes anything.
-    pub fn spill_to(&mut self, store: StateStore, worker: u32, to: SpillTo) {
+    pub fn spill_to(&mut self, store: impl Into<SpillStore>, worker: u32, to: SpillTo) {
         let w = &mut self.windows;
         debug_assert!(w.ring.is_empty(), "spill_to is for a new join");
         w.stored_below = match to {
@@ -1090,7 +1092,7 @@ impl JoinState {
             SpillTo::Checkpoints => w.stored_below,
         };
         w.spill = Some(Spill {
-            store,
+            store: store.into(),
             worker,
             to,
             queued: Batch::new(),
@@ -1157,7 +1159,7 @@ impl JoinState {
         if let (false, Some(spill)) = (out_of_memory.is_empty(), &w.spill) {
             let keys: Vec<_> = out_of_memory.iter().map(|s| (spill.worker, *s)).collect();
             let values = PENDING
-                .multi_get(&spill.store, &keys)
+                .multi_get(spill.store.get(), &keys)
                 .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
             for (seq, stored) in out_of_memory.iter().zip(values) {
                 let (id, entry) = &w.ring[(seq - w.first) as usize];

@@ -10,5 +10,6 @@ pub use aggregates::{
 };
 pub use detect::{Detect, DetectState};
 pub use learn_online::{
-    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, SpillStats, SpillTo, Watermark,
+    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, SpillStats, SpillStore,
+    SpillTo, Watermark,
 };

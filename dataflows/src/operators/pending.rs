@@ -25,8 +25,10 @@
 //! restart restores exactly what the ring held. The flags in memory are always the truth;
 //! a body read back only fills the body.
 
+use std::sync::{Arc, OnceLock};
+
 use compact_str::CompactString;
-use ctrflow_state::{Batch, StateStore, Table, TableId};
+use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 use serde::{Deserialize, Serialize};
 
 use crate::enrich::Entities;
@@ -202,10 +204,61 @@ pub enum SpillTo {
     Scratch,
 }
 
+/// How a [`SpillStore`] is opened.
+type Open = dyn Fn() -> Result<StateStore, StateError> + Send + Sync;
+
+/// The store bodies go to, opened when the first body leaves memory: a scratch store costs
+/// memory (memtables, block cache) that a run which never spills should not pay. Cheap to
+/// clone; clones share the store.
+#[derive(Clone)]
+pub struct SpillStore {
+    store: Arc<OnceLock<StateStore>>,
+    open: Arc<Open>,
+}
+
+impl SpillStore {
+    /// A store `open` opens on first use (with every clone).
+    pub fn lazy(open: impl Fn() -> Result<StateStore, StateError> + Send + Sync + 'static) -> Self {
+        Self {
+            store: Arc::default(),
+            open: Arc::new(open),
+        }
+    }
+
+    /// The store.
+    ///
+    /// # Panics
+    /// If it cannot be opened (a scratch directory that became unwritable).
+    pub fn get(&self) -> &StateStore {
+        self.store.get_or_init(|| {
+            (self.open)()
+                .unwrap_or_else(|e| panic!("opening the store for pending impressions failed: {e}"))
+        })
+    }
+}
+
+impl From<StateStore> for SpillStore {
+    fn from(store: StateStore) -> Self {
+        let open = store.clone();
+        Self {
+            store: Arc::new(OnceLock::from(store)),
+            open: Arc::new(move || Ok(open.clone())),
+        }
+    }
+}
+
+impl std::fmt::Debug for SpillStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillStore")
+            .field("open", &self.store.get().is_some())
+            .finish()
+    }
+}
+
 /// The store bodies go to, and what is queued for it.
 #[derive(Debug)]
 pub(super) struct Spill {
-    pub store: StateStore,
+    pub store: SpillStore,
     pub worker: u32,
     pub to: SpillTo,
     /// Scratch store writes (bodies leaving memory, records forgotten) not yet applied.
