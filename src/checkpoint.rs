@@ -276,6 +276,11 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// The live state store checkpoints are committed to.
+    pub fn store(&self) -> &ctrflow_state::StateStore {
+        self.durable.store()
+    }
+
     /// Rounds requested so far.
     pub fn requested(&self) -> u64 {
         self.requested.load(SeqCst)

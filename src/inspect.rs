@@ -53,6 +53,8 @@ pub struct InspectReport {
     pub join: JoinStats,
     /// Impressions in the attribution windows, over workers.
     pub pending_impressions: u64,
+    /// Of those, the ones still awaiting their label (window open, undecided).
+    pub awaiting_label: u64,
     /// Records read and not yet processed, over workers.
     pub buffered_records: u64,
     /// Entities stored, and a digest of them (equal digests: identical feature state).
@@ -141,12 +143,13 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
         None => None,
     };
     let mut join = JoinStats::default();
-    let (mut pending, mut buffered) = (0, 0);
+    let (mut pending, mut awaiting, mut buffered) = (0, 0, 0);
     let workers = checkpoint.as_ref().map_or(0, |m| m.workers);
     for w in 0..workers {
         if let Some(state) = JoinState::restore(store, w, &options.config.label)? {
             join.merge(&state.stats);
             pending += state.pending() as u64;
+            awaiting += state.awaiting_label() as u64;
             buffered += state.buffered() as u64;
         }
     }
@@ -209,6 +212,7 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
         model,
         join,
         pending_impressions: pending,
+        awaiting_label: awaiting,
         buffered_records: buffered,
         entities,
         entities_digest: format!("{:016x}", h.0),
@@ -259,10 +263,11 @@ impl InspectReport {
         let j = &self.join;
         let _ = writeln!(
             s,
-            "label join: {} impressions, {} examples, {} pending, {} buffered",
+            "label join: {} impressions, {} examples, {} pending ({} awaiting their label), {} buffered",
             j.impressions,
             j.examples(),
             self.pending_impressions,
+            self.awaiting_label,
             self.buffered_records
         );
         let _ = writeln!(

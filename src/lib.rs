@@ -20,6 +20,7 @@ pub mod features;
 pub mod generator;
 pub mod inspect;
 pub mod model;
+pub mod pending;
 pub mod pipeline;
 pub mod produce;
 pub mod progressive;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::file::{FileSource, JsonlSink};
-use ctrflow_dataflows::operators::{AggregatesReport, JoinStats};
+use ctrflow_dataflows::operators::{AggregatesReport, JoinStats, SpillStats, SpillTo};
 use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
 
@@ -35,6 +35,7 @@ use crate::drift::sinks::{AlertSinks, SinkReport};
 use crate::entity::EntityStore;
 use crate::event::DecodeError;
 use crate::model::Model;
+use crate::pending::PendingSpill;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest};
 use crate::progressive::{Progressive, Summary};
 use crate::timeline::TimelineOutput;
@@ -115,6 +116,9 @@ pub struct ReplayReport {
     /// Entity features at the end: how many were in memory, and how many writes went to
     /// the scratch store because memory was full (`features.entity.cache_mb`).
     pub entities: EntitiesReport,
+    /// Pending impressions at the end, and how many of their bodies left memory beyond
+    /// `label.pending_memory_mb` (written to the scratch store) and came back.
+    pub pending: SpillStats,
     /// Drift alerts raised, in event-time order, in the contract's form (`resolved`
     /// messages included).
     pub alerts: Vec<Alert>,
@@ -152,6 +156,7 @@ pub struct EntitiesReport {
 struct WorkerResult {
     events: u64,
     join: JoinStats,
+    pending: SpillStats,
     progressive: Progressive,
     bad: BadEvents,
     alerts: Vec<Alert>,
@@ -175,6 +180,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     let entities =
         EntityStore::scratch(&config.features.entity, config.features.bits, &config.state)?;
+    let pending = PendingSpill::scratch(&config.state)?;
     let scores = match &options.scores_out {
         Some(path) => Some(Arc::new(Mutex::new(JsonlSink::create(path)?))),
         None => None,
@@ -216,6 +222,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let model = model.clone();
         let response = response.clone();
         let entities = entities.clone();
+        let pending = pending.store.clone();
         let scores = scores.clone();
         let dead_letters = dead_letters.clone();
         let examples = examples.clone();
@@ -257,6 +264,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 on_examples,
                 on_alert,
             );
+            dataflow
+                .join
+                .borrow_mut()
+                .spill_to(pending.clone(), index as u32, SpillTo::Scratch);
             let mut ingest = Ingest::new(&config)
                 .expect("validated before start")
                 .sketching(&config);
@@ -320,11 +331,13 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 _ => None,
             };
             let join = dataflow.join.borrow().stats.clone();
+            let pending = dataflow.join.borrow().spill_stats();
             let alerts = dataflow.alerts.take();
             let progressive = dataflow.progressive.replace(Progressive::with_window(1, 1));
             WorkerResult {
                 events,
                 join,
+                pending,
                 progressive,
                 bad,
                 alerts,
@@ -342,6 +355,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
 
     let mut events = 0;
     let mut join = JoinStats::default();
+    let mut pending = SpillStats::default();
     let mut progressive = pipeline::progressive(config);
     let mut bad = BadEvents::default();
     let mut alerts = Vec::new();
@@ -350,6 +364,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
         events += result.events;
         join.merge(&result.join);
+        pending.merge(&result.pending);
         progressive.merge(&result.progressive);
         bad.merge(result.bad);
         alerts.extend(result.alerts);
@@ -385,6 +400,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         webhooks,
     );
     report.aggregates = aggregates;
+    report.pending = pending;
     if let (Some(baseline_options), Some(served)) = (&options.baseline, served) {
         let served = std::mem::take(
             &mut *served
@@ -447,6 +463,7 @@ fn report(
             weight_norm: model.weight_norm(),
         },
         entities,
+        pending: SpillStats::default(),
         alerts,
         webhooks,
         baseline: None,
@@ -597,6 +614,13 @@ impl ReplayReport {
             j.duplicate_impressions,
             j.late_impressions
         );
+        if self.pending.written > 0 {
+            let _ = writeln!(
+                s,
+                "  pending impressions: at most {} in memory; {} left memory (label.pending_memory_mb), {} read back",
+                self.pending.peak_resident, self.pending.written, self.pending.read_back
+            );
+        }
         let _ = writeln!(
             s,
             "  model: version {}, {} non-zero weights, norm {:.3}",

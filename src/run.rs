@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::kafka::{KafkaSink, KafkaSource, SourceTime};
-use ctrflow_dataflows::operators::{JoinStats, Watermark};
+use ctrflow_dataflows::operators::{JoinStats, SpillStats, Watermark};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpointer;
@@ -66,6 +66,7 @@ use crate::config::PipelineConfig;
 use crate::drift::sinks::AlertSinks;
 use crate::entity::EntityStore;
 use crate::model::Model;
+use crate::pending::PendingSpill;
 use crate::pipeline::{self, At, BadEvents, BadSample, Ingest, Restored};
 use crate::progressive::{Progressive, Summary};
 use crate::telemetry::{self, Health};
@@ -311,12 +312,16 @@ pub struct RunReport {
     pub recent: Summary,
     /// Checkpoints, when state is durable.
     pub checkpoints: Option<crate::checkpoint::CheckpointReport>,
+    /// Pending impressions' bodies in memory and out of it (`label.pending_memory_mb`)
+    /// at the end, and how many came back from the store.
+    pub pending: SpillStats,
     /// Drift alerts raised, in the contract's form, in order.
     pub alerts: Vec<ctrflow_dataflows::Alert>,
 }
 
 struct WorkerResult {
     join: JoinStats,
+    pending: SpillStats,
     progressive: Progressive,
     bad: BadEvents,
 }
@@ -445,6 +450,12 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         None
     };
     let timeline = Mutex::new(timeline);
+    // Where pending impressions beyond `label.pending_memory_mb` go: the checkpointed store,
+    // or a scratch store without durable state.
+    let pending = match &checkpointer {
+        Some(c) => PendingSpill::checkpoints(c.store().clone()),
+        None => PendingSpill::scratch(&config.state)?,
+    };
     let alerts_topic = alerts_topic(&config, &sink);
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     if let Some(c) = &checkpointer {
@@ -476,6 +487,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 status: &status,
                 timeline: &timeline,
                 response: &response,
+                pending: &pending,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -601,11 +613,13 @@ impl Running {
     /// Waits for the workers, flushes the producer and reports.
     pub fn join(self) -> anyhow::Result<RunReport> {
         let mut join = JoinStats::default();
+        let mut pending = SpillStats::default();
         let mut progressive = pipeline::progressive(&self.config);
         let mut bad = BadEvents::default();
         for result in self.guards.join() {
             let result = result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
             join.merge(&result.join);
+            pending.merge(&result.pending);
             progressive.merge(&result.progressive);
             bad.merge(result.bad);
         }
@@ -636,6 +650,7 @@ impl Running {
             overall: progressive.summary(),
             recent: progressive.window_summary(),
             checkpoints: self.checkpointer.as_ref().map(|c| c.report()),
+            pending,
             alerts: std::mem::take(
                 &mut *self.status.alerts.lock().unwrap_or_else(|e| e.into_inner()),
             ),
@@ -728,6 +743,8 @@ struct Shared<'a> {
     timeline: &'a Mutex<Option<TimelineOutput>>,
     /// The response policy, when `[drift.response]` enables it.
     response: &'a Option<Arc<crate::drift::response::Response>>,
+    /// Where pending impressions beyond `label.pending_memory_mb` go.
+    pending: &'a PendingSpill,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -748,6 +765,7 @@ fn work(
         status,
         timeline,
         response,
+        pending,
     } = shared;
     {
         let me = std::thread::current();
@@ -799,6 +817,13 @@ fn work(
             on_alert,
         )
     };
+    if resumed_at.is_none() {
+        // A join restored from a checkpoint already spills to the store it came from.
+        dataflow
+            .join
+            .borrow_mut()
+            .spill_to(pending.store.clone(), index as u32, pending.to);
+    }
     // Records sent into the dataflow, and checkpoint rounds taken part in.
     let mut sent: u64 = 0;
     let mut rounds_done: u64 = 0;
@@ -1093,6 +1118,7 @@ fn work(
     publish(status, index, &source, &dataflow, &bad);
     let result = WorkerResult {
         join: dataflow.join.borrow().stats.clone(),
+        pending: dataflow.join.borrow().spill_stats(),
         progressive: dataflow.progressive.replace(Progressive::with_window(1, 1)),
         bad,
     };

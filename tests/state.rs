@@ -182,6 +182,9 @@ pub struct Scenario {
     pub checkpoint_interval_ms: u64,
     /// Turn on the global aggregates and compare them.
     pub aggregates: bool,
+    /// `label.pending_memory_mb` of the workers: small enough, and pending impressions
+    /// leave memory between checkpoints and must come back exactly across the kills.
+    pub pending_memory_mb: u64,
 }
 
 /// The kill -9 scenario on `brokers`: impressions generated into a fresh topic (created by
@@ -203,9 +206,16 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         kill_after_ms,
         checkpoint_interval_ms,
         aggregates,
+        pending_memory_mb,
     } = scenario;
-    let (impressions, partitions, workers, kills, aggregates) =
-        (*impressions, *partitions, *workers, *kills, *aggregates);
+    let (impressions, partitions, workers, kills, aggregates, pending_memory_mb) = (
+        *impressions,
+        *partitions,
+        *workers,
+        *kills,
+        *aggregates,
+        *pending_memory_mb,
+    );
     let exact = workers == 1;
     let events = unique("events");
     let (a, b) = (topics_reading(&events), topics_reading(&events));
@@ -224,7 +234,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let config = |topics: &Topics, group: &str, state: &Path| {
         let extra = format!(
             "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n\
-             [aggregates]\nenabled = {aggregates}\n",
+             [aggregates]\nenabled = {aggregates}\n\
+             [label]\npending_memory_mb = {pending_memory_mb}\n",
             state.display().to_string()
         );
         topics.config_with_group(brokers, group, &extra)
@@ -235,8 +246,16 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let (state_a, group_a) = (dir.path().join("state-a"), unique("group"));
     let worker = WorkerProcess::start(dir.path(), &config(&a, &group_a, &state_a), workers);
     wait_committed(brokers, &group_a, &events, timeout);
-    worker.stop();
+    let report = worker.stop();
     phase("uninterrupted run done");
+    if pending_memory_mb < 4 {
+        // The budget was at work: bodies left memory and came back.
+        assert!(
+            report["pending"]["read_back"].as_u64().unwrap() > 1000,
+            "{}",
+            report["pending"]
+        );
+    }
 
     // Killed at random moments, restarted each time.
     let (state_b, group_b) = (dir.path().join("state-b"), unique("group"));
@@ -276,6 +295,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
             "entities_digest",
             "join",
             "pending_impressions",
+            "awaiting_label",
             "buffered_records",
             "offsets",
             // The global aggregates' sliding window was restored and slid on exactly
@@ -367,6 +387,7 @@ fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
             kill_after_ms: 0..600,
             checkpoint_interval_ms: 200,
             aggregates: true,
+            pending_memory_mb: 1024,
         };
         killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
     }
@@ -389,6 +410,8 @@ fn gh_4_killed_five_times_in_a_500k_event_stream_the_worker_resumes_exactly() {
         checkpoint_interval_ms: 1_000,
         // Their 1 h window slides across the restarts (the stream spans ~4.7 h).
         aggregates: true,
+        // About 4,000 bodies in memory, of ~28,000 impressions awaiting their label.
+        pending_memory_mb: 1,
     };
     killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
 }

@@ -42,11 +42,11 @@ use timely::dataflow::operators::generic::Operator;
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
+use super::pending::{BODY_BYTES, Bodies, Body, BodyRef, PENDING, Pending, Spill, Stub};
+pub use super::pending::{SpillStats, SpillStore, SpillTo};
 use crate::enrich::{Enrich, Entities, Signal};
 use crate::learner::Learner;
-use crate::record::{
-    EventTime, Example, Features, Interaction, InteractionKind, LabelSource, Score,
-};
+use crate::record::{EventTime, Example, Interaction, InteractionKind, LabelSource, Score};
 
 /// The timely timestamp: a watermark in epoch milliseconds.
 pub type Watermark = u64;
@@ -66,6 +66,13 @@ pub struct LabelConfig {
     /// (each label learned once, when final). See the module docs.
     #[serde(default)]
     pub delay_correction: DelayCorrection,
+    /// Memory for the bodies of pending impressions (the features each was scored with,
+    /// its served score, item and category: about 270 bytes each), MiB. Beyond it, bodies
+    /// the state store already holds (checkpointed, in `run` with `state.dir`; otherwise
+    /// written to a scratch RocksDB in `$TMPDIR`) leave memory and are read back in batches
+    /// when their label is decided. The default holds about 4M impressions.
+    #[serde(default = "default_pending_memory_mb")]
+    pub pending_memory_mb: u64,
 }
 
 const fn default_window_ms() -> u64 {
@@ -76,12 +83,20 @@ const fn default_fast_skip_ms() -> u32 {
     2000
 }
 
+const fn default_pending_memory_mb() -> u64 {
+    1024
+}
+
+/// The largest `label.pending_memory_mb` accepted: 1 TiB.
+const MAX_PENDING_MEMORY_MB: u64 = 1 << 20;
+
 impl Default for LabelConfig {
     fn default() -> Self {
         Self {
             window_ms: default_window_ms(),
             fast_skip_ms: default_fast_skip_ms(),
             delay_correction: DelayCorrection::default(),
+            pending_memory_mb: default_pending_memory_mb(),
         }
     }
 }
@@ -105,7 +120,21 @@ impl LabelConfig {
                 self.fast_skip_ms, self.window_ms
             ));
         }
+        if self.pending_memory_mb == 0 || self.pending_memory_mb > MAX_PENDING_MEMORY_MB {
+            problems.push(format!(
+                "label.pending_memory_mb must be between 1 and {MAX_PENDING_MEMORY_MB} (MiB of \
+                 pending impressions kept in memory; beyond it they are read back from the \
+                 state store), got {}",
+                self.pending_memory_mb
+            ));
+        }
         problems
+    }
+
+    /// Bodies of pending impressions kept in memory at most (`pending_memory_mb`).
+    fn pending_bodies(&self) -> usize {
+        let mb = self.pending_memory_mb.clamp(1, MAX_PENDING_MEMORY_MB);
+        usize::try_from(mb << 20).unwrap_or(usize::MAX) / BODY_BYTES
     }
 }
 
@@ -306,26 +335,6 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
     }
 }
 
-/// An impression whose window is still open, or closed but remembered for duplicates.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Pending {
-    ts: EventTime,
-    served: f32,
-    /// The features it was scored with, entity features included: it is trained with them.
-    features: Features,
-    entities: Entities,
-    reference: Option<f32>,
-    /// Carried to its example, for the global aggregates.
-    item: CompactString,
-    category: CompactString,
-    /// The label is final.
-    decided: bool,
-    /// A provisional negative was learned for it (see [`Schedule`]).
-    provisional: bool,
-    /// Its window closed; it is kept one more window to tell late feedback from orphans.
-    closed: bool,
-}
-
 /// The state of one worker's label join: what it has received and not processed, the open
 /// windows, the delay correction's counts and the join's counters. Shared (`Rc`) between
 /// the operator and the worker that built it, which reads the counters and takes
@@ -360,6 +369,12 @@ impl JoinState {
     /// Impressions in the attribution windows (open, or closed and remembered).
     pub fn pending(&self) -> usize {
         self.windows.ring.len()
+    }
+
+    /// Impressions whose window is open and label undecided.
+    pub fn awaiting_label(&self) -> usize {
+        let ring = &self.windows.ring;
+        ring.iter().filter(|(_, e)| !e.decided && !e.closed).count()
     }
 
     /// Records received and not yet processed.
@@ -401,6 +416,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         // close to linear.
         buffer.sort_by_key(|x| (x.ts, x.pos));
         let ready = buffer.partition_point(|x| x.ts < watermark);
+        windows.fetch_for_feedback(&buffer[..ready], fast_skip_ms);
         self.entities.clear();
         self.entities
             .extend(buffer[..ready].iter().filter_map(|x| match &x.kind {
@@ -456,19 +472,14 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         model_version: step.learner.version(),
                         event_ts: record.ts,
                     }));
-                    let entry = Pending {
-                        ts: record.ts,
+                    let body = Body {
                         served: score,
                         features,
-                        entities,
                         reference,
                         item,
                         category,
-                        decided: false,
-                        provisional: false,
-                        closed: false,
                     };
-                    if !windows.open(record.id, entry) {
+                    if !windows.open(record.id, record.ts, entities, body) {
                         // Its window closed before it arrived: no feedback can be trusted.
                         step.stats.late_impressions += 1;
                     }
@@ -482,7 +493,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         }
                         _ => None,
                     };
-                    let Some((seq, entry)) = windows.get_mut(&record.id) else {
+                    let Some((at, entry)) = windows.get(&record.id) else {
                         step.stats.orphan_feedback += 1;
                         continue;
                     };
@@ -509,12 +520,12 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         step.stats.duplicate_feedback += 1;
                         continue;
                     }
-                    step.finalize(&record.id, entry, label, record.ts);
-                    windows.touched(seq);
+                    windows.decide(at, label, record.ts, &mut step);
                 }
             }
         }
         windows.close_before(watermark, &mut step);
+        windows.within_budget();
     }
 }
 
@@ -613,12 +624,13 @@ struct Step<'a, L, E> {
 }
 
 impl<L: Learner, E> Step<'_, L, E> {
-    /// Makes `label` final for `entry`: counts it, emits the example, and learns it unless
-    /// a provisional negative already stands for it.
+    /// Makes `label` final for `entry` (whose body is `body`): counts it, emits the
+    /// example, and learns it unless a provisional negative already stands for it.
     fn finalize(
         &mut self,
         id: &CompactString,
-        entry: &mut Pending,
+        entry: &mut Stub,
+        body: &Body,
         label: LabelSource,
         label_ts: EventTime,
     ) {
@@ -636,21 +648,20 @@ impl<L: Learner, E> Step<'_, L, E> {
         // A negative after a provisional negative is already learned; a positive is learned
         // on top of it (the correction in `Schedule::serve` accounts for that).
         if positive || !entry.provisional {
-            self.learner.update(&entry.features, positive);
+            self.learner.update(&body.features, positive);
         }
         self.out.push(Err(Example {
             id: id.clone(),
             impression_ts: entry.ts,
             label_ts,
-            served: entry.served,
+            served: body.served,
             label,
-            reference: entry.reference,
-            item: entry.item.clone(),
-            category: entry.category.clone(),
-            // Copied only when asked for (one allocation per example then): the entry keeps
-            // its own for a click that may still come after a provisional label.
+            reference: body.reference,
+            item: body.item.clone(),
+            category: body.category.clone(),
+            // Copied only when asked for (one allocation per example then).
             features: if self.example_features {
-                entry.features.to_vec()
+                body.features.to_vec()
             } else {
                 Vec::new()
             },
@@ -658,10 +669,10 @@ impl<L: Learner, E> Step<'_, L, E> {
     }
 
     /// Learns the provisional negative of an impression still undecided after the wait.
-    fn provisional(&mut self, entry: &mut Pending) {
+    fn provisional(&mut self, entry: &mut Stub, body: &Body) {
         entry.provisional = true;
         self.stats.provisional_negatives += 1;
-        self.learner.update(&entry.features, false);
+        self.learner.update(&body.features, false);
     }
 }
 
@@ -675,6 +686,13 @@ impl<L: Learner, E> Step<'_, L, E> {
 /// closed impression stays one more window so that feedback for it counts as late, not as
 /// an orphan. (A late impression, opened after newer ones, closes with them: at most one
 /// window length late.)
+///
+/// The ring holds each impression's [`Stub`]; its [`Body`] is in memory while it may still
+/// be needed and the budget allows, otherwise in the spill store (see
+/// [`pending`](super::pending)). Bodies leave memory newest first among those past their
+/// provisional negative, since the close cursor needs the oldest soonest, and come back in
+/// batches: all those a batch's feedback needs in one read before the batch, and the next
+/// [`FETCH_CHUNK`] the cursors will reach in one read when a cursor meets one.
 #[derive(Debug)]
 struct Windows {
     window_ms: EventTime,
@@ -683,8 +701,24 @@ struct Windows {
     wait_ms: Option<EventTime>,
     /// Impressions opened and not yet forgotten, oldest first; `ring[i]` has sequence
     /// number `first + i`.
-    ring: VecDeque<(CompactString, Pending)>,
+    ring: VecDeque<(CompactString, Stub)>,
     first: u64,
+    /// The bodies in memory.
+    bodies: Bodies,
+    /// Bodies kept in memory at most, when there is a store to spill to.
+    budget: usize,
+    /// Where bodies beyond the budget go; `None`: they all stay in memory.
+    spill: Option<Spill>,
+    /// Stubs whose body is in the spill store only.
+    spilled: usize,
+    /// Bodies written to a scratch store, and read back, so far.
+    written: u64,
+    read_back: u64,
+    /// Most bodies in memory after a batch.
+    peak_resident: usize,
+    /// With checkpoints: the impressions from here on changed since the last checkpoint
+    /// (or are newer), so none of them may leave memory yet.
+    stored_below: u64,
     /// The next impression whose provisional negative may be due.
     wait_cursor: u64,
     /// The next impression whose window may close.
@@ -699,6 +733,9 @@ struct Windows {
     dirty: Vec<u64>,
 }
 
+/// Bodies read back in one batch when a cursor meets one out of memory.
+const FETCH_CHUNK: usize = 1024;
+
 impl Windows {
     fn new(config: &LabelConfig) -> Self {
         let wait_ms = match config.delay_correction {
@@ -710,6 +747,14 @@ impl Windows {
             wait_ms,
             ring: VecDeque::new(),
             first: 0,
+            bodies: Bodies::default(),
+            budget: config.pending_bodies(),
+            spill: None,
+            spilled: 0,
+            written: 0,
+            read_back: 0,
+            peak_resident: 0,
+            stored_below: 0,
             wait_cursor: 0,
             close_cursor: 0,
             index: FxHashMap::default(),
@@ -719,11 +764,23 @@ impl Windows {
         }
     }
 
-    /// Notes that the impression with sequence number `seq` changed (for the next
-    /// checkpoint, if the last one holds it).
-    fn touched(&mut self, seq: u64) {
+    fn end(&self) -> u64 {
+        self.first + self.ring.len() as u64
+    }
+
+    /// Notes that the impression at ring position `at` changed (for the next checkpoint, if
+    /// the last one holds it: until then its body stays in memory).
+    fn touched(&mut self, at: usize) {
+        let seq = self.first + at as u64;
         if seq < self.persisted.1 {
             self.dirty.push(seq);
+        }
+        let scratch = self
+            .spill
+            .as_ref()
+            .is_some_and(|s| s.to == SpillTo::Scratch);
+        if !scratch && let Some((_, entry)) = self.ring.get_mut(at) {
+            entry.stored = false;
         }
     }
 
@@ -732,22 +789,201 @@ impl Windows {
         self.index.contains_key(id)
     }
 
-    /// The impression `id`'s sequence number and entry.
-    fn get_mut(&mut self, id: &str) -> Option<(u64, &mut Pending)> {
+    /// The impression `id`'s ring position and stub.
+    fn get(&self, id: &str) -> Option<(usize, &Stub)> {
         let seq = *self.index.get(id)?;
         let at = usize::try_from(seq - self.first).ok()?;
-        self.ring.get_mut(at).map(|(_, entry)| (seq, entry))
+        self.ring.get(at).map(|(_, entry)| (at, entry))
     }
 
-    /// Opens the window of impression `id`; false if it had already closed by its arrival.
-    fn open(&mut self, id: CompactString, entry: Pending) -> bool {
-        if entry.ts.saturating_add(self.window_ms) < self.processed_to {
+    /// Opens the window of impression `id`, shown at `ts`; false if it had already closed
+    /// by its arrival.
+    fn open(&mut self, id: CompactString, ts: EventTime, entities: Entities, body: Body) -> bool {
+        if ts.saturating_add(self.window_ms) < self.processed_to {
             return false;
         }
-        self.index
-            .insert(id.clone(), self.first + self.ring.len() as u64);
+        let entry = Stub {
+            ts,
+            entities,
+            body: self.bodies.insert(body),
+            decided: false,
+            provisional: false,
+            closed: false,
+            stored: false,
+        };
+        self.index.insert(id.clone(), self.end());
         self.ring.push_back((id, entry));
         true
+    }
+
+    /// Makes `label` final for the undecided impression at `at`, and drops its body.
+    fn decide<L: Learner, E>(
+        &mut self,
+        at: usize,
+        label: LabelSource,
+        label_ts: EventTime,
+        step: &mut Step<'_, L, E>,
+    ) {
+        self.in_memory(at);
+        let Self { ring, bodies, .. } = self;
+        let Some((id, entry)) = ring.get_mut(at) else {
+            return;
+        };
+        let body = bodies
+            .get(entry.body)
+            .expect("an undecided impression's body is in memory once fetched");
+        step.finalize(id, entry, body, label, label_ts);
+        bodies.release(entry.body);
+        entry.body = BodyRef::DEAD;
+        self.touched(at);
+    }
+
+    /// Brings the body at `at` into memory if it left, with the next ones the cursors will
+    /// need, in one read.
+    fn in_memory(&mut self, at: usize) {
+        if self
+            .ring
+            .get(at)
+            .is_none_or(|(_, e)| e.body != BodyRef::SPILLED)
+        {
+            return;
+        }
+        let needed = |e: &Stub| e.body == BodyRef::SPILLED && !e.decided && !e.closed;
+        let seqs: Vec<u64> = self
+            .ring
+            .range(at..)
+            .take(FETCH_CHUNK * 8)
+            .enumerate()
+            .filter(|(i, (_, e))| *i == 0 || needed(e))
+            .map(|(i, _)| self.first + (at + i) as u64)
+            .take(FETCH_CHUNK)
+            .collect();
+        self.fetch(&seqs);
+    }
+
+    /// Before a batch: brings back, in one read, the bodies its decisive feedback needs.
+    fn fetch_for_feedback(&mut self, records: &[Interaction], fast_skip_ms: u32) {
+        if self.spilled == 0 {
+            return;
+        }
+        let mut seqs: Vec<u64> = records
+            .iter()
+            .filter(|r| match r.kind {
+                InteractionKind::Click | InteractionKind::Like => true,
+                InteractionKind::Skip { dwell_ms } => dwell_ms < fast_skip_ms,
+                InteractionKind::Impression { .. } => false,
+            })
+            .filter_map(|r| {
+                let (at, e) = self.get(&r.id)?;
+                (e.body == BodyRef::SPILLED && !e.decided && !e.closed)
+                    .then_some(self.first + at as u64)
+            })
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        for chunk in seqs.chunks(FETCH_CHUNK) {
+            self.fetch(chunk);
+        }
+    }
+
+    /// Reads the bodies of `seqs` (ascending) back from the spill store.
+    ///
+    /// # Panics
+    /// If the store fails or lacks one: a body leaves memory only once the store holds it,
+    /// so the state is broken (a restart resumes from the last checkpoint).
+    fn fetch(&mut self, seqs: &[u64]) {
+        let Some(spill) = &self.spill else {
+            panic!("pending impressions left memory without a store to spill to");
+        };
+        let keys: Vec<(u32, u64)> = seqs.iter().map(|s| (spill.worker, *s)).collect();
+        let values = PENDING
+            .multi_get(spill.store.get(), &keys)
+            .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
+        for (seq, value) in seqs.iter().zip(values) {
+            let Some((_, stored)) = value else {
+                panic!(
+                    "pending impression {seq} of worker {} left memory but is not in the store",
+                    spill.worker
+                );
+            };
+            let at = (seq - self.first) as usize;
+            if let Some((_, entry)) = self.ring.get_mut(at)
+                && entry.body == BodyRef::SPILLED
+            {
+                entry.body = self.bodies.insert(stored.split().1);
+                self.spilled -= 1;
+                self.read_back += 1;
+            }
+        }
+    }
+
+    /// After a batch: if more bodies than the budget are in memory, moves bodies out, newest
+    /// first among those that may go (past their provisional negative; with checkpoints,
+    /// checkpointed unchanged), down to seven eighths of the budget. A scratch store gets
+    /// them in one unsynced write.
+    fn within_budget(&mut self) {
+        let resident = self.bodies.resident();
+        self.peak_resident = self.peak_resident.max(resident);
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        if resident <= self.budget {
+            // Deletes of forgotten impressions go out with spills, or once enough queued.
+            if spill.queued.len() >= FETCH_CHUNK {
+                let batch = std::mem::take(&mut spill.queued);
+                spill
+                    .store
+                    .get()
+                    .write_unsynced(batch)
+                    .unwrap_or_else(|e| panic!("writing pending impressions out failed: {e}"));
+            }
+            return;
+        }
+        let scratch = spill.to == SpillTo::Scratch;
+        let mut excess = resident - (self.budget - self.budget / 8);
+        let end = self.first + self.ring.len() as u64;
+        let top = match self.wait_ms {
+            Some(_) => self.wait_cursor,
+            None => end,
+        }
+        .min(self.stored_below)
+        .min(end);
+        let bottom = self.close_cursor.max(self.first);
+        // Bounded, so that a budget smaller than what must stay in memory costs little.
+        let mut scan = excess.saturating_mul(4).saturating_add(1 << 16);
+        let mut seq = top;
+        while excess > 0 && scan > 0 && seq > bottom {
+            seq -= 1;
+            scan -= 1;
+            let (id, entry) = &mut self.ring[(seq - self.first) as usize];
+            let Some(body) = self.bodies.get(entry.body) else {
+                continue;
+            };
+            if !entry.stored {
+                if !scratch {
+                    continue;
+                }
+                PENDING.put(
+                    &mut spill.queued,
+                    &(spill.worker, seq),
+                    &(id.clone(), Pending::of(entry, body)),
+                );
+                entry.stored = true;
+                self.written += 1;
+            }
+            self.bodies.release(entry.body);
+            entry.body = BodyRef::SPILLED;
+            self.spilled += 1;
+            excess -= 1;
+        }
+        if !spill.queued.is_empty() {
+            let batch = std::mem::take(&mut spill.queued);
+            spill
+                .store
+                .get()
+                .write_unsynced(batch)
+                .unwrap_or_else(|e| panic!("writing pending impressions out failed: {e}"));
+        }
     }
 
     /// The ring position of sequence number `cursor` and the time its deadline `after` the
@@ -771,26 +1007,31 @@ impl Windows {
             match (wait, close) {
                 (Some((at, w)), c) if c.is_none_or(|(_, c)| w <= c) => {
                     self.wait_cursor += 1;
-                    if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD) {
-                        step.learner.prefetch(&ahead.features);
-                    }
-                    if let Some((_, entry)) = self.ring.get_mut(at)
-                        && !entry.decided
+                    if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD)
+                        && let Some(body) = self.bodies.get(ahead.body)
                     {
-                        step.provisional(entry);
-                        self.touched(self.first + at as u64);
+                        step.learner.prefetch(&body.features);
+                    }
+                    if self.ring.get(at).is_some_and(|(_, e)| !e.decided) {
+                        self.in_memory(at);
+                        let Self { ring, bodies, .. } = self;
+                        if let Some((_, entry)) = ring.get_mut(at)
+                            && let Some(body) = bodies.get(entry.body)
+                        {
+                            step.provisional(entry, body);
+                        }
+                        self.touched(at);
                     }
                 }
                 (_, Some((at, deadline))) => {
                     self.close_cursor += 1;
                     self.wait_cursor = self.wait_cursor.max(self.close_cursor);
-                    if let Some((id, entry)) = self.ring.get_mut(at) {
-                        if !entry.decided {
-                            step.finalize(id, entry, LabelSource::Expired, deadline);
-                        }
+                    if self.ring.get(at).is_some_and(|(_, e)| !e.decided) {
+                        self.decide(at, LabelSource::Expired, deadline, step);
+                    }
+                    if let Some((_, entry)) = self.ring.get_mut(at) {
                         entry.closed = true;
-                        entry.features.clear();
-                        self.touched(self.first + at as u64);
+                        self.touched(at);
                     }
                 }
                 _ => break,
@@ -801,16 +1042,21 @@ impl Windows {
             if !entry.closed || entry.ts.saturating_add(forget_after) >= until {
                 break;
             }
-            if let Some((id, _)) = self.ring.pop_front() {
+            if let Some((id, entry)) = self.ring.pop_front() {
                 self.index.remove(&id);
+                self.bodies.release(entry.body);
+                if let Some(spill) = self.spill.as_mut()
+                    && spill.to == SpillTo::Scratch
+                    && entry.stored
+                {
+                    PENDING.delete(&mut spill.queued, &(spill.worker, self.first));
+                }
             }
             self.first += 1;
         }
     }
 }
 
-/// Impressions awaiting their label, by worker and sequence number.
-const PENDING: Table<(u32, u64), (CompactString, Pending)> = Table::new(TableId::Pending);
 /// The rest of a worker's join state, under `(worker, JOIN_PART)`.
 const OPERATORS: Table<(u32, u8), JoinRecord> = Table::new(TableId::Operators);
 /// The label join's part of a worker's [`TableId::Operators`] entries.
@@ -830,18 +1076,59 @@ struct JoinRecord {
     processed_to: EventTime,
 }
 
+/// # Memory
+///
+/// Bodies of pending impressions beyond `label.pending_memory_mb` leave memory for a
+/// store given with [`spill_to`](Self::spill_to) (a restored join spills to the store it
+/// was restored from); see [`pending`](super::pending).
+impl JoinState {
+    /// Lets bodies beyond the memory budget leave memory for `store`, as worker `worker`'s.
+    /// Call on a new join, before it processes anything.
+    pub fn spill_to(&mut self, store: impl Into<SpillStore>, worker: u32, to: SpillTo) {
+        let w = &mut self.windows;
+        debug_assert!(w.ring.is_empty(), "spill_to is for a new join");
+        w.stored_below = match to {
+            SpillTo::Scratch => u64::MAX,
+            SpillTo::Checkpoints => w.stored_below,
+        };
+        w.spill = Some(Spill {
+            store: store.into(),
+            worker,
+            to,
+            queued: Batch::new(),
+        });
+    }
+
+    /// How the pending impressions use memory.
+    pub fn spill_stats(&self) -> SpillStats {
+        let w = &self.windows;
+        SpillStats {
+            resident: w.bodies.resident() as u64,
+            peak_resident: w.peak_resident as u64,
+            spilled: w.spilled as u64,
+            written: w.written,
+            read_back: w.read_back,
+        }
+    }
+}
+
 /// # Checkpoints
 ///
 /// Pending impressions are written incrementally: a checkpoint puts the impressions opened
 /// or changed since the last one and deletes those forgotten since, keyed by worker and
 /// sequence number; everything else (received but unprocessed records, cursors, counters)
-/// is one record per worker. Between [`checkpoint_into`](Self::checkpoint_into) and
+/// is one record per worker. A decided or closed impression is written without its body,
+/// which nothing reads again. Between [`checkpoint_into`](Self::checkpoint_into) and
 /// [`checkpoint_done`](Self::checkpoint_done) nothing may be processed.
 impl JoinState {
     /// Adds what changed since the last checkpoint of worker `worker` to `batch`.
+    ///
+    /// # Panics
+    /// If a changed impression's body is out of memory and cannot be read back: bodies
+    /// leave memory only when checkpointed unchanged, so this is a broken state.
     pub fn checkpoint_into(&self, worker: u32, batch: &mut Batch) {
         let w = &self.windows;
-        let end = w.first + w.ring.len() as u64;
+        let end = w.end();
         for seq in w.persisted.0..w.first.min(w.persisted.1) {
             PENDING.delete(batch, &(worker, seq));
         }
@@ -849,9 +1136,44 @@ impl JoinState {
         changed.sort_unstable();
         changed.dedup();
         let new = w.persisted.1.max(w.first)..end;
+        let empty = Body::default();
+        let mut out_of_memory = Vec::new();
         for seq in changed.into_iter().filter(|s| *s >= w.first).chain(new) {
-            if let Some(entry) = w.ring.get((seq - w.first) as usize) {
-                PENDING.put(batch, &(worker, seq), entry);
+            let Some((id, entry)) = w.ring.get((seq - w.first) as usize) else {
+                continue;
+            };
+            match w.bodies.get(entry.body) {
+                Some(body) => PENDING.put(
+                    batch,
+                    &(worker, seq),
+                    &(id.clone(), Pending::of(entry, body)),
+                ),
+                None if entry.body == BodyRef::SPILLED => out_of_memory.push(seq),
+                None => PENDING.put(
+                    batch,
+                    &(worker, seq),
+                    &(id.clone(), Pending::of(entry, &empty)),
+                ),
+            }
+        }
+        if let (false, Some(spill)) = (out_of_memory.is_empty(), &w.spill) {
+            let keys: Vec<_> = out_of_memory.iter().map(|s| (spill.worker, *s)).collect();
+            let values = PENDING
+                .multi_get(spill.store.get(), &keys)
+                .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
+            for (seq, stored) in out_of_memory.iter().zip(values) {
+                let (id, entry) = &w.ring[(seq - w.first) as usize];
+                let Some((_, stored)) = stored else {
+                    panic!(
+                        "pending impression {seq} of worker {worker} is neither in memory nor in the store"
+                    );
+                };
+                let body = stored.split().1;
+                PENDING.put(
+                    batch,
+                    &(worker, *seq),
+                    &(id.clone(), Pending::of(entry, &body)),
+                );
             }
         }
         let record = JoinRecord {
@@ -867,15 +1189,34 @@ impl JoinState {
         OPERATORS.put(batch, &(worker, JOIN_PART), &record);
     }
 
-    /// The checkpoint [`checkpoint_into`](Self::checkpoint_into) wrote was committed.
+    /// The checkpoint [`checkpoint_into`](Self::checkpoint_into) wrote was committed: what
+    /// it wrote may now leave memory.
     pub fn checkpoint_done(&mut self) {
         let w = &mut self.windows;
-        w.persisted = (w.first, w.first + w.ring.len() as u64);
-        w.dirty.clear();
+        let end = w.end();
+        let first = w.first;
+        let new = w.persisted.1.max(first)..end;
+        for seq in w.dirty.drain(..).chain(new) {
+            if let Some(seq) = seq.checked_sub(first)
+                && let Some((_, entry)) = w.ring.get_mut(seq as usize)
+            {
+                entry.stored = true;
+            }
+        }
+        if w.spill
+            .as_ref()
+            .is_none_or(|s| s.to == SpillTo::Checkpoints)
+        {
+            w.stored_below = match w.wait_ms {
+                Some(_) => w.wait_cursor,
+                None => end,
+            };
+        }
+        w.persisted = (first, end);
     }
 
     /// Worker `worker`'s join state from the checkpoint in `store`, or `None` if it holds
-    /// none.
+    /// none. Bodies beyond the memory budget stay in `store`, which the join spills to.
     pub fn restore(
         store: &StateStore,
         worker: u32,
@@ -885,10 +1226,11 @@ impl JoinState {
             return Ok(None);
         };
         let mut state = Self::new(config);
+        state.spill_to(store.clone(), worker, SpillTo::Checkpoints);
         let w = &mut state.windows;
         w.first = record.first;
         let mut failure = None;
-        PENDING.scan(store, &worker, |(_, seq), (id, entry)| {
+        PENDING.scan(store, &worker, |(_, seq), (id, stored)| {
             if seq != record.first + w.ring.len() as u64 {
                 failure = Some(format!(
                     "pending impressions of worker {worker}: expected sequence number {}, found {seq}",
@@ -896,6 +1238,16 @@ impl JoinState {
                 ));
                 return false;
             }
+            let (mut entry, body) = stored.split();
+            entry.stored = true;
+            entry.body = if entry.decided || entry.closed {
+                BodyRef::DEAD
+            } else if w.bodies.resident() < w.budget {
+                w.bodies.insert(body)
+            } else {
+                w.spilled += 1;
+                BodyRef::SPILLED
+            };
             w.index.insert(id.clone(), seq);
             w.ring.push_back((id, entry));
             true
@@ -917,6 +1269,10 @@ impl JoinState {
         w.close_cursor = record.close_cursor;
         w.processed_to = record.processed_to;
         w.persisted = (record.first, record.end);
+        w.stored_below = match w.wait_ms {
+            Some(_) => w.wait_cursor,
+            None => record.end,
+        };
         state.stats = record.stats;
         state.buffer = record.buffer;
         state.schedule = record.schedule;
@@ -928,7 +1284,7 @@ impl JoinState {
 mod tests {
     use super::*;
     use crate::enrich::NoEnrich;
-    use crate::record::Feature;
+    use crate::record::{Feature, Features};
 
     /// Records every update; predicts from the number of updates so far.
     #[derive(Default)]
@@ -966,6 +1322,7 @@ mod tests {
             window_ms: WINDOW,
             fast_skip_ms: 100,
             delay_correction: DelayCorrection::None,
+            ..LabelConfig::default()
         };
         labelled(Recorder::default(), config)
     }
@@ -1167,6 +1524,7 @@ mod tests {
             window_ms: WINDOW,
             fast_skip_ms: 100,
             delay_correction: DelayCorrection::ProvisionalNegatives,
+            ..LabelConfig::default()
         };
         labelled(Recorder::default(), config)
     }
@@ -1375,6 +1733,7 @@ mod tests {
             window_ms: WINDOW,
             fast_skip_ms: 100,
             delay_correction: DelayCorrection::None,
+            ..LabelConfig::default()
         };
         let mut j = LabelJoin {
             learner: Recorder::default(),
@@ -1467,6 +1826,7 @@ mod tests {
                 window_ms: WINDOW,
                 fast_skip_ms: 100,
                 delay_correction: correction,
+                ..LabelConfig::default()
             };
             let records = mixed_stream(600);
             let (expected, uninterrupted) = drive(
@@ -1527,6 +1887,182 @@ mod tests {
                 .unwrap();
             assert_eq!(stored, restarted.state.borrow().pending());
         }
+    }
+
+    /// What the join emitted, comparable across runs.
+    fn emitted(out: &[Learned]) -> Vec<String> {
+        out.iter()
+            .map(|x| match x {
+                Ok(s) => format!("s {} {} {}", s.id, s.score, s.model_version),
+                Err(e) => format!(
+                    "e {} {:?} {} {} {:?} {}",
+                    e.id, e.label, e.label_ts, e.served, e.features, e.item
+                ),
+            })
+            .collect()
+    }
+
+    /// A scratch directory for a RocksDB store, removed on drop.
+    struct ScratchDir(std::path::PathBuf);
+
+    impl ScratchDir {
+        fn new(name: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir =
+                std::env::temp_dir().join(format!("ctrflow-{name}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn store(&self) -> StateStore {
+            let backend = ctrflow_state::rocks::RocksBackend::open(
+                &self.0,
+                &ctrflow_state::StateConfig::default(),
+            )
+            .unwrap();
+            StateStore::new(std::sync::Arc::new(backend))
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Bodies kept in memory in the tests that force them out.
+    const TINY: usize = 16;
+
+    #[test]
+    fn bodies_out_of_memory_change_no_score_label_or_update() {
+        let dir = ScratchDir::new("pending-scratch");
+        let scratch = dir.store();
+        for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
+            let config = LabelConfig {
+                window_ms: WINDOW,
+                fast_skip_ms: 100,
+                delay_correction: correction,
+                ..LabelConfig::default()
+            };
+            let records = mixed_stream(600);
+            let mut reference = labelled(Recorder::default(), config.clone());
+            reference.example_features = true;
+            let (expected, reference) = drive(reference, &records, |_, j| j);
+            let mut bounded = labelled(Recorder::default(), config.clone());
+            bounded.example_features = true;
+            {
+                let mut state = bounded.state.borrow_mut();
+                state.spill_to(scratch.clone(), 3, SpillTo::Scratch);
+                state.windows.budget = TINY;
+            }
+            let mut most = 0;
+            let (got, bounded) = drive(bounded, &records, |_, j| {
+                most = most.max(j.state.borrow().windows.bodies.resident());
+                j
+            });
+            assert_eq!(emitted(&got), emitted(&expected));
+            assert_eq!(bounded.learner.updates, reference.learner.updates);
+            assert_eq!(bounded.state.borrow().stats, reference.state.borrow().stats);
+            let stats = bounded.state.borrow().spill_stats();
+            assert!(stats.written > 100 && stats.read_back > 100, "{stats:?}");
+            // Between batches, within the budget plus what may not leave yet (the last
+            // chunk's impressions before their provisional negative).
+            assert!(most <= TINY + 37, "{most} bodies in memory");
+            assert_eq!(stats.resident + stats.spilled, 0, "{stats:?}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_taken_with_bodies_out_of_memory_restores_exactly() {
+        for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
+            let dir = ScratchDir::new("pending-checkpoint");
+            let store = dir.store();
+            let config = LabelConfig {
+                window_ms: WINDOW,
+                fast_skip_ms: 100,
+                delay_correction: correction,
+                ..LabelConfig::default()
+            };
+            let records = mixed_stream(600);
+            let (expected, uninterrupted) = drive(
+                labelled(Recorder::default(), config.clone()),
+                &records,
+                |_, j| j,
+            );
+            let mut first = labelled(Recorder::default(), config.clone());
+            {
+                let mut state = first.state.borrow_mut();
+                state.spill_to(store.clone(), 2, SpillTo::Checkpoints);
+                state.windows.budget = TINY;
+            }
+            first.example_features = false;
+            let (mut checkpoints_out, mut restarts) = (0, 0);
+            let (got, restarted) = drive(first, &records, |k, j| {
+                // A checkpoint every 2 chunks, a restart from the latest one every 5.
+                if k % 2 == 0 {
+                    let mut batch = Batch::new();
+                    j.state.borrow().checkpoint_into(2, &mut batch);
+                    store.write(batch).unwrap();
+                    j.state.borrow_mut().checkpoint_done();
+                    checkpoints_out += usize::from(j.state.borrow().windows.spilled > 0);
+                }
+                if k % 5 == 4 && k % 2 == 0 {
+                    restarts += 1;
+                    let mut state = JoinState::restore(&store, 2, &config).unwrap().unwrap();
+                    state.windows.budget = TINY;
+                    let learner = Recorder {
+                        updates: j.learner.updates.clone(),
+                    };
+                    let mut fresh = labelled(learner, config.clone());
+                    fresh.state = Rc::new(RefCell::new(state));
+                    return fresh;
+                }
+                j
+            });
+            assert!(
+                checkpoints_out > 3 && restarts > 2,
+                "{checkpoints_out} {restarts}"
+            );
+            assert_eq!(emitted(&got), emitted(&expected));
+            assert_eq!(restarted.learner.updates, uninterrupted.learner.updates);
+            assert_eq!(
+                restarted.state.borrow().stats,
+                uninterrupted.state.borrow().stats
+            );
+            // A restore with the budget of the config keeps every body it needs in memory
+            // and none of a decided or closed impression.
+            let mut batch = Batch::new();
+            restarted.state.borrow().checkpoint_into(2, &mut batch);
+            store.write(batch).unwrap();
+            let back = JoinState::restore(&store, 2, &config).unwrap().unwrap();
+            assert_eq!(back.pending(), restarted.state.borrow().pending());
+            assert_eq!(back.spill_stats().spilled, 0);
+        }
+    }
+
+    #[test]
+    fn the_memory_budget_is_validated_naming_its_key() {
+        for bad in [0, MAX_PENDING_MEMORY_MB + 1] {
+            let config = LabelConfig {
+                pending_memory_mb: bad,
+                ..LabelConfig::default()
+            };
+            let problems = config.validate();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("label.pending_memory_mb"),
+                "{problems:?}"
+            );
+        }
+        let config = LabelConfig {
+            pending_memory_mb: 1,
+            ..LabelConfig::default()
+        };
+        assert!(config.validate().is_empty());
+        assert_eq!(config.pending_bodies(), (1 << 20) / BODY_BYTES);
     }
 
     #[test]

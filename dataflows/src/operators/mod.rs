@@ -3,11 +3,13 @@
 pub mod aggregates;
 pub mod detect;
 pub mod learn_online;
+pub mod pending;
 
 pub use aggregates::{
     Aggregate, Aggregates, AggregatesConfig, AggregatesReport, CategoryCtr, Counts, ItemClicks,
 };
 pub use detect::{Detect, DetectState};
 pub use learn_online::{
-    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, Watermark,
+    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, SpillStats, SpillStore,
+    SpillTo, Watermark,
 };
