@@ -74,8 +74,10 @@ pub struct EntityConfig {
     pub expire_after_ms: u64,
     /// Memory for entity counters per process, MiB (about [`ENTRY_BYTES`] per entity in
     /// memory). Beyond it the least recently used entities are evicted (with durable state
-    /// once checkpointed; otherwise through a scratch RocksDB, whose memtables and block
-    /// cache take a quarter of this budget) and read back when needed.
+    /// once checkpointed; otherwise through a scratch RocksDB, whose block cache takes a
+    /// quarter of this budget and memtables an eighth each) and read back when needed.
+    /// Small by default so that memory is flat early in a stream: the active entities of
+    /// a long stream do not fit in any fixed budget, and a miss is a cheap RocksDB read.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: usize,
 }
@@ -96,7 +98,7 @@ const fn default_expire_after_ms() -> u64 {
     7 * 86_400_000
 }
 const fn default_cache_mb() -> usize {
-    256
+    32
 }
 
 /// Largest `cache_mb` (1 TiB).
@@ -160,24 +162,24 @@ impl EntityConfig {
         problems
     }
 
-    /// Entities kept in memory (2.1M at the default with a scratch store, 2.8M with
+    /// Entities kept in memory (175k at the default with a scratch store, 350k with
     /// durable state): all of `cache_mb` with durable state (RocksDB is tuned by
-    /// `[state]`), three quarters of it with a scratch store (see [`Self::scratch_state`]).
+    /// `[state]`), half of it with a scratch store (see [`Self::scratch_state`]).
     pub fn cache_entries(&self, scratch: bool) -> usize {
         let bytes = self.cache_mb.min(MAX_CACHE_MB) << 20;
-        let bytes = if scratch { bytes - bytes / 4 } else { bytes };
+        let bytes = if scratch { bytes / 2 } else { bytes };
         bytes / ENTRY_BYTES
     }
 
-    /// The scratch store's RocksDB settings: `state` with an eighth of `cache_mb` each for
-    /// the block cache and the memtable (two of them at most while one flushes), so a
-    /// replay's memory stays within `cache_mb` however many entities it evicts. The
-    /// scratch store's reads are of cold entities, which the OS page cache serves.
+    /// The scratch store's RocksDB settings: `state` with a quarter of `cache_mb` for the
+    /// block cache (the index and filter partitions of its files, and the hottest of the
+    /// evicted entities) and an eighth for the memtable (two of them at most while one
+    /// flushes), so a replay's memory stays within `cache_mb` however many entities it
+    /// evicts. Colder reads are served by the OS page cache.
     pub fn scratch_state(&self, state: &StateConfig) -> StateConfig {
-        let eighth = (self.cache_mb / 8).max(1);
         StateConfig {
-            block_cache_mb: eighth,
-            write_buffer_mb: eighth,
+            block_cache_mb: (self.cache_mb / 4).max(1),
+            write_buffer_mb: (self.cache_mb / 8).max(1),
             ..state.clone()
         }
     }
@@ -537,6 +539,39 @@ impl EntityStore {
     /// Whether no entity is in memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the in-memory entities take: their maps' allocated slots (each a key, an
+    /// entry and a control byte), whatever their load.
+    pub fn cache_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(u64, Entry)>() + 1;
+        self.shared
+            .shards
+            .iter()
+            .map(|s| {
+                lock(s)
+                    .maps
+                    .iter()
+                    // hashbrown: a power-of-two number of buckets, at most 7/8 full.
+                    .map(|m| {
+                        if m.capacity() == 0 {
+                            0
+                        } else {
+                            (m.capacity() * 8 / 7).next_power_of_two() * slot
+                        }
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Bytes the store behind the cache holds in memory (RocksDB's memtables, block cache
+    /// and table readers); 0 without one.
+    pub fn store_memory_bytes(&self) -> u64 {
+        self.shared
+            .store
+            .as_ref()
+            .map_or(0, |s| s.backend().memory_bytes())
     }
 
     /// Entities written to the scratch store by eviction so far (0 with durable state,
