@@ -38,8 +38,15 @@
 //!
 //! Without durable state (`replay`, or `run` with no `state.dir`) the store is a scratch
 //! RocksDB in a temporary directory ([`EntityStore::scratch`]): no checkpoint reads it, so
-//! entities are written to it when they are evicted, changed or not, and memory is bounded
-//! the same way. Counts round-trip exactly, so eviction never changes a feature value.
+//! entities changed since they were read are written to it when they are evicted, and
+//! memory is bounded the same way. Counts round-trip exactly, so eviction never changes a
+//! feature value.
+//!
+//! The default budget is small (32 MiB): the active entities of a long stream outgrow any
+//! fixed budget, so memory is flat only once the cache is full, and that should happen
+//! early. A miss costs a RocksDB point read: partitioned filters and indexes keep that a
+//! read of small blocks (see `ctrflow_state::rocks`), and one batched read per batch of
+//! impressions fetches the entities it misses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
