@@ -38,17 +38,26 @@
 //!
 //! Without durable state (`replay`, or `run` with no `state.dir`) the store is a scratch
 //! RocksDB in a temporary directory ([`EntityStore::scratch`]): no checkpoint reads it, so
-//! entities are written to it when they are evicted, changed or not, and memory is bounded
-//! the same way. Counts round-trip exactly, so eviction never changes a feature value.
+//! entities changed since they were read are written to it when they are evicted, and
+//! memory is bounded the same way. Counts round-trip exactly, so eviction never changes a
+//! feature value.
+//!
+//! The default budget is small (32 MiB): the active entities of a long stream outgrow any
+//! fixed budget, so memory is flat only once the cache is full, and that should happen
+//! early. A miss costs a RocksDB point read: partitioned filters and indexes keep that a
+//! read of small blocks (see `ctrflow_state::rocks`), and one batched read per batch of
+//! impressions fetches the entities it misses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use ctrflow_dataflows::{Enrich, Entities, EventTime, Feature, Features, Signal};
+use ctrflow_state::config::Compression;
 use ctrflow_state::rocks::RocksBackend;
 use ctrflow_state::{Batch, StateConfig, StateError, StateStore, Table, TableId};
-use rustc_hash::{FxHashMap, FxHashSet};
+use hashbrown::HashTable;
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::features::hash::hash_scalar;
@@ -74,8 +83,10 @@ pub struct EntityConfig {
     pub expire_after_ms: u64,
     /// Memory for entity counters per process, MiB (about [`ENTRY_BYTES`] per entity in
     /// memory). Beyond it the least recently used entities are evicted (with durable state
-    /// once checkpointed; otherwise through a scratch RocksDB, whose memtables and block
-    /// cache take a quarter of this budget) and read back when needed.
+    /// once checkpointed; otherwise through a scratch RocksDB, whose block cache takes a
+    /// quarter of this budget and memtables an eighth each) and read back when needed.
+    /// Small by default so that memory is flat early in a stream: the active entities of
+    /// a long stream do not fit in any fixed budget, and a miss is a cheap RocksDB read.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: usize,
 }
@@ -96,15 +107,15 @@ const fn default_expire_after_ms() -> u64 {
     7 * 86_400_000
 }
 const fn default_cache_mb() -> usize {
-    256
+    32
 }
 
 /// Largest `cache_mb` (1 TiB).
 const MAX_CACHE_MB: usize = 1 << 20;
 
-/// Memory per entity in the in-memory cache, as measured: a 64-byte map slot and its
-/// control byte, at the hash tables' average load.
-pub const ENTRY_BYTES: usize = 96;
+/// Memory per entity in the in-memory cache: a 64-byte slot and its control byte, in a
+/// table with room for twice the cap (see `Shard::sized`), rounded up to a power of two.
+pub const ENTRY_BYTES: usize = 150;
 
 impl Default for EntityConfig {
     fn default() -> Self {
@@ -160,24 +171,26 @@ impl EntityConfig {
         problems
     }
 
-    /// Entities kept in memory (2.1M at the default with a scratch store, 2.8M with
+    /// Entities kept in memory (112k at the default with a scratch store, 224k with
     /// durable state): all of `cache_mb` with durable state (RocksDB is tuned by
-    /// `[state]`), three quarters of it with a scratch store (see [`Self::scratch_state`]).
+    /// `[state]`), half of it with a scratch store (see [`Self::scratch_state`]).
     pub fn cache_entries(&self, scratch: bool) -> usize {
         let bytes = self.cache_mb.min(MAX_CACHE_MB) << 20;
-        let bytes = if scratch { bytes - bytes / 4 } else { bytes };
+        let bytes = if scratch { bytes / 2 } else { bytes };
         bytes / ENTRY_BYTES
     }
 
-    /// The scratch store's RocksDB settings: `state` with an eighth of `cache_mb` each for
-    /// the block cache and the memtable (two of them at most while one flushes), so a
-    /// replay's memory stays within `cache_mb` however many entities it evicts. The
-    /// scratch store's reads are of cold entities, which the OS page cache serves.
+    /// The scratch store's RocksDB settings: `state` with a quarter of `cache_mb` for the
+    /// block cache (the index and filter partitions of its files, and the hottest of the
+    /// evicted entities) and an eighth for the memtable (two of them at most while one
+    /// flushes), so a replay's memory stays within `cache_mb` however many entities it
+    /// evicts. Colder reads are served by the OS page cache. Uncompressed: counts barely
+    /// compress, and every miss would decompress a block (the files are temporary).
     pub fn scratch_state(&self, state: &StateConfig) -> StateConfig {
-        let eighth = (self.cache_mb / 8).max(1);
         StateConfig {
-            block_cache_mb: eighth,
-            write_buffer_mb: eighth,
+            block_cache_mb: (self.cache_mb / 4).max(1),
+            write_buffer_mb: (self.cache_mb / 8).max(1),
+            compression: Compression::None,
             ..state.clone()
         }
     }
@@ -312,10 +325,12 @@ struct Entry {
     clicked: bool,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Its [`Kind`] (in what would be padding), so one table holds every kind.
+    kind: u8,
 }
 
 impl Entry {
-    fn new(agg: &Aggregate, dirty: bool, used: u32) -> Self {
+    fn new(kind: u8, agg: &Aggregate, dirty: bool, used: u32) -> Self {
         Self {
             touched: agg.touched,
             last_click: agg.last_click.unwrap_or_default(),
@@ -323,6 +338,7 @@ impl Entry {
             used,
             clicked: agg.last_click.is_some(),
             dirty,
+            kind,
         }
     }
 
@@ -342,11 +358,13 @@ impl Entry {
     }
 }
 
-/// One shard of the in-memory entities, with its use clock: one map per [`Kind`], keyed by
-/// the entity's 64-bit key alone.
+/// One shard of the in-memory entities, with its use clock: one table of `(key, entry)`
+/// slots for every [`Kind`] (the kind is in the entry), so a slot is 64 bytes and the
+/// shard's memory follows its entity count, not the mix of kinds (one map per kind would
+/// each keep its largest size as the mix drifts: hash tables do not shrink).
 #[derive(Debug, Default)]
 struct Shard {
-    maps: [FxHashMap<u64, Entry>; 3],
+    table: HashTable<(u64, Entry)>,
     clock: u32,
     /// Keys a batched read just found in neither memory nor the store, so the impressions
     /// of the batch do not look them up again one by one (a new entity would otherwise
@@ -357,10 +375,29 @@ struct Shard {
     /// clean entity became evictable): a batched read started under an older generation
     /// may be stale, and is not used.
     generation: u64,
+    /// The table has room for twice the cap (reserved when eviction first runs). Evicting
+    /// leaves tombstones, and when they use up its free slots hashbrown rehashes a table
+    /// at most half full in place but doubles a fuller one, however few entries it holds:
+    /// sized so, the table reaches its final size once, and memory stays flat.
+    sized: bool,
 }
+
+// A slot (key and entry) fills a 64-byte cache line; ENTRY_BYTES counts on it.
+const _: () = assert!(std::mem::size_of::<(u64, Entry)>() == 64);
 
 /// Absent-key hints kept per shard: beyond this they are dropped (always safe).
 const ABSENT_HINTS: usize = 1024;
+
+/// The table hash of `k`: keys are already uniform 64-bit hashes; the multiply spreads
+/// the kind and the key's low bits into the high bits the table's control bytes use (the
+/// bits [`shard_of`] took are the same for every key of a shard).
+fn slot_hash(k: &(u8, u64)) -> u64 {
+    (k.1 ^ u64::from(k.0)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+fn slot_hash_of(slot: &(u64, Entry)) -> u64 {
+    slot_hash(&(slot.1.kind, slot.0))
+}
 
 impl Shard {
     /// The next tick of the use clock (wrapping: ages are compared modulo 2^32).
@@ -369,51 +406,70 @@ impl Shard {
         self.clock
     }
 
-    /// Inserts `k`, used now.
+    /// Inserts `k` (not in the table), used now.
     fn insert(&mut self, k: (u8, u64), agg: Aggregate, dirty: bool) {
         if !self.absent.is_empty() {
             self.absent.remove(&k);
         }
         let used = self.tick();
-        self.maps[usize::from(k.0)].insert(k.1, Entry::new(&agg, dirty, used));
+        let entry = Entry::new(k.0, &agg, dirty, used);
+        match self.table.entry(
+            slot_hash(&k),
+            |s| s.0 == k.1 && s.1.kind == k.0,
+            slot_hash_of,
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().1 = entry,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert((k.1, entry));
+            }
+        }
     }
 
     fn get(&self, k: &(u8, u64)) -> Option<&Entry> {
-        self.maps[usize::from(k.0)].get(&k.1)
+        self.table
+            .find(slot_hash(k), |s| s.0 == k.1 && s.1.kind == k.0)
+            .map(|s| &s.1)
     }
 
     fn get_mut(&mut self, k: &(u8, u64)) -> Option<&mut Entry> {
-        self.maps[usize::from(k.0)].get_mut(&k.1)
+        self.table
+            .find_mut(slot_hash(k), |s| s.0 == k.1 && s.1.kind == k.0)
+            .map(|s| &mut s.1)
     }
 
     fn contains_key(&self, k: &(u8, u64)) -> bool {
-        self.maps[usize::from(k.0)].contains_key(&k.1)
+        self.get(k).is_some()
     }
 
     fn remove(&mut self, k: &(u8, u64)) {
-        self.maps[usize::from(k.0)].remove(&k.1);
+        if let Ok(slot) = self
+            .table
+            .find_entry(slot_hash(k), |s| s.0 == k.1 && s.1.kind == k.0)
+        {
+            slot.remove();
+        }
     }
 
     fn len(&self) -> usize {
-        self.maps.iter().map(FxHashMap::len).sum()
+        self.table.len()
+    }
+
+    /// Bytes of the table's slots and control bytes, whatever its load.
+    fn bytes(&self) -> usize {
+        self.table.allocation_size()
     }
 
     /// Every entry with its key.
     fn iter(&self) -> impl Iterator<Item = ((u8, u64), &Entry)> {
-        self.maps
-            .iter()
-            .zip(0u8..)
-            .flat_map(|(map, kind)| map.iter().map(move |(&key, e)| ((kind, key), e)))
+        self.table.iter().map(|(key, e)| ((e.kind, *key), e))
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&(u8, u64), &mut Entry) -> bool) {
-        for (map, kind) in self.maps.iter_mut().zip(0u8..) {
-            map.retain(|&key, e| keep(&(kind, key), e));
-        }
+        self.table.retain(|(key, e)| keep(&(e.kind, *key), e));
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
-        self.maps.iter_mut().flat_map(FxHashMap::values_mut)
+        self.table.iter_mut().map(|(_, e)| e)
     }
 }
 
@@ -537,6 +593,21 @@ impl EntityStore {
     /// Whether no entity is in memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the in-memory entities take: their maps' allocated slots (each a key, an
+    /// entry and a control byte), whatever their load.
+    pub fn cache_bytes(&self) -> usize {
+        self.shared.shards.iter().map(|s| lock(s).bytes()).sum()
+    }
+
+    /// Bytes the store behind the cache holds in memory (RocksDB's memtables, block cache
+    /// and table readers); 0 without one.
+    pub fn store_memory_bytes(&self) -> u64 {
+        self.shared
+            .store
+            .as_ref()
+            .map_or(0, |s| s.backend().memory_bytes())
     }
 
     /// Entities written to the scratch store by eviction so far (0 with durable state,
@@ -706,6 +777,11 @@ impl Shared {
         };
         if shard.len() < cap {
             return;
+        }
+        if !shard.sized {
+            let room = (2 * cap).saturating_sub(shard.len());
+            shard.table.reserve(room, slot_hash_of);
+            shard.sized = true;
         }
         let excess = shard.len() - (cap - cap / 8);
         let clock = shard.clock;
@@ -1038,6 +1114,49 @@ mod tests {
                 bounded.features_of(e, 70_000)
             );
         }
+    }
+
+    #[test]
+    fn the_cache_reaches_its_size_once_and_stays_within_its_budget() {
+        // Churn through many more entities than fit: evictions leave tombstones, which
+        // must not make the tables grow as the stream goes on.
+        let config = EntityConfig::default();
+        let cap = 112 * SHARDS;
+        let s = EntityStore::scratch(&config, 22, &StateConfig::default())
+            .unwrap()
+            .capped(cap);
+        let mut h = s.handle();
+        let mut bytes_after = |from: usize, to: usize| {
+            for u in from..to {
+                let e = entities(&format!("u{u}"), &format!("i{u}"), "c");
+                h.record(&e, u as i64, Signal::Impression);
+            }
+            (s.cache_bytes(), s.len())
+        };
+        let (early, _) = bytes_after(0, cap);
+        let (late, len) = bytes_after(cap, 10 * cap);
+        assert!(s.spilled() > 5 * cap as u64, "{}", s.spilled());
+        assert!(len <= cap + SHARDS * 2, "{len}");
+        assert_eq!(early, late, "the tables grew under churn");
+        assert!(late <= cap * ENTRY_BYTES, "{late} bytes for {cap} entities");
+        // One shard, with a cap short of a power of two: its table has its final size from
+        // its first eviction on (so a short stream shows the memory of a long one).
+        let spare = EntityStore::scratch(&config, 22, &StateConfig::default())
+            .unwrap()
+            .capped(100 * SHARDS);
+        let mut shard = lock(&spare.shared.shards[0]);
+        let mut first = None;
+        for i in 0..100 * 100u64 {
+            // Keys as uniform as real ones (murmur3's finalizer).
+            let key = (i ^ i >> 33).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            let key = (key ^ key >> 33).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            spare.shared.evict(&mut shard);
+            shard.insert((0, key ^ key >> 33), Aggregate::new(0), true);
+            if spare.spilled() > 0 {
+                first.get_or_insert(shard.bytes());
+            }
+        }
+        assert_eq!(first, Some(shard.bytes()));
     }
 
     #[test]

@@ -150,6 +150,11 @@ pub struct EntitiesReport {
     pub in_memory: usize,
     /// Entity writes to the scratch store by eviction.
     pub spilled: u64,
+    /// Bytes of the in-memory entities' maps.
+    pub cache_bytes: usize,
+    /// Bytes RocksDB holds in memory for the scratch store (memtables, block cache, table
+    /// readers).
+    pub store_memory_bytes: u64,
 }
 
 /// What one worker hands back when the input is done.
@@ -395,6 +400,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         EntitiesReport {
             in_memory: entities.len(),
             spilled: entities.spilled(),
+            cache_bytes: entities.cache_bytes(),
+            store_memory_bytes: entities.store_memory_bytes(),
         },
         alerts,
         webhooks,

@@ -39,6 +39,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> Result<(), StateError>;
     /// How big `table` is.
     fn table_stats(&self, table: TableId) -> TableStats;
+    /// Heap memory the engine holds beside the tables' own entries (RocksDB: memtables,
+    /// block cache, table readers), in bytes; 0 where there is none.
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
     /// Entries of expiring tables last touched before event time `ts` may be dropped from
     /// now on (RocksDB drops them as it compacts; memory drops them at once).
     fn expire_before(&self, ts: i64);
