@@ -156,8 +156,13 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event<'_>, DecodeError
             limit: max_bytes,
         });
     }
+    // JSON is UTF-8 (RFC 8259): checking the whole payload at once (an ASCII fast path a
+    // word at a time) lets the parser borrow every string without checking each again.
+    let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed {
+        detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+    })?;
     let failure = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    let mut de = serde_json::Deserializer::from_str(text);
     let result = EventSeed { failure: &failure }
         .deserialize(&mut de)
         .and_then(|event| de.end().map(|()| event));
@@ -505,6 +510,13 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let e = decode(b"{\"type\":\"click\",\"id\":\"a\xff\",\"ts\":1}", 1 << 20).unwrap_err();
+        assert_eq!(e.reason(), "malformed_json");
+        assert_eq!(e.to_string(), "malformed JSON: invalid UTF-8 at byte 23");
     }
 
     #[test]

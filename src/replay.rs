@@ -293,10 +293,18 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 sent_at.push_back(*dataflow.input.time());
                 while sent_at.len() > MAX_BLOCKS_AHEAD {
                     let Some(t) = sent_at.pop_front() else { break };
+                    // Park rather than spin while other workers catch up: on a busy
+                    // machine a spinning worker takes the core the others need (the
+                    // channels wake a parked worker when data or progress arrives).
                     while dataflow.probe.less_than(&t) {
-                        worker.step();
+                        worker.step_or_park(None);
                     }
                 }
+                // Two steps: the first delivers the block and the input's progress, the
+                // second lets the operators see the new watermark and process the block.
+                // With one step they would see it a block late, holding (and moving) a whole
+                // block of records that cannot be processed yet on every step.
+                worker.step();
                 worker.step();
                 let done =
                     bytes_read.fetch_add((block.end - block.start) as u64, Ordering::Relaxed);
@@ -311,10 +319,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             // that the aggregates are those of that watermark.
             let last = *dataflow.input.time();
             while dataflow.probe.less_than(&last) {
-                worker.step();
+                worker.step_or_park(None);
             }
             dataflow.close();
-            while worker.step() {}
+            while worker.step_or_park(None) {}
             let aggregates = match (index, &dataflow.aggregates) {
                 (0, Some(a)) => Some(a.borrow().report()),
                 _ => None,
