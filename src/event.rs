@@ -1,7 +1,10 @@
 //! Decoding the input contract (DESIGN.md § Input) into borrowed, typed events.
 //!
 //! Decoding borrows from the payload wherever the JSON string has no escapes, keeps up to
-//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. A bad
+//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
+//! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
+//! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
+//! not check each string again. A bad
 //! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
 //! panics on any input.
 
