@@ -267,7 +267,8 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut raw = RawEvent::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        // `Str`, not `Cow`: serde's `Cow` always deserializes owned, one allocation per key.
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             match key.as_ref() {
                 "type" => raw.kind = Some(self.field::<_, Str>(&mut map, "type")?.0),
                 "id" => raw.id = Some(self.field::<_, Str>(&mut map, "id")?.0),

@@ -397,7 +397,8 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         if watermark <= windows.processed_to && buffer.iter().all(|x| x.ts >= watermark) {
             // Nothing ready, no window to close: the common case with several workers, whose
             // batches arrive between frontier moves. Sorting waits until something is ready
-            // (the sort is stable on unique keys, so deferring it changes no order).
+            // (a stable sort of a sorted prefix plus new records orders them as one later
+            // sort would, so deferring it changes no order).
             return;
         }
         // Stable sort: it detects the already-sorted runs that sources produce, so this is
@@ -419,9 +420,9 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             out,
             example_features: self.example_features,
         };
-        // Records are ~350 bytes: take them out of the buffer without copying the ones that
-        // stay (with several workers, most schedules find little or nothing ready), and
-        // without reallocating when all are ready.
+        // Records are ~350 bytes: when all are ready take the buffer whole, and when none
+        // are copy nothing (the old `split_off` copied every record that stayed, on every
+        // schedule); otherwise the records that stay move down once.
         let mut whole = if ready == buffer.len() {
             std::mem::take(buffer)
         } else {
