@@ -517,6 +517,21 @@ mod tests {
     }
 
     #[test]
+    fn decoding_typical_events_does_not_allocate() {
+        let lines: [&[u8]; 3] = [
+            br#"{"type":"impression","id":"imp-81723","ts":1763800000123,"user":"u42","item":"v9001","ctx":{"device":"ios","country":"PL","position":3,"hour":13,"category":"music","_p_true":0.04}}"#,
+            br#"{"type":"click","id":"imp-81723","ts":1763800004012}"#,
+            br#"{"type":"skip","id":"a","ts":1,"dwell_ms":1277}"#,
+        ];
+        let n = crate::features::tests::counting::allocations(|| {
+            for line in lines {
+                assert!(decode(line, DEFAULT_MAX_EVENT_BYTES).is_ok());
+            }
+        });
+        assert_eq!(n, 0);
+    }
+
+    #[test]
     fn invalid_utf8_is_malformed() {
         let e = decode(b"{\"type\":\"click\",\"id\":\"a\xff\",\"ts\":1}", 1 << 20).unwrap_err();
         assert_eq!(e.reason(), "malformed_json");
