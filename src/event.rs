@@ -1,7 +1,10 @@
 //! Decoding the input contract (DESIGN.md § Input) into borrowed, typed events.
 //!
 //! Decoding borrows from the payload wherever the JSON string has no escapes, keeps up to
-//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. A bad
+//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
+//! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
+//! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
+//! not check each string again. A bad
 //! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
 //! panics on any input.
 
@@ -156,8 +159,13 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event<'_>, DecodeError
             limit: max_bytes,
         });
     }
+    // JSON is UTF-8 (RFC 8259): checking the whole payload at once (an ASCII fast path a
+    // word at a time) lets the parser borrow every string without checking each again.
+    let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed {
+        detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+    })?;
     let failure = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(payload);
+    let mut de = serde_json::Deserializer::from_str(text);
     let result = EventSeed { failure: &failure }
         .deserialize(&mut de)
         .and_then(|event| de.end().map(|()| event));
@@ -259,7 +267,8 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut raw = RawEvent::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        // `Str`, not `Cow`: serde's `Cow` always deserializes owned, one allocation per key.
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             match key.as_ref() {
                 "type" => raw.kind = Some(self.field::<_, Str>(&mut map, "type")?.0),
                 "id" => raw.id = Some(self.field::<_, Str>(&mut map, "id")?.0),
@@ -505,6 +514,28 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn decoding_typical_events_does_not_allocate() {
+        let lines: [&[u8]; 3] = [
+            br#"{"type":"impression","id":"imp-81723","ts":1763800000123,"user":"u42","item":"v9001","ctx":{"device":"ios","country":"PL","position":3,"hour":13,"category":"music","_p_true":0.04}}"#,
+            br#"{"type":"click","id":"imp-81723","ts":1763800004012}"#,
+            br#"{"type":"skip","id":"a","ts":1,"dwell_ms":1277}"#,
+        ];
+        let n = crate::features::tests::counting::allocations(|| {
+            for line in lines {
+                assert!(decode(line, DEFAULT_MAX_EVENT_BYTES).is_ok());
+            }
+        });
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let e = decode(b"{\"type\":\"click\",\"id\":\"a\xff\",\"ts\":1}", 1 << 20).unwrap_err();
+        assert_eq!(e.reason(), "malformed_json");
+        assert_eq!(e.to_string(), "malformed JSON: invalid UTF-8 at byte 23");
     }
 
     #[test]

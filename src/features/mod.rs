@@ -631,4 +631,4 @@ fn scalar_walk(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -305,7 +305,7 @@ fn scalar_backend_is_the_reference() {
 
 // ---- allocation counting ----------------------------------------------------------------
 
-mod counting {
+pub(crate) mod counting {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
 

@@ -68,14 +68,27 @@ impl Block {
     /// [`FileSource::read`]) with their 1-based line numbers; a trailing `\r` is removed.
     pub fn lines(self, bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         let mut line = self.first_line;
-        bytes
-            .split(|&b| b == b'\n')
-            .map(move |l| {
-                let numbered = (line, l.strip_suffix(b"\r").unwrap_or(l));
-                line += 1;
-                numbered
+        // `bytes.split(|&b| b == b'\n')`, with memchr's vectorized search for the line ends.
+        let mut rest = Some(bytes);
+        std::iter::from_fn(move || {
+            let r = rest?;
+            Some(match memchr::memchr(b'\n', r) {
+                Some(end) => {
+                    rest = Some(&r[end + 1..]);
+                    &r[..end]
+                }
+                None => {
+                    rest = None;
+                    r
+                }
             })
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        })
+        .map(move |l| {
+            let numbered = (line, l.strip_suffix(b"\r").unwrap_or(l));
+            line += 1;
+            numbered
+        })
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
     }
 }
 

@@ -167,7 +167,10 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                 let now = watermark.map_or(EventTime::MAX, |w| {
                     EventTime::try_from(w).unwrap_or(EventTime::MAX)
                 });
-                if !buffer.is_empty() {
+                // Sorting waits until something is ready: with several workers most
+                // schedules bring a few observations ahead of the watermark, and a stable
+                // sort of a sorted prefix plus the rest gives the order of one later sort.
+                if buffer.iter().any(|o| o.ts() < now) {
                     buffer.sort_by_key(|o| (o.ts(), kind_order(o)));
                     let ready = buffer.partition_point(|o| o.ts() < now);
                     for o in buffer.drain(..ready) {

@@ -409,7 +409,11 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         } = state;
         let fast_skip_ms = *fast_skip_ms;
         let watermark = EventTime::try_from(watermark).unwrap_or(EventTime::MAX);
-        if buffer.is_empty() && watermark <= windows.processed_to {
+        if watermark <= windows.processed_to && buffer.iter().all(|x| x.ts >= watermark) {
+            // Nothing ready, no window to close: the common case with several workers, whose
+            // batches arrive between frontier moves. Sorting waits until something is ready
+            // (a stable sort of a sorted prefix plus new records orders them as one later
+            // sort would, so deferring it changes no order).
             return;
         }
         // Stable sort: it detects the already-sorted runs that sources produce, so this is
@@ -432,8 +436,19 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             out,
             example_features: self.example_features,
         };
-        let rest = buffer.split_off(ready);
-        let mut batch = std::mem::replace(buffer, rest).into_iter();
+        // Records are ~350 bytes: when all are ready take the buffer whole, and when none
+        // are copy nothing (the old `split_off` copied every record that stayed, on every
+        // schedule); otherwise the records that stay move down once.
+        let mut whole = if ready == buffer.len() {
+            std::mem::take(buffer)
+        } else {
+            Vec::new()
+        };
+        let mut batch = if whole.is_empty() {
+            buffer.drain(..ready)
+        } else {
+            whole.drain(..)
+        };
         while let Some(record) = batch.next() {
             // The model is far larger than the cache: start fetching the coordinates of an
             // impression a few records ahead, so its score does not wait on memory.
