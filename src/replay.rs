@@ -172,6 +172,11 @@ struct WorkerResult {
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
 
+/// How long a worker waiting for the others sleeps at most. Timely wakes it as soon as data
+/// or progress arrives; the bound only guards against a wake-up that never comes (a parked
+/// worker with no deadline would hang the replay silently).
+const PARK: Duration = Duration::from_millis(5);
+
 /// Runs the replay and returns its report.
 pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let config = &options.config;
@@ -313,7 +318,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     // machine a spinning worker takes the core the others need (the
                     // channels wake a parked worker when data or progress arrives).
                     while dataflow.probe.less_than(&t) {
-                        worker.step_or_park(None);
+                        worker.step_or_park(Some(PARK));
                     }
                 }
                 // One step: the operators see this block's watermark only at the next one,
@@ -335,10 +340,10 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             // that the aggregates are those of that watermark.
             let last = *dataflow.input.time();
             while dataflow.probe.less_than(&last) {
-                worker.step_or_park(None);
+                worker.step_or_park(Some(PARK));
             }
             dataflow.close();
-            while worker.step_or_park(None) {}
+            while worker.step_or_park(Some(PARK)) {}
             let aggregates = match (index, &dataflow.aggregates) {
                 (0, Some(a)) => Some(a.borrow().report()),
                 _ => None,
