@@ -62,15 +62,7 @@ fn one_worker_replays_are_deterministic_bit_for_bit() {
                 .arg("--model-out")
                 .arg(&model),
         );
-        let scores: Vec<serde_json::Value> = std::fs::read_to_string(scores)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("emit_ts");
-                v
-            })
-            .collect();
+        let scores = scores_without_emit_ts(&scores);
         (scores, std::fs::read(model).unwrap())
     };
     let (scores_a, model_a) = run(1);
@@ -438,15 +430,7 @@ fn gh_4_pending_impressions_beyond_the_memory_budget_change_nothing() {
                 model.to_str().unwrap(),
             ],
         );
-        let scores: Vec<serde_json::Value> = std::fs::read_to_string(scores)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("emit_ts");
-                v
-            })
-            .collect();
+        let scores = scores_without_emit_ts(&scores);
         (report, scores, std::fs::read(model).unwrap())
     };
     let (all_in, scores_in, model_in) = run(None);
@@ -479,4 +463,17 @@ fn gh_4_pending_impressions_beyond_the_memory_budget_change_nothing() {
     ] {
         assert_eq!(all_in[key], bounded[key], "{key}");
     }
+}
+
+/// The scores written to `path`, without `emit_ts` (wall-clock time, differs between runs).
+fn scores_without_emit_ts(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("emit_ts");
+            v
+        })
+        .collect()
 }
