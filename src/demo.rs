@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ctrflow_connectors::kafka::MockCluster;
+use ctrflow_connectors::kafka::{KafkaConfig, MockCluster};
 
 use crate::config::PipelineConfig;
 use crate::generator::{DriftKind, GenConfig, GenStats};
-use crate::produce::{self, KafkaTarget};
+use crate::produce;
 use crate::run::{self, Progress, RunOptions, RunReport};
 use crate::telemetry::{self, Health};
 
@@ -100,10 +100,11 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         drift_kinds: vec![DriftKind::FlipItems, DriftKind::BaseCtr],
         ..GenConfig::default()
     };
-    let target = KafkaTarget {
+    let producer = KafkaConfig {
         brokers: bootstrap.clone(),
-        topic: config.kafka.topics.events.clone(),
+        ..KafkaConfig::default()
     };
+    let events_topic = config.kafka.topics.events.clone();
     let worker_stop = Arc::new(AtomicBool::new(false));
     let running = run::start(&RunOptions {
         config: config.clone(),
@@ -130,7 +131,15 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 };
-                produce::produce_paced(&generator, &target, None, &stop, &produced, &pace)
+                produce::produce_paced(
+                    &generator,
+                    &producer,
+                    &events_topic,
+                    None,
+                    &stop,
+                    &produced,
+                    &pace,
+                )
             })
             .context("starting the generator")?
     });

@@ -52,24 +52,27 @@ pub fn produce(
     stop: &AtomicBool,
     produced: &AtomicU64,
 ) -> anyhow::Result<GenStats> {
-    produce_paced(config, target, rate, stop, produced, &|_| ())
+    let kafka = KafkaConfig {
+        brokers: target.brokers.clone(),
+        ..KafkaConfig::default()
+    };
+    produce_paced(config, &kafka, &target.topic, rate, stop, produced, &|_| ())
 }
 
-/// [`produce`], calling `pace` with the number of events sent after every batch; it may
-/// block to hold the producer back (the demo keeps it within reach of the worker).
+/// [`produce`] with the producer configured by `kafka` (its brokers, librdkafka
+/// properties and flush timeout), calling `pace` with the number of events sent after
+/// every batch; it may block to hold the producer back (the demo keeps it within reach of
+/// the worker).
 pub fn produce_paced(
     config: &GenConfig,
-    target: &KafkaTarget,
+    kafka: &KafkaConfig,
+    topic: &str,
     rate: Option<f64>,
     stop: &AtomicBool,
     produced: &AtomicU64,
     pace: &dyn Fn(u64),
 ) -> anyhow::Result<GenStats> {
-    let kafka = KafkaConfig {
-        brokers: target.brokers.clone(),
-        ..KafkaConfig::default()
-    };
-    let sink = KafkaSink::new(&kafka).context("connecting the producer")?;
+    let sink = KafkaSink::new(kafka).context("connecting the producer")?;
     let mut generator = Generator::new(config)?;
     let mut line = Vec::with_capacity(512);
     let mut key = Vec::with_capacity(16);
@@ -85,14 +88,14 @@ pub fn produce_paced(
             key.push(b'u');
             key.extend_from_slice(itoa::Buffer::new().format(emitted.user).as_bytes());
             let payload = line.strip_suffix(b"\n").unwrap_or(&line);
-            sink.send(&target.topic, Some(&key), payload)
-                .with_context(|| format!("producing to {}", target.topic))?;
+            sink.send(topic, Some(&key), payload)
+                .with_context(|| format!("producing to {topic}"))?;
             sent += 1;
         }
         produced.store(sent, Ordering::Relaxed);
         pace(sent);
         sink.retry_failed()
-            .with_context(|| format!("producing to {}", target.topic))?;
+            .with_context(|| format!("producing to {topic}"))?;
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(sent as f64 / rate);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {

@@ -16,7 +16,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 
 use ctrflow::generator::GenConfig;
-use ctrflow::produce::{KafkaTarget, produce};
+use ctrflow::produce::{KafkaTarget, produce, produce_paced};
+use ctrflow_connectors::kafka::KafkaConfig;
 
 use crate::util::ctrflow;
 
@@ -726,6 +727,39 @@ pub fn generate_config_into(
         rate,
         &AtomicBool::new(false),
         &AtomicU64::new(0),
+    )
+    .expect("producing generated events")
+}
+
+/// [`generate_into`] by a producer that waits up to `patience` for its last deliveries
+/// (instead of `kafka.producer.flush_timeout_ms`' default), for tests whose broker may be
+/// down for a while.
+pub fn generate_into_patiently(
+    brokers: &str,
+    topic: &str,
+    impressions: u64,
+    seed: u64,
+    rate: Option<f64>,
+    patience: Duration,
+) -> ctrflow::generator::GenStats {
+    let mut kafka = KafkaConfig {
+        brokers: brokers.to_owned(),
+        ..KafkaConfig::default()
+    };
+    kafka.producer.flush_timeout_ms = patience.as_millis() as u64;
+    let config = GenConfig {
+        count: impressions,
+        seed,
+        ..GenConfig::default()
+    };
+    produce_paced(
+        &config,
+        &kafka,
+        topic,
+        rate,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+        &|_| (),
     )
     .expect("producing generated events")
 }
