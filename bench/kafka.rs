@@ -396,7 +396,8 @@ fn latency_buckets(text: &str) -> Vec<(f64, u64)> {
         .collect()
 }
 
-/// The bucket bounds below which 50% and 99% of the observations between two renders fell.
+/// The bucket bounds below which 50% and 99% of the observations between two renders fell
+/// (NaN without observations).
 fn bucket_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> (f64, f64) {
     let counts: Vec<(f64, u64)> = after
         .iter()
@@ -410,6 +411,9 @@ fn bucket_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> (f64, f64) {
         .collect();
     let total = counts.last().map_or(0, |(_, n)| *n) as f64;
     let at = |p: f64| {
+        if total == 0.0 {
+            return f64::NAN;
+        }
         counts
             .iter()
             .find(|(_, n)| *n as f64 >= total * p)
