@@ -83,6 +83,11 @@ impl Key for String {
 /// Encodes `value` into `out` (cleared first).
 pub fn encode_value<V: Serialize>(value: &V, out: &mut Vec<u8>) {
     out.clear();
+    append_value(value, out);
+}
+
+/// Appends `value`'s bytes to `out` (after a prefix already there).
+pub fn append_value<V: Serialize>(value: &V, out: &mut Vec<u8>) {
     // Serializing into a Vec fails only for types serde cannot express (maps with
     // non-string keys are fine in postcard): a programming error, caught by the tests.
     let bytes = postcard::to_extend(value, std::mem::take(out))

@@ -5,10 +5,15 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{Key, decode_value, encode_value};
+use crate::codec::{Key, append_value, decode_value, encode_value};
 
 use crate::error::StateError;
 use crate::store::{Batch, StateStore};
+
+/// Room for most keys (a few fixed-width fields) and values (an entity's aggregate with its
+/// touch time) without growing the buffer.
+const KEY_CAPACITY: usize = 24;
+const VALUE_CAPACITY: usize = 96;
 
 /// One kind of state: a RocksDB column family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,9 +113,9 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
     /// [`put_touched`](Self::put_touched).
     pub fn put(&self, batch: &mut Batch, key: &K, value: &V) {
         debug_assert!(!self.id.expires(), "{} needs put_touched", self.id.name());
-        let mut k = Vec::new();
+        let mut k = Vec::with_capacity(KEY_CAPACITY);
         key.encode_key(&mut k);
-        let mut v = Vec::new();
+        let mut v = Vec::with_capacity(VALUE_CAPACITY);
         encode_value(value, &mut v);
         batch.put(self.id, k, v);
     }
@@ -119,13 +124,11 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
     /// expiring table: the entry may be dropped once the store expires entries touched
     /// before a later time.
     pub fn put_touched(&self, batch: &mut Batch, key: &K, touched: i64, value: &V) {
-        let mut k = Vec::new();
+        let mut k = Vec::with_capacity(KEY_CAPACITY);
         key.encode_key(&mut k);
-        let mut body = Vec::new();
-        encode_value(value, &mut body);
-        let mut v = Vec::with_capacity(8 + body.len());
+        let mut v = Vec::with_capacity(VALUE_CAPACITY);
         v.extend_from_slice(&touched.to_le_bytes());
-        v.extend_from_slice(&body);
+        append_value(value, &mut v);
         batch.put(self.id, k, v);
     }
 
