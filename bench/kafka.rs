@@ -7,7 +7,8 @@
 //! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
 //! (the bench's producer, default 5 = librdkafka's default: at 1 ms its client took ~50% of
 //! a core at 50k events/s, which the worker and the broker then lacked), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
-//! `fetch.wait.max.ms`, default 5), `CTRFLOW_BENCH_NAGLE=off` (`socket.nagle.disable` on every
+//! `fetch.wait.max.ms`, default 5), `CTRFLOW_BENCH_WORKER_LINGER_MS` (the worker's score
+//! producer's `linger.ms`, default 1: fewer, larger produce requests for the broker), `CTRFLOW_BENCH_NAGLE=off` (`socket.nagle.disable` on every
 //! client: measured, no difference on loopback).
 //! `CTRFLOW_BENCH_BROKER=mock` runs against librdkafka's `MockCluster` in this process
 //! instead of a broker (what the worker costs without tansu's own latency).
@@ -180,7 +181,7 @@ fn config(brokers: &str, t: &Topics) -> PipelineConfig {
     config.kafka.topics.scores = t.scores.clone();
     config.kafka.topics.dead_letters = t.dead.clone();
     config.kafka.consumer.idle_timeout_ms = 2000;
-    config.kafka.producer.linger_ms = 1;
+    config.kafka.producer.linger_ms = env_or("CTRFLOW_BENCH_WORKER_LINGER_MS", 1);
     // A caught-up fetch waits up to this long for data (librdkafka default 500 ms; brokers
     // that do not answer early make it the latency floor).
     let wait = std::env::var("CTRFLOW_BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "5".to_owned());
