@@ -201,6 +201,8 @@ fn build_inner(
             };
             DetectState::new(drift)
         });
+        // Each worker runs its shards of the detectors (`DriftConfig::shards`).
+        let state = state.map(|drift| drift.for_worker(worker.index(), worker.peers()));
         Rc::new(RefCell::new(state.map(|drift| Watch {
             detectors: match timeline {
                 Some(output) => Watching::Recorded(Box::new(Timeline::new(
@@ -275,7 +277,7 @@ fn build_inner(
             impressions
                 .concat(labels)
                 .concat(drift_input.to_stream(scope))
-                .detect_shared(Rc::clone(detect))
+                .detect_sharded(Rc::clone(detect), config.drift.shards())
                 .inspect(move |alert| {
                     on_alert(alert);
                     sink.borrow_mut().push(alert.clone());
@@ -432,7 +434,7 @@ impl Ingest {
     /// `flush`, the incomplete summary too (at the end of the input).
     pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, Observation> {
         if flush && let Some(last) = self.sketch.as_mut().and_then(CtxSketch::take) {
-            self.summaries.push(Observation::Data(last));
+            self.summaries.push(Observation::Data(Box::new(last)));
         }
         self.summaries.drain(..)
     }
@@ -443,7 +445,7 @@ impl Ingest {
         if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
             && let Some(summary) = sketch.observe(imp)
         {
-            self.summaries.push(Observation::Data(summary));
+            self.summaries.push(Observation::Data(Box::new(summary)));
         }
         if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), &event)
             && let Some(CtxValue::Str(value)) = imp.ctx_get(field)
