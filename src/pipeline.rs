@@ -58,12 +58,12 @@ pub struct Dataflow {
     /// Where `ctx` summaries go in, when the dataflow detects drift ([`build_detecting`]);
     /// advance it with [`Dataflow::advance_to`], close it with [`Dataflow::close`].
     pub drift_input: Option<DriftInput>,
-    /// Drift alerts raised on this worker (all of them on worker 0), in the order raised.
+    /// Drift alerts raised on this worker (by the detectors it runs), in the order raised.
     pub alerts: Rc<RefCell<Vec<Alert>>>,
     /// The global aggregates, when enabled (`[aggregates]`); complete on worker 0.
     pub aggregates: Option<Rc<RefCell<Aggregates>>>,
     /// The drift detectors and what they have not yet observed, when the dataflow detects
-    /// (only worker 0's see anything); read it between steps, for checkpoints.
+    /// (this worker's shards of them); read it between steps, for checkpoints.
     pub detect: Option<Rc<RefCell<DetectState<Watch>>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
@@ -101,7 +101,7 @@ pub struct Restored {
     pub input_time: Watermark,
     /// The global aggregates' window (worker 0, when the checkpoint holds them).
     pub aggregates: Option<Aggregates>,
-    /// The drift detectors (worker 0's, when it detects).
+    /// The drift detectors (this worker's shards of them, when it detects).
     pub detect: Option<DetectState<Drift>>,
 }
 
@@ -113,7 +113,8 @@ pub struct Context<'a> {
     /// The worker's checkpointed state, when resuming.
     pub restored: Option<Restored>,
     /// Metrics over time and drift metrics ([`crate::timeline`]): give it to worker 0
-    /// only, which runs the detectors. With it, the `Detect` operator runs even when
+    /// only, which runs the detectors that report statistics (the main shard of
+    /// `DriftConfig::shards`) and gets every impression and label. With it, the `Detect` operator runs even when
     /// `[drift]` is disabled (then with no detector).
     pub timeline: Option<TimelineOutput>,
     /// The response policy (`[drift.response]`), shared by every worker of the process

@@ -185,7 +185,14 @@ impl ConceptDrift {
         // segment) is centred on its own mean, not on its first example.
         let w = slow_weight.max(1.0 / (self.seen + 1) as f64);
         self.mean_logit += w * (l - self.mean_logit);
-        let x = self.metric.value(served, positive, self.mean_logit);
+        let x = match self.metric {
+            // `value`, with the logit just computed (the same expression) not computed again.
+            LossMetric::Discrimination => {
+                let p = crate::model::logistic::clamp_probability(served);
+                -(f64::from(u8::from(positive)) - p) * (l - self.mean_logit)
+            }
+            metric => metric.value(served, positive, self.mean_logit),
+        };
         self.seen += 1;
         if self.seen == 1 {
             self.slow = x;

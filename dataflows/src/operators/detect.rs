@@ -245,6 +245,7 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
         routed.unary_frontier(exchange, "Detect", move |_cap, _info| {
             let mut held = None;
             let mut alerts = Vec::new();
+            let mut order: Vec<(EventTime, u8, usize)> = Vec::new();
             move |(input, frontier), output| {
                 let mut guard = state.borrow_mut();
                 let DetectState {
@@ -263,15 +264,23 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                 let now = watermark.map_or(EventTime::MAX, |w| {
                     EventTime::try_from(w).unwrap_or(EventTime::MAX)
                 });
-                // Sorting waits until something is ready: with several workers most
-                // schedules bring a few observations ahead of the watermark, and a stable
-                // sort of a sorted prefix plus the rest gives the order of one later sort.
+                // Only the ready observations are ordered, by their keys: `(ts, kind,
+                // position)` is unique, so sorting the 24-byte keys gives the order of a
+                // stable sort of the buffer by `(ts, kind)` without moving the (larger)
+                // observations; those not ready stay in arrival order, so ties keep
+                // arrival order across rounds too.
                 if buffer.iter().any(|o| o.ts() < now) {
-                    buffer.sort_by_key(|o| (o.ts(), kind_order(o)));
-                    let ready = buffer.partition_point(|o| o.ts() < now);
-                    for o in buffer.drain(..ready) {
-                        detector.observe(&o);
+                    order.clear();
+                    order.extend(
+                        (buffer.iter().enumerate())
+                            .filter(|(_, o)| o.ts() < now)
+                            .map(|(i, o)| (o.ts(), kind_order(o), i)),
+                    );
+                    order.sort_unstable();
+                    for &(_, _, i) in &order {
+                        detector.observe(&buffer[i]);
                     }
+                    buffer.retain(|o| o.ts() >= now);
                 }
                 if now > *advanced {
                     // At the end of the input, evaluate up to the last observation seen.
@@ -434,6 +443,35 @@ mod tests {
         let mut seen: Vec<(usize, [u64; 4])> = recv.try_iter().collect();
         seen.sort();
         seen.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Records what it observes.
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<Observation>>>);
+    impl Detector for Log {
+        fn observe(&mut self, o: &Observation) {
+            self.0.lock().unwrap().push(o.clone());
+        }
+        fn advance(&mut self, _: EventTime, _: &mut Vec<Alert>) {}
+    }
+
+    #[test]
+    fn ties_in_time_and_kind_keep_arrival_order() {
+        let label = |ts, served| Observation::Label {
+            id: 0,
+            impression_ts: ts,
+            label_ts: ts,
+            served,
+            label: crate::record::LabelSource::Expired,
+        };
+        let imp = |ts| Observation::Impression { ts, score: 0.5 };
+        let input = vec![label(5, 0.1), imp(5), label(5, 0.2), imp(1), label(5, 0.3)];
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&log);
+        timely::example(move |scope| {
+            input.to_stream(scope).detect(Log(seen));
+        });
+        let expected = vec![imp(1), imp(5), label(5, 0.1), label(5, 0.2), label(5, 0.3)];
+        assert_eq!(*log.lock().unwrap(), expected);
     }
 
     #[test]
