@@ -276,7 +276,10 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                             .filter(|(_, o)| o.ts() < now)
                             .map(|(i, o)| (o.ts(), kind_order(o), i)),
                     );
-                    order.sort_unstable();
+                    // Unique keys: any sort gives the same order; the stable one merges
+                    // the sorted runs the workers' batches arrive in instead of
+                    // partitioning them again.
+                    order.sort();
                     for &(_, _, i) in &order {
                         detector.observe(&buffer[i]);
                     }
