@@ -63,8 +63,9 @@ const PROGRESS_PART: u8 = 1;
 /// time it had read and the time its input stood at.
 const INPUT: Table<(u32, u8), (i64, u64)> = Table::new(TableId::Operators);
 const INPUT_PART: u8 = 2;
-/// The drift detectors and their pending observations, under `(worker, DETECT_PART)`: only
-/// worker 0's hold anything (the `Detect` operator routes everything to it).
+/// The drift detectors and their pending observations, under `(worker, DETECT_PART)`: each
+/// worker's shards of them (`DriftConfig::shards`; with one shard, only worker 0's hold
+/// anything).
 const DETECT: Table<(u32, u8), DetectState<Drift>> = Table::new(TableId::Operators);
 const DETECT_PART: u8 = 4;
 /// The response policy, under `(0, RESPONSE_PART)` (one per process, kept by worker 0).

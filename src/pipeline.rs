@@ -58,12 +58,12 @@ pub struct Dataflow {
     /// Where `ctx` summaries go in, when the dataflow detects drift ([`build_detecting`]);
     /// advance it with [`Dataflow::advance_to`], close it with [`Dataflow::close`].
     pub drift_input: Option<DriftInput>,
-    /// Drift alerts raised on this worker (all of them on worker 0), in the order raised.
+    /// Drift alerts raised on this worker (by the detectors it runs), in the order raised.
     pub alerts: Rc<RefCell<Vec<Alert>>>,
     /// The global aggregates, when enabled (`[aggregates]`); complete on worker 0.
     pub aggregates: Option<Rc<RefCell<Aggregates>>>,
     /// The drift detectors and what they have not yet observed, when the dataflow detects
-    /// (only worker 0's see anything); read it between steps, for checkpoints.
+    /// (this worker's shards of them); read it between steps, for checkpoints.
     pub detect: Option<Rc<RefCell<DetectState<Watch>>>>,
     /// The dataflow's identifier, to drop it on shutdown.
     pub id: usize,
@@ -101,7 +101,7 @@ pub struct Restored {
     pub input_time: Watermark,
     /// The global aggregates' window (worker 0, when the checkpoint holds them).
     pub aggregates: Option<Aggregates>,
-    /// The drift detectors (worker 0's, when it detects).
+    /// The drift detectors (this worker's shards of them, when it detects).
     pub detect: Option<DetectState<Drift>>,
 }
 
@@ -113,7 +113,8 @@ pub struct Context<'a> {
     /// The worker's checkpointed state, when resuming.
     pub restored: Option<Restored>,
     /// Metrics over time and drift metrics ([`crate::timeline`]): give it to worker 0
-    /// only, which runs the detectors. With it, the `Detect` operator runs even when
+    /// only, which runs the detectors that report statistics (the main shard of
+    /// `DriftConfig::shards`) and gets every impression and label. With it, the `Detect` operator runs even when
     /// `[drift]` is disabled (then with no detector).
     pub timeline: Option<TimelineOutput>,
     /// The response policy (`[drift.response]`), shared by every worker of the process
@@ -201,6 +202,8 @@ fn build_inner(
             };
             DetectState::new(drift)
         });
+        // Each worker runs its shards of the detectors (`DriftConfig::shards`).
+        let state = state.map(|drift| drift.for_worker(worker.index(), worker.peers()));
         Rc::new(RefCell::new(state.map(|drift| Watch {
             detectors: match timeline {
                 Some(output) => Watching::Recorded(Box::new(Timeline::new(
@@ -275,7 +278,7 @@ fn build_inner(
             impressions
                 .concat(labels)
                 .concat(drift_input.to_stream(scope))
-                .detect_shared(Rc::clone(detect))
+                .detect_sharded(Rc::clone(detect), config.drift.shards())
                 .inspect(move |alert| {
                     on_alert(alert);
                     sink.borrow_mut().push(alert.clone());
@@ -432,7 +435,7 @@ impl Ingest {
     /// `flush`, the incomplete summary too (at the end of the input).
     pub fn take_summaries(&mut self, flush: bool) -> std::vec::Drain<'_, Observation> {
         if flush && let Some(last) = self.sketch.as_mut().and_then(CtxSketch::take) {
-            self.summaries.push(Observation::Data(last));
+            self.summaries.push(Observation::Data(Box::new(last)));
         }
         self.summaries.drain(..)
     }
@@ -443,7 +446,7 @@ impl Ingest {
         if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
             && let Some(summary) = sketch.observe(imp)
         {
-            self.summaries.push(Observation::Data(summary));
+            self.summaries.push(Observation::Data(Box::new(summary)));
         }
         if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), &event)
             && let Some(CtxValue::Str(value)) = imp.ctx_get(field)

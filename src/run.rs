@@ -1157,9 +1157,8 @@ fn checkpoint_round(
     if let (0, Some(aggregates)) = (index, &dataflow.aggregates) {
         checkpointer.contribute_aggregates(&aggregates.borrow());
     }
-    if index == 0
-        && let Some(detect) = &dataflow.detect
-    {
+    // Every worker: each runs its shards of the detectors (`DriftConfig::shards`).
+    if let Some(detect) = &dataflow.detect {
         checkpointer.contribute_detect(index, &detect.borrow().project(|w| w.drift().clone()));
     }
     checkpointer.contribute(

@@ -108,6 +108,33 @@ pub struct ConceptDrift {
     opened_by_page_hinkley: bool,
     since: EventTime,
     episode: Episode,
+    /// The smoothing weights, derived from `settings` on first use (not state).
+    #[serde(skip)]
+    weights: Weights,
+}
+
+/// The moving averages' smoothing weights: `weight(n)` is a `powf`, and calling it three
+/// times per example was a visible share of the detectors' time. Derived from the
+/// settings, so not serialized and equal whatever it holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Weights(Option<(f64, f64)>);
+
+impl PartialEq for Weights {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Weights {
+    /// `(weight(recovery_examples), weight(10 · recovery_examples))`.
+    fn get(&mut self, s: &ConceptSettings) -> (f64, f64) {
+        *self.0.get_or_insert_with(|| {
+            (
+                weight(s.recovery_examples),
+                weight(10 * s.recovery_examples),
+            )
+        })
+    }
 }
 
 fn logit(p: f64) -> f64 {
@@ -138,6 +165,7 @@ impl ConceptDrift {
             opened_by_page_hinkley: false,
             since: 0,
             episode: Episode::default(),
+            weights: Weights::default(),
         }
     }
 
@@ -151,28 +179,36 @@ impl ConceptDrift {
         out: &mut Vec<Alert>,
     ) {
         let s = self.settings;
+        let (fast_weight, slow_weight) = self.weights.get(&s);
         let l = logit(crate::model::logistic::clamp_probability(served));
         // The plain mean at first, then a slow moving average: a short stream (a small
         // segment) is centred on its own mean, not on its first example.
-        let w = weight(10 * s.recovery_examples).max(1.0 / (self.seen + 1) as f64);
+        let w = slow_weight.max(1.0 / (self.seen + 1) as f64);
         self.mean_logit += w * (l - self.mean_logit);
-        let x = self.metric.value(served, positive, self.mean_logit);
+        let x = match self.metric {
+            // `value`, with the logit just computed (the same expression) not computed again.
+            LossMetric::Discrimination => {
+                let p = crate::model::logistic::clamp_probability(served);
+                -(f64::from(u8::from(positive)) - p) * (l - self.mean_logit)
+            }
+            metric => metric.value(served, positive, self.mean_logit),
+        };
         self.seen += 1;
         if self.seen == 1 {
             self.slow = x;
             self.fast = x;
             self.since = ts;
         }
-        self.fast += weight(s.recovery_examples) * (x - self.fast);
+        self.fast += fast_weight * (x - self.fast);
         if self.seen <= s.warmup_examples {
-            self.slow += weight(s.recovery_examples) * (x - self.slow);
+            self.slow += fast_weight * (x - self.slow);
             self.since = ts;
             return;
         }
         let open = self.episode.is_open();
         if !open {
             // The level before a drift: ten recovery spans long, so a drift moves it little.
-            self.slow += weight(10 * s.recovery_examples) * (x - self.slow);
+            self.slow += slow_weight * (x - self.slow);
         }
         let cut = self
             .adwin

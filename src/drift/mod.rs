@@ -38,6 +38,7 @@ pub mod sinks;
 pub mod stats;
 
 use ctrflow_connectors::webhook::WebhookConfig;
+use ctrflow_dataflows::operators::Shards;
 use ctrflow_dataflows::{Alert, Detector, EventTime, LabelSource, Observation};
 use serde::{Deserialize, Serialize};
 
@@ -786,6 +787,28 @@ pub fn score_bucket(p: f32) -> i32 {
 /// See [`Drift::newest_impression`].
 const FLUSH_SLACK_MS: EventTime = 60_000;
 
+/// The shard ([`Shards`]) of every detector but the per-segment one.
+const MAIN_SHARD: usize = 0;
+/// The shard of the per-segment detector ([`segment`]): the costliest per observation (a
+/// segment and a label to join per impression, a detector per segment), so with two
+/// workers or more it runs beside the others, not after them.
+const SEGMENT_SHARD: usize = 1;
+
+impl DriftConfig {
+    /// How [`Drift`]'s detectors split over workers (see the `Detect` operator): the
+    /// per-segment detector apart when it is on. Both shards count impressions and
+    /// settled labels ([`Drift`]'s shared state), so both get every impression and label;
+    /// segments go to the segment shard alone, `ctx` summaries to the main one.
+    pub fn shards(&self) -> Shards {
+        if self.enabled && self.segments.enabled {
+            let (main, segment) = (1 << MAIN_SHARD, 1 << SEGMENT_SHARD);
+            Shards::new(main, segment, main | segment, main | segment)
+        } else {
+            Shards::ONE
+        }
+    }
+}
+
 /// Every detector `[drift]` enables, behind the dataflow's [`Detector`] interface; `serde`
 /// so that it can be checkpointed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -901,6 +924,26 @@ impl Drift {
             pending: Vec::new(),
             score_key: ("score".into(), true),
         }
+    }
+}
+
+impl Drift {
+    /// These detectors less those that worker `index` of `peers` does not run under
+    /// [`DriftConfig::shards`]: what that worker's `Detect` operator must hold. Also
+    /// applied to restored detectors, so that a checkpoint taken before the detectors
+    /// were sharded does not run one twice.
+    pub fn for_worker(mut self, index: usize, peers: usize) -> Self {
+        if !Shards::runs(SEGMENT_SHARD, index, peers) {
+            self.segments = None;
+        }
+        if !Shards::runs(MAIN_SHARD, index, peers) {
+            self.concept.clear();
+            self.calibration = None;
+            self.outage = None;
+            self.data = None;
+            self.score = None;
+        }
+        self
     }
 }
 
@@ -1043,6 +1086,7 @@ impl Detector for Drift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ctrflow_dataflows::AlertState;
 
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
@@ -1090,8 +1134,8 @@ mod tests {
 
     #[test]
     fn gh_5_restored_detectors_continue_their_episode() {
+        use ctrflow_dataflows::AlertKind;
         use ctrflow_dataflows::operators::DetectState;
-        use ctrflow_dataflows::{AlertKind, AlertState};
         use ctrflow_state::codec::{decode_value, encode_value};
         let hour = 3_600_000;
         let mut config = DriftConfig::default();
@@ -1134,6 +1178,112 @@ mod tests {
         let mut none = Vec::new();
         stream(&mut fresh, 5 * hour / 2, 3 * hour, true, &mut none);
         assert!(outage(&none).is_empty(), "{none:#?}");
+    }
+
+    /// A stream of 10 segments at one impression per 10 ms, each labelled 5 ms later,
+    /// whose segments 0..3 turn their ranking around at impression `flip_at`, in the
+    /// order the `Detect` operator hands observations over.
+    fn segmented_stream(n: u64, flip_at: u64) -> Vec<Observation> {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let ts = i as EventTime * 10;
+            let segment = rng.random_range(0..10u32);
+            let p: f64 = 0.04 * (rng.random_range(-1.5..1.5f64)).exp();
+            let truth = if i >= flip_at && segment < 3 {
+                0.04 * 0.04 / p
+            } else {
+                p
+            };
+            out.push(Observation::Segment {
+                ts,
+                id: i,
+                value: format!("c{segment}").into(),
+            });
+            out.push(Observation::Impression {
+                ts,
+                score: p as f32,
+            });
+            let label = if rng.random_bool(truth.min(1.0)) {
+                LabelSource::Click
+            } else {
+                LabelSource::Expired
+            };
+            out.push(Observation::Label {
+                id: i,
+                impression_ts: ts,
+                label_ts: ts + 5,
+                served: p as f32,
+                label,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn sharded_detectors_raise_what_one_raises() {
+        let mut config = DriftConfig::default();
+        config.concept.warmup_examples = 2000;
+        config.concept.recovery_examples = 2000;
+        config.calibration.warmup_examples = 2000;
+        config.score.enabled = false;
+        config.data.enabled = false;
+        config.resolve_after_ms = 0;
+        config.min_alert_interval_ms = 0;
+        let stream = segmented_stream(200_000, 100_000);
+        // Feeds each worker's detectors its share, as the `Detect` operator routes it.
+        let run = |peers: usize| -> Vec<(String, AlertState, EventTime)> {
+            let shards = config.shards();
+            let mut workers: Vec<Drift> = (0..peers)
+                .map(|w| Drift::new(&config, 1000).for_worker(w, peers))
+                .collect();
+            let mut alerts = Vec::new();
+            let mut targets = [0; 8];
+            for o in &stream {
+                let n = shards.workers(o, peers, &mut targets);
+                for &w in &targets[..n] {
+                    workers[w as usize].observe(o);
+                }
+                if o.ts() % 10_000 == 5 {
+                    for d in &mut workers {
+                        d.advance(o.ts() + 1, &mut alerts);
+                    }
+                }
+            }
+            let mut got: Vec<_> = alerts
+                .into_iter()
+                .map(|a| (a.metric.to_string(), a.state, a.ts))
+                .collect();
+            got.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+            got
+        };
+        let one = run(1);
+        assert!(
+            one.iter()
+                .any(|(m, s, _)| m.starts_with("discrimination{category=c")
+                    && *s == AlertState::Firing),
+            "{one:#?}"
+        );
+        assert_eq!(run(2), one);
+        assert_eq!(run(3), one);
+    }
+
+    #[test]
+    fn each_worker_runs_its_shards() {
+        let config = DriftConfig::default();
+        let all = Drift::new(&config, 1000);
+        let main = all.clone().for_worker(0, 2);
+        let segments = all.clone().for_worker(1, 2);
+        assert!(main.segments.is_none() && main.outage.is_some() && !main.concept.is_empty());
+        assert!(segments.segments.is_some() && segments.outage.is_none());
+        assert!(segments.concept.is_empty() && segments.data.is_none());
+        let alone = all.for_worker(0, 1);
+        assert!(alone.segments.is_some() && alone.outage.is_some());
+        let mut off = config.clone();
+        off.segments.enabled = false;
+        assert_eq!(off.shards(), Shards::ONE);
     }
 
     #[test]

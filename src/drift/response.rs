@@ -32,7 +32,7 @@
 //!
 //! # Determinism
 //!
-//! The `Detect` operator (worker 0) confirms drift by calling [`Response::confirm`] when a
+//! The `Detect` operator (on the worker whose detector raised the alert) confirms drift by calling [`Response::confirm`] when a
 //! `concept_drift` alert fires; each learner handle notices at its next update (one atomic
 //! load per example) and the challenger learns from that update on. With one worker the
 //! operators run in one thread in an order fixed by the input, and decisions happen at

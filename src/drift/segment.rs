@@ -56,6 +56,11 @@ pub struct SegmentDrift {
     max_segments: usize,
     settings: ConceptSettings,
     segments: Vec<Segment>,
+    /// Segment value → index into `segments`: one hash lookup per impression instead of
+    /// a string comparison with every segment. Derived from `segments` (rebuilt after a
+    /// restore), so not serialized.
+    #[serde(skip)]
+    by_value: FxHashMap<CompactString, u16>,
     /// Impression id key → segment index, for impressions awaiting their label.
     pending: FxHashMap<u64, u16>,
     /// `(impression ts, id key)` in arrival order, to forget labels that never come.
@@ -99,6 +104,7 @@ impl SegmentDrift {
                 ..settings
             },
             segments: Vec::new(),
+            by_value: FxHashMap::default(),
             pending: FxHashMap::default(),
             arrivals: VecDeque::new(),
             keep_ms: (2 * label_window_ms).max(60_000) as EventTime,
@@ -115,14 +121,22 @@ impl SegmentDrift {
 
     /// The impression `id` (its [`id_key`]), at `ts`, belongs to segment `value`.
     pub fn impression(&mut self, ts: EventTime, id: u64, value: &str) {
-        let index = match self.segments.iter().position(|s| s.value == value) {
-            Some(i) => i,
+        if self.by_value.len() != self.segments.len() {
+            self.by_value = (self.segments.iter().enumerate())
+                .map(|(i, s)| (s.value.clone(), i as u16))
+                .collect();
+        }
+        let index = match self.by_value.get(value) {
+            Some(&i) => usize::from(i),
             None if self.segments.len() < self.max_segments => {
                 self.segments.push(Segment {
                     value: value.into(),
                     drift: ConceptDrift::new(LossMetric::Discrimination, self.settings),
                 });
-                self.segments.len() - 1
+                let i = self.segments.len() - 1;
+                // `max_segments` is at most `u16::MAX`.
+                self.by_value.insert(value.into(), i as u16);
+                i
             }
             None => {
                 self.unwatched += 1;
@@ -335,6 +349,22 @@ mod tests {
     fn a_stationary_stream_is_quiet() {
         let (alerts, _) = run(300_000, None);
         assert!(alerts.is_empty(), "{alerts:#?}");
+    }
+
+    #[test]
+    fn a_restored_detector_finds_its_segments_by_value() {
+        let mut d = SegmentDrift::new("category", 8, settings(), 1000);
+        d.impression(0, 1, "a");
+        d.impression(1, 2, "b");
+        let mut bytes = Vec::new();
+        ctrflow_state::codec::encode_value(&d, &mut bytes);
+        let mut restored: SegmentDrift =
+            ctrflow_state::codec::decode_value("operators", &bytes).unwrap();
+        restored.impression(2, 3, "b");
+        restored.impression(3, 4, "c");
+        assert_eq!(restored.pending.get(&3), Some(&1));
+        assert_eq!(restored.pending.get(&4), Some(&2));
+        assert_eq!(restored.segments.len(), 3);
     }
 
     #[test]

@@ -1,15 +1,29 @@
-//! Drift detection: every observation routed to one worker, handed to the detector in
-//! event-time order, alerts out.
+//! Drift detection: observations routed to the workers that run the detectors needing
+//! them, handed over in event-time order, alerts out.
 //!
-//! # Why one worker
+//! # Why few workers, and which
 //!
 //! Alerts are global: "the model's loss rose" or "feedback stopped" is one episode for the
-//! whole pipeline, not one per worker, and the contract promises one alert per episode.
-//! Sending every observation to worker 0 gives one detector that sees the whole stream,
-//! in one order, so a 1-worker run is deterministic and an N-worker run still raises each
-//! alert once. The cost is bounded: an [`Observation`] is a few machine words (no ids, no
-//! features), and `ctx` values arrive already summarized per worker batch
+//! whole pipeline, not one per worker, and the contract promises one alert per episode. So
+//! each detector runs once, on one worker, and sees the whole stream of the observations it
+//! needs, in one order: a 1-worker run is deterministic and an N-worker run still raises
+//! each alert once.
+//!
+//! The detectors need not all run on the same worker, though. [`Shards`] splits them into
+//! a few *shards*, each with the kinds of observation it needs; shard `s` runs on worker
+//! `s % peers`, and every observation is sent to each worker that runs a shard needing its
+//! kind (an impression needed by two shards on two workers is sent twice: an
+//! [`Observation`] is a few machine words, no ids or features). Each worker's detector
+//! runs the shards that worker owns (the caller builds it so; see
+//! `ctrflow::drift::Drift::for_worker`), and every worker sorts and feeds only its own
+//! share. With one shard ([`Shards::ONE`]) or one worker, everything goes to worker 0, as
+//! before shards existed. `ctx` values arrive already summarized per worker batch
 //! ([`crate::DataSummary`]).
+//!
+//! A shard sees exactly the observations of its kinds that one detector seeing everything
+//! would, in the same `(ts, kind)` order, so what it computes from them (its detectors, and
+//! any state they share, which each shard needing it keeps a copy of) is what one detector
+//! would compute.
 //!
 //! # Event time
 //!
@@ -23,14 +37,15 @@
 //! [`Detect::detect_shared`] keeps the detector and the observations it has not yet handed
 //! over in a [`DetectState`] the worker can read between steps: once the dataflow's probe
 //! (which must cover the alert stream) has passed a time, every observation before it is
-//! in there, so the state is a consistent part of a checkpoint.
+//! in there, so the state is a consistent part of a checkpoint. Each worker checkpoints
+//! its own (its shards'), and a restore needs the same number of workers.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::detector::{Alert, Detector, Observation};
@@ -88,6 +103,59 @@ pub trait Detect<'scope> {
         self,
         state: Rc<RefCell<DetectState<D>>>,
     ) -> Stream<'scope, Watermark, Vec<Alert>>;
+
+    /// [`detect_shared`](Detect::detect_shared) with the detectors split into `shards`:
+    /// each observation goes to the workers running a shard that needs its kind, and each
+    /// worker's detector (in `state`) must run exactly the shards `s` with
+    /// `s % peers == index` ([`Shards::runs`]).
+    fn detect_sharded<D: Detector + 'static>(
+        self,
+        state: Rc<RefCell<DetectState<D>>>,
+        shards: Shards,
+    ) -> Stream<'scope, Watermark, Vec<Alert>>;
+}
+
+/// How the detectors split over workers: up to 8 shards, each needing some kinds of
+/// observation; shard `s` runs on worker `s % peers`. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shards {
+    /// Per kind of observation (indexed by [`kind_order`]), the shards needing it, as a
+    /// bit set (bit `s`: shard `s`).
+    needs: [u8; 4],
+}
+
+impl Shards {
+    /// One shard: every observation to worker 0.
+    pub const ONE: Shards = Shards { needs: [1; 4] };
+
+    /// The shards (bit sets) needing `ctx` summaries, segments, impressions and labels.
+    pub const fn new(data: u8, segment: u8, impression: u8, label: u8) -> Self {
+        Self {
+            needs: [data, segment, impression, label],
+        }
+    }
+
+    /// Whether worker `index` of `peers` runs shard `shard`.
+    pub fn runs(shard: usize, index: usize, peers: usize) -> bool {
+        shard % peers.max(1) == index
+    }
+
+    /// The distinct workers (of `peers`) that need `o`, into `out`; returns how many.
+    pub fn workers(&self, o: &Observation, peers: usize, out: &mut [u32; 8]) -> usize {
+        let mut n = 0;
+        let needs = self.needs[usize::from(kind_order(o))];
+        for shard in 0..8 {
+            if needs & (1 << shard) == 0 {
+                continue;
+            }
+            let w = (shard % peers.max(1)) as u32;
+            if !out[..n].contains(&w) {
+                out[n] = w;
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// A detector with the observations it has received and not yet been handed (ahead of the
@@ -145,10 +213,39 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
         self,
         state: Rc<RefCell<DetectState<D>>>,
     ) -> Stream<'scope, Watermark, Vec<Alert>> {
-        let exchange = Exchange::new(|_: &Observation| 0);
-        self.unary_frontier(exchange, "Detect", move |_cap, _info| {
+        self.detect_sharded(state, Shards::ONE)
+    }
+
+    fn detect_sharded<D: Detector + 'static>(
+        self,
+        state: Rc<RefCell<DetectState<D>>>,
+        shards: Shards,
+    ) -> Stream<'scope, Watermark, Vec<Alert>> {
+        let peers = self.scope().peers();
+        // On the sending worker: tag each observation with each worker that needs it.
+        let routed: Stream<'scope, Watermark, Vec<(u32, Observation)>> =
+            self.unary(Pipeline, "DetectRoute", move |_cap, _info| {
+                move |input, output| {
+                    let mut workers = [0u32; 8];
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for o in data.drain(..) {
+                            let n = shards.workers(&o, peers, &mut workers);
+                            if let Some((&last, rest)) = workers[..n].split_last() {
+                                for &w in rest {
+                                    session.give((w, o.clone()));
+                                }
+                                session.give((last, o));
+                            }
+                        }
+                    });
+                }
+            });
+        let exchange = Exchange::new(|(w, _): &(u32, Observation)| u64::from(*w));
+        routed.unary_frontier(exchange, "Detect", move |_cap, _info| {
             let mut held = None;
             let mut alerts = Vec::new();
+            let mut order: Vec<(EventTime, u8, usize)> = Vec::new();
             move |(input, frontier), output| {
                 let mut guard = state.borrow_mut();
                 let DetectState {
@@ -160,22 +257,33 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                     if held.is_none() {
                         held = cap.retain_least(0);
                     }
-                    buffer.append(data);
+                    buffer.extend(data.drain(..).map(|(_, o)| o));
                 });
                 let Some(cap) = held.as_mut() else { return };
                 let watermark = frontier.frontier().iter().min().copied();
                 let now = watermark.map_or(EventTime::MAX, |w| {
                     EventTime::try_from(w).unwrap_or(EventTime::MAX)
                 });
-                // Sorting waits until something is ready: with several workers most
-                // schedules bring a few observations ahead of the watermark, and a stable
-                // sort of a sorted prefix plus the rest gives the order of one later sort.
+                // Only the ready observations are ordered, by their keys: `(ts, kind,
+                // position)` is unique, so sorting the 24-byte keys gives the order of a
+                // stable sort of the buffer by `(ts, kind)` without moving the (larger)
+                // observations; those not ready stay in arrival order, so ties keep
+                // arrival order across rounds too.
                 if buffer.iter().any(|o| o.ts() < now) {
-                    buffer.sort_by_key(|o| (o.ts(), kind_order(o)));
-                    let ready = buffer.partition_point(|o| o.ts() < now);
-                    for o in buffer.drain(..ready) {
-                        detector.observe(&o);
+                    order.clear();
+                    order.extend(
+                        (buffer.iter().enumerate())
+                            .filter(|(_, o)| o.ts() < now)
+                            .map(|(i, o)| (o.ts(), kind_order(o), i)),
+                    );
+                    // Unique keys: any sort gives the same order; the stable one merges
+                    // the sorted runs the workers' batches arrive in instead of
+                    // partitioning them again.
+                    order.sort();
+                    for &(_, _, i) in &order {
+                        detector.observe(&buffer[i]);
                     }
+                    buffer.retain(|o| o.ts() >= now);
                 }
                 if now > *advanced {
                     // At the end of the input, evaluate up to the last observation seen.
@@ -281,5 +389,106 @@ mod tests {
     #[test]
     fn every_observation_reaches_one_detector_in_order_2w() {
         assert_eq!(run(2), 200.0);
+    }
+
+    /// Counts what it observes by kind (data, segment, impression, label), checking order.
+    struct Kinds(Rc<RefCell<[u64; 4]>>, EventTime);
+    impl Detector for Kinds {
+        fn observe(&mut self, o: &Observation) {
+            assert!(o.ts() >= self.1, "in order");
+            self.1 = o.ts();
+            self.0.borrow_mut()[usize::from(kind_order(o))] += 1;
+        }
+        fn advance(&mut self, _: EventTime, _: &mut Vec<Alert>) {}
+    }
+
+    /// Per worker, the observations of each kind its detector saw, when each of `workers`
+    /// sends 10 of each kind: segments to shard 1, summaries to shard 0, the rest to both.
+    fn sharded(workers: usize) -> Vec<[u64; 4]> {
+        let (send, recv) = std::sync::mpsc::channel();
+        let send = std::sync::Mutex::new(send);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let counts = Rc::new(RefCell::new([0; 4]));
+            let state = Rc::new(RefCell::new(DetectState::new(Kinds(Rc::clone(&counts), 0))));
+            worker.dataflow::<Watermark, _, _>(|scope| {
+                let obs: Vec<Observation> = (0..10)
+                    .rev()
+                    .flat_map(|ts| {
+                        [
+                            Observation::Impression { ts, score: 0.5 },
+                            Observation::Segment {
+                                ts,
+                                id: 1,
+                                value: "a".into(),
+                            },
+                            Observation::Label {
+                                id: 1,
+                                impression_ts: ts,
+                                label_ts: ts,
+                                served: 0.5,
+                                label: crate::record::LabelSource::Click,
+                            },
+                            Observation::Data(Box::default()),
+                        ]
+                    })
+                    .collect();
+                obs.to_stream(scope)
+                    .detect_sharded(state, Shards::new(0b01, 0b10, 0b11, 0b11));
+            });
+            while worker.step() {}
+            send.lock()
+                .unwrap()
+                .send((index, *counts.borrow()))
+                .unwrap();
+        })
+        .unwrap();
+        let mut seen: Vec<(usize, [u64; 4])> = recv.try_iter().collect();
+        seen.sort();
+        seen.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Records what it observes.
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<Observation>>>);
+    impl Detector for Log {
+        fn observe(&mut self, o: &Observation) {
+            self.0.lock().unwrap().push(o.clone());
+        }
+        fn advance(&mut self, _: EventTime, _: &mut Vec<Alert>) {}
+    }
+
+    #[test]
+    fn ties_in_time_and_kind_keep_arrival_order() {
+        let label = |ts, served| Observation::Label {
+            id: 0,
+            impression_ts: ts,
+            label_ts: ts,
+            served,
+            label: crate::record::LabelSource::Expired,
+        };
+        let imp = |ts| Observation::Impression { ts, score: 0.5 };
+        let input = vec![label(5, 0.1), imp(5), label(5, 0.2), imp(1), label(5, 0.3)];
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&log);
+        timely::example(move |scope| {
+            input.to_stream(scope).detect(Log(seen));
+        });
+        let expected = vec![imp(1), imp(5), label(5, 0.1), label(5, 0.2), label(5, 0.3)];
+        assert_eq!(*log.lock().unwrap(), expected);
+    }
+
+    #[test]
+    fn shards_split_the_kinds_over_two_workers() {
+        assert_eq!(sharded(2), [[20, 0, 20, 20], [0, 20, 20, 20]]);
+    }
+
+    #[test]
+    fn with_one_worker_every_shard_is_on_it_once() {
+        assert_eq!(sharded(1), [[10, 10, 10, 10]]);
+    }
+
+    #[test]
+    fn with_three_workers_the_third_gets_nothing() {
+        assert_eq!(sharded(3), [[30, 0, 30, 30], [0, 30, 30, 30], [0, 0, 0, 0]]);
     }
 }

@@ -8,7 +8,7 @@ pub mod pending;
 pub use aggregates::{
     Aggregate, Aggregates, AggregatesConfig, AggregatesReport, CategoryCtr, Counts, ItemClicks,
 };
-pub use detect::{Detect, DetectState};
+pub use detect::{Detect, DetectState, Shards};
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, SpillStats, SpillStore,
     SpillTo, Watermark,
