@@ -1,7 +1,9 @@
 //! Decoding the input contract (DESIGN.md § Input) into borrowed, typed events.
 //!
 //! Decoding borrows from the payload wherever the JSON string has no escapes, keeps up to
-//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
+//! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. A
+//! scanner for the contract's common shape decodes most events; anything else (and every
+//! error) goes through serde_json, to the same values (see `fast` below). The
 //! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
 //! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
 //! not check each string again. A bad

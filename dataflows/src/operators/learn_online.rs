@@ -1502,6 +1502,68 @@ mod tests {
         assert_eq!(j.learner.updates.len(), 1, "later feedback is not applied");
     }
 
+    /// Across many removals and table growths, an id is found exactly while its
+    /// impression is in the ring, and one that comes back after it was forgotten opens
+    /// afresh.
+    #[test]
+    fn the_index_finds_exactly_the_impressions_in_the_ring() {
+        let mut j = join();
+        let ids: Vec<String> = (0..40_000).map(|n| format!("imp-{n}")).collect();
+        // One impression every 0.1 ms of window: the ring holds ~2 windows, ~20 000.
+        for (chunk, batch) in ids.chunks(1000).enumerate() {
+            let records = batch
+                .iter()
+                .enumerate()
+                .map(|(i, id)| impression(((chunk * 1000 + i) / 10) as EventTime, id, 1))
+                .collect();
+            run(&mut j, records, ((chunk + 1) * 100) as Watermark);
+            let state = j.state.borrow();
+            let w = &state.windows;
+            for (n, id) in batch.iter().enumerate().step_by(97) {
+                assert!(w.is_open(id), "{id} was just opened");
+                assert_eq!(
+                    w.get(id).map(|(at, _)| w.first + at as u64),
+                    Some((chunk * 1000 + n) as u64)
+                );
+            }
+            for id in &ids[..chunk * 1000] {
+                let seq: u64 = id["imp-".len()..].parse().unwrap();
+                assert_eq!(w.is_open(id), seq >= w.first, "{id}, first {}", w.first);
+            }
+            assert_eq!(w.index.len(), w.ring.len());
+        }
+        let (first, end) = {
+            let w = &j.state.borrow().windows;
+            (w.first, w.end())
+        };
+        assert!(first > 15_000, "impressions were forgotten: first {first}");
+        // Feedback for a forgotten one is an orphan; the id opens afresh after it.
+        let (scores, _) = run(
+            &mut j,
+            vec![
+                feedback(4000, "imp-0", InteractionKind::Click),
+                impression(4001, "imp-0", 1),
+                impression(4002, &ids[(end - 1) as usize], 1),
+            ],
+            4100,
+        );
+        assert_eq!(
+            scores.len(),
+            1,
+            "imp-0 opens again, the newest is a duplicate"
+        );
+        let state = j.state.borrow();
+        assert_eq!(state.stats.orphan_feedback, 1);
+        assert_eq!(state.stats.duplicate_impressions, 1);
+        assert_eq!(
+            state
+                .windows
+                .get("imp-0")
+                .map(|(at, _)| state.windows.first + at as u64),
+            Some(end)
+        );
+    }
+
     #[test]
     fn feedback_after_the_window_is_late_not_applied() {
         let mut j = join();
