@@ -650,7 +650,7 @@ proptest! {
         ctx in arb_ctx(),
     ) {
         let mut f = featurizer(config);
-        let ctx: SmallVec<[(Cow<'_, str>, CtxValue<'_>); 12]> = ctx
+        let ctx: SmallVec<[(Cow<'_, str>, CtxValue<'_>); crate::event::INLINE_CTX]> = ctx
             .iter()
             .map(|(k, v)| {
                 let v = match v {

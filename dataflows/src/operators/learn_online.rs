@@ -33,7 +33,8 @@ use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use compact_str::CompactString;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -305,12 +306,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
                     input.for_each(|_cap, data| {
                         let state = &mut *join.state.borrow_mut();
                         state.received += data.len() as u64;
-                        if state.buffer.is_empty() {
-                            // Take the batch whole rather than moving every record.
-                            std::mem::swap(&mut state.buffer, data);
-                        } else {
-                            state.buffer.append(data);
-                        }
+                        state.buffer.extend(data.drain(..));
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let watermark = frontier.frontier().iter().min().copied();
@@ -345,7 +341,9 @@ pub struct JoinState {
     /// What the join saw.
     pub stats: JoinStats,
     /// Records received and not yet processed, kept sorted by `(ts, pos)` when processing.
-    buffer: Vec<Interaction>,
+    /// A ring, so that the records processed leave from the front without moving the ones
+    /// that wait (with one worker about a block of ~350-byte records, on every step).
+    buffer: VecDeque<Interaction>,
     windows: Windows,
     schedule: Schedule,
     /// Records received since the worker started: a checkpoint waits until every record
@@ -359,7 +357,7 @@ impl JoinState {
         Self {
             fast_skip_ms: config.fast_skip_ms,
             stats: JoinStats::default(),
-            buffer: Vec::new(),
+            buffer: VecDeque::new(),
             windows: Windows::new(config),
             schedule: Schedule::new(config.delay_correction),
             received: 0,
@@ -416,14 +414,17 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             // sort would, so deferring it changes no order).
             return;
         }
-        // Stable sort: it detects the already-sorted runs that sources produce, so this is
-        // close to linear.
-        buffer.sort_by_key(|x| (x.ts, x.pos));
+        // Stable sort, only when needed: one worker's records usually arrive in order (a
+        // stable sort of sorted records moves nothing, so skipping it changes no order).
+        let key = |x: &Interaction| (x.ts, x.pos);
+        if !buffer.iter().is_sorted_by_key(key) {
+            buffer.make_contiguous().sort_by_key(key);
+        }
         let ready = buffer.partition_point(|x| x.ts < watermark);
-        windows.fetch_for_feedback(&buffer[..ready], fast_skip_ms);
+        windows.fetch_for_feedback(buffer.range(..ready), fast_skip_ms);
         self.entities.clear();
         self.entities
-            .extend(buffer[..ready].iter().filter_map(|x| match &x.kind {
+            .extend(buffer.range(..ready).filter_map(|x| match &x.kind {
                 InteractionKind::Impression { entities, .. } => Some(*entities),
                 _ => None,
             }));
@@ -436,26 +437,19 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             out,
             example_features: self.example_features,
         };
-        // Records are ~350 bytes: when all are ready take the buffer whole, and when none
-        // are copy nothing (the old `split_off` copied every record that stayed, on every
-        // schedule); otherwise the records that stay move down once.
-        let mut whole = if ready == buffer.len() {
-            std::mem::take(buffer)
-        } else {
-            Vec::new()
-        };
-        let mut batch = if whole.is_empty() {
-            buffer.drain(..ready)
-        } else {
-            whole.drain(..)
-        };
-        while let Some(record) = batch.next() {
+        // Records are ~350 bytes: the ready ones leave the ring's front one at a time, and
+        // the ones that wait do not move.
+        for left in (0..ready).rev() {
+            let Some(record) = buffer.pop_front() else {
+                break;
+            };
             // The model is far larger than the cache: start fetching the coordinates of an
             // impression a few records ahead, so its score does not wait on memory.
-            if let Some(Interaction {
-                kind: InteractionKind::Impression { features, .. },
-                ..
-            }) = batch.as_slice().get(PREFETCH_AHEAD)
+            if left > PREFETCH_AHEAD
+                && let Some(Interaction {
+                    kind: InteractionKind::Impression { features, .. },
+                    ..
+                }) = buffer.get(PREFETCH_AHEAD)
             {
                 step.learner.prefetch(features);
             }
@@ -542,6 +536,18 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         windows.close_before(watermark, &mut step);
         windows.within_budget();
     }
+}
+
+/// The hash [`Windows`] indexes an impression id by: [`route`]'s, remixed (murmur3's
+/// finalizer), because every id a worker owns shares `route`'s low bits, which the table
+/// would otherwise use to place it.
+fn id_hash(id: &str) -> u64 {
+    let mut h = route(id);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// How many records ahead the model's coordinates are prefetched.
@@ -738,8 +744,10 @@ struct Windows {
     wait_cursor: u64,
     /// The next impression whose window may close.
     close_cursor: u64,
-    /// Sequence number of every impression in the ring.
-    index: FxHashMap<CompactString, u64>,
+    /// Sequence number of every impression in the ring, found by the hash of its id
+    /// ([`id_hash`]) and compared with the id in the ring: 8 bytes an entry rather than a
+    /// copy of the id, so that the index of a busy hour stays in cache.
+    index: HashTable<u64>,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
     /// Sequence numbers `persisted.0..persisted.1` are in the last checkpoint.
@@ -772,7 +780,7 @@ impl Windows {
             stored_below: 0,
             wait_cursor: 0,
             close_cursor: 0,
-            index: FxHashMap::default(),
+            index: HashTable::new(),
             processed_to: EventTime::MIN,
             persisted: (0, 0),
             dirty: Vec::new(),
@@ -801,14 +809,33 @@ impl Windows {
 
     /// Whether impression `id` was seen within the last two windows.
     fn is_open(&self, id: &str) -> bool {
-        self.index.contains_key(id)
+        self.get(id).is_some()
     }
 
     /// The impression `id`'s ring position and stub.
     fn get(&self, id: &str) -> Option<(usize, &Stub)> {
-        let seq = *self.index.get(id)?;
-        let at = usize::try_from(seq - self.first).ok()?;
-        self.ring.get(at).map(|(_, entry)| (at, entry))
+        let Self {
+            ring, first, index, ..
+        } = self;
+        let at = |seq: u64| usize::try_from(seq - first).ok();
+        let seq = *index.find(id_hash(id), |&seq| {
+            at(seq)
+                .and_then(|at| ring.get(at))
+                .is_some_and(|(k, _)| k == id)
+        })?;
+        let at = at(seq)?;
+        ring.get(at).map(|(_, entry)| (at, entry))
+    }
+
+    /// Appends impression `id` to the ring and the index (not yet in the index).
+    fn push(&mut self, id: CompactString, entry: Stub) {
+        let seq = self.end();
+        let hash = id_hash(&id);
+        self.ring.push_back((id, entry));
+        let Self {
+            ring, first, index, ..
+        } = self;
+        index.insert_unique(hash, seq, |&seq| id_hash(&ring[(seq - *first) as usize].0));
     }
 
     /// Opens the window of impression `id`, shown at `ts`; false if it had already closed
@@ -826,8 +853,7 @@ impl Windows {
             closed: false,
             stored: false,
         };
-        self.index.insert(id.clone(), self.end());
-        self.ring.push_back((id, entry));
+        self.push(id, entry);
         true
     }
 
@@ -877,12 +903,15 @@ impl Windows {
     }
 
     /// Before a batch: brings back, in one read, the bodies its decisive feedback needs.
-    fn fetch_for_feedback(&mut self, records: &[Interaction], fast_skip_ms: u32) {
+    fn fetch_for_feedback<'r>(
+        &mut self,
+        records: impl Iterator<Item = &'r Interaction>,
+        fast_skip_ms: u32,
+    ) {
         if self.spilled == 0 {
             return;
         }
         let mut seqs: Vec<u64> = records
-            .iter()
             .filter(|r| match r.kind {
                 InteractionKind::Click | InteractionKind::Like => true,
                 InteractionKind::Skip { dwell_ms } => dwell_ms < fast_skip_ms,
@@ -1058,7 +1087,10 @@ impl Windows {
                 break;
             }
             if let Some((id, entry)) = self.ring.pop_front() {
-                self.index.remove(&id);
+                let first = self.first;
+                if let Ok(found) = self.index.find_entry(id_hash(&id), |&seq| seq == first) {
+                    found.remove();
+                }
                 self.bodies.release(entry.body);
                 if let Some(spill) = self.spill.as_mut()
                     && spill.to == SpillTo::Scratch
@@ -1193,7 +1225,7 @@ impl JoinState {
         }
         let record = JoinRecord {
             stats: self.stats.clone(),
-            buffer: self.buffer.clone(),
+            buffer: self.buffer.iter().cloned().collect(),
             schedule: self.schedule.clone(),
             first: w.first,
             end,
@@ -1263,8 +1295,7 @@ impl JoinState {
                 w.spilled += 1;
                 BodyRef::SPILLED
             };
-            w.index.insert(id.clone(), seq);
-            w.ring.push_back((id, entry));
+            w.push(id, entry);
             true
         })?;
         let found = record.first + w.ring.len() as u64;
@@ -1289,7 +1320,7 @@ impl JoinState {
             None => record.end,
         };
         state.stats = record.stats;
-        state.buffer = record.buffer;
+        state.buffer = record.buffer.into();
         state.schedule = record.schedule;
         Ok(Some(state))
     }
@@ -1300,6 +1331,7 @@ mod tests {
     use super::*;
     use crate::enrich::NoEnrich;
     use crate::record::{Feature, Features};
+    use rustc_hash::FxHashMap;
 
     /// Records every update; predicts from the number of updates so far.
     #[derive(Default)]
@@ -1468,6 +1500,68 @@ mod tests {
         let stats = j.state.borrow().stats.clone();
         assert_eq!((stats.duplicate_feedback, stats.orphan_feedback), (2, 1));
         assert_eq!(j.learner.updates.len(), 1, "later feedback is not applied");
+    }
+
+    /// Across many removals and table growths, an id is found exactly while its
+    /// impression is in the ring, and one that comes back after it was forgotten opens
+    /// afresh.
+    #[test]
+    fn the_index_finds_exactly_the_impressions_in_the_ring() {
+        let mut j = join();
+        let ids: Vec<String> = (0..40_000).map(|n| format!("imp-{n}")).collect();
+        // One impression every 0.1 ms of window: the ring holds ~2 windows, ~20 000.
+        for (chunk, batch) in ids.chunks(1000).enumerate() {
+            let records = batch
+                .iter()
+                .enumerate()
+                .map(|(i, id)| impression(((chunk * 1000 + i) / 10) as EventTime, id, 1))
+                .collect();
+            run(&mut j, records, ((chunk + 1) * 100) as Watermark);
+            let state = j.state.borrow();
+            let w = &state.windows;
+            for (n, id) in batch.iter().enumerate().step_by(97) {
+                assert!(w.is_open(id), "{id} was just opened");
+                assert_eq!(
+                    w.get(id).map(|(at, _)| w.first + at as u64),
+                    Some((chunk * 1000 + n) as u64)
+                );
+            }
+            for id in &ids[..chunk * 1000] {
+                let seq: u64 = id["imp-".len()..].parse().unwrap();
+                assert_eq!(w.is_open(id), seq >= w.first, "{id}, first {}", w.first);
+            }
+            assert_eq!(w.index.len(), w.ring.len());
+        }
+        let (first, end) = {
+            let w = &j.state.borrow().windows;
+            (w.first, w.end())
+        };
+        assert!(first > 15_000, "impressions were forgotten: first {first}");
+        // Feedback for a forgotten one is an orphan; the id opens afresh after it.
+        let (scores, _) = run(
+            &mut j,
+            vec![
+                feedback(4000, "imp-0", InteractionKind::Click),
+                impression(4001, "imp-0", 1),
+                impression(4002, &ids[(end - 1) as usize], 1),
+            ],
+            4100,
+        );
+        assert_eq!(
+            scores.len(),
+            1,
+            "imp-0 opens again, the newest is a duplicate"
+        );
+        let state = j.state.borrow();
+        assert_eq!(state.stats.orphan_feedback, 1);
+        assert_eq!(state.stats.duplicate_impressions, 1);
+        assert_eq!(
+            state
+                .windows
+                .get("imp-0")
+                .map(|(at, _)| state.windows.first + at as u64),
+            Some(end)
+        );
     }
 
     #[test]

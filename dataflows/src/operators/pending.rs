@@ -180,8 +180,19 @@ impl Bodies {
     /// Frees slot `at` (a no-op for a body not in memory).
     pub fn release(&mut self, at: BodyRef) {
         if let Some(slot) = at.slot() {
-            // Drop what the body owns on the heap (long ids, more than 24 features) now.
-            self.slots[slot] = Body::default();
+            // Drop what the body owns on the heap (long ids, more than 24 features) now; the
+            // rest stays until the slot is reused (writing a whole default body here was a
+            // visible share of the label join).
+            let body = &mut self.slots[slot];
+            if body.features.spilled() {
+                body.features = Features::new();
+            }
+            if body.item.is_heap_allocated() {
+                body.item = CompactString::default();
+            }
+            if body.category.is_heap_allocated() {
+                body.category = CompactString::default();
+            }
             self.free.push(slot as u32);
         }
     }
