@@ -39,7 +39,7 @@ pub(crate) use avx2::{Lanes, MAX_LANES, cross8};
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::features::hash::{C1, C2, F1, F2, N, hash_scalar, small_words};
+    use crate::features::hash::{C1, C2, F1, F2, N, hash_scalar, int_words, small_words};
 
     const LANES: usize = 8;
     /// Most features of one event hashed in lanes; a wider event takes the scalar path.
@@ -211,6 +211,22 @@ mod avx2 {
                     self.set(lane, row(lo, hi), seed, key.len() as u32, 1.0);
                 }
                 None => self.set(lane, zero128(), hash_scalar(seed, key), PRE, 1.0),
+            }
+        }
+
+        /// Lane `lane` hashes the decimal text of `i` with `seed`, value 1.0, without
+        /// writing the text out ([`int_words`]). Ignored past [`MAX_LANES`].
+        #[inline(always)]
+        pub(crate) fn set_int(&mut self, lane: usize, seed: u32, i: i64) {
+            match int_words(i) {
+                Some((lo, hi, len)) => {
+                    self.max_len = self.max_len.max(len);
+                    self.set(lane, row(lo, hi), seed, len as u32, 1.0);
+                }
+                None => {
+                    let hash = hash_scalar(seed, itoa::Buffer::new().format(i).as_bytes());
+                    self.set(lane, zero128(), hash, PRE, 1.0);
+                }
             }
         }
 
