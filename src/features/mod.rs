@@ -27,17 +27,18 @@
 //! a fixed buffer and copied out at once. A layout no plan holds (a name longer than 16
 //! bytes, more than 32 features) takes the per-position name cache and the scalar hash.
 //! [`Featurizer::featurize_simd`] is bit-identical too: the same plans, with AVX2
-//! ([`Backend::detect`], checked once when the featurizer is built) the keys of the event
-//! hashed eight at a time in SIMD lanes and crosses mixed eight at a time (module
-//! `hash_simd`). The vector hashing is several times faster than scalar, but on one event
-//! laying the keys into lanes (16-byte rows transposed into blocks) costs more than the
-//! scalar hashes it replaces, whose chains the CPU overlaps anyway. Measured with
-//! `bench/hashing.rs` (one run, shared 2-core machine under load from other builds, so
-//! absolute figures are inflated; per event, reference / `featurize` / `featurize_simd`):
-//! contract event 178 / 146 (1.22×) / 166 ns (1.07×), 16-feature event 272 / 171 (1.59×)
-//! / 186 ns (1.47×); an earlier run of the same two paths, 258 / 132 (1.95×) / 156 ns
-//! (1.65×) and 264 / 131 (2.01×) / 186 ns (1.41×). On `main` before the plans `featurize`
-//! measured 1.67× and 1.44× and `featurize_simd` 1.02× and 0.94×.
+//! ([`Backend::detect`], checked once when the featurizer is built) the keys' blocks laid by
+//! column and hashed eight per vector, crosses mixed eight at a time (module `hash_simd`).
+//! Measured with `bench/hashing.rs` (two runs of one build, shared 2-core machine under
+//! load from other builds, so absolute figures are inflated and vary by tens of percent
+//! between runs; per event, reference / `featurize` / `featurize_simd`): contract event
+//! 224 / 156 (1.43×) / 168 ns (1.33×) and 191 / 127 (1.50×) / 172 ns (1.11×); 16-feature
+//! event 236 / 223 (1.06×) / 155 ns (1.52×) and 361 / 209 (1.73×) / 153 ns (2.37×). An
+//! earlier build of the same `featurize`: 258 / 132 (1.95×) and 264 / 131 ns (2.01×). On
+//! `main` before the plans `featurize` measured 1.67× and 1.44×, and `featurize_simd`
+//! (lanes of 16-byte rows, transposed) 1.02× and 0.94×. SIMD wins on the wide event and
+//! loses on the contract one (one vector of lanes, half empty, against seven scalar
+//! hashes whose chains the CPU overlaps); the replay's events have the contract layout.
 //! So the pipeline uses `featurize`; the design's 4× is not reached (see the README). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
 //! its inline capacity, a `ctx` field name is seen for the first time (its seed is then
@@ -410,10 +411,10 @@ impl Featurizer {
     }
 
     /// Clears `out` and fills it with the features of `imp`. Bit-identical to
-    /// [`Featurizer::featurize_scalar`], and about twice as fast: through a plan of the
+    /// [`Featurizer::featurize_scalar`], and 1.1–2× as fast: through a plan of the
     /// event's `ctx` layout, each key hashed from its words (module `plan`), or, for a
     /// layout no plan holds, through the per-position name cache. This is the pipeline's
-    /// path, whatever the backend: on one event it measured faster than
+    /// path, whatever the backend: on the contract's event it measured faster than
     /// [`Featurizer::featurize_simd`] (see the module docs, "Speed").
     pub fn featurize(&mut self, imp: &Impression<'_>, out: &mut Features) {
         let bias = self.bias();
@@ -430,9 +431,10 @@ impl Featurizer {
 
     /// [`Featurizer::featurize`] with SIMD hashing when the backend has it: the same plans,
     /// with the keys of the event hashed eight at a time in AVX2 lanes and crosses mixed
-    /// eight at a time (module `hash_simd`). Bit-identical to the reference; slower than
-    /// [`Featurizer::featurize`] end to end (see the module docs, "Speed"), so the pipeline
-    /// does not use it. Without SIMD it is [`Featurizer::featurize`].
+    /// eight at a time (module `hash_simd`). Bit-identical to the reference; faster than
+    /// [`Featurizer::featurize`] on a 16-feature event but slower on the contract's
+    /// 11-feature one, the layout of the replay stream (see the module docs, "Speed"), so the
+    /// pipeline does not use it. Without SIMD it is [`Featurizer::featurize`].
     pub fn featurize_simd(&mut self, imp: &Impression<'_>, out: &mut Features) {
         #[cfg(target_arch = "x86_64")]
         if self.backend.is_simd() {

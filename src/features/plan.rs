@@ -10,10 +10,10 @@
 //! buffer copied into the output in one go: no closure, no name map, no text formatting, no
 //! per-feature push.
 //!
-//! Lanes are hashed by one of two [`Sink`]s: with AVX2, [`Lanes`] (eight keys per vector,
-//! module `hash_simd`); else [`Words`], which hashes each key as it is laid, from its two
-//! words ([`hash_words`], no loop over the bytes). Both are the contract of [`super::hash`]
-//! bit for bit.
+//! Lanes are hashed by one of two [`Sink`]s: [`Words`], which hashes each key as it is
+//! laid, from its two words ([`hash_words`], no loop over the bytes), or, with AVX2,
+//! [`Columns`], which lays the keys' blocks by column and hashes eight keys per vector
+//! ([`hash_columns`]). Both are the contract of [`super::hash`] bit for bit.
 //!
 //! A cross side is the first categorical occurrence of its field, and whether a value is
 //! categorical is known only per event (a number under `raw` is not): the event sets one bit
@@ -27,7 +27,7 @@ use ctrflow_dataflows::{Feature, Features};
 
 use super::hash::{hash_words, int_words, small_words};
 #[cfg(target_arch = "x86_64")]
-use super::hash_simd::{Lanes, cross8};
+use super::hash_simd::{PRE, cross8, hash_columns};
 use super::{NO_SIDE, PositionCache, Schema, Transform, Value, cross_mix, hash_scalar};
 use crate::event::{CtxValue, Impression};
 
@@ -90,7 +90,7 @@ struct Layouts {
 pub(super) struct Plans {
     layouts: Layouts,
     #[cfg(target_arch = "x86_64")]
-    lanes: Lanes,
+    lanes: Columns,
     words: Words,
     buf: [Feature; BUF],
 }
@@ -100,7 +100,7 @@ impl Default for Plans {
         Plans {
             layouts: Layouts::default(),
             #[cfg(target_arch = "x86_64")]
-            lanes: Lanes::default(),
+            lanes: Columns::default(),
             words: Words::default(),
             buf: [Feature {
                 index: 0,
@@ -143,8 +143,17 @@ impl Plans {
         let Some((plan, categorical)) = layouts.fill(schema, cache, imp, lanes) else {
             return false;
         };
-        // SAFETY: the caller guarantees AVX2.
-        let (hashes, values) = unsafe { lanes.hash(plan.lanes) };
+        let n = plan.lanes.min(MAX_LANES);
+        let blocks = lanes.max_len.min(16).div_ceil(4);
+        hash_columns(
+            &lanes.seeds,
+            &lanes.lens,
+            &lanes.columns,
+            n,
+            blocks,
+            &mut lanes.hashes,
+        );
+        let (hashes, values) = (&lanes.hashes[..n], &lanes.values[..n]);
         emit::<true>(
             plan,
             categorical,
@@ -343,23 +352,81 @@ trait Sink {
     fn known(&mut self, lane: usize, hash: u32, value: f32);
 }
 
+/// The AVX2 [`Sink`]: the keys of an event by column (block `i` of every lane in one
+/// array), hashed eight lanes at a time by [`hash_columns`].
 #[cfg(target_arch = "x86_64")]
-impl Sink for Lanes {
+#[derive(Debug)]
+struct Columns {
+    seeds: [u32; MAX_LANES],
+    lens: [u32; MAX_LANES],
+    columns: [[u32; MAX_LANES]; 4],
+    values: [f32; MAX_LANES],
+    hashes: [u32; MAX_LANES],
+    /// Longest key laid since [`Sink::clear`].
+    max_len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            seeds: [0; MAX_LANES],
+            lens: [0; MAX_LANES],
+            columns: [[0; MAX_LANES]; 4],
+            values: [0.0; MAX_LANES],
+            hashes: [0; MAX_LANES],
+            max_len: 0,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Columns {
+    /// Lane `lane`: seed, length (or [`PRE`]), blocks, value; ignored past [`MAX_LANES`].
+    #[inline(always)]
+    fn set(&mut self, lane: usize, seed: u32, len: u32, (lo, hi): (u64, u64), value: f32) {
+        let lane = lane % MAX_LANES;
+        self.seeds[lane] = seed;
+        self.lens[lane] = len;
+        let [c0, c1, c2, c3] = &mut self.columns;
+        (c0[lane], c1[lane]) = (lo as u32, (lo >> 32) as u32);
+        (c2[lane], c3[lane]) = (hi as u32, (hi >> 32) as u32);
+        self.values[lane] = value;
+    }
+
+    #[inline(always)]
+    fn words(&mut self, lane: usize, seed: u32, words: (u64, u64), len: usize) {
+        self.max_len = self.max_len.max(len);
+        self.set(lane, seed, len as u32, words, 1.0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sink for Columns {
     #[inline(always)]
     fn clear(&mut self) {
-        Lanes::clear(self);
+        self.max_len = 0;
     }
     #[inline(always)]
     fn key(&mut self, lane: usize, seed: u32, key: &[u8]) {
-        self.set_key(lane, seed, key);
+        match small_words(key) {
+            Some(words) => self.words(lane, seed, words, key.len()),
+            None => self.set(lane, hash_scalar(seed, key), PRE, (0, 0), 1.0),
+        }
     }
     #[inline(always)]
     fn int(&mut self, lane: usize, seed: u32, i: i64) {
-        self.set_int(lane, seed, i);
+        match int_words(i) {
+            Some((lo, hi, len)) => self.words(lane, seed, (lo, hi), len),
+            None => {
+                let hash = hash_scalar(seed, itoa::Buffer::new().format(i).as_bytes());
+                self.set(lane, hash, PRE, (0, 0), 1.0);
+            }
+        }
     }
     #[inline(always)]
     fn known(&mut self, lane: usize, hash: u32, value: f32) {
-        self.set_hash(lane, hash, value);
+        self.set(lane, hash, PRE, (0, 0), value);
     }
 }
 

@@ -641,35 +641,37 @@ proptest! {
     }
 
     #[test]
-    fn lanes_hash_matches_the_scalar_reference(
+    fn hash_columns_matches_the_scalar_reference(
         keys in proptest::collection::vec(
-            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40), any::<bool>()),
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..=16), any::<bool>()),
             0..=hash_simd::MAX_LANES,
         ),
     ) {
-        // Only on a CPU with AVX2: lanes are never hashed elsewhere.
+        // Only on a CPU with AVX2: columns are never hashed elsewhere.
         #[cfg(target_arch = "x86_64")]
         if Backend::detect().is_simd() {
-            let mut lanes = hash_simd::Lanes::default();
-            // A previous event with long keys, so that stale lanes would show.
-            for lane in 0..hash_simd::MAX_LANES {
-                lanes.set_key(lane, 1, b"stale-and-longer-than-the-rest");
-            }
-            lanes.clear();
+            const N: usize = hash_simd::MAX_LANES;
+            let (mut seeds, mut lens, mut columns) = ([0u32; N], [0u32; N], [[0u32; N]; 4]);
             let mut want = Vec::new();
-            for (lane, (seed, key, numeric)) in keys.iter().enumerate() {
-                if *numeric {
-                    lanes.set_hash(lane, *seed, 0.5);
-                    want.push((*seed, 0.5f32));
+            for (lane, (seed, key, known)) in keys.iter().enumerate() {
+                seeds[lane] = *seed;
+                if *known {
+                    lens[lane] = hash_simd::PRE;
+                    want.push(*seed);
                 } else {
-                    lanes.set_key(lane, *seed, key);
-                    want.push((hash_scalar(*seed, key), 1.0));
+                    lens[lane] = key.len() as u32;
+                    let (lo, hi) = hash::small_words(key).unwrap();
+                    let blocks = [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32];
+                    for (column, block) in columns.iter_mut().zip(blocks) {
+                        column[lane] = block;
+                    }
+                    want.push(hash_scalar(*seed, key));
                 }
             }
+            let mut out = [0u32; N];
             // SAFETY: AVX2 was detected.
-            let (hashes, values) = unsafe { lanes.hash(keys.len()) };
-            let got: Vec<(u32, f32)> = hashes.iter().copied().zip(values.iter().copied()).collect();
-            prop_assert_eq!(got, want);
+            unsafe { hash_simd::hash_columns(&seeds, &lens, &columns, keys.len(), 4, &mut out) };
+            prop_assert_eq!(&out[..keys.len()], &want[..]);
         }
     }
 
