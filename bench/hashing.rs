@@ -6,10 +6,10 @@
 //! contract's example event (11 features) and a 16-feature event. Throughput is in events;
 //! decoding is not measured.
 //! - `scalar`: `featurize_scalar`, the reference, per event;
-//! - `featurize`: `featurize` (per-position field cache, keys hashed one by one with the
-//!   reference), per event: the pipeline's path;
-//! - `simd_<simd>`: `featurize_simd` with the detected backend (keys of the event hashed
-//!   eight at a time in SIMD lanes, crosses eight at a time), per event.
+//! - `featurize`: `featurize`, the pipeline's path (a plan per `ctx` layout, each key
+//!   hashed from its words as it is laid), per event;
+//! - `simd_<simd>`: `featurize_simd` with the detected backend (the same plans, the keys of
+//!   the event hashed eight at a time in SIMD lanes), per event.
 //!
 //! Run: `cargo bench --bench hashing -- --warm-up-time 1 --measurement-time 3`.
 

@@ -183,6 +183,60 @@ pub(crate) fn small_words(key: &[u8]) -> Option<(u64, u64)> {
     })
 }
 
+/// `H(seed, key)` for a key of `len <= 16` bytes given as its [`small_words`] `(lo, hi)`:
+/// the same hash as [`hash_scalar`], without a loop over the bytes. Each of the four blocks
+/// takes the body round if it is full, else the tail step `h ^= mix_k(k)`, which is a
+/// no-op for the all-zero blocks past the key (`mix_k(0) = 0`).
+#[inline(always)]
+pub(crate) fn hash_words(seed: u32, lo: u64, hi: u64, len: usize) -> u32 {
+    #[inline(always)]
+    fn step(h: u32, k: u32, full: bool) -> u32 {
+        let k = mix_k(k);
+        let round = (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(N);
+        if full { round } else { h ^ k }
+    }
+    let mut h = step(seed, lo as u32, len >= 4);
+    h = step(h, (lo >> 32) as u32, len >= 8);
+    if len > 8 {
+        h = step(h, hi as u32, len >= 12);
+        h = step(h, (hi >> 32) as u32, len >= 16);
+    }
+    fmix(h ^ len as u32)
+}
+
+/// The decimal text of `i`, exactly as the contract hashes a categorical integer (`-` then
+/// the digits, no leading zeros: what `itoa` writes), as the two zero-padded words of
+/// [`small_words`] and its length, computed from the value without a text buffer; `None`
+/// when the text is longer than 16 bytes (`i >= 10^16` or `i <= -10^15`).
+#[inline(always)]
+pub(crate) fn int_words(i: i64) -> Option<(u64, u64, usize)> {
+    let mut u = i.unsigned_abs();
+    let max = if i < 0 {
+        1_000_000_000_000_000
+    } else {
+        10_000_000_000_000_000
+    };
+    if u >= max {
+        return None;
+    }
+    // Digits from the least significant up, each shifted in below the previous ones: the
+    // most significant digit ends in the lowest byte, the first of the text.
+    let (mut w, mut len) = (0u128, 0usize);
+    loop {
+        w = (w << 8) | u128::from(b'0' + (u % 10) as u8);
+        len += 1;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        w = (w << 8) | u128::from(b'-');
+        len += 1;
+    }
+    Some((w as u64, (w >> 64) as u64, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +279,28 @@ mod tests {
             assert_eq!(small_words(&key[..len]), Some((lo, hi)), "len {len}");
         }
         assert_eq!(small_words(&key), None);
+    }
+
+    #[test]
+    fn int_words_are_the_decimal_text() {
+        let edges = [0, 1, -1, 9, 10, -10, 99, 100, 12345, -987_654_321];
+        let bounds = [
+            9_999_999_999_999_999,
+            1_000_000_000_000_000,
+            -999_999_999_999_999,
+        ];
+        for i in edges.into_iter().chain(bounds) {
+            let text = itoa::Buffer::new().format(i).to_owned();
+            let (lo, hi) = small_words(text.as_bytes()).unwrap();
+            assert_eq!(int_words(i), Some((lo, hi, text.len())), "{i}");
+        }
+        for i in [
+            10_000_000_000_000_000,
+            -1_000_000_000_000_000,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert_eq!(int_words(i), None, "{i}");
+        }
     }
 }

@@ -5,18 +5,13 @@
 //!
 //! # How the keys of an event are hashed
 //!
-//! The featurizer's walk puts feature `i` of the event in lane `i` of [`Lanes`] (up to
-//! [`MAX_LANES`]): its seed, its length and its first 16 bytes, zero padded. The bytes are
-//! read from the borrowed key with overlapping fixed-size loads that never leave the key
-//! ([`super::hash::small_words`]), so no byte past a key is ever read, whatever buffer it
-//! lives in, and written as one 16-byte row (one store, which a later 16-byte load can
-//! forward from; several small stores could not). Keys longer than 16 bytes (rare: ids are
-//! short) and numeric features, whose hash is their field seed, are lanes whose hash is
-//! already known: length [`PRE`], hash in the seed.
-//!
-//! Hashing loads eight rows, pairs lanes `j` and `j + 4` in one 256-bit register and
-//! transposes 4×4 within each 128-bit half, which yields four vectors each holding block `i`
-//! of all eight lanes. Each block needed by the event's longest key is mixed in all lanes:
+//! The featurizer's plan (module `plan`) puts feature `i` of the event in lane `i` (up to
+//! [`MAX_LANES`]), laid out by column: one array of seeds, one of key lengths, and four
+//! arrays of 4-byte blocks, block `b` of lane `i` at `columns[b][i]`, zero padded past the
+//! key. Keys longer than 16 bytes (rare: ids are short) and numeric features, whose hash
+//! is their field seed, are lanes whose hash is already known: length [`PRE`], hash in the
+//! seed. A vector load of eight lanes of one column is block `b` of eight keys, so no
+//! transpose is needed. Each block needed by the event's longest key is mixed in all lanes:
 //!
 //! - lanes with a full block at `i` (`len >= 4i + 4`) take the body round;
 //! - a lane whose 1–3 byte tail is block `i` takes the tail step `h ^= k`; its padding
@@ -33,22 +28,20 @@
 //! reference.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::{Lanes, MAX_LANES, cross8};
+pub(crate) use avx2::{MAX_LANES, PRE, cross8, hash_columns};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::features::hash::{C1, C2, F1, F2, N, hash_scalar, small_words};
+    use crate::features::hash::{C1, C2, F1, F2, N};
 
     const LANES: usize = 8;
     /// Most features of one event hashed in lanes; a wider event takes the scalar path.
     pub(crate) const MAX_LANES: usize = 32;
-    /// Longest key hashed in lanes; longer ones are hashed by the scalar reference.
-    const LANE_KEY_MAX: usize = 16;
     /// Length of a lane whose hash is already known (held in its seed). Negative as an
     /// `i32`, so the signed length compares see no full block in it.
-    const PRE: u32 = u32::MAX;
+    pub(crate) const PRE: u32 = u32::MAX;
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -109,160 +102,41 @@ mod avx2 {
         _mm256_blendv_epi8(_mm256_xor_si256(h, k), round_mixed(h, k), full)
     }
 
-    /// The four 4-byte blocks of eight rows, each as one vector holding that block of all
-    /// eight lanes.
+    /// Hashes lanes `0..n` (at most [`MAX_LANES`]) laid out by column: lane `j` hashes the
+    /// key whose zero-padded 4-byte blocks are `blocks[i][j]` and whose length is
+    /// `lens[j]` with seed `seeds[j]`, or, where `lens[j]` is [`PRE`], has the hash
+    /// `seeds[j]`. `blocks` is the number of blocks of the longest key (at most 4).
+    /// Columns need no transpose: each vector is eight lanes of one block.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn transpose(rows: &[__m128i; LANES]) -> [__m256i; 4] {
-        // a_j holds lane j in its low half and lane j + 4 in its high half.
-        let a0 = _mm256_set_m128i(rows[4], rows[0]);
-        let a1 = _mm256_set_m128i(rows[5], rows[1]);
-        let a2 = _mm256_set_m128i(rows[6], rows[2]);
-        let a3 = _mm256_set_m128i(rows[7], rows[3]);
-        let t0 = _mm256_unpacklo_epi32(a0, a1);
-        let t1 = _mm256_unpackhi_epi32(a0, a1);
-        let t2 = _mm256_unpacklo_epi32(a2, a3);
-        let t3 = _mm256_unpackhi_epi32(a2, a3);
-        [
-            _mm256_unpacklo_epi64(t0, t2),
-            _mm256_unpackhi_epi64(t0, t2),
-            _mm256_unpacklo_epi64(t1, t3),
-            _mm256_unpackhi_epi64(t1, t3),
-        ]
-    }
-
-    /// An all-zero 16-byte row.
-    #[inline(always)]
-    fn zero128() -> __m128i {
-        // SAFETY: SSE2 is part of the x86_64 baseline.
-        unsafe { _mm_setzero_si128() }
-    }
-
-    /// The features of one event, one per lane, laid out for hashing (see the module docs).
-    /// Reused from event to event: lanes past the ones set hold stale but harmless values.
-    ///
-    /// Each lane is written as two 16-byte rows, each with one store, so that the vector
-    /// loads of [`Lanes::hash`] are forwarded from the stores (a vector load of several
-    /// scalar stores waits until they reach the cache).
-    #[derive(Debug, Clone)]
-    #[repr(C, align(32))]
-    pub(crate) struct Lanes {
-        /// Lane `i`: the first 16 bytes of its key, zero padded.
-        rows: [[__m128i; LANES]; MAX_LANES / LANES],
-        /// Lane `i`: its seed (or the known hash of a [`PRE`] lane), its key length (or
-        /// [`PRE`]), the bits of its value, zero.
-        meta: [[__m128i; LANES]; MAX_LANES / LANES],
-        /// Hashes of the lanes, once [`Lanes::hash`] ran.
-        hashes: [[u32; LANES]; MAX_LANES / LANES],
-        /// Values of the lanes, once [`Lanes::hash`] ran.
-        values: [[f32; LANES]; MAX_LANES / LANES],
-        /// Longest key set since [`Lanes::clear`], at most [`LANE_KEY_MAX`].
-        max_len: usize,
-    }
-
-    impl Default for Lanes {
-        fn default() -> Self {
-            Lanes {
-                rows: [[zero128(); LANES]; MAX_LANES / LANES],
-                meta: [[zero128(); LANES]; MAX_LANES / LANES],
-                hashes: [[0; LANES]; MAX_LANES / LANES],
-                values: [[0.0; LANES]; MAX_LANES / LANES],
-                max_len: 0,
+    pub(crate) fn hash_columns(
+        seeds: &[u32; MAX_LANES],
+        lens: &[u32; MAX_LANES],
+        columns: &[[u32; MAX_LANES]; 4],
+        n: usize,
+        blocks: usize,
+        out: &mut [u32; MAX_LANES],
+    ) {
+        let groups = n.min(MAX_LANES).div_ceil(LANES);
+        let at = |v: &[u32; MAX_LANES], g: usize| -> __m256i {
+            // SAFETY: `g < MAX_LANES / LANES`, so lanes `8g..8g + 8` are in `v`.
+            unsafe { _mm256_loadu_si256(v.as_ptr().add(g * LANES).cast()) }
+        };
+        for g in 0..groups {
+            let (seeds, len) = (at(seeds, g), at(lens, g));
+            let mut h = seeds;
+            for (i, column) in columns.iter().enumerate().take(blocks) {
+                h = block_round(h, at(column, g), len, (4 * i + 3) as i32);
             }
-        }
-    }
-
-    /// `(lo, hi)` as one 16-byte row.
-    #[inline(always)]
-    fn row(lo: u64, hi: u64) -> __m128i {
-        // SAFETY: SSE2 is part of the x86_64 baseline.
-        unsafe { _mm_set_epi64x(hi as i64, lo as i64) }
-    }
-
-    impl Lanes {
-        /// Starts a new event.
-        #[inline(always)]
-        pub(crate) fn clear(&mut self) {
-            self.max_len = 0;
-        }
-
-        /// Writes lane `lane`; ignored past [`MAX_LANES`].
-        #[inline(always)]
-        fn set(&mut self, lane: usize, key: __m128i, seed: u32, len: u32, value: f32) {
-            let (group, j) = (lane / LANES, lane % LANES);
-            if let (Some(r), Some(m)) = (
-                self.rows.get_mut(group).and_then(|g| g.get_mut(j)),
-                self.meta.get_mut(group).and_then(|g| g.get_mut(j)),
-            ) {
-                *r = key;
-                *m = row(
-                    u64::from(seed) | u64::from(len) << 32,
-                    u64::from(value.to_bits()),
-                );
-            }
-        }
-
-        /// Lane `lane` hashes `key` with `seed`, value 1.0. Ignored past [`MAX_LANES`].
-        #[inline(always)]
-        pub(crate) fn set_key(&mut self, lane: usize, seed: u32, key: &[u8]) {
-            match small_words(key) {
-                Some((lo, hi)) => {
-                    self.max_len = self.max_len.max(key.len());
-                    self.set(lane, row(lo, hi), seed, key.len() as u32, 1.0);
-                }
-                None => self.set(lane, zero128(), hash_scalar(seed, key), PRE, 1.0),
-            }
-        }
-
-        /// Lane `lane`'s hash is `hash` (a numeric feature's field seed), with `value`.
-        /// Ignored past [`MAX_LANES`].
-        #[inline(always)]
-        pub(crate) fn set_hash(&mut self, lane: usize, hash: u32, value: f32) {
-            self.set(lane, zero128(), hash, PRE, value);
-        }
-
-        /// Hashes lanes `0..n` (at most [`MAX_LANES`]) and returns their hashes
-        /// (`H(seed, key)` for keys, the given hash for the others) and their values.
-        ///
-        /// # Safety
-        ///
-        /// The CPU must support AVX2.
-        #[inline]
-        #[target_feature(enable = "avx2")]
-        pub(crate) unsafe fn hash(&mut self, n: usize) -> (&[u32], &[f32]) {
-            let n = n.min(MAX_LANES);
-            let blocks = self.max_len.min(LANE_KEY_MAX).div_ceil(4);
-            let groups = n.div_ceil(LANES);
-            let Lanes {
-                rows,
-                meta,
-                hashes,
-                values,
-                ..
-            } = self;
-            let lanes = rows
-                .iter()
-                .zip(&*meta)
-                .zip(hashes.iter_mut())
-                .zip(values.iter_mut());
-            for (((rows, meta), hashes), values) in lanes.take(groups) {
-                let b = transpose(rows);
-                let [seeds, len, value, _] = transpose(meta);
-                let mut h = seeds;
-                for (i, block) in b.iter().enumerate().take(blocks) {
-                    h = block_round(h, *block, len, (4 * i + 3) as i32);
-                }
-                let h = fmix(_mm256_xor_si256(h, len));
-                let pre = _mm256_cmpeq_epi32(len, _mm256_set1_epi32(PRE as i32));
-                store8(_mm256_blendv_epi8(h, seeds, pre), hashes);
-                // SAFETY: `values` is 32 writable bytes; `storeu` has no alignment
-                // requirement.
-                unsafe { _mm256_storeu_si256(values.as_mut_ptr().cast(), value) };
-            }
-            (
-                self.hashes.as_flattened().get(..n).unwrap_or(&[]),
-                self.values.as_flattened().get(..n).unwrap_or(&[]),
-            )
+            let h = fmix(_mm256_xor_si256(h, len));
+            let pre = _mm256_cmpeq_epi32(len, _mm256_set1_epi32(PRE as i32));
+            // SAFETY: as for `at`, for `out`.
+            unsafe {
+                _mm256_storeu_si256(
+                    out.as_mut_ptr().add(g * LANES).cast(),
+                    _mm256_blendv_epi8(h, seeds, pre),
+                )
+            };
         }
     }
 

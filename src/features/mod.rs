@@ -19,23 +19,30 @@
 //!
 //! [`Featurizer::featurize_scalar`] is the reference, resolving every `ctx` name through
 //! the name map and hashing key by key. [`Featurizer::featurize`] (and
-//! [`Featurizer::featurize_batch`], the same per event) matches it bit for bit, resolving
-//! names through a per-position cache (events of a stream share their `ctx` layout) and
-//! hashing keys with the scalar reference as the walk meets them: this is the pipeline's
-//! path. [`Featurizer::featurize_simd`] is bit-identical too: with AVX2
-//! ([`Backend::detect`], checked once when the featurizer is built) the walk lays the keys
-//! of the event into SIMD lanes, which are hashed eight at a time, and mixes its crosses
-//! eight at a time (module `hash_simd`). The hashing itself is several times faster than
-//! scalar, but on one event the walk, which both paths share, dominates, and laying keys
-//! into lanes costs about what the vector hashing saves: measured with `bench/hashing.rs`
-//! (one run, shared 2-core machine under load from other builds, so absolute figures are
-//! inflated; per event, reference / `featurize` / `featurize_simd`): contract event 301 /
-//! 180 (1.67×) / 296 ns (1.02×), 16-feature event 368 / 256 (1.44×) / 393 ns (0.94×).
-//! So `featurize` stays on scalar hashing; the design's 4× needs a cheaper walk first (the
-//! per-feature emit call, name checks and output pushes are most of the time). None
+//! [`Featurizer::featurize_batch`], the same per event), the pipeline's path, matches it bit
+//! for bit through a plan per `ctx` layout (module `plan`): the names of an event are only
+//! checked against the plan, which holds each position's seed, transform and lane and each
+//! cross as lane masks; each key is hashed from its two words as it is laid (an integer's
+//! decimal text is computed from the value, not formatted), and the features are written to
+//! a fixed buffer and copied out at once. A layout no plan holds (a name longer than 16
+//! bytes, more than 32 features) takes the per-position name cache and the scalar hash.
+//! [`Featurizer::featurize_simd`] is bit-identical too: the same plans, with AVX2
+//! ([`Backend::detect`], checked once when the featurizer is built) the keys' blocks laid by
+//! column and hashed eight per vector, crosses mixed eight at a time (module `hash_simd`).
+//! Measured with `bench/hashing.rs` (two runs of one build, shared 2-core machine under
+//! load from other builds, so absolute figures are inflated and vary by tens of percent
+//! between runs; per event, reference / `featurize` / `featurize_simd`): contract event
+//! 224 / 156 (1.43×) / 168 ns (1.33×) and 191 / 127 (1.50×) / 172 ns (1.11×); 16-feature
+//! event 236 / 223 (1.06×) / 155 ns (1.52×) and 361 / 209 (1.73×) / 153 ns (2.37×). An
+//! earlier build of the same `featurize`: 258 / 132 (1.95×) and 264 / 131 ns (2.01×). On
+//! `main` before the plans `featurize` measured 1.67× and 1.44×, and `featurize_simd`
+//! (lanes of 16-byte rows, transposed) 1.02× and 0.94×. SIMD wins on the wide event and
+//! loses on the contract one (one vector of lanes, half empty, against seven scalar
+//! hashes whose chains the CPU overlaps); the replay's events have the contract layout.
+//! So the pipeline uses `featurize`; the design's 4× is not reached (see the README). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
-//! its inline capacity or a `ctx` field name is seen for the first time (its seed is then
-//! cached, up to [`MAX_CACHED_FIELDS`] names).
+//! its inline capacity, a `ctx` field name is seen for the first time (its seed is then
+//! cached, up to [`MAX_CACHED_FIELDS`] names) or a plan grows its buffers for a new layout.
 //!
 //! ```
 //! use ctrflow::event::{Event, decode};
@@ -55,14 +62,13 @@
 pub mod config;
 pub mod hash;
 mod hash_simd;
+mod plan;
 
 use ctrflow_dataflows::{Feature, Features};
 use hashbrown::HashMap;
 
 pub use config::{FeatureConfig, NumericTransform};
 pub use hash::{Backend, cross_mix, hash_scalar};
-#[cfg(target_arch = "x86_64")]
-use hash_simd::{Lanes, MAX_LANES, cross8};
 
 use crate::event::{CtxValue, Impression};
 
@@ -90,9 +96,6 @@ pub enum FeatureConfigError {
 
 /// Marks a field that feeds no cross.
 const NO_SIDE: u16 = u16::MAX;
-/// Marks a cross side not present in the current event (no lane has that index).
-#[cfg(target_arch = "x86_64")]
-const NO_LANE: u8 = u8::MAX;
 /// Index of `numeric_default` in [`Schema::transforms`].
 const DEFAULT_TRANSFORM: u16 = 0;
 
@@ -356,13 +359,6 @@ impl PositionCache {
 struct Scratch {
     /// Per cross side, scalar path: the value hash of its first categorical occurrence.
     side_hashes: Vec<Option<u32>>,
-    /// Per cross side, SIMD path: the lane of its first categorical occurrence, or
-    /// [`NO_LANE`].
-    #[cfg(target_arch = "x86_64")]
-    side_lanes: Vec<u8>,
-    /// The features of the current event, one per lane, SIMD path.
-    #[cfg(target_arch = "x86_64")]
-    lanes: Lanes,
 }
 
 /// Turns impressions into hashed feature vectors; one per worker.
@@ -372,6 +368,8 @@ pub struct Featurizer {
     backend: Backend,
     cache: PositionCache,
     scratch: Scratch,
+    /// The per-layout plans of the fast path.
+    plans: Box<plan::Plans>,
 }
 
 impl Featurizer {
@@ -391,6 +389,7 @@ impl Featurizer {
             backend,
             cache: PositionCache::default(),
             scratch: Scratch::default(),
+            plans: Box::default(),
         })
     }
 
@@ -412,25 +411,47 @@ impl Featurizer {
     }
 
     /// Clears `out` and fills it with the features of `imp`. Bit-identical to
-    /// [`Featurizer::featurize_scalar`], and faster: `ctx` names are resolved through a
-    /// per-position cache instead of the name map, and keys are hashed with the scalar
-    /// reference as the walk meets them, whatever the backend: on one event this measured
-    /// faster than [`Featurizer::featurize_simd`] (see the module docs, "Speed").
+    /// [`Featurizer::featurize_scalar`], and 1.1–2× as fast: through a plan of the
+    /// event's `ctx` layout, each key hashed from its words (module `plan`), or, for a
+    /// layout no plan holds, through the per-position name cache. This is the pipeline's
+    /// path, whatever the backend: on the contract's event it measured faster than
+    /// [`Featurizer::featurize_simd`] (see the module docs, "Speed").
     pub fn featurize(&mut self, imp: &Impression<'_>, out: &mut Features) {
-        self.featurize_direct(imp, out);
+        let bias = self.bias();
+        let Featurizer {
+            schema,
+            cache,
+            plans,
+            ..
+        } = self;
+        if !plans.featurize_words(schema, cache, bias, imp, out) {
+            self.featurize_direct(imp, out);
+        }
     }
 
-    /// [`Featurizer::featurize`] with SIMD hashing when the backend has it: the keys of the
-    /// event are hashed eight at a time in AVX2 lanes and its crosses mixed eight at a time
-    /// ([`hash_simd`]). Bit-identical to the reference; not yet faster end to end (see the
-    /// module docs, "Speed"), so the pipeline does not use it. Without SIMD it is
-    /// [`Featurizer::featurize`].
+    /// [`Featurizer::featurize`] with SIMD hashing when the backend has it: the same plans,
+    /// with the keys of the event hashed eight at a time in AVX2 lanes and crosses mixed
+    /// eight at a time (module `hash_simd`). Bit-identical to the reference; faster than
+    /// [`Featurizer::featurize`] on a 16-feature event but slower on the contract's
+    /// 11-feature one, the layout of the replay stream (see the module docs, "Speed"), so the
+    /// pipeline does not use it. Without SIMD it is [`Featurizer::featurize`].
     pub fn featurize_simd(&mut self, imp: &Impression<'_>, out: &mut Features) {
         #[cfg(target_arch = "x86_64")]
         if self.backend.is_simd() {
-            return self.featurize_lanes(imp, out);
+            let bias = self.bias();
+            let Featurizer {
+                schema,
+                cache,
+                plans,
+                ..
+            } = self;
+            // SAFETY: the backend is SIMD, so `Backend::detect` found AVX2.
+            if !unsafe { plans.featurize_avx2(schema, cache, bias, imp, out) } {
+                self.featurize_direct(imp, out);
+            }
+            return;
         }
-        self.featurize_direct(imp, out);
+        self.featurize(imp, out);
     }
 
     /// Featurizes `imps[i]` into `outs[i]` (each cleared first), exactly as
@@ -448,27 +469,6 @@ impl Featurizer {
         );
         for (imp, out) in imps.iter().zip(outs.iter_mut()) {
             self.featurize(imp, out);
-        }
-    }
-
-    /// One event with SIMD hashing: the walk puts feature `i` in lane `i` (numeric features
-    /// and long keys with their hash already known), the lanes are hashed together, then
-    /// the crosses mixed eight at a time from the lanes of their sides. An event with more
-    /// than [`MAX_LANES`] walked features takes [`Featurizer::featurize_direct`].
-    ///
-    /// Only called when `self.backend` is SIMD, i.e. [`Backend::detect`] found AVX2.
-    #[cfg(target_arch = "x86_64")]
-    fn featurize_lanes(&mut self, imp: &Impression<'_>, out: &mut Features) {
-        let bias = self.bias();
-        let Featurizer {
-            schema,
-            cache,
-            scratch,
-            ..
-        } = self;
-        // SAFETY: the backend is SIMD, so `Backend::detect` found AVX2.
-        if !unsafe { lanes_avx2(schema, cache, scratch, bias, imp, out) } {
-            self.featurize_direct(imp, out);
         }
     }
 
@@ -493,94 +493,6 @@ impl Featurizer {
         let lookup = |schema: &mut Schema, _: usize, name: &str| schema.field(name);
         scalar_walk(&mut self.schema, &mut self.scratch, bias, imp, lookup, out);
     }
-}
-
-/// [`Featurizer::featurize_lanes`], compiled for AVX2 so that the hashing inlines into the
-/// walk. Returns false, leaving `out` unspecified, for an event with more than
-/// [`MAX_LANES`] walked features.
-///
-/// # Safety
-///
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn lanes_avx2(
-    schema: &mut Schema,
-    cache: &mut PositionCache,
-    s: &mut Scratch,
-    bias: Feature,
-    imp: &Impression<'_>,
-    out: &mut Features,
-) -> bool {
-    let mask = schema.mask;
-    let (lanes, side_lanes) = (&mut s.lanes, &mut s.side_lanes);
-    lanes.clear();
-    side_lanes.clear();
-    side_lanes.resize(schema.sides, NO_LANE);
-    let mut n = 0usize;
-    schema.walk(
-        imp,
-        |schema, pos, name| cache.field(schema, pos, name),
-        |seed, side, value| {
-            let mut int = itoa::Buffer::new();
-            let key = match value {
-                Value::Bytes(bytes) => bytes,
-                Value::Int(i) => int.format(i).as_bytes(),
-                Value::Numeric(value) => {
-                    lanes.set_hash(n, seed, value);
-                    n += 1;
-                    return;
-                }
-            };
-            lanes.set_key(n, seed, key);
-            if let Some(slot) = side_lanes.get_mut(usize::from(side))
-                && *slot == NO_LANE
-            {
-                // Lanes past MAX_LANES are never read: the event falls back.
-                *slot = u8::try_from(n).unwrap_or(NO_LANE);
-            }
-            n += 1;
-        },
-    );
-    if n > MAX_LANES {
-        return false;
-    }
-    // SAFETY: the caller guarantees AVX2.
-    let (hashes, values) = unsafe { lanes.hash(n) };
-    out.clear();
-    out.push(bias);
-    out.extend(hashes.iter().zip(values).map(|(&h, &value)| Feature {
-        index: h & mask,
-        value,
-    }));
-
-    // Crosses, eight at a time; the last few (a typical event has three) one by one, since
-    // gathering them into a vector costs more than it saves.
-    let lane_hash = |side: u16| {
-        let lane = *side_lanes.get(usize::from(side))?;
-        hashes.get(usize::from(lane)).copied()
-    };
-    let (mut seeds, mut a, mut b, mut mixed) = ([0u32; 8], [0u32; 8], [0u32; 8], [0u32; 8]);
-    let mut m = 0;
-    let feature = |h: u32| Feature {
-        index: h & mask,
-        value: 1.0,
-    };
-    for c in &schema.crosses {
-        if let (Some(x), Some(y)) = (lane_hash(c.a), lane_hash(c.b)) {
-            // `m < 8`: it is reset when it reaches 8.
-            (seeds[m], a[m], b[m]) = (c.seed, x, y);
-            m += 1;
-            if m == 8 {
-                cross8(&seeds, &a, &b, &mut mixed);
-                out.extend(mixed.iter().map(|&h| feature(h)));
-                m = 0;
-            }
-        }
-    }
-    let tail = seeds.iter().zip(&a).zip(&b).take(m);
-    out.extend(tail.map(|((&s, &x), &y)| feature(cross_mix(s, x, y))));
-    true
 }
 
 /// Walks `imp` in the order of the module docs, hashing each key with the scalar reference

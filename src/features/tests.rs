@@ -434,11 +434,13 @@ fn wide_events_and_many_crosses_match_the_reference() {
             let mut reference = Features::new();
             let mut a = vec![Features::new(); n];
             f.featurize_batch(&batch, &mut a);
-            let mut simd = Features::new();
+            let (mut single, mut simd) = (Features::new(), Features::new());
             for (imp, a) in batch.iter().zip(&a) {
                 f.featurize_scalar(imp, &mut reference);
+                f.featurize(imp, &mut single);
                 f.featurize_simd(imp, &mut simd);
                 assert_same(a, &reference);
+                assert_same(&single, &reference);
                 assert_same(&simd, &reference);
             }
         }
@@ -449,12 +451,41 @@ fn wide_events_and_many_crosses_match_the_reference() {
             1 + 2 + 100 + 12 + 1,
             "the wide event has 13 crosses"
         );
-        f.featurize_simd(&events[3], &mut out);
+        f.featurize(&events[3], &mut out);
         assert_eq!(
             out.len(),
             1 + 2 + 20 + 12,
             "the 20-field event has 12 crosses"
         );
+    }
+}
+
+#[test]
+fn plans_follow_the_layouts_of_the_stream() {
+    for backend in [Backend::detect(), Backend::scalar()] {
+        let mut f = Featurizer::with_backend(&FeatureConfig::default(), backend).unwrap();
+        let contract = impression(CONTRACT_EVENT);
+        for _ in 0..3 {
+            features(&mut f, &contract);
+        }
+        assert_eq!(f.plans.layouts(), 1, "one layout, one plan");
+        // Layouts that differ in one name, in turn: more than the plans kept.
+        let names: Vec<String> = (0..plan::MAX_PLANS + 2).map(|i| format!("f{i}")).collect();
+        for round in 0..3 {
+            for name in &names {
+                let ctx = [
+                    ("device", s("ios")),
+                    (name.as_str(), s("x")),
+                    ("hour", CtxValue::Num(f64::from(round))),
+                ];
+                features(&mut f, &imp("u", "i", &ctx));
+            }
+        }
+        assert_eq!(f.plans.layouts(), plan::MAX_PLANS);
+        // A name longer than 16 bytes: no plan holds it; the scalar path serves it.
+        let mut f = Featurizer::with_backend(&FeatureConfig::default(), backend).unwrap();
+        features(&mut f, &imp("u", "i", &[("a-name-longer-than-16", s("x"))]));
+        assert_eq!(f.plans.layouts(), 0);
     }
 }
 
@@ -610,35 +641,37 @@ proptest! {
     }
 
     #[test]
-    fn lanes_hash_matches_the_scalar_reference(
+    fn hash_columns_matches_the_scalar_reference(
         keys in proptest::collection::vec(
-            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40), any::<bool>()),
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..=16), any::<bool>()),
             0..=hash_simd::MAX_LANES,
         ),
     ) {
-        // Only on a CPU with AVX2: lanes are never hashed elsewhere.
+        // Only on a CPU with AVX2: columns are never hashed elsewhere.
         #[cfg(target_arch = "x86_64")]
         if Backend::detect().is_simd() {
-            let mut lanes = hash_simd::Lanes::default();
-            // A previous event with long keys, so that stale lanes would show.
-            for lane in 0..hash_simd::MAX_LANES {
-                lanes.set_key(lane, 1, b"stale-and-longer-than-the-rest");
-            }
-            lanes.clear();
+            const N: usize = hash_simd::MAX_LANES;
+            let (mut seeds, mut lens, mut columns) = ([0u32; N], [0u32; N], [[0u32; N]; 4]);
             let mut want = Vec::new();
-            for (lane, (seed, key, numeric)) in keys.iter().enumerate() {
-                if *numeric {
-                    lanes.set_hash(lane, *seed, 0.5);
-                    want.push((*seed, 0.5f32));
+            for (lane, (seed, key, known)) in keys.iter().enumerate() {
+                seeds[lane] = *seed;
+                if *known {
+                    lens[lane] = hash_simd::PRE;
+                    want.push(*seed);
                 } else {
-                    lanes.set_key(lane, *seed, key);
-                    want.push((hash_scalar(*seed, key), 1.0));
+                    lens[lane] = key.len() as u32;
+                    let (lo, hi) = hash::small_words(key).unwrap();
+                    let blocks = [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32];
+                    for (column, block) in columns.iter_mut().zip(blocks) {
+                        column[lane] = block;
+                    }
+                    want.push(hash_scalar(*seed, key));
                 }
             }
+            let mut out = [0u32; N];
             // SAFETY: AVX2 was detected.
-            let (hashes, values) = unsafe { lanes.hash(keys.len()) };
-            let got: Vec<(u32, f32)> = hashes.iter().copied().zip(values.iter().copied()).collect();
-            prop_assert_eq!(got, want);
+            unsafe { hash_simd::hash_columns(&seeds, &lens, &columns, keys.len(), 4, &mut out) };
+            prop_assert_eq!(&out[..keys.len()], &want[..]);
         }
     }
 
@@ -669,6 +702,22 @@ proptest! {
         prop_assert_eq!(bits(&fast), bits(&reference));
         prop_assert_eq!(bits(&simd), bits(&reference));
         prop_assert!(fast.iter().all(|x| x.index <= f.mask() && x.value.is_finite()));
+    }
+
+    #[test]
+    fn hash_words_matches_the_scalar_reference(
+        seed in any::<u32>(),
+        key in proptest::collection::vec(any::<u8>(), 0..=16),
+    ) {
+        let (lo, hi) = hash::small_words(&key).unwrap();
+        prop_assert_eq!(hash::hash_words(seed, lo, hi, key.len()), hash_scalar(seed, &key));
+    }
+
+    #[test]
+    fn int_words_match_the_decimal_text(i in prop_oneof![any::<i64>(), -1_000_000i64..1_000_000]) {
+        let text = itoa::Buffer::new().format(i).to_owned();
+        let want = hash::small_words(text.as_bytes()).map(|(lo, hi)| (lo, hi, text.len()));
+        prop_assert_eq!(hash::int_words(i), want);
     }
 
     #[test]
