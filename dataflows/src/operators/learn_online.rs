@@ -1364,13 +1364,18 @@ mod tests {
         }
     }
 
-    fn join() -> LabelJoin<Recorder, NoEnrich> {
-        let config = LabelConfig {
+    /// The tests' label settings: the window [`WINDOW`], fast skips under 100 ms.
+    fn join_config(delay_correction: DelayCorrection) -> LabelConfig {
+        LabelConfig {
             window_ms: WINDOW,
             fast_skip_ms: 100,
-            delay_correction: DelayCorrection::None,
+            delay_correction,
             ..LabelConfig::default()
-        };
+        }
+    }
+
+    fn join() -> LabelJoin<Recorder, NoEnrich> {
+        let config = join_config(DelayCorrection::None);
         labelled(Recorder::default(), config)
     }
 
@@ -1629,12 +1634,7 @@ mod tests {
     }
 
     fn provisional_join() -> LabelJoin<Recorder, NoEnrich> {
-        let config = LabelConfig {
-            window_ms: WINDOW,
-            fast_skip_ms: 100,
-            delay_correction: DelayCorrection::ProvisionalNegatives,
-            ..LabelConfig::default()
-        };
+        let config = join_config(DelayCorrection::ProvisionalNegatives);
         labelled(Recorder::default(), config)
     }
 
@@ -1838,12 +1838,7 @@ mod tests {
 
     #[test]
     fn an_impression_is_scored_and_trained_without_its_own_click() {
-        let config = LabelConfig {
-            window_ms: WINDOW,
-            fast_skip_ms: 100,
-            delay_correction: DelayCorrection::None,
-            ..LabelConfig::default()
-        };
+        let config = join_config(DelayCorrection::None);
         let mut j = LabelJoin {
             learner: Recorder::default(),
             enrich: ClickCounter::default(),
@@ -1931,12 +1926,7 @@ mod tests {
     #[test]
     fn a_join_restored_from_its_checkpoints_continues_exactly_like_one_never_stopped() {
         for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
-            let config = LabelConfig {
-                window_ms: WINDOW,
-                fast_skip_ms: 100,
-                delay_correction: correction,
-                ..LabelConfig::default()
-            };
+            let config = join_config(correction);
             let records = mixed_stream(600);
             let (expected, uninterrupted) = drive(
                 labelled(Recorder::default(), config.clone()),
@@ -2050,12 +2040,7 @@ mod tests {
         let dir = ScratchDir::new("pending-scratch");
         let scratch = dir.store();
         for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
-            let config = LabelConfig {
-                window_ms: WINDOW,
-                fast_skip_ms: 100,
-                delay_correction: correction,
-                ..LabelConfig::default()
-            };
+            let config = join_config(correction);
             let records = mixed_stream(600);
             let mut reference = labelled(Recorder::default(), config.clone());
             reference.example_features = true;
@@ -2089,12 +2074,7 @@ mod tests {
         for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
             let dir = ScratchDir::new("pending-checkpoint");
             let store = dir.store();
-            let config = LabelConfig {
-                window_ms: WINDOW,
-                fast_skip_ms: 100,
-                delay_correction: correction,
-                ..LabelConfig::default()
-            };
+            let config = join_config(correction);
             let records = mixed_stream(600);
             let (expected, uninterrupted) = drive(
                 labelled(Recorder::default(), config.clone()),
