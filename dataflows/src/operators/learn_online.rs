@@ -294,6 +294,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
             state,
             example_features,
             entities: Vec::new(),
+            order: Vec::new(),
         };
         let exchange = Exchange::new(|x: &Interaction| route(&x.id));
         let learned: Stream<'scope, Watermark, Vec<Learned>> =
@@ -306,7 +307,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
                     input.for_each(|_cap, data| {
                         let state = &mut *join.state.borrow_mut();
                         state.received += data.len() as u64;
-                        state.buffer.extend(data.drain(..));
+                        state.buffer.take_batch(data);
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let watermark = frontier.frontier().iter().min().copied();
@@ -340,10 +341,8 @@ pub struct JoinState {
     fast_skip_ms: u32,
     /// What the join saw.
     pub stats: JoinStats,
-    /// Records received and not yet processed, kept sorted by `(ts, pos)` when processing.
-    /// A ring, so that the records processed leave from the front without moving the ones
-    /// that wait (with one worker about a block of ~350-byte records, on every step).
-    buffer: VecDeque<Interaction>,
+    /// Records received and not yet processed.
+    buffer: Received,
     windows: Windows,
     schedule: Schedule,
     /// Records received since the worker started: a checkpoint waits until every record
@@ -357,7 +356,7 @@ impl JoinState {
         Self {
             fast_skip_ms: config.fast_skip_ms,
             stats: JoinStats::default(),
-            buffer: VecDeque::new(),
+            buffer: Received::default(),
             windows: Windows::new(config),
             schedule: Schedule::new(config.delay_correction),
             received: 0,
@@ -381,6 +380,108 @@ impl JoinState {
     }
 }
 
+/// Records received and not yet processed, in arrival order, as the batches they came in.
+///
+/// # Why batches, and keys
+///
+/// A record is ~350 bytes (its hashed features are inline). A batch is taken from timely
+/// whole, without copying its records, and the records are processed in `(ts, pos)` order
+/// through a sorted array of 24-byte keys, not by sorting the records themselves: with
+/// several workers the batches of different senders interleave in event time, and sorting
+/// the records moved each of them several times per step (a third of a 2-worker replay's
+/// memory traffic). Processing takes what it keeps out of a record (ids, features) and the
+/// emptied batches go back to timely's channel.
+#[derive(Debug, Default)]
+struct Received {
+    batches: Vec<Vec<Interaction>>,
+    /// Emptied batches, kept for their capacity.
+    spare: Vec<Vec<Interaction>>,
+}
+
+/// A ready record's place in the processing order: `(ts, pos)`, then its arrival (batch,
+/// index), so that sorting the keys orders the records as a stable sort by `(ts, pos)` of
+/// the arrival order would.
+type OrderKey = (EventTime, u64, u32, u32);
+
+/// Most emptied batches kept for reuse.
+const SPARE_BATCHES: usize = 4;
+
+impl Received {
+    /// Takes timely's batch, leaving an empty one with capacity in its place.
+    fn take_batch(&mut self, data: &mut Vec<Interaction>) {
+        if data.is_empty() {
+            return;
+        }
+        let mut batch = self.spare.pop().unwrap_or_default();
+        std::mem::swap(&mut batch, data);
+        self.batches.push(batch);
+    }
+
+    /// Appends records as one batch.
+    fn extend(&mut self, records: impl IntoIterator<Item = Interaction>) {
+        let batch: Vec<Interaction> = records.into_iter().collect();
+        if !batch.is_empty() {
+            self.batches.push(batch);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.batches.iter().map(Vec::len).sum()
+    }
+
+    /// The records in arrival order.
+    fn iter(&self) -> impl Iterator<Item = &Interaction> {
+        self.batches.iter().flatten()
+    }
+
+    fn get(&self, &(_, _, batch, index): &OrderKey) -> &Interaction {
+        &self.batches[batch as usize][index as usize]
+    }
+
+    /// The keys of the records with `ts < watermark`, in processing order.
+    fn ready(&self, watermark: EventTime, order: &mut Vec<OrderKey>) {
+        order.clear();
+        for (b, batch) in self.batches.iter().enumerate() {
+            order.extend(
+                (batch.iter().enumerate())
+                    .filter(|(_, x)| x.ts < watermark)
+                    .map(|(i, x)| (x.ts, x.pos, b as u32, i as u32)),
+            );
+        }
+        // One worker's records usually arrive in order: then nothing to sort.
+        if !order.is_sorted() {
+            order.sort_unstable();
+        }
+    }
+
+    /// Drops the `processed` records with `ts < watermark`, keeping the others in order.
+    fn remove_ready(&mut self, watermark: EventTime, processed: usize) {
+        let all = processed == self.len();
+        let spare = &mut self.spare;
+        self.batches.retain_mut(|batch| {
+            if !all {
+                batch.retain(|x| x.ts >= watermark);
+            }
+            if !all && !batch.is_empty() {
+                return true;
+            }
+            if spare.len() < SPARE_BATCHES {
+                batch.clear();
+                spare.push(std::mem::take(batch));
+            }
+            false
+        });
+    }
+}
+
+impl From<Vec<Interaction>> for Received {
+    fn from(records: Vec<Interaction>) -> Self {
+        let mut received = Self::default();
+        received.extend(records);
+        received
+    }
+}
+
 /// The operator's closure state: the maths and the shared [`JoinState`].
 struct LabelJoin<L, E> {
     learner: L,
@@ -390,6 +491,8 @@ struct LabelJoin<L, E> {
     example_features: bool,
     /// Scratch: the entities of a batch's impressions, for [`Enrich::prepare`].
     entities: Vec<Entities>,
+    /// Scratch: the processing order of the ready records.
+    order: Vec<OrderKey>,
 }
 
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
@@ -407,24 +510,17 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         } = state;
         let fast_skip_ms = *fast_skip_ms;
         let watermark = EventTime::try_from(watermark).unwrap_or(EventTime::MAX);
-        if watermark <= windows.processed_to && buffer.iter().all(|x| x.ts >= watermark) {
+        let order = &mut self.order;
+        buffer.ready(watermark, order);
+        if order.is_empty() && watermark <= windows.processed_to {
             // Nothing ready, no window to close: the common case with several workers, whose
-            // batches arrive between frontier moves. Sorting waits until something is ready
-            // (a stable sort of a sorted prefix plus new records orders them as one later
-            // sort would, so deferring it changes no order).
+            // batches arrive between frontier moves.
             return;
         }
-        // Stable sort, only when needed: one worker's records usually arrive in order (a
-        // stable sort of sorted records moves nothing, so skipping it changes no order).
-        let key = |x: &Interaction| (x.ts, x.pos);
-        if !buffer.iter().is_sorted_by_key(key) {
-            buffer.make_contiguous().sort_by_key(key);
-        }
-        let ready = buffer.partition_point(|x| x.ts < watermark);
-        windows.fetch_for_feedback(buffer.range(..ready), fast_skip_ms);
+        windows.fetch_for_feedback(order.iter().map(|key| buffer.get(key)), fast_skip_ms);
         self.entities.clear();
         self.entities
-            .extend(buffer.range(..ready).filter_map(|x| match &x.kind {
+            .extend(order.iter().filter_map(|key| match &buffer.get(key).kind {
                 InteractionKind::Impression { entities, .. } => Some(*entities),
                 _ => None,
             }));
@@ -437,64 +533,64 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             out,
             example_features: self.example_features,
         };
-        // Records are ~350 bytes: the ready ones leave the ring's front one at a time, and
-        // the ones that wait do not move.
-        for left in (0..ready).rev() {
-            let Some(record) = buffer.pop_front() else {
-                break;
-            };
+        for (k, key) in order.iter().enumerate() {
             // The model is far larger than the cache: start fetching the coordinates of an
             // impression a few records ahead, so its score does not wait on memory.
-            if left > PREFETCH_AHEAD
-                && let Some(Interaction {
-                    kind: InteractionKind::Impression { features, .. },
-                    ..
-                }) = buffer.get(PREFETCH_AHEAD)
+            if let Some(ahead) = order.get(k + PREFETCH_AHEAD)
+                && let InteractionKind::Impression { features, .. } = &buffer.get(ahead).kind
             {
                 step.learner.prefetch(features);
             }
-            windows.close_before(record.ts, &mut step);
-            match record.kind {
+            let &(_, _, b, i) = key;
+            // What is kept of the record is taken out of it; the rest is dropped with its
+            // batch.
+            let Interaction { ts, id, kind, .. } = &mut buffer.batches[b as usize][i as usize];
+            let ts = *ts;
+            windows.close_before(ts, &mut step);
+            match kind {
                 InteractionKind::Impression {
                     user,
                     item,
                     category,
-                    mut features,
+                    features,
                     reference,
                     entities,
                 } => {
-                    if windows.is_open(&record.id) {
+                    if windows.is_open(id) {
                         step.stats.duplicate_impressions += 1;
                         continue;
                     }
+                    let mut features = std::mem::take(features);
+                    let (item, category, entities) =
+                        (std::mem::take(item), std::mem::take(category), *entities);
                     // Point in time: the aggregates of everything before this impression.
-                    step.enrich.enrich(&entities, record.ts, &mut features);
-                    step.enrich.record(&entities, record.ts, Signal::Impression);
+                    step.enrich.enrich(&entities, ts, &mut features);
+                    step.enrich.record(&entities, ts, Signal::Impression);
                     let score = step.schedule.serve(step.learner.predict(&features));
                     step.stats.impressions += 1;
                     step.out.push(Ok(Score {
-                        id: record.id.clone(),
-                        user,
+                        id: id.clone(),
+                        user: std::mem::take(user),
                         item: item.clone(),
                         category: category.clone(),
                         score,
                         model_version: step.learner.version(),
-                        event_ts: record.ts,
+                        event_ts: ts,
                     }));
                     let body = Body {
                         served: score,
                         features,
-                        reference,
+                        reference: *reference,
                         item,
                         category,
                     };
-                    if !windows.open(record.id, record.ts, entities, body) {
+                    if !windows.open(std::mem::take(id), ts, entities, body) {
                         // Its window closed before it arrived: no feedback can be trusted.
                         step.stats.late_impressions += 1;
                     }
                 }
                 feedback => {
-                    let label = match feedback {
+                    let label = match *feedback {
                         InteractionKind::Click => Some(LabelSource::Click),
                         InteractionKind::Like => Some(LabelSource::Like),
                         InteractionKind::Skip { dwell_ms } if dwell_ms < fast_skip_ms => {
@@ -502,7 +598,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         }
                         _ => None,
                     };
-                    let Some((at, entry)) = windows.get(&record.id) else {
+                    let Some((at, entry)) = windows.get(id) else {
                         step.stats.orphan_feedback += 1;
                         continue;
                     };
@@ -519,7 +615,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         _ => None,
                     };
                     if let Some(signal) = signal {
-                        step.enrich.record(&entry.entities, record.ts, signal);
+                        step.enrich.record(&entry.entities, ts, signal);
                     }
                     let Some(label) = label else {
                         step.stats.slow_skip += 1;
@@ -529,10 +625,11 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         step.stats.duplicate_feedback += 1;
                         continue;
                     }
-                    windows.decide(at, label, record.ts, &mut step);
+                    windows.decide(at, label, ts, &mut step);
                 }
             }
         }
+        buffer.remove_ready(watermark, order.len());
         windows.close_before(watermark, &mut step);
         windows.within_budget();
     }
@@ -1361,6 +1458,7 @@ mod tests {
             state: Rc::new(RefCell::new(JoinState::new(&config))),
             example_features: false,
             entities: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -1845,6 +1943,7 @@ mod tests {
             state: Rc::new(RefCell::new(JoinState::new(&config))),
             example_features: true,
             entities: Vec::new(),
+            order: Vec::new(),
         };
         // a (user 1) is clicked at 20, in the same batch; b (user 1) comes after the click,
         // c (user 2) after it too but for another user.
