@@ -12,6 +12,9 @@
 //! client: measured, no difference on loopback).
 //! `CTRFLOW_BENCH_BROKER=mock` runs against librdkafka's `MockCluster` in this process
 //! instead of a broker (what the worker costs without tansu's own latency).
+//! `CTRFLOW_BENCH_ECHO=1` adds, per rate, the broker's own floor: the same events produced
+//! at the same rate and read straight back from the events topic by the same reader, no
+//! worker — one trip through the broker, where a score makes two.
 //! Without `CTRFLOW_BENCH_BROKER` it prints how to run it and exits (so that
 //! `cargo test --all-targets` can build and run it as a no-op).
 //!
@@ -115,6 +118,23 @@ fn main() {
             .map(|(g, c)| format!("{g} {:.0}%", c * 100.0))
             .collect();
         println!("  CPU (share of one core): {}", cpu.join(", "));
+        if std::env::var("CTRFLOW_BENCH_ECHO").is_ok_and(|v| v == "1") {
+            let e = echo(&broker, rate, seconds);
+            println!(
+                "  broker alone at {rate:.0} events/s ({:.0} achieved): produced → read back {} impressions ({} unread), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; broker CPU {:.0}%",
+                e.achieved,
+                e.count,
+                e.unscored,
+                e.p50,
+                e.p90,
+                e.p99,
+                e.max,
+                e.cpu
+                    .iter()
+                    .find(|(g, _)| g == "broker")
+                    .map_or(f64::NAN, |(_, c)| c * 100.0)
+            );
+        }
     }
 }
 
@@ -282,17 +302,28 @@ fn micros(epoch: Instant) -> u64 {
 
 /// The impression number `N` of a score (`{"id":"imp-N",...}`, as ctrflow encodes it).
 fn impression_of(payload: &[u8]) -> Option<usize> {
-    let rest = payload.strip_prefix(br#"{"id":"imp-"#)?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    number(payload.strip_prefix(br#"{"id":"imp-"#)?)
 }
 
-/// Reads `topic` from the beginning until `stop`, noting in `at[N]` when the score of
-/// `imp-N` arrived and in `produced[N]` when the worker produced it (its `CreateTime`),
-/// both in microseconds since `epoch` (`epoch_ms`: the wall clock then, Unix ms).
+/// The impression number `N` of a generated impression event
+/// (`{"type":"impression","id":"imp-N",...}`; feedback is `None`).
+fn impression_event(payload: &[u8]) -> Option<usize> {
+    number(payload.strip_prefix(br#"{"type":"impression","id":"imp-"#)?)
+}
+
+fn number(digits: &[u8]) -> Option<usize> {
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+}
+
+/// Reads `topic` from the beginning until `stop`, noting in `at[N]` when the message
+/// `which` says is about `imp-N` arrived and in `produced[N]` when it was produced (its
+/// `CreateTime`), both in microseconds since `epoch` (`epoch_ms`: the wall clock then,
+/// Unix ms).
 fn read_scores(
     brokers: &str,
     topic: &str,
+    which: fn(&[u8]) -> Option<usize>,
     stop: &AtomicBool,
     (epoch, epoch_ms): (Instant, i64),
     at: &mut [u64],
@@ -318,7 +349,7 @@ fn read_scores(
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
             let now = micros(epoch);
-            if let Some(n) = m.payload().and_then(impression_of)
+            if let Some(n) = m.payload().and_then(which)
                 && let Some(slot) = at.get_mut(n)
                 && *slot == NEVER
             {
@@ -513,6 +544,7 @@ fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
                 read_scores(
                     &brokers,
                     &topic,
+                    impression_of,
                     &stop,
                     (epoch, epoch_ms),
                     &mut at,
@@ -608,6 +640,110 @@ fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         upstream: (q(&upstream, 0.5), q(&upstream, 0.99)),
         downstream: (q(&downstream, 0.5), q(&downstream, 0.99)),
         in_worker,
+        cpu,
+    }
+}
+
+/// The broker alone at `rate`: events produced as in [`latency`], read back from the events
+/// topic by the same reader, no worker. Only the fields of [`Latency`] that mean something
+/// without a worker are filled.
+fn echo(broker: &Broker, rate: f64, seconds: u64) -> Latency {
+    let t = topics(broker, &format!("echo{rate}"));
+    let brokers = broker.addr.as_str();
+    let broker_pid = std::env::var("CTRFLOW_BENCH_BROKER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let count = (rate * seconds as f64 / 1.6) as u64;
+    let epoch = Instant::now();
+    let epoch_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (brokers, topic, stop) = (brokers.to_owned(), t.events.clone(), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("bench-echo".to_owned())
+            .spawn(move || {
+                let mut at = vec![NEVER; count as usize];
+                let mut produced = vec![NEVER; count as usize];
+                read_scores(
+                    &brokers,
+                    &topic,
+                    impression_event,
+                    &stop,
+                    (epoch, epoch_ms),
+                    &mut at,
+                    &mut produced,
+                );
+                at
+            })
+            .expect("reader thread")
+    };
+    let cpu_before = cpu_times(broker_pid);
+    let began = Instant::now();
+    let (sent_events, sent) = {
+        let (brokers, topic) = (brokers.to_owned(), t.events.clone());
+        std::thread::Builder::new()
+            .name("bench-produce".to_owned())
+            .spawn(move || {
+                let mut at = vec![NEVER; count as usize];
+                let events =
+                    produce_timed(&brokers, &topic, &generated(count), rate, epoch, &mut at);
+                (events, at)
+            })
+            .expect("producer thread")
+            .join()
+            .expect("producer")
+    };
+    let achieved = sent_events as f64 / began.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let wall = began.elapsed().as_secs_f64();
+    let cpu_after = cpu_times(broker_pid);
+    stop.store(true, Ordering::Relaxed);
+    let read = reader.join().expect("echo reader");
+    let first = sent.iter().copied().min().unwrap_or(0);
+    let mut steady = Vec::new();
+    let mut unread = 0;
+    for (&s, &at) in sent.iter().zip(&read) {
+        if s == NEVER || s - first < WARMUP_MS * 1000 {
+            continue;
+        }
+        if at == NEVER {
+            unread += 1;
+        } else {
+            steady.push(at.saturating_sub(s));
+        }
+    }
+    steady.sort_unstable();
+    let q = |p: f64| {
+        steady
+            .get(((steady.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let cpu = cpu_after
+        .iter()
+        .map(|(g, after)| {
+            (
+                g.clone(),
+                (after - cpu_before.get(g).copied().unwrap_or(0.0)) / wall,
+            )
+        })
+        .collect();
+    Latency {
+        achieved,
+        count: steady.len(),
+        unscored: unread,
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        max: steady.last().copied().unwrap_or(0) as f64 / 1000.0,
+        warmup_max: f64::NAN,
+        upstream: (f64::NAN, f64::NAN),
+        downstream: (f64::NAN, f64::NAN),
+        in_worker: (f64::NAN, f64::NAN),
         cpu,
     }
 }
