@@ -1057,8 +1057,9 @@ impl Windows {
         if wanted.is_empty() {
             return;
         }
+        // Not deduplicated by sequence number: a stale hint of another id may point to the
+        // same one, and only the record's own id may claim it.
         wanted.sort_unstable();
-        wanted.dedup_by_key(|(seq, _)| *seq);
         let keys: Vec<(u32, u64)> = wanted.iter().map(|(seq, _)| (worker, *seq)).collect();
         let values = PENDING
             .multi_get(store, &keys)
@@ -1261,6 +1262,11 @@ impl Windows {
         while excess > 0 && scan > 0 && seq > bottom {
             seq -= 1;
             scan -= 1;
+            if self.ring.chunk_out(seq) {
+                // Its bodies left with it (but those of loose stubs, which stay).
+                seq -= seq % CHUNK;
+                continue;
+            }
             let Some((id, entry)) = self.ring.get_mut((seq - self.ring.first) as usize) else {
                 continue;
             };

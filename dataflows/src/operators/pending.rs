@@ -551,11 +551,11 @@ impl Ring {
     }
 
     /// Sequence numbers of the whole chunk `n` (a chunk number: `seq / CHUNK`), if it is
-    /// pending and filled.
+    /// pending and filled (the oldest chunk's forgotten ones included).
     pub fn chunk_range(&self, n: u64) -> Option<std::ops::Range<u64>> {
         let chunk = self.chunks.get(self.chunk_of(n * CHUNK)?)?;
         let end = (n + 1) * CHUNK;
-        (end <= self.end && chunk.start >= self.first).then_some(chunk.start..end)
+        (end <= self.end).then_some(chunk.start..end)
     }
 
     /// Chunk `n`'s impressions, if it is in memory.
