@@ -412,10 +412,13 @@ fn gh_4_replay_aggregates_match_a_brute_force_count() {
 fn gh_4_pending_impressions_beyond_the_memory_budget_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = generate(dir.path(), "events.jsonl", 20_000, 9);
-    let run = |budget: Option<u64>| {
-        let name = budget.map_or("default".to_owned(), |mb| format!("{mb}mb"));
+    let run = |budget: Option<u64>, stubs: Option<u64>| {
+        let name = format!("{budget:?}-{stubs:?}mb");
         let config = dir.path().join(format!("{name}.toml"));
-        let budget = budget.map_or(String::new(), |mb| format!("pending_memory_mb = {mb}\n"));
+        let budget = budget.map_or(String::new(), |mb| format!("pending_memory_mb = {mb}\n"))
+            + &stubs.map_or(String::new(), |mb| {
+                format!("pending_stubs_memory_mb = {mb}\n")
+            });
         std::fs::write(&config, format!("[label]\nwindow_ms = 21600000\n{budget}")).unwrap();
         let scores = dir.path().join(format!("scores-{name}.jsonl"));
         let model = dir.path().join(format!("model-{name}.bin"));
@@ -433,8 +436,8 @@ fn gh_4_pending_impressions_beyond_the_memory_budget_change_nothing() {
         let scores = scores_without_emit_ts(&scores);
         (report, scores, std::fs::read(model).unwrap())
     };
-    let (all_in, scores_in, model_in) = run(None);
-    let (bounded, scores_out, model_out) = run(Some(1));
+    let (all_in, scores_in, model_in) = run(None, None);
+    let (bounded, scores_out, model_out) = run(Some(1), None);
     assert_eq!(
         all_in["pending"]["written"], 0,
         "the default holds them all"
@@ -462,6 +465,40 @@ fn gh_4_pending_impressions_beyond_the_memory_budget_change_nothing() {
         "positive_click",
     ] {
         assert_eq!(all_in[key], bounded[key], "{key}");
+    }
+
+    // Stubs too (gh-4): with 1 MiB for them (about 12,000), chunks of the 20,000 leave
+    // memory, feedback finds theirs through the store, and nothing changes.
+    let (stubs_out, scores_stubs, model_stubs) = run(Some(1), Some(1));
+    let pending = &stubs_out["pending"];
+    assert_eq!(
+        all_in["pending"]["stubs_written"], 0,
+        "the default holds them all"
+    );
+    assert!(
+        pending["stubs_written"].as_u64().unwrap() > 2_000
+            && pending["chunks_read_back"].as_u64().unwrap() >= 1
+            && pending["peak_stubs_resident"].as_u64().unwrap() < 16_000,
+        "{pending}"
+    );
+    assert_eq!(
+        pending["stubs_resident"], 0,
+        "all forgotten at the end: {pending}"
+    );
+    assert_eq!(scores_in, scores_stubs, "same scores and model versions");
+    assert_eq!(model_in, model_stubs, "same model, byte for byte");
+    for key in [
+        "logloss",
+        "auc",
+        "calibration",
+        "examples",
+        "negative_expired",
+        "positive_click",
+        "duplicate_feedback",
+        "late_feedback",
+        "orphan_feedback",
+    ] {
+        assert_eq!(all_in[key], stubs_out[key], "{key}");
     }
 }
 

@@ -185,6 +185,9 @@ pub struct Scenario {
     /// `label.pending_memory_mb` of the workers: small enough, and pending impressions
     /// leave memory between checkpoints and must come back exactly across the kills.
     pub pending_memory_mb: u64,
+    /// `label.pending_stubs_memory_mb` of the workers: small enough, and chunks of stubs
+    /// leave memory too.
+    pub pending_stubs_memory_mb: u64,
 }
 
 /// The kill -9 scenario on `brokers`: impressions generated into a fresh topic (created by
@@ -207,6 +210,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         checkpoint_interval_ms,
         aggregates,
         pending_memory_mb,
+        pending_stubs_memory_mb,
     } = scenario;
     let (impressions, partitions, workers, kills, aggregates, pending_memory_mb) = (
         *impressions,
@@ -235,7 +239,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         let extra = format!(
             "[state]\ndir = {:?}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\n\
              [aggregates]\nenabled = {aggregates}\n\
-             [label]\npending_memory_mb = {pending_memory_mb}\n",
+             [label]\npending_memory_mb = {pending_memory_mb}\n\
+             pending_stubs_memory_mb = {pending_stubs_memory_mb}\n",
             state.display().to_string()
         );
         topics.config_with_group(brokers, group, &extra)
@@ -388,6 +393,7 @@ fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
             checkpoint_interval_ms: 200,
             aggregates: true,
             pending_memory_mb: 1024,
+            pending_stubs_memory_mb: 1024,
         };
         killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
     }
@@ -412,6 +418,9 @@ fn gh_4_killed_five_times_in_a_500k_event_stream_the_worker_resumes_exactly() {
         aggregates: true,
         // About 4,000 bodies in memory, of ~28,000 impressions awaiting their label.
         pending_memory_mb: 1,
+        // The default: stubs stay in memory. With 1 (about 12,000 stubs of ~56,000
+        // pending) chunks leave memory between checkpoints; not yet run to the end here.
+        pending_stubs_memory_mb: 1024,
     };
     killed_worker_ends_like_an_uninterrupted_one(&brokers, &create, &scenario);
 }

@@ -28,6 +28,10 @@ pub enum TableId {
     Entities,
     /// Impressions whose attribution window is open, per worker.
     Pending,
+    /// Where a pending impression out of memory is, by its id: a hint (checked against
+    /// [`Pending`](TableId::Pending)) written when impressions leave memory, outside
+    /// checkpoints.
+    PendingIds,
     /// Model coordinates, in fixed-size blocks.
     Model,
     /// Per-worker operator state: unprocessed input, label-join cursors and counters,
@@ -39,11 +43,12 @@ pub enum TableId {
 
 impl TableId {
     /// Every table, in the order their column families are created.
-    pub const ALL: [TableId; 7] = [
+    pub const ALL: [TableId; 8] = [
         TableId::Meta,
         TableId::Offsets,
         TableId::Entities,
         TableId::Pending,
+        TableId::PendingIds,
         TableId::Model,
         TableId::Operators,
         TableId::Counters,
@@ -56,6 +61,7 @@ impl TableId {
             TableId::Offsets => "offsets",
             TableId::Entities => "entities",
             TableId::Pending => "pending",
+            TableId::PendingIds => "pending_ids",
             TableId::Model => "model",
             TableId::Operators => "operators",
             TableId::Counters => "counters",
@@ -69,6 +75,7 @@ impl TableId {
             TableId::Offsets => "source offsets (next to read) per partition",
             TableId::Entities => "decayed per-user, per-item, per-user×category counters",
             TableId::Pending => "impressions awaiting their label",
+            TableId::PendingIds => "id -> sequence number of pending impressions out of memory",
             TableId::Model => "model coordinates, in blocks",
             TableId::Operators => "per-worker operator state",
             TableId::Counters => "monotonic counters (merge-add)",

@@ -43,7 +43,10 @@ use timely::dataflow::operators::generic::Operator;
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
-use super::pending::{BODY_BYTES, Bodies, Body, BodyRef, PENDING, Pending, Spill, Stub};
+use super::pending::{
+    BODY_BYTES, Bodies, Body, BodyRef, CHUNK, PENDING, PENDING_IDS, Pending, Ring, STUB_BYTES,
+    Spill, Stub,
+};
 pub use super::pending::{SpillStats, SpillStore, SpillTo};
 use crate::enrich::{Enrich, Entities, Signal};
 use crate::learner::Learner;
@@ -74,6 +77,13 @@ pub struct LabelConfig {
     /// when their label is decided. The default holds about 4M impressions.
     #[serde(default = "default_pending_memory_mb")]
     pub pending_memory_mb: u64,
+    /// Memory for the stubs of pending impressions (id, event time, entity keys and flags,
+    /// with their share of the id index: about 90 bytes each), MiB. Beyond it, whole chunks
+    /// of stubs older than the newest impressions and younger than the closing ones leave
+    /// memory for the same store as the bodies, and come back when their window closes (or
+    /// one by one, for their feedback). The default holds about 12M impressions.
+    #[serde(default = "default_pending_stubs_memory_mb")]
+    pub pending_stubs_memory_mb: u64,
 }
 
 const fn default_window_ms() -> u64 {
@@ -88,6 +98,10 @@ const fn default_pending_memory_mb() -> u64 {
     1024
 }
 
+const fn default_pending_stubs_memory_mb() -> u64 {
+    1024
+}
+
 /// The largest `label.pending_memory_mb` accepted: 1 TiB.
 const MAX_PENDING_MEMORY_MB: u64 = 1 << 20;
 
@@ -98,6 +112,7 @@ impl Default for LabelConfig {
             fast_skip_ms: default_fast_skip_ms(),
             delay_correction: DelayCorrection::default(),
             pending_memory_mb: default_pending_memory_mb(),
+            pending_stubs_memory_mb: default_pending_stubs_memory_mb(),
         }
     }
 }
@@ -129,6 +144,15 @@ impl LabelConfig {
                 self.pending_memory_mb
             ));
         }
+        if self.pending_stubs_memory_mb == 0 || self.pending_stubs_memory_mb > MAX_PENDING_MEMORY_MB
+        {
+            problems.push(format!(
+                "label.pending_stubs_memory_mb must be between 1 and {MAX_PENDING_MEMORY_MB} (MiB \
+                 of pending impressions' stubs and id index kept in memory; beyond it they are \
+                 read back from the state store), got {}",
+                self.pending_stubs_memory_mb
+            ));
+        }
         problems
     }
 
@@ -136,6 +160,12 @@ impl LabelConfig {
     fn pending_bodies(&self) -> usize {
         let mb = self.pending_memory_mb.clamp(1, MAX_PENDING_MEMORY_MB);
         usize::try_from(mb << 20).unwrap_or(usize::MAX) / BODY_BYTES
+    }
+
+    /// Stubs of pending impressions kept in memory at most (`pending_stubs_memory_mb`).
+    fn pending_stubs(&self) -> usize {
+        let mb = self.pending_stubs_memory_mb.clamp(1, MAX_PENDING_MEMORY_MB);
+        usize::try_from(mb << 20).unwrap_or(usize::MAX) / STUB_BYTES
     }
 }
 
@@ -647,6 +677,28 @@ fn id_hash(id: &str) -> u64 {
     h ^ (h >> 33)
 }
 
+/// Adds `seq` to the id index under `hash`; growing it rehashes the ids in `ring`.
+fn index_insert(index: &mut HashTable<u64>, ring: &Ring, hash: u64, seq: u64) {
+    index.insert_unique(hash, seq, |&seq| {
+        ring.get_seq(seq).map_or(0, |(id, _)| id_hash(id))
+    });
+}
+
+/// Stands in, while a chunk is read back, for an impression the chunk has loose.
+const PLACEHOLDER: Stub = Stub {
+    ts: 0,
+    entities: Entities {
+        user: 0,
+        item: 0,
+        user_category: 0,
+    },
+    body: BodyRef::DEAD,
+    decided: true,
+    provisional: false,
+    closed: true,
+    stored: true,
+};
+
 /// How many records ahead the model's coordinates are prefetched.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -810,17 +862,31 @@ impl<L: Learner, E> Step<'_, L, E> {
 /// [`pending`](super::pending)). Bodies leave memory newest first among those past their
 /// provisional negative, since the close cursor needs the oldest soonest, and come back in
 /// batches: all those a batch's feedback needs in one read before the batch, and the next
-/// [`FETCH_CHUNK`] the cursors will reach in one read when a cursor meets one.
+/// [`FETCH_CHUNK`] the cursors will reach in one read when a cursor meets one. Stubs
+/// leave memory too, by whole [`CHUNK`]s of the ring, within `pending_stubs_memory_mb`
+/// (see [`pending`](super::pending)): the cursors read their chunks back a chunk ahead,
+/// and feedback finds a stub out of memory through the store's id hints, before the batch.
 #[derive(Debug)]
 struct Windows {
     window_ms: EventTime,
     /// After this long undecided, an impression gets its provisional negative; `None` when
     /// labels are learned only when final.
     wait_ms: Option<EventTime>,
-    /// Impressions opened and not yet forgotten, oldest first; `ring[i]` has sequence
-    /// number `first + i`.
-    ring: VecDeque<(CompactString, Stub)>,
-    first: u64,
+    /// Impressions opened and not yet forgotten, oldest first, by sequence number.
+    ring: Ring,
+    /// Stubs kept in memory at most, when there is a store to spill to.
+    stub_budget: usize,
+    /// Stubs written to the store, and chunks read back, so far.
+    stubs_written: u64,
+    chunks_read_back: u64,
+    /// Most stubs in memory after a batch.
+    peak_stubs: usize,
+    /// Stubs brought back on their own (loose), for their feedback, so far.
+    stubs_fetched: u64,
+    /// With labels learned only when final: impressions from here on are younger than
+    /// `hot_ms`, so most of their feedback is still to come and their stubs stay in memory.
+    hot_cursor: u64,
+    hot_ms: EventTime,
     /// The bodies in memory.
     bodies: Bodies,
     /// Bodies kept in memory at most, when there is a store to spill to.
@@ -865,8 +931,14 @@ impl Windows {
         Self {
             window_ms: EventTime::try_from(config.window_ms).unwrap_or(EventTime::MAX),
             wait_ms,
-            ring: VecDeque::new(),
-            first: 0,
+            ring: Ring::default(),
+            stub_budget: config.pending_stubs(),
+            stubs_written: 0,
+            chunks_read_back: 0,
+            peak_stubs: 0,
+            stubs_fetched: 0,
+            hot_cursor: 0,
+            hot_ms: EventTime::from(config.fast_skip_ms),
             bodies: Bodies::default(),
             budget: config.pending_bodies(),
             spill: None,
@@ -885,13 +957,13 @@ impl Windows {
     }
 
     fn end(&self) -> u64 {
-        self.first + self.ring.len() as u64
+        self.ring.end()
     }
 
     /// Notes that the impression at ring position `at` changed (for the next checkpoint, if
     /// the last one holds it: until then its body stays in memory).
     fn touched(&mut self, at: usize) {
-        let seq = self.first + at as u64;
+        let seq = self.ring.first + at as u64;
         if seq < self.persisted.1 {
             self.dirty.push(seq);
         }
@@ -911,16 +983,11 @@ impl Windows {
 
     /// The impression `id`'s ring position and stub.
     fn get(&self, id: &str) -> Option<(usize, &Stub)> {
-        let Self {
-            ring, first, index, ..
-        } = self;
-        let at = |seq: u64| usize::try_from(seq - first).ok();
+        let Self { ring, index, .. } = self;
         let seq = *index.find(id_hash(id), |&seq| {
-            at(seq)
-                .and_then(|at| ring.get(at))
-                .is_some_and(|(k, _)| k == id)
+            ring.get_seq(seq).is_some_and(|(k, _)| k == id)
         })?;
-        let at = at(seq)?;
+        let at = usize::try_from(seq - ring.first).ok()?;
         ring.get(at).map(|(_, entry)| (at, entry))
     }
 
@@ -929,10 +996,7 @@ impl Windows {
         let seq = self.end();
         let hash = id_hash(&id);
         self.ring.push_back((id, entry));
-        let Self {
-            ring, first, index, ..
-        } = self;
-        index.insert_unique(hash, seq, |&seq| id_hash(&ring[(seq - *first) as usize].0));
+        index_insert(&mut self.index, &self.ring, hash, seq);
     }
 
     /// Opens the window of impression `id`, shown at `ts`; false if it had already closed
@@ -987,13 +1051,10 @@ impl Windows {
             return;
         }
         let needed = |e: &Stub| e.body == BodyRef::SPILLED && !e.decided && !e.closed;
-        let seqs: Vec<u64> = self
-            .ring
-            .range(at..)
-            .take(FETCH_CHUNK * 8)
-            .enumerate()
-            .filter(|(i, (_, e))| *i == 0 || needed(e))
-            .map(|(i, _)| self.first + (at + i) as u64)
+        let ring = &self.ring;
+        let seqs: Vec<u64> = (at..at + FETCH_CHUNK * 8)
+            .filter(|&i| ring.get(i).is_some_and(|(_, e)| i == at || needed(e)))
+            .map(|i| ring.first + i as u64)
             .take(FETCH_CHUNK)
             .collect();
         self.fetch(&seqs);
@@ -1002,9 +1063,10 @@ impl Windows {
     /// Before a batch: brings back, in one read, the bodies its decisive feedback needs.
     fn fetch_for_feedback<'r>(
         &mut self,
-        records: impl Iterator<Item = &'r Interaction>,
+        records: impl Iterator<Item = &'r Interaction> + Clone,
         fast_skip_ms: u32,
     ) {
+        self.fetch_stubs(records.clone());
         if self.spilled == 0 {
             return;
         }
@@ -1017,7 +1079,7 @@ impl Windows {
             .filter_map(|r| {
                 let (at, e) = self.get(&r.id)?;
                 (e.body == BodyRef::SPILLED && !e.decided && !e.closed)
-                    .then_some(self.first + at as u64)
+                    .then_some(self.ring.first + at as u64)
             })
             .collect();
         seqs.sort_unstable();
@@ -1047,7 +1109,7 @@ impl Windows {
                     spill.worker
                 );
             };
-            let at = (seq - self.first) as usize;
+            let at = (seq - self.ring.first) as usize;
             if let Some((_, entry)) = self.ring.get_mut(at)
                 && entry.body == BodyRef::SPILLED
             {
@@ -1058,11 +1120,212 @@ impl Windows {
         }
     }
 
+    /// Before a batch, with chunks out of memory: brings back on their own, in one read of
+    /// the id hints and one of the impressions, the stubs out of memory that the batch's
+    /// records name (feedback for them, or an impression seen again). An id not in memory
+    /// costs a hint lookup only while some chunk is out; a run that never spills pays
+    /// nothing.
+    fn fetch_stubs<'r>(&mut self, records: impl Iterator<Item = &'r Interaction>) {
+        if self.ring.spilled_chunks == 0 {
+            return;
+        }
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        let worker = spill.worker;
+        let mut ids: Vec<(u32, String)> = records
+            .filter(|r| self.get(&r.id).is_none())
+            .map(|r| (worker, r.id.to_string()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return;
+        }
+        let store = spill.store.get();
+        let hints = PENDING_IDS
+            .multi_get(store, &ids)
+            .unwrap_or_else(|e| panic!("reading pending impression ids failed: {e}"));
+        let mut wanted: Vec<(u64, usize)> = hints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, hint)| hint.filter(|&seq| self.ring.is_out(seq)).map(|s| (s, i)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Not deduplicated by sequence number: a stale hint of another id may point to the
+        // same one, and only the record's own id may claim it.
+        wanted.sort_unstable();
+        let keys: Vec<(u32, u64)> = wanted.iter().map(|(seq, _)| (worker, *seq)).collect();
+        let values = PENDING
+            .multi_get(store, &keys)
+            .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
+        for ((seq, i), value) in wanted.into_iter().zip(values) {
+            // A hint left by an earlier run may point to another impression.
+            let Some((id, stored)) = value.filter(|(id, _)| id.as_str() == ids[i].1) else {
+                continue;
+            };
+            let (mut stub, body) = stored.split();
+            stub.stored = true;
+            stub.body = if stub.decided || stub.closed {
+                BodyRef::DEAD
+            } else {
+                self.bodies.insert(body)
+            };
+            let hash = id_hash(&id);
+            self.ring.insert_loose(seq, (id, stub));
+            index_insert(&mut self.index, &self.ring, hash, seq);
+            self.stubs_fetched += 1;
+        }
+    }
+
+    /// Brings the chunk of sequence number `cursor` back into memory if it is out, and the
+    /// next one: a cursor entering a chunk finds it read one chunk ahead.
+    fn read_ahead(&mut self, cursor: u64) {
+        let n = cursor / CHUNK;
+        for n in [n, n + 1] {
+            if self.ring.chunk_out(n * CHUNK) {
+                self.load_chunk(n);
+            }
+        }
+    }
+
+    /// Reads chunk `n` back from the store in one batched read; its loose impressions are
+    /// kept as they are (they are the truth). Bodies come back within their budget.
+    ///
+    /// # Panics
+    /// If the store fails or lacks one: a chunk leaves memory only once the store holds
+    /// all of it.
+    fn load_chunk(&mut self, n: u64) {
+        let Some(range) = self.ring.chunk_range(n) else {
+            return;
+        };
+        let Some(spill) = &self.spill else {
+            panic!("pending impressions left memory without a store to spill to");
+        };
+        let worker = spill.worker;
+        let keys: Vec<(u32, u64)> = range.clone().map(|seq| (worker, seq)).collect();
+        let values = PENDING
+            .multi_get(spill.store.get(), &keys)
+            .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
+        let mut entries = Vec::with_capacity(keys.len());
+        for (seq, value) in range.zip(values) {
+            if self.ring.is_loose(seq) {
+                entries.push((CompactString::default(), PLACEHOLDER));
+                continue;
+            }
+            let Some((id, stored)) = value else {
+                panic!(
+                    "pending impression {seq} of worker {worker} left memory but is not in the store"
+                );
+            };
+            let (mut stub, body) = stored.split();
+            stub.stored = true;
+            stub.body = if stub.decided || stub.closed {
+                BodyRef::DEAD
+            } else if self.bodies.resident() < self.budget {
+                self.bodies.insert(body)
+            } else {
+                self.spilled += 1;
+                BodyRef::SPILLED
+            };
+            entries.push((id, stub));
+        }
+        for seq in self.ring.restore_chunk(n, entries) {
+            let hash = self.ring.get_seq(seq).map_or(0, |(id, _)| id_hash(id));
+            index_insert(&mut self.index, &self.ring, hash, seq);
+        }
+        self.chunks_read_back += 1;
+    }
+
+    /// After a batch: if more stubs than their budget are in memory, moves whole chunks
+    /// out, newest first, down to seven eighths of the budget. A chunk may go if it lies
+    /// before the newest impressions (those younger than `fast_skip_ms`, before their
+    /// provisional negative, which most feedback hits), is
+    /// not one of the two chunks a cursor (closing, or forgetting) reaches next, and with
+    /// checkpoints if all of it is checkpointed unchanged. Open windows go first, then
+    /// closed ones (remembered for late feedback): the close cursor needs the first of
+    /// either about as soon, and chunks of open windows hold the bodies. A scratch store
+    /// gets the chunks' impressions, in sequence order; every store gets their id hints.
+    fn stubs_within_budget(&mut self) {
+        if self.ring.resident <= self.stub_budget {
+            return;
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        let scratch = spill.to == SpillTo::Scratch;
+        let end = self.ring.end();
+        let top = match self.wait_ms {
+            Some(_) => self.wait_cursor,
+            None => {
+                let mut hot = self.hot_cursor.max(self.ring.first);
+                while let Some((_, e)) = self.ring.get_seq(hot)
+                    && e.ts.saturating_add(self.hot_ms) < self.processed_to
+                {
+                    hot += 1;
+                }
+                self.hot_cursor = hot;
+                hot
+            }
+        }
+        .min(self.stored_below)
+        .min(end);
+        let closing = self.close_cursor.max(self.ring.first) / CHUNK;
+        let forgetting = self.ring.first / CHUNK;
+        let target = self.stub_budget - self.stub_budget / 8;
+        let empty = Body::default();
+        let open = (closing + 2..top / CHUNK).rev();
+        let closed = (forgetting + 2..closing).rev();
+        let mut moved = false;
+        for n in open.chain(closed) {
+            if self.ring.resident <= target {
+                break;
+            }
+            let (Some(range), Some(entries)) =
+                (self.ring.chunk_range(n), self.ring.chunk_entries(n))
+            else {
+                continue;
+            };
+            if !scratch && entries.iter().any(|(_, e)| !e.stored) {
+                continue;
+            }
+            moved = true;
+            for (seq, (id, entry)) in range.zip(self.ring.spill_chunk(n)) {
+                if let Ok(found) = self.index.find_entry(id_hash(&id), |&s| s == seq) {
+                    found.remove();
+                }
+                PENDING_IDS.put(&mut spill.queued, &(spill.worker, id.to_string()), &seq);
+                if entry.body == BodyRef::SPILLED {
+                    self.spilled -= 1;
+                } else if scratch {
+                    let body = self.bodies.get(entry.body).unwrap_or(&empty);
+                    let value = (id, Pending::of(&entry, body));
+                    PENDING.put(&mut spill.queued, &(spill.worker, seq), &value);
+                    self.stubs_written += 1;
+                }
+                self.bodies.release(entry.body);
+            }
+        }
+        if moved {
+            // Before anything reads them back.
+            let batch = std::mem::take(&mut spill.queued);
+            spill
+                .store
+                .get()
+                .write_unsynced(batch)
+                .unwrap_or_else(|e| panic!("writing pending impressions out failed: {e}"));
+        }
+    }
+
     /// After a batch: if more bodies than the budget are in memory, moves bodies out, newest
     /// first among those that may go (past their provisional negative; with checkpoints,
     /// checkpointed unchanged), down to seven eighths of the budget. A scratch store gets
     /// them in one unsynced write.
     fn within_budget(&mut self) {
+        self.peak_stubs = self.peak_stubs.max(self.ring.resident);
+        self.stubs_within_budget();
         let resident = self.bodies.resident();
         self.peak_resident = self.peak_resident.max(resident);
         let Some(spill) = self.spill.as_mut() else {
@@ -1082,21 +1345,28 @@ impl Windows {
         }
         let scratch = spill.to == SpillTo::Scratch;
         let mut excess = resident - (self.budget - self.budget / 8);
-        let end = self.first + self.ring.len() as u64;
+        let end = self.ring.end();
         let top = match self.wait_ms {
             Some(_) => self.wait_cursor,
             None => end,
         }
         .min(self.stored_below)
         .min(end);
-        let bottom = self.close_cursor.max(self.first);
+        let bottom = self.close_cursor.max(self.ring.first);
         // Bounded, so that a budget smaller than what must stay in memory costs little.
         let mut scan = excess.saturating_mul(4).saturating_add(1 << 16);
         let mut seq = top;
         while excess > 0 && scan > 0 && seq > bottom {
             seq -= 1;
             scan -= 1;
-            let (id, entry) = &mut self.ring[(seq - self.first) as usize];
+            if self.ring.chunk_out(seq) {
+                // Its bodies left with it (but those of loose stubs, which stay).
+                seq -= seq % CHUNK;
+                continue;
+            }
+            let Some((id, entry)) = self.ring.get_mut((seq - self.ring.first) as usize) else {
+                continue;
+            };
             let Some(body) = self.bodies.get(entry.body) else {
                 continue;
             };
@@ -1130,7 +1400,7 @@ impl Windows {
     /// The ring position of sequence number `cursor` and the time its deadline `after` the
     /// impression falls, if that is before `until`.
     fn due(&self, cursor: u64, after: EventTime, until: EventTime) -> Option<(usize, EventTime)> {
-        let at = usize::try_from(cursor.checked_sub(self.first)?).ok()?;
+        let at = usize::try_from(cursor.checked_sub(self.ring.first)?).ok()?;
         let (_, entry) = self.ring.get(at)?;
         Some((at, entry.ts.saturating_add(after))).filter(|(_, t)| *t < until)
     }
@@ -1141,6 +1411,10 @@ impl Windows {
     fn close_before<L: Learner, E>(&mut self, until: EventTime, step: &mut Step<'_, L, E>) {
         self.processed_to = self.processed_to.max(until);
         loop {
+            if self.ring.spilled_chunks > 0 {
+                self.read_ahead(self.close_cursor);
+                self.read_ahead(self.wait_cursor);
+            }
             let wait = self
                 .wait_ms
                 .and_then(|wait_ms| self.due(self.wait_cursor, wait_ms, until));
@@ -1179,24 +1453,32 @@ impl Windows {
             }
         }
         let forget_after = self.window_ms.saturating_mul(2);
-        while let Some((_, entry)) = self.ring.front() {
+        loop {
+            if self.ring.spilled_chunks > 0 {
+                self.read_ahead(self.ring.first);
+            }
+            let Some((_, entry)) = self.ring.front() else {
+                break;
+            };
             if !entry.closed || entry.ts.saturating_add(forget_after) >= until {
                 break;
             }
-            if let Some((id, entry)) = self.ring.pop_front() {
-                let first = self.first;
-                if let Ok(found) = self.index.find_entry(id_hash(&id), |&seq| seq == first) {
-                    found.remove();
+            let first = self.ring.first;
+            let Some(((id, entry), hinted)) = self.ring.pop_front() else {
+                break;
+            };
+            if let Ok(found) = self.index.find_entry(id_hash(&id), |&seq| seq == first) {
+                found.remove();
+            }
+            self.bodies.release(entry.body);
+            if let Some(spill) = self.spill.as_mut() {
+                if spill.to == SpillTo::Scratch && entry.stored {
+                    PENDING.delete(&mut spill.queued, &(spill.worker, first));
                 }
-                self.bodies.release(entry.body);
-                if let Some(spill) = self.spill.as_mut()
-                    && spill.to == SpillTo::Scratch
-                    && entry.stored
-                {
-                    PENDING.delete(&mut spill.queued, &(spill.worker, self.first));
+                if hinted {
+                    PENDING_IDS.delete(&mut spill.queued, &(spill.worker, id.to_string()));
                 }
             }
-            self.first += 1;
         }
     }
 }
@@ -1252,6 +1534,12 @@ impl JoinState {
             spilled: w.spilled as u64,
             written: w.written,
             read_back: w.read_back,
+            stubs_resident: w.ring.in_memory() as u64,
+            peak_stubs_resident: w.peak_stubs as u64,
+            stubs_spilled: (w.ring.spilled_chunks as u64 * CHUNK)
+                .saturating_sub(w.ring.loose() as u64),
+            stubs_written: w.stubs_written,
+            chunks_read_back: w.chunks_read_back,
         }
     }
 }
@@ -1273,17 +1561,21 @@ impl JoinState {
     pub fn checkpoint_into(&self, worker: u32, batch: &mut Batch) {
         let w = &self.windows;
         let end = w.end();
-        for seq in w.persisted.0..w.first.min(w.persisted.1) {
+        for seq in w.persisted.0..w.ring.first.min(w.persisted.1) {
             PENDING.delete(batch, &(worker, seq));
         }
         let mut changed = w.dirty.clone();
         changed.sort_unstable();
         changed.dedup();
-        let new = w.persisted.1.max(w.first)..end;
+        let new = w.persisted.1.max(w.ring.first)..end;
         let empty = Body::default();
         let mut out_of_memory = Vec::new();
-        for seq in changed.into_iter().filter(|s| *s >= w.first).chain(new) {
-            let Some((id, entry)) = w.ring.get((seq - w.first) as usize) else {
+        for seq in changed
+            .into_iter()
+            .filter(|s| *s >= w.ring.first)
+            .chain(new)
+        {
+            let Some((id, entry)) = w.ring.get_seq(seq) else {
                 continue;
             };
             match w.bodies.get(entry.body) {
@@ -1306,7 +1598,10 @@ impl JoinState {
                 .multi_get(spill.store.get(), &keys)
                 .unwrap_or_else(|e| panic!("reading pending impressions back failed: {e}"));
             for (seq, stored) in out_of_memory.iter().zip(values) {
-                let (id, entry) = &w.ring[(seq - w.first) as usize];
+                let (id, entry) = w
+                    .ring
+                    .get_seq(*seq)
+                    .expect("a changed impression is in memory");
                 let Some((_, stored)) = stored else {
                     panic!(
                         "pending impression {seq} of worker {worker} is neither in memory nor in the store"
@@ -1324,7 +1619,7 @@ impl JoinState {
             stats: self.stats.clone(),
             buffer: self.buffer.iter().cloned().collect(),
             schedule: self.schedule.clone(),
-            first: w.first,
+            first: w.ring.first,
             end,
             wait_cursor: w.wait_cursor,
             close_cursor: w.close_cursor,
@@ -1338,7 +1633,7 @@ impl JoinState {
     pub fn checkpoint_done(&mut self) {
         let w = &mut self.windows;
         let end = w.end();
-        let first = w.first;
+        let first = w.ring.first;
         let new = w.persisted.1.max(first)..end;
         for seq in w.dirty.drain(..).chain(new) {
             if let Some(seq) = seq.checked_sub(first)
@@ -1372,7 +1667,7 @@ impl JoinState {
         let mut state = Self::new(config);
         state.spill_to(store.clone(), worker, SpillTo::Checkpoints);
         let w = &mut state.windows;
-        w.first = record.first;
+        w.ring = Ring::starting_at(record.first);
         let mut failure = None;
         PENDING.scan(store, &worker, |(_, seq), (id, stored)| {
             if seq != record.first + w.ring.len() as u64 {
@@ -1625,19 +1920,24 @@ mod tests {
             for (n, id) in batch.iter().enumerate().step_by(97) {
                 assert!(w.is_open(id), "{id} was just opened");
                 assert_eq!(
-                    w.get(id).map(|(at, _)| w.first + at as u64),
+                    w.get(id).map(|(at, _)| w.ring.first + at as u64),
                     Some((chunk * 1000 + n) as u64)
                 );
             }
             for id in &ids[..chunk * 1000] {
                 let seq: u64 = id["imp-".len()..].parse().unwrap();
-                assert_eq!(w.is_open(id), seq >= w.first, "{id}, first {}", w.first);
+                assert_eq!(
+                    w.is_open(id),
+                    seq >= w.ring.first,
+                    "{id}, first {}",
+                    w.ring.first
+                );
             }
             assert_eq!(w.index.len(), w.ring.len());
         }
         let (first, end) = {
             let w = &j.state.borrow().windows;
-            (w.first, w.end())
+            (w.ring.first, w.end())
         };
         assert!(first > 15_000, "impressions were forgotten: first {first}");
         // Feedback for a forgotten one is an orphan; the id opens afresh after it.
@@ -1662,7 +1962,7 @@ mod tests {
             state
                 .windows
                 .get("imp-0")
-                .map(|(at, _)| state.windows.first + at as u64),
+                .map(|(at, _)| state.windows.ring.first + at as u64),
             Some(end)
         );
     }
@@ -2168,13 +2468,96 @@ mod tests {
         }
     }
 
+    /// Stubs kept in memory in the tests that force them out: two chunks.
+    const TINY_STUBS: usize = 2 * CHUNK as usize;
+
+    /// [`mixed_stream`] with, for every 11th impression, feedback after its window closed
+    /// (late), a second decisive feedback (a duplicate, or the label of a slow one), the
+    /// impression again mid-window (a duplicate impression), and feedback for an id never
+    /// shown (an orphan): much of it for impressions in the middle of the ring.
+    fn spill_stream(n: usize) -> Vec<Interaction> {
+        let mut records = mixed_stream(n);
+        for i in (0..n).step_by(11) {
+            let ts = i as i64 * 7;
+            let id = format!("imp-{i}");
+            records.push(feedback(ts + 1500, &id, InteractionKind::Click));
+            records.push(feedback(ts + 600, &id, InteractionKind::Like));
+            records.push(impression(ts + 500, &id, 3));
+            let ghost = format!("ghost-{i}");
+            records.push(feedback(ts + 400, &ghost, InteractionKind::Click));
+        }
+        records.sort_by_key(|r| r.ts);
+        for (pos, r) in records.iter_mut().enumerate() {
+            r.pos = pos as u64;
+        }
+        records
+    }
+
+    #[test]
+    fn gh_4_stubs_out_of_memory_change_no_label_example_or_counter() {
+        let dir = ScratchDir::new("pending-stubs");
+        let scratch = dir.store();
+        for (worker, correction) in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None]
+            .into_iter()
+            .enumerate()
+        {
+            let config = join_config(correction);
+            let records = spill_stream(1200);
+            let mut reference = labelled(Recorder::default(), config.clone());
+            reference.example_features = true;
+            let mut most_unbounded = 0;
+            let (expected, reference) = drive(reference, &records, |_, j| {
+                most_unbounded = most_unbounded.max(j.state.borrow().windows.ring.resident);
+                j
+            });
+            let mut bounded = labelled(Recorder::default(), config.clone());
+            bounded.example_features = true;
+            {
+                let mut state = bounded.state.borrow_mut();
+                state.spill_to(scratch.clone(), worker as u32, SpillTo::Scratch);
+                state.windows.budget = TINY;
+                state.windows.stub_budget = TINY_STUBS;
+            }
+            let mut most = 0;
+            let (got, bounded) = drive(bounded, &records, |_, j| {
+                most = most.max(j.state.borrow().windows.ring.resident);
+                j
+            });
+            assert_eq!(emitted(&got), emitted(&expected));
+            assert_eq!(bounded.learner.updates, reference.learner.updates);
+            let stats = bounded.state.borrow().stats.clone();
+            assert_eq!(stats, reference.state.borrow().stats);
+            assert!(
+                stats.late_feedback > 10
+                    && stats.orphan_feedback > 10
+                    && stats.duplicate_feedback > 10
+                    && stats.duplicate_impressions > 10,
+                "{stats:?}"
+            );
+            let spill = bounded.state.borrow().spill_stats();
+            assert!(
+                spill.stubs_written > 200 && spill.chunks_read_back > 10,
+                "{spill:?}"
+            );
+            let w = &bounded.state.borrow().windows;
+            assert!(w.stubs_fetched > 10, "{} fetched alone", w.stubs_fetched);
+            assert_eq!(w.ring.loose(), 0, "every chunk came back before the end");
+            // Between batches: the budget, plus the chunks the cursors read ahead and the
+            // newest impressions (which may not leave).
+            assert!(
+                most <= TINY_STUBS + 7 * CHUNK as usize && most * 2 < most_unbounded,
+                "{most} stubs in memory, {most_unbounded} without a budget"
+            );
+        }
+    }
+
     #[test]
     fn a_checkpoint_taken_with_bodies_out_of_memory_restores_exactly() {
         for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
             let dir = ScratchDir::new("pending-checkpoint");
             let store = dir.store();
             let config = join_config(correction);
-            let records = mixed_stream(600);
+            let records = spill_stream(1200);
             let (expected, uninterrupted) = drive(
                 labelled(Recorder::default(), config.clone()),
                 &records,
@@ -2185,9 +2568,10 @@ mod tests {
                 let mut state = first.state.borrow_mut();
                 state.spill_to(store.clone(), 2, SpillTo::Checkpoints);
                 state.windows.budget = TINY;
+                state.windows.stub_budget = TINY_STUBS;
             }
             first.example_features = false;
-            let (mut checkpoints_out, mut restarts) = (0, 0);
+            let (mut checkpoints_out, mut restarts, mut chunks_out) = (0, 0, 0);
             let (got, restarted) = drive(first, &records, |k, j| {
                 // A checkpoint every 2 chunks, a restart from the latest one every 5.
                 if k % 2 == 0 {
@@ -2196,11 +2580,13 @@ mod tests {
                     store.write(batch).unwrap();
                     j.state.borrow_mut().checkpoint_done();
                     checkpoints_out += usize::from(j.state.borrow().windows.spilled > 0);
+                    chunks_out += usize::from(j.state.borrow().windows.ring.spilled_chunks > 0);
                 }
                 if k % 5 == 4 && k % 2 == 0 {
                     restarts += 1;
                     let mut state = JoinState::restore(&store, 2, &config).unwrap().unwrap();
                     state.windows.budget = TINY;
+                    state.windows.stub_budget = TINY_STUBS;
                     let learner = Recorder {
                         updates: j.learner.updates.clone(),
                     };
@@ -2211,8 +2597,8 @@ mod tests {
                 j
             });
             assert!(
-                checkpoints_out > 3 && restarts > 2,
-                "{checkpoints_out} {restarts}"
+                checkpoints_out > 3 && restarts > 2 && chunks_out > 3,
+                "{checkpoints_out} {restarts} {chunks_out}"
             );
             assert_eq!(emitted(&got), emitted(&expected));
             assert_eq!(restarted.learner.updates, uninterrupted.learner.updates);
@@ -2245,11 +2631,25 @@ mod tests {
                 "{problems:?}"
             );
         }
+        for bad in [0, MAX_PENDING_MEMORY_MB + 1] {
+            let config = LabelConfig {
+                pending_stubs_memory_mb: bad,
+                ..LabelConfig::default()
+            };
+            let problems = config.validate();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("label.pending_stubs_memory_mb"),
+                "{problems:?}"
+            );
+        }
         let config = LabelConfig {
             pending_memory_mb: 1,
+            pending_stubs_memory_mb: 1,
             ..LabelConfig::default()
         };
         assert!(config.validate().is_empty());
+        assert_eq!(config.pending_stubs(), (1 << 20) / STUB_BYTES);
         assert_eq!(config.pending_bodies(), (1 << 20) / BODY_BYTES);
     }
 

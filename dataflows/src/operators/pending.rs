@@ -24,11 +24,42 @@
 //! checkpoint then never has to rewrite an impression whose body is out of memory, and a
 //! restart restores exactly what the ring held. The flags in memory are always the truth;
 //! a body read back only fills the body.
+//!
+//! # Stubs leave memory too, by the chunk
+//!
+//! Bodies alone do not bound memory: at 50k impressions/s a 30-minute window, remembered
+//! one more window, is ~180M stubs, with their ids and id index ~15 GB. So the [`Ring`] of
+//! stubs is cut in [`CHUNK`]s of consecutive sequence numbers, and beyond
+//! `label.pending_stubs_memory_mb` whole chunks leave memory. Which ones follows from
+//! when each is needed: the newest impressions take most of the feedback (clicks and fast
+//! skips come within seconds), the close cursor takes every impression one window after
+//! it opened, and the forget cursor one more window later. So chunks leave from the
+//! middle, newest first: open windows older than `fast_skip_ms` (the close cursor needs
+//! them last), then closed ones remembered for late feedback; never the newest, nor the
+//! two next chunks of either cursor. Sequence order matters for the store too: a chunk is
+//! one write batch of ascending keys (RocksDB appends), and coming back it is one batched
+//! read, made a chunk ahead of the cursor, so the cursors never wait on a read per event.
+//!
+//! Feedback (and a repeated impression) for a stub out of memory finds it through
+//! [`PENDING_IDS`], id to sequence number, written with the chunk: the batch's ids that
+//! the in-memory index lacks are looked up in one `multi_get` before the batch, only while
+//! some chunk is out, so a run that never spills pays nothing. Such a stub comes back
+//! alone, loose, and stays in memory, the truth for it, until its chunk comes back (the
+//! store's copy is then replaced by it): a stub is never changed in the store behind a
+//! copy in memory, nor read back over a newer one.
+//!
+//! With checkpoints, a chunk leaves only when all of it is checkpointed unchanged, and
+//! nothing but id hints is written besides checkpoints: the hints are checked against the
+//! [`PENDING`] record they point to, so a hint left by a run that crashed (whose
+//! sequence numbers a restart gave to other impressions) is harmless. A restart restores
+//! every stub into memory, then chunks leave again at the first batch.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::enrich::Entities;
@@ -289,6 +320,21 @@ pub struct SpillStats {
     pub written: u64,
     /// Bodies read back from the store, so far.
     pub read_back: u64,
+    /// Stubs (and their id index entries) in memory now.
+    #[serde(default)]
+    pub stubs_resident: u64,
+    /// Most stubs in memory after a batch, so far.
+    #[serde(default)]
+    pub peak_stubs_resident: u64,
+    /// Stubs out of memory now (in the spill store).
+    #[serde(default)]
+    pub stubs_spilled: u64,
+    /// Stubs written to a scratch store when their chunk left memory, so far.
+    #[serde(default)]
+    pub stubs_written: u64,
+    /// Chunks of stubs read back from the store, so far.
+    #[serde(default)]
+    pub chunks_read_back: u64,
 }
 
 impl SpillStats {
@@ -299,9 +345,292 @@ impl SpillStats {
         self.spilled += other.spilled;
         self.written += other.written;
         self.read_back += other.read_back;
+        self.stubs_resident += other.stubs_resident;
+        self.peak_stubs_resident += other.peak_stubs_resident;
+        self.stubs_spilled += other.stubs_spilled;
+        self.stubs_written += other.stubs_written;
+        self.chunks_read_back += other.chunks_read_back;
     }
 }
 
 /// Bytes of one body in memory (features beyond 24 and ids beyond 24 bytes take more, on
 /// the heap).
 pub(super) const BODY_BYTES: usize = std::mem::size_of::<Body>();
+
+/// Impressions per chunk of the [`Ring`]: the unit in which stubs leave memory and come
+/// back (one batched read each). A power of two, so that finding a sequence number's chunk
+/// is a shift. Small in unit tests, so that their short streams fill many chunks.
+#[cfg(not(test))]
+pub(super) const CHUNK: u64 = 4096;
+#[cfg(test)]
+pub(super) const CHUNK: u64 = 16;
+
+/// Bytes of one stub in memory: the ring's entry and its share of the id index (8 bytes
+/// and a control byte, at a load between 7/16 and 7/8). Ids beyond 24 bytes take more, on
+/// the heap.
+pub(super) const STUB_BYTES: usize = std::mem::size_of::<(CompactString, Stub)>() + 24;
+
+/// Where an impression id's stub is when it is out of memory: its sequence number, by
+/// worker and id. A hint, written when a chunk leaves memory and not by checkpoints: a
+/// reader checks it against the [`PENDING`] record it points to (a restart from an earlier
+/// checkpoint may have given the sequence number to another impression).
+pub(super) const PENDING_IDS: Table<(u32, String), u64> = Table::new(TableId::PendingIds);
+
+/// One [`CHUNK`] of the ring, in memory or not.
+#[derive(Debug)]
+struct Chunk {
+    /// Sequence number of `entries[0]` (a chunk boundary, except for the first chunk of a
+    /// ring restored or started elsewhere).
+    start: u64,
+    /// In memory: its impressions (forgotten ones keep an empty id until the chunk goes).
+    entries: Vec<(CompactString, Stub)>,
+    /// Out of memory: its impressions are in the store, under [`PENDING`].
+    spilled: bool,
+    /// It was out of memory once: [`PENDING_IDS`] holds hints for its ids until they are
+    /// forgotten.
+    hinted: bool,
+}
+
+/// The pending impressions of a worker by sequence number, in [`CHUNK`]s that may leave
+/// memory. Only whole chunks leave (between the close cursor and the newest impressions,
+/// see the label join), so the oldest (closing, or remembered after closing) and the
+/// newest are always in memory. An impression of a chunk out of memory that its feedback
+/// needed is brought back alone, as a loose entry, which is its truth until the chunk
+/// comes back.
+#[derive(Debug, Default)]
+pub(super) struct Ring {
+    /// Sequence number of the oldest impression not forgotten.
+    pub first: u64,
+    /// One past the newest.
+    end: u64,
+    /// The chunks from `first`'s to `end`'s (the last one may be partly filled).
+    chunks: VecDeque<Chunk>,
+    /// Impressions of chunks out of memory brought back one by one, by sequence number.
+    loose: FxHashMap<u64, (CompactString, Stub)>,
+    /// Chunks out of memory.
+    pub spilled_chunks: usize,
+    /// Impressions in memory (in chunks in memory, or loose), forgotten ones of the
+    /// oldest chunk included.
+    pub resident: usize,
+}
+
+impl Ring {
+    /// An empty ring whose next impression gets sequence number `first`.
+    pub fn starting_at(first: u64) -> Self {
+        Self {
+            first,
+            end: first,
+            ..Self::default()
+        }
+    }
+
+    /// Impressions not forgotten, in memory or not.
+    pub fn len(&self) -> usize {
+        (self.end - self.first) as usize
+    }
+
+    /// Whether no impression is pending.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.first
+    }
+
+    /// One past the newest sequence number.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The position in `chunks` of sequence number `seq`'s chunk.
+    fn chunk_of(&self, seq: u64) -> Option<usize> {
+        let base = self.chunks.front()?.start / CHUNK;
+        usize::try_from((seq / CHUNK).checked_sub(base)?).ok()
+    }
+
+    /// The impression with sequence number `seq`, if it is pending and in memory.
+    pub fn get_seq(&self, seq: u64) -> Option<&(CompactString, Stub)> {
+        if seq < self.first || seq >= self.end {
+            return None;
+        }
+        let chunk = self.chunks.get(self.chunk_of(seq)?)?;
+        if chunk.spilled {
+            return self.loose.get(&seq);
+        }
+        chunk.entries.get((seq - chunk.start) as usize)
+    }
+
+    /// The impression at position `at` (sequence number `first + at`), if in memory.
+    pub fn get(&self, at: usize) -> Option<&(CompactString, Stub)> {
+        self.get_seq(self.first + at as u64)
+    }
+
+    /// The impression at position `at`, if in memory, to change.
+    pub fn get_mut(&mut self, at: usize) -> Option<&mut (CompactString, Stub)> {
+        let seq = self.first + at as u64;
+        if seq >= self.end {
+            return None;
+        }
+        let c = self.chunk_of(seq)?;
+        let chunk = self.chunks.get_mut(c)?;
+        if chunk.spilled {
+            return self.loose.get_mut(&seq);
+        }
+        chunk.entries.get_mut((seq - chunk.start) as usize)
+    }
+
+    /// The oldest pending impression, if in memory.
+    pub fn front(&self) -> Option<&(CompactString, Stub)> {
+        self.get(0)
+    }
+
+    /// Appends an impression (sequence number [`end`](Self::end)).
+    pub fn push_back(&mut self, entry: (CompactString, Stub)) {
+        let start = self.end;
+        match self.chunks.back_mut() {
+            Some(chunk) if !start.is_multiple_of(CHUNK) => chunk.entries.push(entry),
+            _ => {
+                let mut entries = Vec::with_capacity((CHUNK - start % CHUNK) as usize);
+                entries.push(entry);
+                self.chunks.push_back(Chunk {
+                    start,
+                    entries,
+                    spilled: false,
+                    hinted: false,
+                });
+            }
+        }
+        self.end += 1;
+        self.resident += 1;
+    }
+
+    /// Forgets the oldest impression, returning it and whether its chunk was out of
+    /// memory once (its id has a hint to delete). `None` if none is pending or it is out of
+    /// memory.
+    pub fn pop_front(&mut self) -> Option<((CompactString, Stub), bool)> {
+        if self.is_empty() {
+            return None;
+        }
+        let chunk = self.chunks.front_mut()?;
+        if chunk.spilled {
+            return None;
+        }
+        let (id, stub) = chunk.entries.get_mut((self.first - chunk.start) as usize)?;
+        let popped = ((std::mem::take(id), *stub), chunk.hinted);
+        self.first += 1;
+        if self.first.is_multiple_of(CHUNK) {
+            let gone = self.chunks.pop_front().map_or(0, |c| c.entries.len());
+            self.resident -= gone;
+        }
+        Some(popped)
+    }
+
+    /// Every impression in memory.
+    pub fn iter(&self) -> impl Iterator<Item = &(CompactString, Stub)> {
+        let first = self.first;
+        let chunks = self.chunks.iter().flat_map(move |c| {
+            let skip = first.saturating_sub(c.start) as usize;
+            c.entries.iter().skip(skip)
+        });
+        chunks.chain(self.loose.values())
+    }
+
+    /// Whether `seq` is pending in a chunk out of memory and not loose.
+    pub fn is_out(&self, seq: u64) -> bool {
+        seq >= self.first
+            && seq < self.end
+            && self
+                .chunk_of(seq)
+                .and_then(|c| self.chunks.get(c))
+                .is_some_and(|c| c.spilled)
+            && !self.loose.contains_key(&seq)
+    }
+
+    /// Whether the chunk holding `seq` is out of memory.
+    pub fn chunk_out(&self, seq: u64) -> bool {
+        self.chunk_of(seq)
+            .and_then(|c| self.chunks.get(c))
+            .is_some_and(|c| c.spilled)
+    }
+
+    /// Sequence numbers of the whole chunk `n` (a chunk number: `seq / CHUNK`), if it is
+    /// pending and filled (the oldest chunk's forgotten ones included).
+    pub fn chunk_range(&self, n: u64) -> Option<std::ops::Range<u64>> {
+        let chunk = self.chunks.get(self.chunk_of(n * CHUNK)?)?;
+        let end = (n + 1) * CHUNK;
+        (end <= self.end).then_some(chunk.start..end)
+    }
+
+    /// Chunk `n`'s impressions, if it is in memory.
+    pub fn chunk_entries(&self, n: u64) -> Option<&[(CompactString, Stub)]> {
+        let chunk = self.chunks.get(self.chunk_of(n * CHUNK)?)?;
+        (!chunk.spilled).then_some(&chunk.entries)
+    }
+
+    /// Takes chunk `n` out of memory (its impressions are in the store), returning its
+    /// impressions.
+    pub fn spill_chunk(&mut self, n: u64) -> Vec<(CompactString, Stub)> {
+        let Some(c) = self.chunk_of(n * CHUNK) else {
+            return Vec::new();
+        };
+        let chunk = &mut self.chunks[c];
+        debug_assert!(!chunk.spilled, "chunk {n} is already out of memory");
+        chunk.spilled = true;
+        chunk.hinted = true;
+        let entries = std::mem::take(&mut chunk.entries);
+        self.resident -= entries.len();
+        self.spilled_chunks += 1;
+        entries
+    }
+
+    /// Puts chunk `n`'s impressions (read back from the store) in memory: its loose ones
+    /// replace what the store gave. Returns the sequence numbers that were not loose.
+    pub fn restore_chunk(&mut self, n: u64, mut entries: Vec<(CompactString, Stub)>) -> Vec<u64> {
+        let Some(c) = self.chunk_of(n * CHUNK) else {
+            return Vec::new();
+        };
+        let start = self.chunks[c].start;
+        let mut fresh = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let seq = start + i as u64;
+            match self.loose.remove(&seq) {
+                Some(loose) => {
+                    *entry = loose;
+                    // Counted in memory already.
+                    self.resident -= 1;
+                }
+                None => fresh.push(seq),
+            }
+        }
+        self.resident += entries.len();
+        let chunk = &mut self.chunks[c];
+        chunk.entries = entries;
+        chunk.spilled = false;
+        self.spilled_chunks -= 1;
+        fresh
+    }
+
+    /// Brings impression `seq` of a chunk out of memory back on its own.
+    pub fn insert_loose(&mut self, seq: u64, entry: (CompactString, Stub)) {
+        if self.loose.insert(seq, entry).is_none() {
+            self.resident += 1;
+        }
+    }
+
+    /// Impressions in memory, without the forgotten ones of the oldest chunk.
+    pub fn in_memory(&self) -> usize {
+        let forgotten = self
+            .chunks
+            .front()
+            .filter(|c| !c.spilled)
+            .map_or(0, |c| self.first.saturating_sub(c.start) as usize);
+        self.resident - forgotten
+    }
+
+    /// Whether `seq` was brought back on its own.
+    pub fn is_loose(&self, seq: u64) -> bool {
+        self.loose.contains_key(&seq)
+    }
+
+    /// Impressions brought back on their own.
+    pub fn loose(&self) -> usize {
+        self.loose.len()
+    }
+}
