@@ -28,7 +28,6 @@
 //! When the input ends (the frontier is empty) every open window closes.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 
