@@ -225,6 +225,65 @@ impl FtrlModel {
         self.shared.version.0.store(version, Relaxed);
     }
 
+    /// Adds `n` updates learned elsewhere (another process of a cluster) to the version.
+    pub(crate) fn add_version(&self, n: u64) {
+        self.shared.version.0.fetch_add(n, Relaxed);
+    }
+
+    /// Cluster mode ([`crate::cluster`]): appends `(index, Δz, Δn)` for every coordinate
+    /// that changed since `baseline` (one raw word per coordinate, as this model stood at
+    /// the last exchange), and moves `baseline` to what was read. FTRL's `z` and `n` are
+    /// sums over examples, so another replica adds these deltas to learn what this one
+    /// learned. One pass over the table, no allocation beyond `out`'s growth.
+    pub(crate) fn delta_since(&self, baseline: &mut [u64], out: &mut Vec<(u32, f32, f32)>) {
+        for (i, (c, b)) in self
+            .shared
+            .coords
+            .iter()
+            .zip(baseline.iter_mut())
+            .enumerate()
+        {
+            let now = c.load(Relaxed);
+            if now != *b {
+                let (z, n) = unpack(now);
+                let (zb, nb) = unpack(*b);
+                out.push((i as u32, z - zb, n - nb));
+                *b = now;
+            }
+        }
+    }
+
+    /// Cluster mode: adds another replica's deltas ([`delta_since`](Self::delta_since)) to
+    /// the model and to `baseline`, so that they are not sent back. A coordinate that no
+    /// local update touched since the last exchange gets the very same word in both, so it
+    /// is not sent again; deltas that are not finite or out of range are ignored. Like any
+    /// update of the shared table, one racing a local worker's update may lose one of the two.
+    pub(crate) fn add_delta(&self, baseline: &mut [u64], deltas: &[(u32, f32, f32)]) {
+        for &(i, dz, dn) in deltas {
+            let (Some(slot), Some(b)) = (
+                self.shared.coords.get(i as usize),
+                baseline.get_mut(i as usize),
+            ) else {
+                continue;
+            };
+            let add = |word: u64| {
+                let (z, n) = unpack(word);
+                let (z, n) = (z + dz, (n + dn).max(0.0));
+                (z.is_finite() && n.is_finite()).then(|| pack(z, n))
+            };
+            let now = slot.load(Relaxed);
+            let Some(new) = add(now) else {
+                continue;
+            };
+            slot.store(new, Relaxed);
+            *b = if *b == now {
+                new
+            } else {
+                add(*b).unwrap_or(now)
+            };
+        }
+    }
+
     /// A new handle for one worker. All handles share this model's weights.
     pub fn handle(&self) -> FtrlHandle {
         FtrlHandle {
