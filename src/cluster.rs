@@ -26,8 +26,9 @@
 //!   The cost is staleness: a process scores with the other processes' updates of up to
 //!   one interval plus the transfer ago (at 100 ms and 100k events/s, about 10k of the
 //!   other process's examples), and learns on weights that miss them, like a Hogwild
-//!   worker with a long delay. The scan reads `2^bits + 1` words per interval (32 MiB at
-//!   `bits = 22`: a few milliseconds of one core in a release build).
+//!   worker with a long delay. The scan reads `2^bits + 1` words per interval in which
+//!   something was learned (32 MiB at `bits = 22`; measured in a release build: see the
+//!   README's cluster section); an idle process skips it.
 //! - **Event time and shutdown.** Each worker sends its watermark, whether its
 //!   partitions are idle, the newest event time it read and whether it stopped reading
 //!   to the first worker of every other process, when they change (at most every
@@ -313,6 +314,11 @@ struct Replica {
     received: u64,
     /// The local update count at the last exchange.
     sent: u64,
+    /// The model version when the table was last scanned, plus the updates received
+    /// since: while the version stays there, nothing was learned here and the scan is
+    /// skipped (an idle process costs nothing). Workers publish their update counts
+    /// after each batch, so a batch in progress is caught by the next interval's scan.
+    scanned: u64,
 }
 
 /// One worker's end of the cluster dataflow (see the module docs).
@@ -350,12 +356,15 @@ impl Link {
         let first = worker.index() == topology.first();
         let replica = match model {
             Model::Ftrl(m) if first => {
+                // Already on: `run` turns it on before any worker learns.
+                m.track_changes();
                 let baseline = (0..m.raw_len()).map(|i| m.raw(i)).collect();
                 Some(Rc::new(RefCell::new(Replica {
                     model: m.clone(),
                     baseline,
                     received: 0,
                     sent: m.version(),
+                    scanned: m.version(),
                 })))
             }
             _ => None,
@@ -377,6 +386,7 @@ impl Link {
                             r.model.add_delta(&mut r.baseline, deltas);
                             r.model.add_version(*updates);
                             r.received += updates;
+                            r.scanned += updates;
                             tracing::trace!(
                                 coordinates = deltas.len(),
                                 updates,
@@ -428,14 +438,21 @@ impl Link {
             self.last_sync = now;
             let mut r = replica.borrow_mut();
             let r = &mut *r;
+            let version = r.model.version();
             self.deltas.clear();
-            r.model.delta_since(&mut r.baseline, &mut self.deltas);
-            let local = r.model.version().saturating_sub(r.received);
+            let scan = Instant::now();
+            if version != r.scanned {
+                r.scanned = version;
+                r.model.delta_since(&mut r.baseline, &mut self.deltas);
+            }
+            let scan_secs = scan.elapsed().as_secs_f64();
+            let local = version.saturating_sub(r.received);
             let mut updates = local.saturating_sub(r.sent);
             r.sent = local;
             tracing::trace!(
                 coordinates = self.deltas.len(),
                 updates,
+                scan_secs,
                 "Model deltas sent."
             );
             for chunk in self.deltas.chunks(CHUNK) {
@@ -533,9 +550,15 @@ mod tests {
     }
 
     /// Two replicas exchanging deltas end where one model learning both streams would
-    /// (up to f32 rounding), and a received delta is not sent back.
+    /// (up to f32 rounding), and a received delta is not sent back; with a full scan and
+    /// with the page bitmap.
     #[test]
     fn replicas_exchanging_deltas_learn_each_others_examples() {
+        exchange(false);
+        exchange(true);
+    }
+
+    fn exchange(tracked: bool) {
         use ctrflow_dataflows::record::Feature;
         let config = crate::model::ModelConfig {
             bits: 10,
@@ -545,6 +568,10 @@ mod tests {
             FtrlModel::new(&config).unwrap(),
             FtrlModel::new(&config).unwrap(),
         );
+        if tracked {
+            a.track_changes();
+            b.track_changes();
+        }
         let zero = vec![0u64; a.raw_len()];
         let (mut base_a, mut base_b) = (zero.clone(), zero);
         let x = |i: u32| {

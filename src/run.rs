@@ -514,6 +514,11 @@ pub fn start_in(options: &RunOptions, topology: &Topology) -> anyhow::Result<Run
         None => PendingSpill::scratch(&config.state)?,
     };
     let alerts_topic = alerts_topic(&config, &sink);
+    // In a cluster, updates mark the model pages they change, for the delta exchange
+    // (before any worker learns; one process marks nothing).
+    if let (true, Model::Ftrl(m)) = (topology.is_cluster(), &model) {
+        m.track_changes();
+    }
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     if let Some(c) = &checkpointer {
         c.resume_response(response.as_ref())?;
