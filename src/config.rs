@@ -23,6 +23,7 @@ use ctrflow_dataflows::operators::{AggregatesConfig, LabelConfig, Watermark};
 use ctrflow_state::StateConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterConfig;
 use crate::drift::DriftConfig;
 use crate::features::FeatureConfig;
 use crate::model::ModelConfig;
@@ -62,6 +63,9 @@ pub struct PipelineConfig {
     /// Metrics and health endpoints (`run`).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Cluster mode (`run --processes P`): how processes exchange model deltas.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// The prefix of environment variables that override configuration keys.
@@ -353,6 +357,7 @@ impl PipelineConfig {
                 .validate_with(self.drift.enabled && self.drift.concept.enabled),
         );
         self.telemetry.validate(&mut problems);
+        problems.extend(self.cluster.validate());
         problems
     }
 }

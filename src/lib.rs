@@ -11,6 +11,7 @@
 
 pub mod baseline;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod drift;

@@ -92,9 +92,19 @@ struct RunArgs {
     /// Pipeline configuration (TOML); `[kafka]` says which brokers and topics.
     #[arg(long, short)]
     config: PathBuf,
-    /// Timely worker threads.
+    /// Timely worker threads (per process, in a cluster).
     #[arg(long, short, default_value_t = 1)]
     workers: usize,
+    /// Processes in the cluster (timely's `-n`); more than 1 needs `--hostfile`.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster, `0..processes` (timely's `-p`).
+    #[arg(long, short = 'p', default_value_t = 0)]
+    process: usize,
+    /// One `host:port` per line, process `i` on line `i`: where the processes of the
+    /// cluster listen for each other (timely's `-h`; the same file for every process).
+    #[arg(long = "hostfile", short = 'H')]
+    hostfile: Option<PathBuf>,
     /// Print the final report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -232,13 +242,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            let topology = ctrflow::cluster::Topology::from_options(
+                args.workers,
+                args.processes,
+                args.process,
+                args.hostfile.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let config = PipelineConfig::load_with_process_env(Some(&args.config))?;
+            let problems = topology.check(&config);
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "{}: cannot run as process {} of {}:\n  - {}",
+                    args.config.display(),
+                    topology.process,
+                    topology.processes,
+                    problems.join("\n  - ")
+                );
+            }
             let stop = stop_on_signals()?;
-            let report = ctrflow::run::run(&ctrflow::run::RunOptions {
-                config,
-                workers: args.workers,
-                stop,
-            })?;
+            let report = ctrflow::run::run_in(
+                &ctrflow::run::RunOptions {
+                    config,
+                    workers: args.workers,
+                    stop,
+                },
+                &topology,
+            )?;
             print_report(&report, args.json, || report.render())
         }
         Command::Demo(args) => {

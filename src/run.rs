@@ -40,6 +40,14 @@
 //! group only at checkpoints (for lag tools); the checkpoint, not the group, says where to
 //! resume.
 //!
+//! # Cluster mode
+//!
+//! With `--processes P` (see [`crate::cluster`]) the same workers run as one timely
+//! computation over P processes: worker indices, partitions and the per-worker watermark,
+//! idle and stop flags below are over all `P * N` peers, the other processes' through
+//! [`crate::cluster::Link`], and each process keeps a model replica that exchanges deltas
+//! with the others. Without it nothing of that is built.
+//!
 //! # Telemetry
 //!
 //! Workers keep their counters in plain variables and publish them to [`RunStatus`] once
@@ -62,6 +70,7 @@ use ctrflow_dataflows::operators::{JoinStats, SpillStats, Watermark};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpointer;
+use crate::cluster::{Link, PeerStatus, Topology};
 use crate::config::PipelineConfig;
 use crate::drift::sinks::AlertSinks;
 use crate::entity::EntityStore;
@@ -95,17 +104,18 @@ pub struct RunStatus {
     pub scores: AtomicU64,
     /// Scores or dead letters the producer refused (logged).
     pub send_errors: AtomicU64,
-    /// Newest event time read by any worker.
+    /// Newest event time read by any worker (of any process, in a cluster).
     newest_ts: AtomicI64,
-    /// Workers that stopped reading.
-    stopped: AtomicUsize,
-    /// Workers that finished.
+    /// Per peer (global worker index; the other processes' as they last reported): it
+    /// stopped reading.
+    stopped: Vec<AtomicBool>,
+    /// Workers of this process that finished.
     finished: AtomicUsize,
-    /// Per worker: messages behind the partitions' high watermarks (-1: unknown).
+    /// Per local worker: messages behind the partitions' high watermarks (-1: unknown).
     lag: Vec<AtomicI64>,
-    /// Per worker: the watermark its input stands at.
+    /// Per peer: the watermark its input stands at.
     watermark: Vec<AtomicU64>,
-    /// Per worker: all its partitions are idle (or it has none).
+    /// Per peer: all its partitions are idle (or it has none).
     idle: Vec<AtomicBool>,
     /// Per worker: its latest progressive metrics.
     progressive: Vec<Mutex<Option<Progressive>>>,
@@ -117,7 +127,7 @@ pub struct RunStatus {
     join: Vec<Mutex<JoinStats>>,
     /// Per worker: lag per partition, as of its last publish.
     partition_lag: Vec<Mutex<PartitionLags>>,
-    /// Per worker: it has completed a poll round.
+    /// Per local worker: it has completed a poll round.
     polled: Vec<AtomicBool>,
     /// What the drift detectors (worker 0) report to `/metrics`.
     drift: Arc<Mutex<DriftMetrics>>,
@@ -145,7 +155,8 @@ fn event_type(kind: &ctrflow_dataflows::InteractionKind) -> usize {
 }
 
 impl RunStatus {
-    fn new(workers: usize) -> Self {
+    /// `workers` of this process, `peers` in all.
+    fn new(workers: usize, peers: usize) -> Self {
         Self {
             started: Instant::now(),
             events: AtomicU64::new(0),
@@ -153,11 +164,11 @@ impl RunStatus {
             scores: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             newest_ts: AtomicI64::new(i64::MIN),
-            stopped: AtomicUsize::new(0),
+            stopped: (0..peers).map(|_| AtomicBool::new(false)).collect(),
             finished: AtomicUsize::new(0),
             lag: (0..workers).map(|_| AtomicI64::new(-1)).collect(),
-            watermark: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            idle: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            watermark: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            idle: (0..peers).map(|_| AtomicBool::new(false)).collect(),
             progressive: (0..workers).map(|_| Mutex::new(None)).collect(),
             events_by_type: Default::default(),
             bad_by_reason: (0..workers).map(|_| Mutex::default()).collect(),
@@ -199,8 +210,33 @@ impl RunStatus {
 
     /// Every worker is reading: each has completed a poll round and none has stopped.
     pub fn consuming(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed) == 0
-            && self.polled.iter().all(|p| p.load(Ordering::Relaxed))
+        !self.any_stopped() && self.polled.iter().all(|p| p.load(Ordering::Relaxed))
+    }
+
+    /// Some peer stopped reading (in a cluster, a stop anywhere stops every process).
+    fn any_stopped(&self) -> bool {
+        self.stopped.iter().any(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Every peer stopped reading: their input times and newest event times are final.
+    fn all_stopped(&self) -> bool {
+        self.stopped.iter().all(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Records what a worker of another process reported ([`crate::cluster::Link`]).
+    fn peer_reported(&self, peer: &PeerStatus) {
+        let i = peer.peer as usize;
+        let (Some(watermark), Some(idle), Some(stopped)) =
+            (self.watermark.get(i), self.idle.get(i), self.stopped.get(i))
+        else {
+            return;
+        };
+        watermark.store(peer.watermark, Ordering::SeqCst);
+        idle.store(peer.idle, Ordering::SeqCst);
+        self.newest_ts.fetch_max(peer.newest, Ordering::SeqCst);
+        if peer.stopped {
+            stopped.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Where a worker whose partitions are all idle moves its input: along with the
@@ -279,8 +315,12 @@ pub struct Progress {
 /// The end-of-run report.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    /// Timely workers used.
+    /// Timely workers used (in this process).
     pub workers: usize,
+    /// Processes in the cluster (1 without one); this report covers this process only.
+    pub processes: usize,
+    /// This process's index in the cluster.
+    pub process: usize,
     /// Messages read.
     pub events: u64,
     /// Impressions scored.
@@ -354,6 +394,7 @@ pub struct Running {
     alerts: Arc<AlertSinks>,
     model: Model,
     config: PipelineConfig,
+    topology: Topology,
     workers: usize,
     checkpointer: Option<Arc<Checkpointer>>,
 }
@@ -368,8 +409,24 @@ impl std::fmt::Debug for Running {
 
 /// Connects to Kafka and starts the workers; returns at once.
 pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
+    start_in(options, &Topology::single(options.workers))
+}
+
+/// [`start`] as one process of a cluster (`topology`; `options.workers` is ignored for
+/// `topology.workers`). Returns once every process of the cluster is connected.
+pub fn start_in(options: &RunOptions, topology: &Topology) -> anyhow::Result<Running> {
     let config = options.config.clone();
-    let workers = options.workers.max(1);
+    let workers = topology.workers.max(1);
+    let (first, peers) = (topology.first(), topology.peers());
+    let problems = topology.check(&config);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot run process {} of {}:\n  - {}",
+            topology.process,
+            topology.processes,
+            problems.join("\n  - ")
+        );
+    }
     Ingest::new(&config)?;
     let (checkpointer, model, entities, offsets) = if config.state.is_durable() {
         let (checkpointer, resumed) = Checkpointer::open(&config, workers)?;
@@ -420,12 +477,12 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
     let mut sources = Vec::with_capacity(workers);
     for worker in 0..workers {
         sources.push(Mutex::new(Some(
-            KafkaSource::new(&config.kafka, worker, workers, &offsets)
+            KafkaSource::new(&config.kafka, first + worker, peers, &offsets)
                 .context("connecting the consumer")?,
         )));
     }
     let sources = Arc::new(sources);
-    let status = Arc::new(RunStatus::new(workers));
+    let status = Arc::new(RunStatus::new(workers, peers));
     let alerts = Arc::new(AlertSinks::start(&config.drift));
     // Worker 0 runs the detectors and keeps the metrics over time: records appended to
     // `telemetry.metrics_out` (a restart adds to them), drift metrics for `/metrics`.
@@ -457,6 +514,11 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         None => PendingSpill::scratch(&config.state)?,
     };
     let alerts_topic = alerts_topic(&config, &sink);
+    // In a cluster, updates mark the model pages they change, for the delta exchange
+    // (before any worker learns; one process marks nothing).
+    if let (true, Model::Ftrl(m)) = (topology.is_cluster(), &model) {
+        m.track_changes();
+    }
     let response = crate::drift::response::Response::new(&config.drift.response, &model);
     if let Some(c) = &checkpointer {
         c.resume_response(response.as_ref())?;
@@ -469,16 +531,29 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         let alerts = Arc::clone(&alerts);
         let stop = Arc::clone(&options.stop);
         let model = model.clone();
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let source = sources[worker.index()]
+        let topology = topology.clone();
+        if topology.is_cluster() {
+            tracing::info!(
+                process = topology.process,
+                processes = topology.processes,
+                addresses = ?topology.addresses,
+                "Connecting to the other processes of the cluster."
+            );
+        }
+        timely::execute(topology.timely_config(), move |worker| {
+            let local = worker.index() - topology.first();
+            let source = sources[local]
                 .lock()
                 .ok()
                 .and_then(|mut s| s.take())
                 .expect("one source per worker");
-            let restored = restored[worker.index()]
-                .lock()
-                .ok()
-                .and_then(|mut r| r.take());
+            let restored = restored[local].lock().ok().and_then(|mut r| r.take());
+            let link = topology.is_cluster().then(|| {
+                let status = Arc::clone(&status);
+                Link::build(worker, &topology, &config, &model, move |peer| {
+                    status.peer_reported(peer);
+                })
+            });
             let shared = Shared {
                 model: &model,
                 entities: &entities,
@@ -488,6 +563,8 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
                 timeline: &timeline,
                 response: &response,
                 pending: &pending,
+                first: topology.first(),
+                link,
             };
             let on_alert = {
                 let alerts = Arc::clone(&alerts);
@@ -517,6 +594,7 @@ pub fn start(options: &RunOptions) -> anyhow::Result<Running> {
         alerts,
         model,
         config,
+        topology: topology.clone(),
         workers,
         checkpointer,
     })
@@ -635,6 +713,8 @@ impl Running {
         let events = self.status.events.load(Ordering::Relaxed);
         Ok(RunReport {
             workers: self.workers,
+            processes: self.topology.processes,
+            process: self.topology.process,
             events,
             impressions: join.impressions,
             examples: join.examples(),
@@ -667,6 +747,11 @@ const NONZERO_EVERY: Duration = Duration::from_secs(5);
 /// Runs until `options.stop` is set, serving metrics and health on `telemetry.listen` and
 /// logging a status line every 10 s, then reports.
 pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
+    run_in(options, &Topology::single(options.workers))
+}
+
+/// [`run`] as one process of a cluster ([`start_in`]).
+pub fn run_in(options: &RunOptions, topology: &Topology) -> anyhow::Result<RunReport> {
     let health = Arc::new(Health::default());
     let listen = &options.config.telemetry.listen;
     // The recorder is installed before the workers start: they take their histogram
@@ -681,7 +766,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
             Arc::clone(&health),
         )?)
     };
-    let running = start(options)?;
+    let running = start_in(options, topology)?;
     let publish_every = Duration::from_millis(options.config.telemetry.publish_interval_ms);
     let mut last = Instant::now();
     let mut last_publish: Option<Instant> = None;
@@ -745,6 +830,10 @@ struct Shared<'a> {
     response: &'a Option<Arc<crate::drift::response::Response>>,
     /// Where pending impressions beyond `label.pending_memory_mb` go.
     pending: &'a PendingSpill,
+    /// The global index of the process's first worker (0 without a cluster).
+    first: usize,
+    /// The worker's end of the cluster dataflow, in a cluster.
+    link: Option<Link>,
 }
 
 /// One worker: poll, ingest, advance the watermark, step; until told to stop.
@@ -766,6 +855,8 @@ fn work(
         timeline,
         response,
         pending,
+        first,
+        mut link,
     } = shared;
     {
         let me = std::thread::current();
@@ -773,8 +864,10 @@ fn work(
     }
     // Resuming: the input starts where it stood at the checkpoint.
     let resumed_at = restored.as_ref().map(|r| (r.newest, r.input_time));
+    // `index` is the global worker index (peers of all processes); `local` indexes this
+    // process's slots of `status`.
     let index = worker.index();
-    let peers = worker.peers();
+    let local = index - first;
     let scores_topic = config.kafka.topics.scores.clone();
     let dead_topic = config.kafka.topics.dead_letters.clone();
     let events_topic = source.topic().to_owned();
@@ -856,7 +949,8 @@ fn work(
     let stage_dataflow = metrics::histogram!(telemetry::STAGE, "stage" => "dataflow");
     let stage_commit = metrics::histogram!(telemetry::STAGE, "stage" => "commit");
 
-    while !stop.load(Ordering::Relaxed) {
+    // A stop anywhere in the cluster stops every worker (`any_stopped`).
+    while !stop.load(Ordering::Relaxed) && !status.any_stopped() {
         if let Some(c) = checkpointer {
             if index == 0 {
                 c.request_if_due();
@@ -931,7 +1025,7 @@ fn work(
             }
             stage_ingest.record(ingested_at.duration_since(read_at).as_secs_f64());
         }
-        status.polled[index].store(true, Ordering::Relaxed);
+        status.polled[local].store(true, Ordering::Relaxed);
         let time = source.time();
         let idle = matches!(time, SourceTime::Idle | SourceTime::Unassigned);
         status.idle[index].store(idle, Ordering::Relaxed);
@@ -950,6 +1044,15 @@ fn work(
         // still) would otherwise wait in the input's buffer for the next advance.
         dataflow.flush();
         status.watermark[index].store(*dataflow.input.time(), Ordering::Relaxed);
+        if let Some(link) = link.as_mut() {
+            link.tick(PeerStatus {
+                peer: index as u32,
+                watermark: *dataflow.input.time(),
+                idle,
+                newest,
+                stopped: false,
+            });
+        }
         // The round's impressions older than the watermark just reached are scored by the
         // next step; the others once the watermark passes the newest of them.
         let now_at = *dataflow.input.time();
@@ -1009,6 +1112,7 @@ fn work(
         }
         while rounds.len() > MAX_ROUNDS_AHEAD
             && !stop.load(Ordering::Relaxed)
+            && !status.any_stopped()
             && !round_due(rounds_done)
         {
             match rounds.front() {
@@ -1050,7 +1154,7 @@ fn work(
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            publish(status, index, &source, &dataflow, &bad);
+            publish(status, local, &source, &dataflow, &bad);
             if let Err(error) = sink.retry_failed() {
                 tracing::error!(%error, "Failed deliveries could not be queued again.");
             }
@@ -1060,8 +1164,21 @@ fn work(
     // Everyone stops reading first, so that the newest event time and the workers' input
     // times are final...
     status.watermark[index].store(*dataflow.input.time(), Ordering::SeqCst);
-    status.stopped.fetch_add(1, Ordering::SeqCst);
-    while status.stopped.load(Ordering::SeqCst) < peers {
+    status.stopped[index].store(true, Ordering::SeqCst);
+    let last_status = PeerStatus {
+        peer: index as u32,
+        watermark: *dataflow.input.time(),
+        idle: true,
+        newest,
+        stopped: true,
+    };
+    if let Some(link) = link.as_mut() {
+        link.tick(last_status);
+    }
+    while !status.all_stopped() {
+        if let Some(link) = link.as_mut() {
+            link.tick(last_status);
+        }
         if let Some(c) = checkpointer
             && round_due(rounds_done)
         {
@@ -1115,7 +1232,7 @@ fn work(
         }
         None => source.commit(&source.positions()),
     }
-    publish(status, index, &source, &dataflow, &bad);
+    publish(status, local, &source, &dataflow, &bad);
     let result = WorkerResult {
         join: dataflow.join.borrow().stats.clone(),
         pending: dataflow.join.borrow().spill_stats(),
@@ -1124,6 +1241,15 @@ fn work(
     };
     // Leave without closing the input: closing would expire every open attribution window.
     worker.drop_dataflow(dataflow.id);
+    // In a cluster, leave once every peer has: then nothing more is sent to this process,
+    // and its connections close cleanly.
+    if let Some(mut link) = link {
+        link.close();
+        while !link.done() {
+            worker.step_or_park(Some(IDLE_WAIT));
+        }
+        worker.drop_dataflow(link.id());
+    }
     status.finished.fetch_add(1, Ordering::SeqCst);
     result
 }

@@ -269,6 +269,32 @@ impl WorkerProcess {
         Self::start_logging(dir, config, workers, "warn", "human")
     }
 
+    /// `ctrflow run --config <dir>/worker.toml --workers N --json` as process `process`
+    /// of a cluster of `processes` listening on `hostfile`'s addresses.
+    pub fn start_in_cluster(
+        dir: &Path,
+        config: &str,
+        workers: usize,
+        (processes, process, hostfile): (usize, usize, &Path),
+    ) -> Self {
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = ctrflow()
+            .args(["run", "--json", "--workers", &workers.to_string()])
+            .args(["--processes", &processes.to_string()])
+            .args(["--process", &process.to_string()])
+            .arg("--hostfile")
+            .arg(hostfile)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ctrflow run");
+        Self { child }
+    }
+
     /// [`start`](Self::start) with `RUST_LOG=<filter>` and `--log-format <format>`.
     pub fn start_logging(
         dir: &Path,
@@ -327,22 +353,24 @@ impl WorkerProcess {
     }
 
     /// [`stop`](Self::stop), with what it logged (stderr).
-    pub fn stop_with_logs(mut self) -> (serde_json::Value, String) {
+    pub fn stop_with_logs(self) -> (serde_json::Value, String) {
         let pid = self.child.id().to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(status.success());
+        self.wait_with_logs()
+    }
+
+    /// Waits (at most 60 s) for the worker to exit 0 by itself; its report and stderr.
+    pub fn wait_with_logs(mut self) -> (serde_json::Value, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ctrflow run did not stop on SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "ctrflow run did not stop");
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut stdout = String::new();
@@ -361,8 +389,14 @@ impl WorkerProcess {
             .unwrap();
         let tail = &stderr[stderr.len().saturating_sub(3000)..];
         assert!(status.success(), "ctrflow run exited {status}: ...{tail}");
+        // The report is the last line (timely may print connection attempts before it).
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
         let report =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
         (report, stderr)
     }
 }

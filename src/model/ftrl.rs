@@ -70,8 +70,8 @@
 //! into `0..2^bits`, so no input can index out of bounds.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use ctrflow_dataflows::Learner;
 use ctrflow_dataflows::record::Feature;
@@ -155,7 +155,14 @@ struct Shared {
     /// `2^bits` hashed coordinates, then the bias.
     coords: Box<[AtomicU64]>,
     version: PaddedCounter,
+    /// Cluster mode only ([`FtrlModel::track_changes`]): one bit per page of
+    /// [`PAGE`] coordinates, set when an update touches the page, so that the delta scan
+    /// reads the pages changed since the last one instead of the whole table.
+    dirty: OnceLock<Box<[AtomicU64]>>,
 }
+
+/// Coordinates per page of the change bitmap.
+const PAGE: usize = 64;
 
 /// An FTRL-Proximal model: the shared weight table. Cheap to clone (an `Arc`).
 #[derive(Clone, Debug)]
@@ -181,6 +188,7 @@ impl FtrlModel {
                 params,
                 coords,
                 version: PaddedCounter(AtomicU64::new(version)),
+                dirty: OnceLock::new(),
             }),
         }
     }
@@ -223,6 +231,95 @@ impl FtrlModel {
     /// Sets the version (restoring a checkpoint).
     pub(crate) fn set_version(&self, version: u64) {
         self.shared.version.0.store(version, Relaxed);
+    }
+
+    /// Adds `n` updates learned elsewhere (another process of a cluster) to the version.
+    pub(crate) fn add_version(&self, n: u64) {
+        self.shared.version.0.fetch_add(n, Relaxed);
+    }
+
+    /// Cluster mode ([`crate::cluster`]): appends `(index, Δz, Δn)` for every coordinate
+    /// that changed since `baseline` (one raw word per coordinate, as this model stood at
+    /// the last exchange), and moves `baseline` to what was read. FTRL's `z` and `n` are
+    /// sums over examples, so another replica adds these deltas to learn what this one
+    /// learned. One pass over the table, no allocation beyond `out`'s growth.
+    ///
+    /// With [`track_changes`](Self::track_changes) on, only the pages updated since the
+    /// last scan are read. A page whose bit an update finds already set is not marked
+    /// again; should that update land just after the scan cleared the bit and read the
+    /// page, it goes with the page's next change (the delta is always "now − baseline").
+    pub(crate) fn delta_since(&self, baseline: &mut [u64], out: &mut Vec<(u32, f32, f32)>) {
+        let coords = &self.shared.coords;
+        let mut diff = |i: usize, b: &mut u64| {
+            let now = coords[i].load(Relaxed);
+            if now != *b {
+                let (z, n) = unpack(now);
+                let (zb, nb) = unpack(*b);
+                out.push((i as u32, z - zb, n - nb));
+                *b = now;
+            }
+        };
+        let Some(dirty) = self.shared.dirty.get() else {
+            for (i, b) in baseline.iter_mut().enumerate().take(coords.len()) {
+                diff(i, b);
+            }
+            return;
+        };
+        for (w, word) in dirty.iter().enumerate() {
+            let mut bits = word.swap(0, std::sync::atomic::Ordering::AcqRel);
+            while bits != 0 {
+                let page = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = page * PAGE;
+                let end = (start + PAGE).min(coords.len());
+                if let Some(slice) = baseline.get_mut(start..end) {
+                    for (i, b) in (start..).zip(slice) {
+                        diff(i, b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: from now on, updates mark the pages they touch, for
+    /// [`delta_since`](Self::delta_since). Call before any handle learns; without it (one
+    /// process) updates mark nothing.
+    pub(crate) fn track_changes(&self) {
+        let pages = self.shared.coords.len().div_ceil(PAGE);
+        self.shared
+            .dirty
+            .get_or_init(|| (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    /// Cluster mode: adds another replica's deltas ([`delta_since`](Self::delta_since)) to
+    /// the model and to `baseline`, so that they are not sent back. A coordinate that no
+    /// local update touched since the last exchange gets the very same word in both, so it
+    /// is not sent again; deltas that are not finite or out of range are ignored. Like any
+    /// update of the shared table, one racing a local worker's update may lose one of the two.
+    pub(crate) fn add_delta(&self, baseline: &mut [u64], deltas: &[(u32, f32, f32)]) {
+        for &(i, dz, dn) in deltas {
+            let (Some(slot), Some(b)) = (
+                self.shared.coords.get(i as usize),
+                baseline.get_mut(i as usize),
+            ) else {
+                continue;
+            };
+            let add = |word: u64| {
+                let (z, n) = unpack(word);
+                let (z, n) = (z + dz, (n + dn).max(0.0));
+                (z.is_finite() && n.is_finite()).then(|| pack(z, n))
+            };
+            let now = slot.load(Relaxed);
+            let Some(new) = add(now) else {
+                continue;
+            };
+            slot.store(new, Relaxed);
+            *b = if *b == now {
+                new
+            } else {
+                add(*b).unwrap_or(now)
+            };
+        }
     }
 
     /// A new handle for one worker. All handles share this model's weights.
@@ -475,11 +572,33 @@ impl FtrlHandle {
             self.step(slot, w, residual * v);
         }
 
+        // Cluster mode only: one predictable branch per example otherwise.
+        if let Some(dirty) = self.shared.dirty.get() {
+            self.mark(dirty, x);
+        }
+
         self.unpublished += 1;
         if self.unpublished >= PUBLISH_EVERY {
             self.flush();
         }
         prediction
+    }
+
+    /// Marks the pages of `x`'s coordinates and the bias as changed (after updating them:
+    /// the release orders the updates before the mark the scan acquires).
+    #[cold]
+    fn mark(&self, dirty: &[AtomicU64], x: &[Feature]) {
+        let set = |i: usize| {
+            let page = i / PAGE;
+            let (word, bit) = (&dirty[page / 64], 1u64 << (page % 64));
+            if word.load(Relaxed) & bit == 0 {
+                word.fetch_or(bit, std::sync::atomic::Ordering::Release);
+            }
+        };
+        set(self.p.bias);
+        for f in x {
+            set((f.index & self.p.mask) as usize);
+        }
     }
 
     /// Adds this handle's unpublished update count to the shared model version.
