@@ -59,6 +59,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod batch;
 pub mod config;
 pub mod hash;
 mod hash_simd;
@@ -67,6 +68,7 @@ mod plan;
 use ctrflow_dataflows::{Feature, Features};
 use hashbrown::HashMap;
 
+pub use batch::{BatchHasher, CrossPair};
 pub use config::{FeatureConfig, NumericTransform};
 pub use hash::{Backend, cross_mix, hash_scalar};
 
