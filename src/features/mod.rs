@@ -39,7 +39,22 @@
 //! (lanes of 16-byte rows, transposed) 1.02× and 0.94×. SIMD wins on the wide event and
 //! loses on the contract one (one vector of lanes, half empty, against seven scalar
 //! hashes whose chains the CPU overlaps); the replay's events have the contract layout.
-//! So the pipeline uses `featurize`; the design's 4× is not reached (see the README). None
+//! So the pipeline uses `featurize`; the design's 4× is not reached (see the README).
+//!
+//! The hash step alone, by feature count: [`BatchHasher`] (module `batch`) hashes eight
+//! events of one layout per AVX2 vector, one event per lane, crosses without gathers.
+//! `bench/hashing.rs` group `hash`, one run on the shared 2-core machine (load 3–11 from
+//! other builds), per 256 events, scalar reference (`hash_scalar` per key, `cross_mix`
+//! per cross) / `simd` (from the same byte slices, laying the keys out included) /
+//! `kernel` (keys already laid out by column): 4 features 5.88 / 5.33 (1.1×) / 1.78 µs
+//! (3.3×); 8: 11.9 / 11.9 (1.0×) / 4.10 (2.9×); contract 11: 18.1 / 17.5 (1.0×) / 4.52
+//! (4.0×); 16: 18.7 / 20.4 (0.9×) / 9.13 (2.0×); 32: 63.4 / 36.6 (1.7×) / 18.2 (3.5×).
+//! Laying a key out (its two words and length from the slice: ~20 scalar instructions)
+//! costs about as much as the reference's whole hash of a short key, so from bytes SIMD
+//! barely wins; the 4× of the design is reached by the kernel on the contract event only.
+//! In the same run, end to end per 256 events, reference / `featurize` / `featurize_simd`:
+//! contract 63.5 / 38.8 (1.6×) / 28.8 µs (2.2×), 16 features 72.1 / 40.4 (1.8×) / 37.4
+//! (1.9×). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
 //! its inline capacity, a `ctx` field name is seen for the first time (its seed is then
 //! cached, up to [`MAX_CACHED_FIELDS`] names) or a plan grows its buffers for a new layout.
@@ -59,6 +74,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod batch;
 pub mod config;
 pub mod hash;
 mod hash_simd;
@@ -67,6 +83,7 @@ mod plan;
 use ctrflow_dataflows::{Feature, Features};
 use hashbrown::HashMap;
 
+pub use batch::{BatchHasher, CrossPair};
 pub use config::{FeatureConfig, NumericTransform};
 pub use hash::{Backend, cross_mix, hash_scalar};
 
