@@ -563,9 +563,12 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
         positives += o["positives"].as_f64().unwrap();
         loss += o["logloss"].as_f64().unwrap() * n;
     }
+    // Impressions of the last window are still waiting for their label when the cluster
+    // stops (a stop does not expire them): ~1/9 of the ~9 minutes of event time.
     assert!(
-        count > 0.9 * generated.impressions as f64,
-        "{count} examples"
+        count > 0.8 * generated.impressions as f64,
+        "{count} examples of {} impressions",
+        generated.impressions
     );
     let (q, logloss) = (positives / count, loss / count);
     let entropy = -(q * q.ln() + (1.0 - q) * (1.0 - q).ln());
