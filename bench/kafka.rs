@@ -530,46 +530,18 @@ fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         .expect("clock after 1970")
         .as_millis() as i64;
     let readers_stop = Arc::new(AtomicBool::new(false));
-    let scored = {
-        let (brokers, topic, stop) = (
-            brokers.to_owned(),
-            t.scores.clone(),
-            Arc::clone(&readers_stop),
-        );
-        std::thread::Builder::new()
-            .name("bench-scores".to_owned())
-            .spawn(move || {
-                let mut at = vec![NEVER; count as usize];
-                let mut produced = vec![NEVER; count as usize];
-                read_scores(
-                    &brokers,
-                    &topic,
-                    impression_of,
-                    &stop,
-                    (epoch, epoch_ms),
-                    &mut at,
-                    &mut produced,
-                );
-                (at, produced)
-            })
-            .expect("reader thread")
-    };
+    let scored = spawn_reader(
+        "bench-scores",
+        brokers,
+        &t.scores,
+        impression_of,
+        &readers_stop,
+        (epoch, epoch_ms),
+        count,
+    );
     let cpu_before = cpu_times(broker_pid);
     let began = Instant::now();
-    let (sent_events, sent) = {
-        let (brokers, topic) = (brokers.to_owned(), t.events.clone());
-        std::thread::Builder::new()
-            .name("bench-produce".to_owned())
-            .spawn(move || {
-                let mut at = vec![NEVER; count as usize];
-                let events =
-                    produce_timed(&brokers, &topic, &generated(count), rate, epoch, &mut at);
-                (events, at)
-            })
-            .expect("producer thread")
-            .join()
-            .expect("producer")
-    };
+    let (sent_events, sent) = produce_at_rate(brokers, &t.events, count, rate, epoch);
     let achieved = sent_events as f64 / began.elapsed().as_secs_f64();
     let status = Arc::clone(running.status());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -613,21 +585,8 @@ fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
     for v in [&mut warm, &mut steady, &mut upstream, &mut downstream] {
         v.sort_unstable();
     }
-    let q = |v: &[u64], p: f64| {
-        v.get(((v.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    let cpu = cpu_after
-        .iter()
-        .map(|(g, after)| {
-            (
-                g.clone(),
-                (after - cpu_before.get(g).copied().unwrap_or(0.0)) / wall,
-            )
-        })
-        .collect();
+    let q = quantile_ms;
+    let cpu = cpu_shares(&cpu_before, &cpu_after, wall);
     Latency {
         achieved,
         count: steady.len(),
@@ -660,48 +619,24 @@ fn echo(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         .expect("clock after 1970")
         .as_millis() as i64;
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (brokers, topic, stop) = (brokers.to_owned(), t.events.clone(), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name("bench-echo".to_owned())
-            .spawn(move || {
-                let mut at = vec![NEVER; count as usize];
-                let mut produced = vec![NEVER; count as usize];
-                read_scores(
-                    &brokers,
-                    &topic,
-                    impression_event,
-                    &stop,
-                    (epoch, epoch_ms),
-                    &mut at,
-                    &mut produced,
-                );
-                at
-            })
-            .expect("reader thread")
-    };
+    let reader = spawn_reader(
+        "bench-echo",
+        brokers,
+        &t.events,
+        impression_event,
+        &stop,
+        (epoch, epoch_ms),
+        count,
+    );
     let cpu_before = cpu_times(broker_pid);
     let began = Instant::now();
-    let (sent_events, sent) = {
-        let (brokers, topic) = (brokers.to_owned(), t.events.clone());
-        std::thread::Builder::new()
-            .name("bench-produce".to_owned())
-            .spawn(move || {
-                let mut at = vec![NEVER; count as usize];
-                let events =
-                    produce_timed(&brokers, &topic, &generated(count), rate, epoch, &mut at);
-                (events, at)
-            })
-            .expect("producer thread")
-            .join()
-            .expect("producer")
-    };
+    let (sent_events, sent) = produce_at_rate(brokers, &t.events, count, rate, epoch);
     let achieved = sent_events as f64 / began.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let wall = began.elapsed().as_secs_f64();
     let cpu_after = cpu_times(broker_pid);
     stop.store(true, Ordering::Relaxed);
-    let read = reader.join().expect("echo reader");
+    let (read, _) = reader.join().expect("echo reader");
     let first = sent.iter().copied().min().unwrap_or(0);
     let mut steady = Vec::new();
     let mut unread = 0;
@@ -716,29 +651,14 @@ fn echo(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         }
     }
     steady.sort_unstable();
-    let q = |p: f64| {
-        steady
-            .get(((steady.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    let cpu = cpu_after
-        .iter()
-        .map(|(g, after)| {
-            (
-                g.clone(),
-                (after - cpu_before.get(g).copied().unwrap_or(0.0)) / wall,
-            )
-        })
-        .collect();
+    let cpu = cpu_shares(&cpu_before, &cpu_after, wall);
     Latency {
         achieved,
         count: steady.len(),
         unscored: unread,
-        p50: q(0.5),
-        p90: q(0.9),
-        p99: q(0.99),
+        p50: quantile_ms(&steady, 0.5),
+        p90: quantile_ms(&steady, 0.9),
+        p99: quantile_ms(&steady, 0.99),
         max: steady.last().copied().unwrap_or(0) as f64 / 1000.0,
         warmup_max: f64::NAN,
         upstream: (f64::NAN, f64::NAN),
@@ -746,4 +666,82 @@ fn echo(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         in_worker: (f64::NAN, f64::NAN),
         cpu,
     }
+}
+
+/// Produces `count` impressions' events to `topic` at `rate` on a thread of its own (the
+/// CPU groups tell it apart); returns the events sent and when each impression was sent.
+fn produce_at_rate(
+    brokers: &str,
+    topic: &str,
+    count: u64,
+    rate: f64,
+    epoch: Instant,
+) -> (u64, Vec<u64>) {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    std::thread::Builder::new()
+        .name("bench-produce".to_owned())
+        .spawn(move || {
+            let mut at = vec![NEVER; count as usize];
+            let events = produce_timed(&brokers, &topic, &generated(count), rate, epoch, &mut at);
+            (events, at)
+        })
+        .expect("producer thread")
+        .join()
+        .expect("producer")
+}
+
+/// [`read_scores`] on a thread named `name`, for `count` impressions, until `stop`.
+fn spawn_reader(
+    name: &str,
+    brokers: &str,
+    topic: &str,
+    which: fn(&[u8]) -> Option<usize>,
+    stop: &Arc<AtomicBool>,
+    epoch: (Instant, i64),
+    count: u64,
+) -> std::thread::JoinHandle<(Vec<u64>, Vec<u64>)> {
+    let (brokers, topic, stop) = (brokers.to_owned(), topic.to_owned(), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let mut at = vec![NEVER; count as usize];
+            let mut produced = vec![NEVER; count as usize];
+            read_scores(
+                &brokers,
+                &topic,
+                which,
+                &stop,
+                epoch,
+                &mut at,
+                &mut produced,
+            );
+            (at, produced)
+        })
+        .expect("reader thread")
+}
+
+/// The `p` quantile of sorted microseconds, in milliseconds (0 when empty).
+fn quantile_ms(sorted: &[u64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(0) as f64
+        / 1000.0
+}
+
+/// CPU time per group between two readings, as a share of one core over `wall` seconds.
+fn cpu_shares(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    wall: f64,
+) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(g, a)| {
+            (
+                g.clone(),
+                (a - before.get(g).copied().unwrap_or(0.0)) / wall,
+            )
+        })
+        .collect()
 }

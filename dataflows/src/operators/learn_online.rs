@@ -2618,29 +2618,21 @@ mod tests {
 
     #[test]
     fn the_memory_budget_is_validated_naming_its_key() {
-        for bad in [0, MAX_PENDING_MEMORY_MB + 1] {
-            let config = LabelConfig {
-                pending_memory_mb: bad,
-                ..LabelConfig::default()
-            };
-            let problems = config.validate();
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert!(
-                problems[0].contains("label.pending_memory_mb"),
-                "{problems:?}"
-            );
-        }
-        for bad in [0, MAX_PENDING_MEMORY_MB + 1] {
-            let config = LabelConfig {
-                pending_stubs_memory_mb: bad,
-                ..LabelConfig::default()
-            };
-            let problems = config.validate();
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert!(
-                problems[0].contains("label.pending_stubs_memory_mb"),
-                "{problems:?}"
-            );
+        type Set = fn(&mut LabelConfig, u64);
+        let budgets: [(&str, Set); 2] = [
+            ("label.pending_memory_mb", |c, v| c.pending_memory_mb = v),
+            ("label.pending_stubs_memory_mb", |c, v| {
+                c.pending_stubs_memory_mb = v
+            }),
+        ];
+        for (key, set) in budgets {
+            for bad in [0, MAX_PENDING_MEMORY_MB + 1] {
+                let mut config = LabelConfig::default();
+                set(&mut config, bad);
+                let problems = config.validate();
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert!(problems[0].contains(key), "{problems:?}");
+            }
         }
         let config = LabelConfig {
             pending_memory_mb: 1,
