@@ -473,7 +473,6 @@ fn gh_5_a_feedback_outage_alert_arrives_on_the_alerts_topic() {
 /// each), every impression is scored exactly once across them, the processes exchange
 /// what their model replicas learned, and SIGTERM to one process stops both cleanly.
 #[test]
-#[ignore = "timing-sensitive under CI load (failed 3 of 4 clean-clone CI runs on different bounds; passes alone): run with --ignored; to be made deterministic"]
 fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
     let brokers = broker();
     let topics = Topics::create(&brokers, 4);
@@ -592,6 +591,14 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
         .iter()
         .map(|r| r["impressions"].as_f64().unwrap() + r["overall"]["positives"].as_f64().unwrap())
         .fold(0.0, f64::max);
+    // The margins, for the log of a run that fails elsewhere or comes close.
+    eprintln!(
+        "gh_3: examples {:.3} of impressions, logloss {:.3} of the base-rate entropy, \
+         newest model version {:.2}x one process's bound",
+        count / generated.impressions as f64,
+        logloss / entropy,
+        newest as f64 / alone
+    );
     assert!(
         newest as f64 > alone,
         "model version {newest}, at most {alone} updates learned by one process alone"
