@@ -162,6 +162,8 @@ fn broker_sh(command: &str, dir: &Path, port: u16) {
         .arg(command)
         .arg(dir)
         .env("CTRFLOW_BROKER_PORT", port.to_string())
+        // SQLite: what this test's broker holds must survive its restart.
+        .env("CTRFLOW_BROKER_STORAGE", "sqlite")
         .status()
         .unwrap();
     assert!(status.success(), "broker.sh {command}");

@@ -76,7 +76,7 @@ pub fn produce_raw(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
 /// How many partitions `topic` has.
 fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
     let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
         .expect("metadata");
     metadata.topics()[0].partitions().len() as i32
 }
