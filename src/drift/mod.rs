@@ -44,9 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use self::calibration::CalibrationDrift;
 use self::concept::{ConceptDrift, ConceptSettings, LossMetric};
-use self::data::{
-    Bin, CtxSketch, DistributionDrift, FieldKey, Reference, Statistic, WindowSettings,
-};
+use self::data::{CtxSketch, DistributionDrift, FieldKey, Reference, Statistic, WindowSettings};
 use self::episode::EpisodeTiming;
 use self::outage::{FeedbackOutage, OutageSettings};
 use self::response::ResponseConfig;
@@ -1012,7 +1010,7 @@ impl Detector for Drift {
                 if let Some(d) = &mut self.score
                     && self.impressions > self.score_warmup
                 {
-                    d.add(&self.score_key, Bin::Num(score_bucket(*score)), 1);
+                    d.add_num(&self.score_key, score_bucket(*score));
                     d.add_impressions(1, *ts, *ts);
                     d.maybe_evaluate(&timing, &mut self.pending);
                 }
