@@ -599,10 +599,16 @@ pub struct CtxSketch {
     seen: Vec<FieldCounts>,
     /// Distinct categorical values counted in the batch, over every field (the cap).
     distinct: usize,
+    /// `numeric_bucket(k)` of the small integers `k` (positions, hours, counts: most
+    /// numeric `ctx` values), which would otherwise cost a logarithm each.
+    small_buckets: [i32; SMALL_INTEGERS],
     impressions: u64,
     from: EventTime,
     to: EventTime,
 }
+
+/// Integers `0..SMALL_INTEGERS` get their fine bucket from a table.
+const SMALL_INTEGERS: usize = 128;
 
 /// One field's counts in the current batch.
 #[derive(Debug)]
@@ -636,6 +642,7 @@ impl CtxSketch {
             max_values,
             seen: Vec::new(),
             distinct: 0,
+            small_buckets: std::array::from_fn(|k| numeric_bucket(k as f64)),
             impressions: 0,
             from: 0,
             to: 0,
@@ -696,7 +703,14 @@ impl CtxSketch {
                     }
                 }
                 CtxValue::Num(x) => {
-                    *counts.numeric.entry(numeric_bucket(*x)).or_default() += 1;
+                    let x = *x;
+                    // `-0.0` is 0 and NaN fails the test, as `numeric_bucket` has them.
+                    let bucket = if (0.0..SMALL_INTEGERS as f64).contains(&x) && x.fract() == 0.0 {
+                        self.small_buckets[x as usize]
+                    } else {
+                        numeric_bucket(x)
+                    };
+                    *counts.numeric.entry(bucket).or_default() += 1;
                 }
             }
         }
@@ -876,6 +890,15 @@ mod tests {
         );
         assert_eq!(s.numeric, vec![("position".into(), numeric_bucket(3.0), 2)]);
         assert!(sketch.take().is_none());
+    }
+
+    #[test]
+    fn small_integer_buckets_are_numeric_buckets() {
+        let sketch = CtxSketch::new(&[], &[], 1, 1, 1);
+        for (k, b) in sketch.small_buckets.iter().enumerate() {
+            assert_eq!(*b, numeric_bucket(k as f64));
+        }
+        assert_eq!(numeric_bucket(-0.0), sketch.small_buckets[0]);
     }
 
     /// Fields in any order, a field with both kinds of value, and the cap on distinct

@@ -43,7 +43,7 @@ use ctrflow_dataflows::{Alert, Detector, EventTime, LabelSource, Observation};
 use serde::{Deserialize, Serialize};
 
 use self::calibration::CalibrationDrift;
-use self::concept::{ConceptDrift, ConceptSettings, LossMetric};
+use self::concept::{ConceptDrift, ConceptSettings, LossMetric, Served};
 use self::data::{CtxSketch, DistributionDrift, FieldKey, Reference, Statistic, WindowSettings};
 use self::episode::EpisodeTiming;
 use self::outage::{FeedbackOutage, OutageSettings};
@@ -1034,13 +1034,17 @@ impl Detector for Drift {
                 }
                 let settled = self.labels_from.is_some_and(|t| *label_ts >= t)
                     && *label_ts <= self.newest_impression.saturating_add(FLUSH_SLACK_MS);
+                if !settled && self.segments.is_none() {
+                    return;
+                }
                 let positive = label.is_positive();
                 let served = f64::from(*served);
+                let with_logit = Served::new(served);
                 if let Some(g) = &mut self.segments {
                     let settled = settled && self.examples >= self.concept_warmup;
                     g.label(
                         *id,
-                        served,
+                        with_logit,
                         positive,
                         *label_ts,
                         settled,
@@ -1053,7 +1057,7 @@ impl Detector for Drift {
                 }
                 self.examples += 1;
                 for c in &mut self.concept {
-                    c.observe(served, positive, *label_ts, &timing, &mut self.pending);
+                    c.observe_served(with_logit, positive, *label_ts, &timing, &mut self.pending);
                 }
                 if let Some(c) = &mut self.calibration
                     && self.examples > self.calibration_warmup
