@@ -997,6 +997,30 @@ impl Drift {
 
 impl Detector for Drift {
     fn observe(&mut self, observation: &Observation) {
+        self.observe_one(observation);
+    }
+
+    fn observe_all<'o>(&mut self, observations: impl Iterator<Item = &'o Observation>) {
+        for o in observations {
+            self.observe_one(o);
+        }
+    }
+
+    fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
+        if let Some(o) = &mut self.outage {
+            o.advance(now, &self.timing, &mut self.pending);
+        }
+        if let Some(g) = &mut self.segments {
+            g.advance(now);
+        }
+        alerts.append(&mut self.pending);
+    }
+}
+
+impl Drift {
+    /// [`Detector::observe`], inlined into the loop over a run of observations.
+    #[inline(always)]
+    fn observe_one(&mut self, observation: &Observation) {
         let timing = self.timing;
         match observation {
             Observation::Impression { ts, score } => {
@@ -1072,16 +1096,6 @@ impl Detector for Drift {
                 }
             }
         }
-    }
-
-    fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
-        if let Some(o) = &mut self.outage {
-            o.advance(now, &self.timing, &mut self.pending);
-        }
-        if let Some(g) = &mut self.segments {
-            g.advance(now);
-        }
-        alerts.append(&mut self.pending);
     }
 }
 
