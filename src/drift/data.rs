@@ -610,9 +610,21 @@ pub struct CtxSketch {
 /// Integers `0..SMALL_INTEGERS` get their fine bucket from a table.
 const SMALL_INTEGERS: usize = 128;
 
+/// A name's length and first 8 bytes, which tell short names (most `ctx` field names)
+/// apart without a call to `memcmp` per field per impression.
+fn short_key(name: &str) -> (usize, u64) {
+    let mut prefix = 0u64;
+    for (i, &b) in name.as_bytes().iter().take(8).enumerate() {
+        prefix |= u64::from(b) << (8 * i);
+    }
+    (name.len(), prefix)
+}
+
 /// One field's counts in the current batch.
 #[derive(Debug)]
 struct FieldCounts {
+    /// [`short_key`] of `name`.
+    key: (usize, u64),
     name: CompactString,
     wanted: bool,
     /// Met in the current batch (fields not met in a batch are forgotten at its end, so
@@ -622,6 +634,13 @@ struct FieldCounts {
     /// Values beyond the cap on distinct values.
     overflow: u32,
     numeric: FxHashMap<i32, u32>,
+}
+
+impl FieldCounts {
+    /// Whether this is field `name`, whose [`short_key`] is `key`.
+    fn is(&self, key: (usize, u64), name: &str) -> bool {
+        self.key == key && (key.0 <= 8 || self.name == name)
+    }
 }
 
 impl CtxSketch {
@@ -657,12 +676,14 @@ impl CtxSketch {
 
     /// The index in `seen` of `field`, the `position`-th field of its event; added when new.
     fn field(&mut self, position: usize, field: &str) -> usize {
+        let key = short_key(field);
         let found = match self.seen.get(position) {
-            Some(f) if f.name == field => Some(position),
-            _ => self.seen.iter().position(|f| f.name == field),
+            Some(f) if f.is(key, field) => Some(position),
+            _ => self.seen.iter().position(|f| f.is(key, field)),
         };
         let i = found.unwrap_or_else(|| {
             self.seen.push(FieldCounts {
+                key,
                 name: field.into(),
                 wanted: self.wanted(field),
                 used: false,
@@ -890,6 +911,26 @@ mod tests {
         );
         assert_eq!(s.numeric, vec![("position".into(), numeric_bucket(3.0), 2)]);
         assert!(sketch.take().is_none());
+    }
+
+    #[test]
+    fn long_field_names_sharing_their_first_bytes_are_told_apart() {
+        let line = br#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"category_a":"x","category_b":"y","cat":"z"}}"#;
+        let crate::event::Event::Impression(imp) = crate::event::decode(line, 1 << 20).unwrap()
+        else {
+            panic!()
+        };
+        let mut sketch = CtxSketch::new(&[], &[], 2, 60_000, 100);
+        assert!(sketch.observe(&imp).is_none());
+        let s = sketch.observe(&imp).expect("a batch of 2");
+        assert_eq!(
+            s.categorical,
+            vec![
+                ("cat".into(), Some("z".into()), 2),
+                ("category_a".into(), Some("x".into()), 2),
+                ("category_b".into(), Some("y".into()), 2),
+            ]
+        );
     }
 
     #[test]
