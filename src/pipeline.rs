@@ -337,6 +337,13 @@ impl Detector for Watch {
         }
     }
 
+    fn observe_all<'o>(&mut self, observations: impl Iterator<Item = &'o Observation>) {
+        match &mut self.detectors {
+            Watching::Plain(d) => d.observe_all(observations),
+            Watching::Recorded(t) => t.observe_all(observations),
+        }
+    }
+
     fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
         let from = alerts.len();
         match &mut self.detectors {

@@ -110,6 +110,17 @@ pub fn numeric_bucket(x: f64) -> i32 {
 pub trait Detector {
     /// Takes one observation.
     fn observe(&mut self, observation: &Observation);
+    /// Takes observations in order, as [`observe`](Detector::observe) one at a time would;
+    /// the operator hands over each ready run this way, so that a detector can save the
+    /// call per observation.
+    fn observe_all<'o>(&mut self, observations: impl Iterator<Item = &'o Observation>)
+    where
+        Self: Sized,
+    {
+        for o in observations {
+            self.observe(o);
+        }
+    }
     /// Event time has reached `now` (the watermark): evaluate, and append alerts.
     fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>);
 }

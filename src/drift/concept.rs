@@ -137,6 +137,26 @@ impl Weights {
     }
 }
 
+/// A served score and its logit (of the clamped score): every detector watching an
+/// example takes the logit, so it is computed once per example.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Served {
+    /// The served score.
+    pub p: f64,
+    /// `logit(clamp_probability(p))`.
+    pub logit: f64,
+}
+
+impl Served {
+    /// `p` and its logit.
+    pub fn new(p: f64) -> Self {
+        Self {
+            p,
+            logit: logit(crate::model::logistic::clamp_probability(p)),
+        }
+    }
+}
+
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
@@ -178,9 +198,25 @@ impl ConceptDrift {
         timing: &EpisodeTiming,
         out: &mut Vec<Alert>,
     ) {
+        self.observe_served(Served::new(served), positive, ts, timing, out);
+    }
+
+    /// [`observe`](Self::observe) with the served score's logit already computed (once
+    /// for every detector watching the example).
+    pub fn observe_served(
+        &mut self,
+        served: Served,
+        positive: bool,
+        ts: EventTime,
+        timing: &EpisodeTiming,
+        out: &mut Vec<Alert>,
+    ) {
         let s = self.settings;
         let (fast_weight, slow_weight) = self.weights.get(&s);
-        let l = logit(crate::model::logistic::clamp_probability(served));
+        let Served {
+            p: served,
+            logit: l,
+        } = served;
         // The plain mean at first, then a slow moving average: a short stream (a small
         // segment) is centred on its own mean, not on its first example.
         let w = slow_weight.max(1.0 / (self.seen + 1) as f64);

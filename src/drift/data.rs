@@ -136,12 +136,67 @@ pub struct DistributionDrift {
     /// `data_drift` metric names are `<prefix><field>`.
     prefix: CompactString,
     settings: WindowSettings,
-    current: Slice,
+    current: Current,
     slices: VecDeque<Slice>,
     reference: Option<Slice>,
     episodes: BTreeMap<FieldKey, Episode>,
     /// Evaluations done (one per field per closed slice).
     pub evaluations: u64,
+}
+
+/// The slice being filled, with the fine buckets of one numeric field counted one at a
+/// time ([`DistributionDrift::add_num`]) held back as a plain list and folded into its
+/// counts when it closes: one push per impression instead of a tree insertion. Serialized
+/// as the [`Slice`] with those folded in, so that checkpoints keep their form.
+#[derive(Clone, Debug, Default)]
+struct Current {
+    slice: Slice,
+    deferred: Vec<i32>,
+    /// The field of `deferred`.
+    deferred_key: Option<FieldKey>,
+}
+
+impl Current {
+    /// Folds the deferred buckets into the slice's counts.
+    fn fold(&mut self) {
+        let Some(key) = &self.deferred_key else {
+            return;
+        };
+        if self.deferred.is_empty() {
+            return;
+        }
+        self.deferred.sort_unstable();
+        let bins = match self.slice.fields.get_mut(key) {
+            Some(bins) => bins,
+            None => self.slice.fields.entry(key.clone()).or_default(),
+        };
+        for run in self.deferred.chunk_by(|a, b| a == b) {
+            *bins.entry(Bin::Num(run[0])).or_default() += run.len() as u64;
+        }
+        self.deferred.clear();
+    }
+}
+
+impl Serialize for Current {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.deferred.is_empty() {
+            self.slice.serialize(serializer)
+        } else {
+            let mut folded = self.clone();
+            folded.fold();
+            folded.slice.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Current {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            slice: Slice::deserialize(deserializer)?,
+            deferred: Vec::new(),
+            deferred_key: None,
+        })
+    }
 }
 
 /// One field's comparison.
@@ -163,7 +218,7 @@ impl DistributionDrift {
         Self {
             prefix: prefix.into(),
             settings,
-            current: Slice::default(),
+            current: Current::default(),
             slices: VecDeque::new(),
             reference: None,
             episodes: BTreeMap::new(),
@@ -171,18 +226,33 @@ impl DistributionDrift {
         }
     }
 
+    /// Counts one value in fine bucket `bucket` of numeric `field` in the current slice,
+    /// like `add(field, Bin::Num(bucket), 1)`; meant for the one field a detector counts
+    /// per impression (the score): a second field is counted by [`Self::add`].
+    pub fn add_num(&mut self, field: &FieldKey, bucket: i32) {
+        let c = &mut self.current;
+        match &c.deferred_key {
+            Some(key) if key == field => c.deferred.push(bucket),
+            Some(_) => self.add(field, Bin::Num(bucket), 1),
+            None => {
+                c.deferred_key = Some(field.clone());
+                c.deferred.push(bucket);
+            }
+        }
+    }
+
     /// Counts `n` of `bin` for `field` in the current slice.
     pub fn add(&mut self, field: &FieldKey, bin: Bin, n: u64) {
-        let bins = match self.current.fields.get_mut(field) {
+        let bins = match self.current.slice.fields.get_mut(field) {
             Some(bins) => bins,
-            None => self.current.fields.entry(field.clone()).or_default(),
+            None => self.current.slice.fields.entry(field.clone()).or_default(),
         };
         *bins.entry(bin).or_default() += n;
     }
 
     /// Counts `n` impressions seen over `from..=to` in the current slice.
     pub fn add_impressions(&mut self, n: u64, from: EventTime, to: EventTime) {
-        let s = &mut self.current;
+        let s = &mut self.current.slice;
         if s.impressions == 0 {
             s.from = from;
             s.to = to;
@@ -207,10 +277,11 @@ impl DistributionDrift {
     /// Closes the current slice if it is full, and evaluates.
     pub fn maybe_evaluate(&mut self, timing: &EpisodeTiming, out: &mut Vec<Alert>) {
         let settings = self.settings;
-        if self.current.impressions < settings.slice_impressions {
+        if self.current.slice.impressions < settings.slice_impressions {
             return;
         }
-        let slice = std::mem::take(&mut self.current);
+        self.current.fold();
+        let slice = std::mem::take(&mut self.current.slice);
         self.slices.push_back(slice);
         let (reference, recent) = match settings.reference {
             Reference::Warmup => {
@@ -512,8 +583,9 @@ impl Describe for Described {
 }
 
 /// Counts the `ctx` values of the impressions one worker decodes, and hands them over in
-/// batches ([`DataSummary`]). Reuses its maps, so counting allocates only for a value not
-/// seen in the batch so far.
+/// batches ([`DataSummary`]). Counts per field, so that a value already seen in the batch
+/// is one hash lookup by `&str` (no key built); the fields stay from batch to batch with
+/// their maps, so counting allocates only for a value not seen in the batch so far.
 #[derive(Debug)]
 pub struct CtxSketch {
     fields: Vec<CompactString>,
@@ -521,12 +593,54 @@ pub struct CtxSketch {
     batch_impressions: u64,
     batch_ms: i64,
     max_values: usize,
-    categorical: FxHashMap<(CompactString, CompactString), u32>,
-    numeric: FxHashMap<(CompactString, i32), u32>,
-    overflow: FxHashMap<CompactString, u32>,
+    /// The fields met lately (those of the current batch, and of the previous one until it
+    /// ends), wanted or not, in order of first appearance: events mostly list their fields
+    /// in one order, so the field at the same position is tried first.
+    seen: Vec<FieldCounts>,
+    /// Distinct categorical values counted in the batch, over every field (the cap).
+    distinct: usize,
+    /// `numeric_bucket(k)` of the small integers `k` (positions, hours, counts: most
+    /// numeric `ctx` values), which would otherwise cost a logarithm each.
+    small_buckets: [i32; SMALL_INTEGERS],
     impressions: u64,
     from: EventTime,
     to: EventTime,
+}
+
+/// Integers `0..SMALL_INTEGERS` get their fine bucket from a table.
+const SMALL_INTEGERS: usize = 128;
+
+/// A name's length and first 8 bytes, which tell short names (most `ctx` field names)
+/// apart without a call to `memcmp` per field per impression.
+fn short_key(name: &str) -> (usize, u64) {
+    let mut prefix = 0u64;
+    for (i, &b) in name.as_bytes().iter().take(8).enumerate() {
+        prefix |= u64::from(b) << (8 * i);
+    }
+    (name.len(), prefix)
+}
+
+/// One field's counts in the current batch.
+#[derive(Debug)]
+struct FieldCounts {
+    /// [`short_key`] of `name`.
+    key: (usize, u64),
+    name: CompactString,
+    wanted: bool,
+    /// Met in the current batch (fields not met in a batch are forgotten at its end, so
+    /// that a stream of ever new field names does not grow the list).
+    used: bool,
+    categorical: FxHashMap<CompactString, u32>,
+    /// Values beyond the cap on distinct values.
+    overflow: u32,
+    numeric: FxHashMap<i32, u32>,
+}
+
+impl FieldCounts {
+    /// Whether this is field `name`, whose [`short_key`] is `key`.
+    fn is(&self, key: (usize, u64), name: &str) -> bool {
+        self.key == key && (key.0 <= 8 || self.name == name)
+    }
 }
 
 impl CtxSketch {
@@ -545,9 +659,9 @@ impl CtxSketch {
             batch_impressions: batch_impressions.max(1),
             batch_ms: batch_ms as i64,
             max_values,
-            categorical: FxHashMap::default(),
-            numeric: FxHashMap::default(),
-            overflow: FxHashMap::default(),
+            seen: Vec::new(),
+            distinct: 0,
+            small_buckets: std::array::from_fn(|k| numeric_bucket(k as f64)),
             impressions: 0,
             from: 0,
             to: 0,
@@ -560,6 +674,29 @@ impl CtxSketch {
             && (self.fields.is_empty() || self.fields.iter().any(|f| f == field))
     }
 
+    /// The index in `seen` of `field`, the `position`-th field of its event; added when new.
+    fn field(&mut self, position: usize, field: &str) -> usize {
+        let key = short_key(field);
+        let found = match self.seen.get(position) {
+            Some(f) if f.is(key, field) => Some(position),
+            _ => self.seen.iter().position(|f| f.is(key, field)),
+        };
+        let i = found.unwrap_or_else(|| {
+            self.seen.push(FieldCounts {
+                key,
+                name: field.into(),
+                wanted: self.wanted(field),
+                used: false,
+                categorical: FxHashMap::default(),
+                overflow: 0,
+                numeric: FxHashMap::default(),
+            });
+            self.seen.len() - 1
+        });
+        self.seen[i].used = true;
+        i
+    }
+
     /// Counts one impression's values; returns a summary when a batch is complete.
     pub fn observe(&mut self, imp: &Impression<'_>) -> Option<DataSummary> {
         if self.impressions == 0 {
@@ -569,27 +706,32 @@ impl CtxSketch {
         self.from = self.from.min(imp.ts);
         self.to = self.to.max(imp.ts);
         self.impressions += 1;
-        for (field, value) in &imp.ctx {
-            if !self.wanted(field) {
+        for (position, (field, value)) in imp.ctx.iter().enumerate() {
+            let i = self.field(position, field);
+            let counts = &mut self.seen[i];
+            if !counts.wanted {
                 continue;
             }
             match value {
                 CtxValue::Str(s) => {
-                    let key = (
-                        CompactString::from(field.as_ref()),
-                        CompactString::from(s.as_ref()),
-                    );
-                    if let Some(n) = self.categorical.get_mut(&key) {
+                    if let Some(n) = counts.categorical.get_mut(s.as_ref()) {
                         *n += 1;
-                    } else if self.categorical.len() < self.max_values {
-                        self.categorical.insert(key, 1);
+                    } else if self.distinct < self.max_values {
+                        counts.categorical.insert(s.as_ref().into(), 1);
+                        self.distinct += 1;
                     } else {
-                        *self.overflow.entry(key.0).or_default() += 1;
+                        counts.overflow += 1;
                     }
                 }
                 CtxValue::Num(x) => {
-                    let key = (CompactString::from(field.as_ref()), numeric_bucket(*x));
-                    *self.numeric.entry(key).or_default() += 1;
+                    let x = *x;
+                    // `-0.0` is 0 and NaN fails the test, as `numeric_bucket` has them.
+                    let bucket = if (0.0..SMALL_INTEGERS as f64).contains(&x) && x.fract() == 0.0 {
+                        self.small_buckets[x as usize]
+                    } else {
+                        numeric_bucket(x)
+                    };
+                    *counts.numeric.entry(bucket).or_default() += 1;
                 }
             }
         }
@@ -603,15 +745,24 @@ impl CtxSketch {
         if self.impressions == 0 {
             return None;
         }
-        let mut categorical: Vec<_> = self
-            .categorical
-            .drain()
-            .map(|((f, v), n)| (f, Some(v), n))
-            .chain(self.overflow.drain().map(|(f, n)| (f, None, n)))
-            .collect();
+        let mut categorical = Vec::new();
+        let mut numeric = Vec::new();
+        for f in &mut self.seen {
+            let name = &f.name;
+            categorical.extend(
+                f.categorical
+                    .drain()
+                    .map(|(v, n)| (name.clone(), Some(v), n)),
+            );
+            if f.overflow > 0 {
+                categorical.push((name.clone(), None, std::mem::take(&mut f.overflow)));
+            }
+            numeric.extend(f.numeric.drain().map(|(b, n)| (name.clone(), b, n)));
+        }
+        // The keys are unique, so the order is that of the fields and values alone.
         categorical.sort_unstable();
-        let mut numeric: Vec<_> = self.numeric.drain().map(|((f, b), n)| (f, b, n)).collect();
         numeric.sort_unstable();
+        self.seen.retain_mut(|f| std::mem::take(&mut f.used));
         let summary = DataSummary {
             from: self.from,
             to: self.to,
@@ -620,6 +771,7 @@ impl CtxSketch {
             numeric,
         };
         self.impressions = 0;
+        self.distinct = 0;
         Some(summary)
     }
 }
@@ -678,6 +830,48 @@ mod tests {
         assert_eq!(resolved[0].state, AlertState::Resolved);
     }
 
+    /// Scores counted one at a time (deferred to the slice's end) give the slices, stats
+    /// and alerts of the same counts added directly.
+    #[test]
+    fn deferred_numeric_counts_equal_direct_ones() {
+        let key: FieldKey = ("score".into(), true);
+        let settings = WindowSettings {
+            top_k: 1,
+            ..settings(Reference::Lagging)
+        };
+        let (mut direct, mut deferred) = (
+            DistributionDrift::new("", settings),
+            DistributionDrift::new("", settings),
+        );
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..40_000i64 {
+            // A level that moves after 25k, with ties and negative buckets.
+            let bucket = (i * 7919 % 13) as i32 - 6 + if i > 25_000 { 4 } else { 0 };
+            direct.add(&key, Bin::Num(bucket), 1);
+            direct.add_impressions(1, i, i);
+            direct.maybe_evaluate(&TIMING, &mut a);
+            deferred.add_num(&key, bucket);
+            deferred.add_impressions(1, i, i);
+            deferred.maybe_evaluate(&TIMING, &mut b);
+            if i == 12_345 {
+                // A checkpoint mid-slice has the form of the direct one, and resumes.
+                use ctrflow_state::codec::{decode_value, encode_value};
+                let (mut saved, mut expected) = (Vec::new(), Vec::new());
+                encode_value(&deferred, &mut saved);
+                encode_value(&direct, &mut expected);
+                assert_eq!(saved, expected);
+                deferred = decode_value("drift", &saved).unwrap();
+            }
+        }
+        assert!(!a.is_empty(), "the shift is seen");
+        assert_eq!(a, b);
+        assert_eq!(direct.slices, deferred.slices);
+        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+        direct.stats(&mut sa);
+        deferred.stats(&mut sb);
+        assert_eq!(sa, sb);
+    }
+
     #[test]
     fn a_lagging_reference_forgets_an_old_shift() {
         let mut d = DistributionDrift::new("ctx.", settings(Reference::Lagging));
@@ -714,6 +908,69 @@ mod tests {
         assert_eq!(
             s.categorical,
             vec![("device".into(), Some("ios".into()), 2)]
+        );
+        assert_eq!(s.numeric, vec![("position".into(), numeric_bucket(3.0), 2)]);
+        assert!(sketch.take().is_none());
+    }
+
+    #[test]
+    fn long_field_names_sharing_their_first_bytes_are_told_apart() {
+        let line = br#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"category_a":"x","category_b":"y","cat":"z"}}"#;
+        let crate::event::Event::Impression(imp) = crate::event::decode(line, 1 << 20).unwrap()
+        else {
+            panic!()
+        };
+        let mut sketch = CtxSketch::new(&[], &[], 2, 60_000, 100);
+        assert!(sketch.observe(&imp).is_none());
+        let s = sketch.observe(&imp).expect("a batch of 2");
+        assert_eq!(
+            s.categorical,
+            vec![
+                ("cat".into(), Some("z".into()), 2),
+                ("category_a".into(), Some("x".into()), 2),
+                ("category_b".into(), Some("y".into()), 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn small_integer_buckets_are_numeric_buckets() {
+        let sketch = CtxSketch::new(&[], &[], 1, 1, 1);
+        for (k, b) in sketch.small_buckets.iter().enumerate() {
+            assert_eq!(*b, numeric_bucket(k as f64));
+        }
+        assert_eq!(numeric_bucket(-0.0), sketch.small_buckets[0]);
+    }
+
+    /// Fields in any order, a field with both kinds of value, and the cap on distinct
+    /// values shared by every field.
+    #[test]
+    fn sketch_counts_fields_in_any_order_and_caps_values_over_all_fields() {
+        let lines: [&[u8]; 3] = [
+            br#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"device":"ios","country":"JP","position":3}}"#,
+            br#"{"type":"impression","id":"b","ts":6,"user":"u","item":"i","ctx":{"position":"top","country":"US","device":"ios"}}"#,
+            br#"{"type":"impression","id":"c","ts":7,"user":"u","item":"i","ctx":{"country":"FR","device":"web","position":3}}"#,
+        ];
+        let mut sketch = CtxSketch::new(&[], &[], 3, 60_000, 3);
+        let mut summary = None;
+        for line in lines {
+            let crate::event::Event::Impression(imp) = crate::event::decode(line, 1 << 20).unwrap()
+            else {
+                panic!()
+            };
+            summary = sketch.observe(&imp);
+        }
+        let s = summary.expect("a batch of 3");
+        // The first three distinct values fit (ios, JP, top); US, FR and web do not.
+        assert_eq!(
+            s.categorical,
+            vec![
+                ("country".into(), None, 2),
+                ("country".into(), Some("JP".into()), 1),
+                ("device".into(), None, 1),
+                ("device".into(), Some("ios".into()), 2),
+                ("position".into(), Some("top".into()), 1),
+            ]
         );
         assert_eq!(s.numeric, vec![("position".into(), numeric_bucket(3.0), 2)]);
         assert!(sketch.take().is_none());

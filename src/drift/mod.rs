@@ -43,10 +43,8 @@ use ctrflow_dataflows::{Alert, Detector, EventTime, LabelSource, Observation};
 use serde::{Deserialize, Serialize};
 
 use self::calibration::CalibrationDrift;
-use self::concept::{ConceptDrift, ConceptSettings, LossMetric};
-use self::data::{
-    Bin, CtxSketch, DistributionDrift, FieldKey, Reference, Statistic, WindowSettings,
-};
+use self::concept::{ConceptDrift, ConceptSettings, LossMetric, Served};
+use self::data::{CtxSketch, DistributionDrift, FieldKey, Reference, Statistic, WindowSettings};
 use self::episode::EpisodeTiming;
 use self::outage::{FeedbackOutage, OutageSettings};
 use self::response::ResponseConfig;
@@ -999,6 +997,30 @@ impl Drift {
 
 impl Detector for Drift {
     fn observe(&mut self, observation: &Observation) {
+        self.observe_one(observation);
+    }
+
+    fn observe_all<'o>(&mut self, observations: impl Iterator<Item = &'o Observation>) {
+        for o in observations {
+            self.observe_one(o);
+        }
+    }
+
+    fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
+        if let Some(o) = &mut self.outage {
+            o.advance(now, &self.timing, &mut self.pending);
+        }
+        if let Some(g) = &mut self.segments {
+            g.advance(now);
+        }
+        alerts.append(&mut self.pending);
+    }
+}
+
+impl Drift {
+    /// [`Detector::observe`], inlined into the loop over a run of observations.
+    #[inline(always)]
+    fn observe_one(&mut self, observation: &Observation) {
         let timing = self.timing;
         match observation {
             Observation::Impression { ts, score } => {
@@ -1012,7 +1034,7 @@ impl Detector for Drift {
                 if let Some(d) = &mut self.score
                     && self.impressions > self.score_warmup
                 {
-                    d.add(&self.score_key, Bin::Num(score_bucket(*score)), 1);
+                    d.add_num(&self.score_key, score_bucket(*score));
                     d.add_impressions(1, *ts, *ts);
                     d.maybe_evaluate(&timing, &mut self.pending);
                 }
@@ -1036,13 +1058,17 @@ impl Detector for Drift {
                 }
                 let settled = self.labels_from.is_some_and(|t| *label_ts >= t)
                     && *label_ts <= self.newest_impression.saturating_add(FLUSH_SLACK_MS);
+                if !settled && self.segments.is_none() {
+                    return;
+                }
                 let positive = label.is_positive();
                 let served = f64::from(*served);
+                let with_logit = Served::new(served);
                 if let Some(g) = &mut self.segments {
                     let settled = settled && self.examples >= self.concept_warmup;
                     g.label(
                         *id,
-                        served,
+                        with_logit,
                         positive,
                         *label_ts,
                         settled,
@@ -1055,7 +1081,7 @@ impl Detector for Drift {
                 }
                 self.examples += 1;
                 for c in &mut self.concept {
-                    c.observe(served, positive, *label_ts, &timing, &mut self.pending);
+                    c.observe_served(with_logit, positive, *label_ts, &timing, &mut self.pending);
                 }
                 if let Some(c) = &mut self.calibration
                     && self.examples > self.calibration_warmup
@@ -1070,16 +1096,6 @@ impl Detector for Drift {
                 }
             }
         }
-    }
-
-    fn advance(&mut self, now: EventTime, alerts: &mut Vec<Alert>) {
-        if let Some(o) = &mut self.outage {
-            o.advance(now, &self.timing, &mut self.pending);
-        }
-        if let Some(g) = &mut self.segments {
-            g.advance(now);
-        }
-        alerts.append(&mut self.pending);
     }
 }
 

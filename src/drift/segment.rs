@@ -39,7 +39,7 @@ use ctrflow_dataflows::{Alert, AlertKind, AlertState, EventTime};
 use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
-use super::concept::{ConceptDrift, ConceptSettings, LossMetric};
+use super::concept::{ConceptDrift, ConceptSettings, LossMetric, Served};
 use super::episode::EpisodeTiming;
 
 /// The key joining an impression's segment with its label: a hash of its id.
@@ -153,7 +153,7 @@ impl SegmentDrift {
     pub fn label(
         &mut self,
         id: u64,
-        served: f64,
+        served: Served,
         positive: bool,
         ts: EventTime,
         settled: bool,
@@ -169,7 +169,7 @@ impl SegmentDrift {
         let segment = &mut self.segments[usize::from(index)];
         segment
             .drift
-            .observe(served, positive, ts, timing, &mut self.scratch);
+            .observe_served(served, positive, ts, timing, &mut self.scratch);
         for alert in std::mem::take(&mut self.scratch) {
             self.union(index, alert, timing, out);
         }
@@ -311,7 +311,7 @@ mod tests {
             };
             d.label(
                 id,
-                p,
+                Served::new(p),
                 rng.random_bool(truth.min(1.0)),
                 ts,
                 true,

@@ -269,21 +269,23 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                 // stable sort of the buffer by `(ts, kind)` without moving the (larger)
                 // observations; those not ready stay in arrival order, so ties keep
                 // arrival order across rounds too.
-                if buffer.iter().any(|o| o.ts() < now) {
-                    order.clear();
-                    order.extend(
-                        (buffer.iter().enumerate())
-                            .filter(|(_, o)| o.ts() < now)
-                            .map(|(i, o)| (o.ts(), kind_order(o), i)),
-                    );
+                order.clear();
+                order.extend(
+                    (buffer.iter().enumerate())
+                        .filter(|(_, o)| o.ts() < now)
+                        .map(|(i, o)| (o.ts(), kind_order(o), i)),
+                );
+                if !order.is_empty() {
                     // Unique keys: any sort gives the same order; the stable one merges
                     // the sorted runs the workers' batches arrive in instead of
                     // partitioning them again.
                     order.sort();
-                    for &(_, _, i) in &order {
-                        detector.observe(&buffer[i]);
+                    detector.observe_all(order.iter().map(|&(_, _, i)| &buffer[i]));
+                    if order.len() == buffer.len() {
+                        buffer.clear();
+                    } else {
+                        buffer.retain(|o| o.ts() >= now);
                     }
-                    buffer.retain(|o| o.ts() >= now);
                 }
                 if now > *advanced {
                     // At the end of the input, evaluate up to the last observation seen.
