@@ -51,8 +51,22 @@
 //! With checkpoints, a chunk leaves only when all of it is checkpointed unchanged, and
 //! nothing but id hints is written besides checkpoints: the hints are checked against the
 //! [`PENDING`] record they point to, so a hint left by a run that crashed (whose
-//! sequence numbers a restart gave to other impressions) is harmless. A restart restores
-//! every stub into memory, then chunks leave again at the first batch.
+//! sequence numbers a restart gave to other impressions) is harmless.
+//!
+//! # A restart stays within the budget
+//!
+//! A worker that ran within its budget must restart within it too: restoring every stub
+//! and spilling again at the first batch would need the memory of all open impressions at
+//! once (the very thing the budget exists to avoid, and an out-of-memory kill when millions
+//! are open). The checkpoint already holds each impression under its own key in sequence
+//! order, so a chunk left in the store is exactly a chunk out of memory: a restore reads
+//! the ring's cursors, then the checkpoint chunk by chunk, and keeps in memory only what a
+//! worker that never stopped would have kept (the chunks no budget moves out, then the
+//! oldest others while they fit). Chunks are still read once each, to give their ids fresh
+//! hints: the hints in the store are not the checkpoint's (a run that crashed after it
+//! wrote and deleted some), and a stub out of memory without a true hint would take its
+//! feedback for an orphan's. Which chunks are in memory never changes a label, an example
+//! or a counter, so a restored worker goes on exactly as one that never stopped.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
