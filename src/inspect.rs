@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ctrflow_dataflows::operators::{Aggregates, AggregatesReport, JoinState, JoinStats};
+use ctrflow_dataflows::operators::{
+    Aggregates, AggregatesReport, JoinState, JoinStats, LabelConfig,
+};
 use ctrflow_state::store::counter_value;
 use ctrflow_state::{Durable, Manifest, Recovery, StateConfig, TableId, TableStats};
 use serde::Serialize;
@@ -145,8 +147,14 @@ pub fn inspect(options: &InspectOptions) -> anyhow::Result<InspectReport> {
     let mut join = JoinStats::default();
     let (mut pending, mut awaiting, mut buffered) = (0, 0, 0);
     let workers = checkpoint.as_ref().map_or(0, |m| m.workers);
+    // Every stub, whatever the worker's budget: awaiting labels are counted in memory, and
+    // stubs left in the store would need id hints written.
+    let label = LabelConfig {
+        pending_stubs_memory_mb: u64::MAX,
+        ..options.config.label.clone()
+    };
     for w in 0..workers {
-        if let Some(state) = JoinState::restore(store, w, &options.config.label)? {
+        if let Some(state) = JoinState::restore(store, w, &label)? {
             join.merge(&state.stats);
             pending += state.pending() as u64;
             awaiting += state.awaiting_label() as u64;

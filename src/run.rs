@@ -125,6 +125,8 @@ pub struct RunStatus {
     bad_by_reason: Vec<Mutex<BTreeMap<&'static str, u64>>>,
     /// Per worker: label-join counters, as of its last publish.
     join: Vec<Mutex<JoinStats>>,
+    /// Per worker: pending impressions in and out of memory, as of its last publish.
+    pending: Vec<Mutex<SpillStats>>,
     /// Per worker: lag per partition, as of its last publish.
     partition_lag: Vec<Mutex<PartitionLags>>,
     /// Per local worker: it has completed a poll round.
@@ -173,6 +175,7 @@ impl RunStatus {
             events_by_type: Default::default(),
             bad_by_reason: (0..workers).map(|_| Mutex::default()).collect(),
             join: (0..workers).map(|_| Mutex::default()).collect(),
+            pending: (0..workers).map(|_| Mutex::default()).collect(),
             partition_lag: (0..workers).map(|_| Mutex::default()).collect(),
             polled: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             drift: Arc::default(),
@@ -680,6 +683,9 @@ impl Running {
             }
             if let Ok(join) = status.join[w].lock() {
                 s.join.merge(&join);
+            }
+            if let Ok(pending) = status.pending[w].lock() {
+                s.pending.merge(&pending);
             }
             if let Ok(lag) = status.partition_lag[w].lock() {
                 s.lag.extend(lag.iter().filter_map(|&(p, l)| Some((p, l?))));
@@ -1392,6 +1398,9 @@ fn publish(
     }
     if let Ok(mut slot) = status.join[index].lock() {
         *slot = dataflow.join.borrow().stats.clone();
+    }
+    if let Ok(mut slot) = status.pending[index].lock() {
+        *slot = dataflow.join.borrow().spill_stats();
     }
     if let Ok(mut slot) = status.bad_by_reason[index].lock() {
         slot.clone_from(&bad.by_reason);

@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use ctrflow_dataflows::operators::JoinStats;
+use ctrflow_dataflows::operators::{JoinStats, SpillStats};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "ctrflow_label_join_total",
         Kind::Counter,
         "Label-join outcomes: positive_click, positive_like, negative_fast_skip, negative_expired, provisional_negative, slow_skip, late_feedback, orphan_feedback, duplicate_feedback, late_impression, duplicate_impression.",
+    ),
+    (
+        "ctrflow_pending_stub_chunks_spilled_total",
+        Kind::Counter,
+        "Chunks of pending impressions' stubs (4,096 each) that left memory over label.pending_stubs_memory_mb, since the process started.",
+    ),
+    (
+        "ctrflow_pending_stub_chunks_loaded_total",
+        Kind::Counter,
+        "Chunks of stubs read back into memory from the store, since the process started.",
+    ),
+    (
+        "ctrflow_pending_stub_chunks_in_memory",
+        Kind::Gauge,
+        "Chunks of stubs in memory (peak=\"true\": the most at once since the process started, restore included).",
     ),
     (
         "ctrflow_model_version",
@@ -330,6 +345,8 @@ pub struct Snapshot {
     pub watermark_ms: u64,
     /// Label-join counters of all workers.
     pub join: JoinStats,
+    /// Pending impressions in memory and out of it, all workers.
+    pub pending: SpillStats,
     /// Model updates published.
     pub model_version: u64,
     /// Non-zero weights (`None`: not computed this time; it scans every coordinate).
@@ -382,6 +399,12 @@ pub fn publish(s: &Snapshot) {
     ] {
         counter!("ctrflow_label_join_total", "outcome" => outcome).absolute(n);
     }
+    let p = &s.pending;
+    counter!("ctrflow_pending_stub_chunks_spilled_total").absolute(p.chunks_spilled);
+    counter!("ctrflow_pending_stub_chunks_loaded_total").absolute(p.chunks_read_back);
+    gauge!("ctrflow_pending_stub_chunks_in_memory").set(p.chunks_in_memory as f64);
+    gauge!("ctrflow_pending_stub_chunks_in_memory", "peak" => "true")
+        .set(p.peak_chunks_in_memory as f64);
     gauge!("ctrflow_model_version").set(s.model_version as f64);
     if let Some(n) = s.nonzero_weights {
         gauge!("ctrflow_model_nonzero_weights").set(n as f64);
@@ -612,6 +635,8 @@ mod tests {
         };
         s.bad_by_reason.insert("not_json", 4);
         s.join.positive_click = 3;
+        s.pending.chunks_spilled = 6;
+        s.pending.peak_chunks_in_memory = 4;
         s.overall.count = 9;
         s.overall.logloss = Some(0.25);
         let text = render(&s);
@@ -622,6 +647,8 @@ mod tests {
             "ctrflow_scores_total 10",
             "ctrflow_consumer_lag_messages{topic=\"events\",partition=\"0\"} 5",
             "ctrflow_label_join_total{outcome=\"positive_click\"} 3",
+            "ctrflow_pending_stub_chunks_spilled_total 6",
+            "ctrflow_pending_stub_chunks_in_memory{peak=\"true\"} 4",
             "ctrflow_model_version 42",
             "ctrflow_model_nonzero_weights 7",
             "ctrflow_progressive_logloss{window=\"all\"} 0.25",

@@ -414,6 +414,49 @@ impl WorkerProcess {
     }
 }
 
+/// What a consumer group has committed of a topic, read as often as needed through one
+/// client.
+pub struct Committed {
+    consumer: BaseConsumer,
+    list: TopicPartitionList,
+}
+
+impl Committed {
+    /// Reads consumer group `group`'s offsets of `topic`.
+    pub fn new(brokers: &str, group: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions(&consumer, topic) {
+            list.add_partition(topic, p);
+        }
+        Self { consumer, list }
+    }
+
+    /// Messages committed, over the partitions (0 while the broker does not answer).
+    pub fn total(&self) -> i64 {
+        let committed = self
+            .consumer
+            .committed_offsets(self.list.clone(), Duration::from_secs(10))
+            .ok();
+        let total = committed.as_ref().map_or(0, |c| {
+            c.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .sum()
+        });
+        drop(committed);
+        total
+    }
+}
+
 /// Waits until consumer group `group` has committed, for every partition of `topic`, the
 /// partition's end: everything was read and (with checkpoints) checkpointed.
 pub fn wait_committed(brokers: &str, group: &str, topic: &str, timeout: Duration) {

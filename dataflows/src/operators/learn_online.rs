@@ -878,6 +878,10 @@ struct Windows {
     /// Stubs written to the store, and chunks read back, so far.
     stubs_written: u64,
     chunks_read_back: u64,
+    /// Chunks moved out of memory over the budget, so far.
+    chunks_spilled: u64,
+    /// Chunks the restore left in the store.
+    chunks_left_at_restore: u64,
     /// Most stubs in memory after a batch.
     peak_stubs: usize,
     /// Stubs brought back on their own (loose), for their feedback, so far.
@@ -934,6 +938,8 @@ impl Windows {
             stub_budget: config.pending_stubs(),
             stubs_written: 0,
             chunks_read_back: 0,
+            chunks_spilled: 0,
+            chunks_left_at_restore: 0,
             peak_stubs: 0,
             stubs_fetched: 0,
             hot_cursor: 0,
@@ -1291,6 +1297,7 @@ impl Windows {
                 continue;
             }
             moved = true;
+            self.chunks_spilled += 1;
             for (seq, (id, entry)) in range.zip(self.ring.spill_chunk(n)) {
                 if let Ok(found) = self.index.find_entry(id_hash(&id), |&s| s == seq) {
                     found.remove();
@@ -1539,6 +1546,10 @@ impl JoinState {
                 .saturating_sub(w.ring.loose() as u64),
             stubs_written: w.stubs_written,
             chunks_read_back: w.chunks_read_back,
+            chunks_spilled: w.chunks_spilled,
+            chunks_left_at_restore: w.chunks_left_at_restore,
+            chunks_in_memory: w.ring.chunks_in_memory() as u64,
+            peak_chunks_in_memory: w.ring.peak_chunks() as u64,
         }
     }
 }
@@ -1654,11 +1665,29 @@ impl JoinState {
     }
 
     /// Worker `worker`'s join state from the checkpoint in `store`, or `None` if it holds
-    /// none. Bodies beyond the memory budget stay in `store`, which the join spills to.
+    /// none. Stubs and bodies beyond their memory budgets stay in `store`, which the join
+    /// spills to (see [`Windows::restore_ring`]).
     pub fn restore(
         store: &StateStore,
         worker: u32,
         config: &LabelConfig,
+    ) -> Result<Option<Self>, StateError> {
+        Self::restore_within(
+            store,
+            worker,
+            config,
+            config.pending_stubs(),
+            config.pending_bodies(),
+        )
+    }
+
+    /// [`restore`](Self::restore) within `stub_budget` stubs and `body_budget` bodies.
+    fn restore_within(
+        store: &StateStore,
+        worker: u32,
+        config: &LabelConfig,
+        stub_budget: usize,
+        body_budget: usize,
     ) -> Result<Option<Self>, StateError> {
         let Some(record) = OPERATORS.get(store, &(worker, JOIN_PART))? else {
             return Ok(None);
@@ -1666,45 +1695,12 @@ impl JoinState {
         let mut state = Self::new(config);
         state.spill_to(store.clone(), worker, SpillTo::Checkpoints);
         let w = &mut state.windows;
-        w.ring = Ring::starting_at(record.first);
-        let mut failure = None;
-        PENDING.scan(store, &worker, |(_, seq), (id, stored)| {
-            if seq != record.first + w.ring.len() as u64 {
-                failure = Some(format!(
-                    "pending impressions of worker {worker}: expected sequence number {}, found {seq}",
-                    record.first + w.ring.len() as u64
-                ));
-                return false;
-            }
-            let (mut entry, body) = stored.split();
-            entry.stored = true;
-            entry.body = if entry.decided || entry.closed {
-                BodyRef::DEAD
-            } else if w.bodies.resident() < w.budget {
-                w.bodies.insert(body)
-            } else {
-                w.spilled += 1;
-                BodyRef::SPILLED
-            };
-            w.push(id, entry);
-            true
-        })?;
-        let found = record.first + w.ring.len() as u64;
-        if failure.is_none() && found != record.end {
-            failure = Some(format!(
-                "pending impressions of worker {worker}: expected up to {}, found up to {found}",
-                record.end
-            ));
-        }
-        if let Some(reason) = failure {
-            return Err(StateError::Decode {
-                table: TableId::Pending.name(),
-                reason,
-            });
-        }
+        w.stub_budget = stub_budget;
+        w.budget = body_budget;
         w.wait_cursor = record.wait_cursor;
         w.close_cursor = record.close_cursor;
         w.processed_to = record.processed_to;
+        w.restore_ring(store, worker, record.first, record.end)?;
         w.persisted = (record.first, record.end);
         w.stored_below = match w.wait_ms {
             Some(_) => w.wait_cursor,
@@ -1714,6 +1710,119 @@ impl JoinState {
         state.buffer = record.buffer.into();
         state.schedule = record.schedule;
         Ok(Some(state))
+    }
+}
+
+/// # Restoring within the budget
+impl Windows {
+    /// Rebuilds the ring of sequence numbers `first..end` from `store`, one chunk (one
+    /// batched read) at a time, keeping in memory only the chunks a worker that never
+    /// stopped could hold within its budget: those [`stubs_within_budget`] never moves out
+    /// (the two next chunks of each cursor, the newest impressions, a partial chunk), then
+    /// the others oldest first while they fit in seven eighths of the budget. The rest stay
+    /// in the store, where the checkpoint put them, as chunks out of memory; their ids get
+    /// fresh hints, since the hints in the store are not the checkpoint's (a run that
+    /// crashed after it may have deleted or overwritten some).
+    ///
+    /// [`stubs_within_budget`]: Self::stubs_within_budget
+    fn restore_ring(
+        &mut self,
+        store: &StateStore,
+        worker: u32,
+        first: u64,
+        end: u64,
+    ) -> Result<(), StateError> {
+        let corrupt = |reason: String| StateError::Decode {
+            table: TableId::Pending.name(),
+            reason: format!("pending impressions of worker {worker}: {reason}"),
+        };
+        self.ring = Ring::starting_at(first);
+        // A checkpoint deletes what it forgets: nothing before `first` nor from `end` on.
+        let mut lowest = None;
+        PENDING.scan(store, &worker, |(_, seq), _| {
+            lowest = Some(seq);
+            false
+        })?;
+        if lowest != (first < end).then_some(first) {
+            return Err(corrupt(format!(
+                "expected sequence number {first} first, found {lowest:?}"
+            )));
+        }
+        if first == end {
+            return Ok(());
+        }
+        if PENDING.get(store, &(worker, end))?.is_some() {
+            return Err(corrupt(format!("expected up to {end}, found {end}")));
+        }
+        let (oldest, last) = (first / CHUNK, (end - 1) / CHUNK);
+        let closing = self.close_cursor.max(first) / CHUNK;
+        // With provisional negatives, impressions from the wait cursor on stay; without,
+        // those younger than `hot_ms` (found while reading them).
+        let top = match self.wait_ms {
+            Some(_) => self.wait_cursor.clamp(first, end) / CHUNK,
+            None => last,
+        };
+        let range = |n: u64| n.saturating_mul(CHUNK).max(first)..((n + 1) * CHUNK).min(end);
+        let stays = |n: u64| {
+            n < oldest + 2
+                || (closing..closing + 2).contains(&n)
+                || n >= top
+                || (n + 1) * CHUNK > end
+        };
+        let reserved: u64 = (oldest..=last)
+            .filter(|&n| stays(n))
+            .map(|n| range(n).end - range(n).start)
+            .sum();
+        let target = (self.stub_budget - self.stub_budget / 8) as u64;
+        let mut room = target.saturating_sub(reserved);
+        let mut hot = false;
+        for n in oldest..=last {
+            let seqs = range(n);
+            let keys: Vec<(u32, u64)> = seqs.clone().map(|seq| (worker, seq)).collect();
+            let values = PENDING.multi_get(store, &keys)?;
+            if let Some(i) = values.iter().position(Option::is_none) {
+                return Err(corrupt(format!(
+                    "sequence number {} is missing",
+                    seqs.start + i as u64
+                )));
+            }
+            if self.wait_ms.is_none() && !hot {
+                hot = values
+                    .iter()
+                    .flatten()
+                    .any(|(_, p)| p.ts().saturating_add(self.hot_ms) >= self.processed_to);
+            }
+            let len = seqs.end - seqs.start;
+            let keep = stays(n) || hot || room >= len;
+            if !keep {
+                let mut hints = Batch::new();
+                for (seq, (id, _)) in seqs.zip(values.into_iter().flatten()) {
+                    PENDING_IDS.put(&mut hints, &(worker, id.to_string()), &seq);
+                }
+                store.write_unsynced(hints)?;
+                self.ring.push_out(n);
+                self.chunks_left_at_restore += 1;
+                self.hot_cursor = self.ring.end();
+                continue;
+            }
+            if !stays(n) && !hot {
+                room -= len;
+            }
+            for (id, stored) in values.into_iter().flatten() {
+                let (mut entry, body) = stored.split();
+                entry.stored = true;
+                entry.body = if entry.decided || entry.closed {
+                    BodyRef::DEAD
+                } else if self.bodies.resident() < self.budget {
+                    self.bodies.insert(body)
+                } else {
+                    self.spilled += 1;
+                    BodyRef::SPILLED
+                };
+                self.push(id, entry);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -2613,6 +2722,87 @@ mod tests {
             let back = JoinState::restore(&store, 2, &config).unwrap().unwrap();
             assert_eq!(back.pending(), restarted.state.borrow().pending());
             assert_eq!(back.spill_stats().spilled, 0);
+        }
+    }
+
+    /// Stubs kept in memory by the bounded restore test: twelve chunks, of the ~50 its
+    /// three-second window holds (about eleven are the cursors' and the newest).
+    const RESTORE_STUBS: usize = 12 * CHUNK as usize;
+
+    #[test]
+    fn gh_4_a_restore_within_the_stub_budget_leaves_chunks_in_the_store_and_changes_nothing() {
+        for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
+            let dir = ScratchDir::new("pending-restore");
+            let store = dir.store();
+            let config = LabelConfig {
+                window_ms: 3 * WINDOW,
+                ..join_config(correction)
+            };
+            let records = spill_stream(2400);
+            let (expected, uninterrupted) = drive(
+                labelled(Recorder::default(), config.clone()),
+                &records,
+                |_, j| j,
+            );
+            let first = labelled(Recorder::default(), config.clone());
+            {
+                let mut state = first.state.borrow_mut();
+                state.spill_to(store.clone(), 2, SpillTo::Checkpoints);
+                state.windows.budget = TINY;
+                state.windows.stub_budget = RESTORE_STUBS;
+            }
+            let (mut restores, mut left, mut most_pending) = (0, 0, 0);
+            let (got, restarted) = drive(first, &records, |k, j| {
+                // A checkpoint every 2 chunks, a restart from the latest one every 5.
+                if k % 2 == 0 {
+                    let mut batch = Batch::new();
+                    j.state.borrow().checkpoint_into(2, &mut batch);
+                    store.write(batch).unwrap();
+                    j.state.borrow_mut().checkpoint_done();
+                }
+                if k % 5 == 4 && k % 2 == 0 {
+                    let state = JoinState::restore_within(&store, 2, &config, RESTORE_STUBS, TINY)
+                        .unwrap()
+                        .unwrap();
+                    let restored = state.spill_stats();
+                    // Never more chunks in memory than the budget holds, while restoring
+                    // a ring of up to three times as many.
+                    assert!(
+                        restored.peak_chunks_in_memory <= (RESTORE_STUBS / CHUNK as usize) as u64,
+                        "{restored:?}"
+                    );
+                    let ring = &state.windows.ring;
+                    let chunks = (ring.end() - 1) / CHUNK - ring.first / CHUNK + 1;
+                    assert_eq!(
+                        restored.chunks_in_memory + restored.chunks_left_at_restore,
+                        chunks,
+                        "{restored:?}"
+                    );
+                    restores += 1;
+                    left += restored.chunks_left_at_restore;
+                    most_pending = most_pending.max(state.pending());
+                    let learner = Recorder {
+                        updates: j.learner.updates.clone(),
+                    };
+                    let mut fresh = labelled(learner, config.clone());
+                    fresh.state = Rc::new(RefCell::new(state));
+                    return fresh;
+                }
+                j
+            });
+            assert!(
+                restores > 5 && left > 3 * restores && most_pending > 2 * RESTORE_STUBS,
+                "{restores} restores left {left} chunks in the store, at most {most_pending} pending"
+            );
+            // Exactly as if never stopped: scores, examples, updates, every counter.
+            assert_eq!(emitted(&got), emitted(&expected));
+            assert_eq!(restarted.learner.updates, uninterrupted.learner.updates);
+            assert_eq!(
+                restarted.state.borrow().stats,
+                uninterrupted.state.borrow().stats
+            );
+            let spill = restarted.state.borrow().spill_stats();
+            assert!(spill.chunks_read_back > 0, "{spill:?}");
         }
     }
 

@@ -51,8 +51,22 @@
 //! With checkpoints, a chunk leaves only when all of it is checkpointed unchanged, and
 //! nothing but id hints is written besides checkpoints: the hints are checked against the
 //! [`PENDING`] record they point to, so a hint left by a run that crashed (whose
-//! sequence numbers a restart gave to other impressions) is harmless. A restart restores
-//! every stub into memory, then chunks leave again at the first batch.
+//! sequence numbers a restart gave to other impressions) is harmless.
+//!
+//! # A restart stays within the budget
+//!
+//! A worker that ran within its budget must restart within it too: restoring every stub
+//! and spilling again at the first batch would need the memory of all open impressions at
+//! once (the very thing the budget exists to avoid, and an out-of-memory kill when millions
+//! are open). The checkpoint already holds each impression under its own key in sequence
+//! order, so a chunk left in the store is exactly a chunk out of memory: a restore reads
+//! the ring's cursors, then the checkpoint chunk by chunk, and keeps in memory only what a
+//! worker that never stopped would have kept (the chunks no budget moves out, then the
+//! oldest others while they fit). Chunks are still read once each, to give their ids fresh
+//! hints: the hints in the store are not the checkpoint's (a run that crashed after it
+//! wrote and deleted some), and a stub out of memory without a true hint would take its
+//! feedback for an orphan's. Which chunks are in memory never changes a label, an example
+//! or a counter, so a restored worker goes on exactly as one that never stopped.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -91,6 +105,11 @@ pub(super) const PENDING: Table<(u32, u64), (CompactString, Pending)> =
     Table::new(TableId::Pending);
 
 impl Pending {
+    /// When the impression was shown.
+    pub(super) fn ts(&self) -> EventTime {
+        self.ts
+    }
+
     /// The stored form of `stub` with `body` (an empty body once it is no longer needed).
     pub(super) fn of(stub: &Stub, body: &Body) -> Self {
         Self {
@@ -335,6 +354,18 @@ pub struct SpillStats {
     /// Chunks of stubs read back from the store, so far.
     #[serde(default)]
     pub chunks_read_back: u64,
+    /// Chunks of stubs that left memory for the store (over the budget), so far.
+    #[serde(default)]
+    pub chunks_spilled: u64,
+    /// Chunks of stubs a restore left in the store (beyond the budget), not read.
+    #[serde(default)]
+    pub chunks_left_at_restore: u64,
+    /// Chunks of stubs in memory now.
+    #[serde(default)]
+    pub chunks_in_memory: u64,
+    /// Most chunks of stubs in memory at once, so far (restore included).
+    #[serde(default)]
+    pub peak_chunks_in_memory: u64,
 }
 
 impl SpillStats {
@@ -350,6 +381,10 @@ impl SpillStats {
         self.stubs_spilled += other.stubs_spilled;
         self.stubs_written += other.stubs_written;
         self.chunks_read_back += other.chunks_read_back;
+        self.chunks_spilled += other.chunks_spilled;
+        self.chunks_left_at_restore += other.chunks_left_at_restore;
+        self.chunks_in_memory += other.chunks_in_memory;
+        self.peak_chunks_in_memory += other.peak_chunks_in_memory;
     }
 }
 
@@ -412,6 +447,8 @@ pub(super) struct Ring {
     /// Impressions in memory (in chunks in memory, or loose), forgotten ones of the
     /// oldest chunk included.
     pub resident: usize,
+    /// Most chunks in memory at once, so far.
+    peak_chunks: usize,
 }
 
 impl Ring {
@@ -495,10 +532,43 @@ impl Ring {
                     spilled: false,
                     hinted: false,
                 });
+                self.peak_chunks = self.peak_chunks.max(self.chunks_in_memory());
             }
         }
         self.end += 1;
         self.resident += 1;
+    }
+
+    /// Appends the whole chunk `n` as out of memory: a restore leaves it in the store,
+    /// where its impressions are, with hints for their ids.
+    ///
+    /// # Panics
+    /// If the ring does not end where chunk `n` starts (only whole chunks stay out).
+    pub fn push_out(&mut self, n: u64) {
+        assert_eq!(
+            self.end,
+            n * CHUNK,
+            "chunk {n} must start at the ring's end"
+        );
+        assert!(!self.chunks.is_empty(), "the first chunk stays in memory");
+        self.chunks.push_back(Chunk {
+            start: self.end,
+            entries: Vec::new(),
+            spilled: true,
+            hinted: true,
+        });
+        self.end += CHUNK;
+        self.spilled_chunks += 1;
+    }
+
+    /// Chunks in memory.
+    pub fn chunks_in_memory(&self) -> usize {
+        self.chunks.len() - self.spilled_chunks
+    }
+
+    /// Most chunks in memory at once, so far.
+    pub fn peak_chunks(&self) -> usize {
+        self.peak_chunks
     }
 
     /// Forgets the oldest impression, returning it and whether its chunk was out of
@@ -604,6 +674,7 @@ impl Ring {
         chunk.entries = entries;
         chunk.spilled = false;
         self.spilled_chunks -= 1;
+        self.peak_chunks = self.peak_chunks.max(self.chunks_in_memory());
         fresh
     }
 
