@@ -54,15 +54,17 @@
 //! (keys already laid out): 4 features 11.4 / 24.9 / 15.3 / 8.2 µs; 8: 16.8 / 12.4 (1.4×)
 //! / 10.2 (1.7×) / 4.6 (3.7×); contract 11: 19.4 / 16.7 (1.2×) / 12.2 (1.6×) / 9.8 (2.0×);
 //! 16: 38.1 / 31.4 (1.2×) / 12.8 (3.0×) / 8.0 µs (4.8×); 32 (one 24-byte key, hashed by the
-//! scalar reference): 55.2 / 63.9 / 52.9 / 15.9 µs. From the bytes, the design's 4× on a
-//! 16-feature event is not reached: 3.0× with AVX-512 in that run (a standalone loop of the
+//! scalar reference): 55.2 / 63.9 / 52.9 / 15.9 µs. A second run (load 4 falling to 2), 16
+//! features: 30.5 / 25.7 (1.2×) / 10.4 (2.9×) / 9.6 µs (3.2×). From the bytes, the design's
+//! 4× on a 16-feature event is not reached: 2.9–3.0× with AVX-512 (a standalone loop of the
 //! same code, best of 300: 1.9×), 1.2× with AVX2. The AVX-512 path's two passes cost about
 //! the same: the masked loads and stores of the layout (~1.3 ns a key) and the vector
-//! rounds. Whole featurization, same run, reference / `featurize` / `featurize_simd`
-//! (AVX-512: the plan's lanes as masked-load rows, module `plan`): contract event 41.8 /
-//! 40.2 / 41.1 µs, 16 features 72.2 / 47.7 (1.5×) / 35.1 µs (2.1×). The pipeline keeps
-//! `featurize`: its events have the contract layout, where SIMD gains nothing, and
-//! featurization is ~3% of a replay's profile (README, "Replay"). None
+//! rounds. Whole featurization, reference / `featurize` / `featurize_simd` (AVX-512: the
+//! plan's lanes as masked-load rows, module `plan`), runs 1 and 2: contract event 41.8 /
+//! 40.2 / 41.1 µs and 26.9 / 23.1 / 22.6 µs; 16 features 72.2 / 47.7 (1.5×) / 35.1 µs (2.1×)
+//! and 45.4 / 28.8 (1.6×) / 26.8 µs (1.7×). The pipeline keeps `featurize`: its events have
+//! the contract layout, where SIMD gains at most a few percent, and
+//! featurization is ~3% of a replay's profile (README, "Replay against Vowpal Wabbit"). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
 //! its inline capacity, a `ctx` field name is seen for the first time (its seed is then
 //! cached, up to [`MAX_CACHED_FIELDS`] names) or a plan grows its buffers for a new layout.
