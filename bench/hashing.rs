@@ -1,22 +1,23 @@
-//! Feature hashing, scalar reference vs SIMD (AVX2 when the CPU has it): the hash step alone,
-//! by feature count, and the whole featurizer on decoded events.
+//! Feature hashing, scalar reference vs SIMD (AVX2, and AVX-512 when the CPU has them): the
+//! hash step alone, by feature count, and the whole featurizer on decoded events.
 //!
-//! `hash/{scalar,simd_<simd>}/{4,8,contract_11,16,32}`: the hash step alone over 256
-//! events of one layout with varied values, as the featurizer hands it over: per event the
-//! keys (field seed + value bytes; integers as their decimal text) and the crosses (pairs of
-//! keys), out the bucket index of every key and cross. The feature count includes the bias,
-//! which is its seed and hashes nothing: `16` is the 16-feature event of `featurize` (12
-//! keys, 3 crosses), `contract_11` the contract's (7 keys, 3 crosses), `32` has 24 keys (one
-//! of 24 bytes) and 7 crosses. Throughput is in events.
+//! `hash/{scalar,simd_avx2,simd_avx512,kernel_avx2}/{4,8,contract_11,16,32}`: the hash step
+//! alone over 256 events of one layout with varied values, as the featurizer hands it over:
+//! per event the keys (field seed + value bytes; integers as their decimal text) and the
+//! crosses (pairs of keys), out the bucket index of every key and cross. The feature count
+//! includes the bias, which is its seed and hashes nothing: `16` is the 16-feature event of
+//! `featurize` (12 keys, 3 crosses), `contract_11` the contract's (7 keys, 3 crosses), `32`
+//! has 24 keys (one of 24 bytes) and 7 crosses. Throughput is in events.
 //! - `scalar`: the reference, `hash_scalar` per key and `cross_mix` per cross in a plain loop;
-//! - `simd_<simd>`: `BatchHasher::hash` with the detected backend: eight events per
-//!   vector, one per lane; from the same byte slices, so laying the keys out by column (per
-//!   key: its two 8-byte words and its length) is counted;
-//! - `kernel_<simd>`: `BatchHasher::hash_laid` alone, 32 times on the first eight events
-//!   laid once: the vector hashing, the crosses and writing the indices out, without the
-//!   layout (what a featurizer that lays the words as it walks the event would call).
+//! - `simd_<backend>`: `BatchHasher::hash`, eight events per vector, one per lane, from the
+//!   same byte slices, for every SIMD backend the CPU has: `avx2` lays each key out by column
+//!   with scalar code (its two 8-byte words and its length), `avx512` reads each key with one
+//!   byte-masked load; the layout is counted either way;
+//! - `kernel_avx2`: `BatchHasher::hash_laid` alone, 32 times on the first eight events laid
+//!   once: the AVX2 vector hashing, the crosses and writing the indices out, without the
+//!   layout.
 //!
-//! Both give the same indices: checked once before measuring (and by proptests).
+//! All give the same indices: checked once before measuring (and by proptests).
 //!
 //! `featurize/*/{contract_12,wide_16}`: the whole featurizer (field lookup, transforms,
 //! hashing, crosses) over 256 decoded impressions of one layout with varied values: the
@@ -26,7 +27,8 @@
 //! - `featurize`: `featurize`, the pipeline's path (a plan per `ctx` layout, each key
 //!   hashed from its words as it is laid), per event;
 //! - `simd_<simd>`: `featurize_simd` with the detected backend (the same plans, the keys of
-//!   the event hashed eight at a time in SIMD lanes), per event.
+//!   the event hashed eight at a time in SIMD lanes; with AVX-512 each key read into its
+//!   lane's 16-byte row by one masked load), per event.
 //!
 //! Run: `cargo bench --bench hashing -- --warm-up-time 1 --measurement-time 3`.
 
@@ -238,20 +240,12 @@ fn hash(c: &mut Criterion) {
             .flat_map(|i| layout.iter().map(move |(_, _, value)| value(i)))
             .collect();
         let keys: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
-        let mut hasher = BatchHasher::new(simd, &seeds, &crosses, bits);
-        let width = hasher.width();
-        let (mut want, mut got) = (vec![0; EVENTS * width], vec![0; EVENTS * width]);
-        let mut hashes = vec![0; fields];
+        let width = fields + crosses.len();
+        let (mut want, mut hashes) = (vec![0; EVENTS * width], vec![0; fields]);
         reference(&seeds, &crosses, mask, &keys, &mut hashes, &mut want);
-        hasher.hash(&keys, &mut got);
-        assert_eq!(
-            got,
-            want,
-            "{name}: {} differs from the reference",
-            simd.name()
-        );
 
         group.throughput(Throughput::Elements(EVENTS as u64));
+        let mut out = vec![0; EVENTS * width];
         group.bench_with_input(BenchmarkId::new("scalar", name), &keys, |b, keys| {
             b.iter(|| {
                 reference(
@@ -260,30 +254,46 @@ fn hash(c: &mut Criterion) {
                     mask,
                     black_box(keys),
                     &mut hashes,
-                    &mut want,
+                    &mut out,
                 );
-                black_box(&want);
+                black_box(&out);
             })
         });
-        let id = format!("simd_{}", simd.name());
-        group.bench_with_input(BenchmarkId::new(id, name), &keys, |b, keys| {
-            b.iter(|| {
-                hasher.hash(black_box(keys), &mut got);
-                black_box(&got);
-            })
-        });
-        let laid = hasher.lay(&keys[..8 * fields]);
-        assert_eq!(laid, 8);
-        let id = format!("kernel_{}", simd.name());
-        group.bench_function(BenchmarkId::new(id, name), |b| {
-            b.iter(|| {
-                for out in got.chunks_exact_mut(8 * width) {
-                    hasher.hash_laid(black_box(out));
-                }
-                black_box(&got);
-            })
-        });
-        assert_eq!(got[..8 * width], want[..8 * width]);
+        for backend in Backend::available().filter(|b| b.is_simd()) {
+            let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits);
+            let mut got = vec![0; EVENTS * width];
+            hasher.hash(&keys, &mut got);
+            assert_eq!(
+                got,
+                want,
+                "{name}: {} differs from the reference",
+                backend.name()
+            );
+            let id = format!("simd_{}", backend.name());
+            group.bench_with_input(BenchmarkId::new(id, name), &keys, |b, keys| {
+                b.iter(|| {
+                    hasher.hash(black_box(keys), &mut got);
+                    black_box(&got);
+                })
+            });
+        }
+        // The AVX2 kernel on keys already laid out by column (every SIMD backend has it).
+        if simd.is_simd() {
+            let mut hasher = BatchHasher::new(simd, &seeds, &crosses, bits);
+            let mut got = vec![0; EVENTS * width];
+            let laid = hasher.lay(&keys[..8 * fields]);
+            assert_eq!(laid, 8);
+            hasher.hash_laid(&mut got[..8 * width]);
+            assert_eq!(got[..8 * width], want[..8 * width]);
+            group.bench_function(BenchmarkId::new("kernel_avx2", name), |b| {
+                b.iter(|| {
+                    for out in got.chunks_exact_mut(8 * width) {
+                        hasher.hash_laid(black_box(out));
+                    }
+                    black_box(&got);
+                })
+            });
+        }
     }
     group.finish();
 }

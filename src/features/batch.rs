@@ -59,6 +59,9 @@ pub(crate) struct Words(pub(crate) [u64; LANES]);
 /// in-lane shuffle each, which leaves the events in this order; everything else (lengths,
 /// known hashes, results) is laid in the same order, so nothing is permuted back.
 pub(crate) const LANE_OF: [usize; LANES] = [0, 1, 4, 5, 2, 3, 6, 7];
+/// The lane of event `e` in the vectors of the AVX-512 path, which transposes whole rows.
+#[cfg(target_arch = "x86_64")]
+const IN_ORDER: [usize; LANES] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 /// The keys of up to eight events by column: per field, lane [`LANE_OF`]`[e]` of each
 /// [`Lanes`] and word `e` of each [`Words`] is event `e`.
@@ -124,6 +127,9 @@ pub struct BatchHasher {
     crosses: Box<[CrossPair]>,
     mask: u32,
     columns: Box<Columns>,
+    /// The keys as the AVX-512 path lays them.
+    #[cfg(target_arch = "x86_64")]
+    rows: Box<super::hash_simd::Laid>,
     /// Per field, the hashes of the current eight events (before masking).
     hashes: Box<[Lanes]>,
     /// Per key then cross, the indices of the current eight events; padded to a multiple of
@@ -156,6 +162,8 @@ impl BatchHasher {
             crosses: crosses.into(),
             mask: u32::MAX >> (32 - bits),
             columns: Box::default(),
+            #[cfg(target_arch = "x86_64")]
+            rows: Box::default(),
             hashes: vec![Lanes::default(); seeds.len()].into(),
             // Padded to whole groups of eight for the transposes of `write_rows`.
             indices: vec![Lanes::default(); (seeds.len() + crosses.len()).next_multiple_of(LANES)]
@@ -189,6 +197,29 @@ impl BatchHasher {
         assert_eq!(keys.len(), events * fields, "keys must be whole events");
         assert_eq!(out.len(), events * width, "out must hold width() per event");
         if fields == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.backend.is_avx512() {
+            let chunks = keys
+                .chunks(LANES * fields)
+                .zip(out.chunks_mut(LANES * width));
+            for (keys, out) in chunks {
+                // SAFETY: the backend is AVX-512, so `Backend::available` found AVX2 and
+                // AVX-512 F, BW and VL.
+                unsafe {
+                    let events = super::hash_simd::hash_bytes(
+                        &self.seeds,
+                        &self.crosses,
+                        self.mask,
+                        keys,
+                        &mut self.rows,
+                        &mut self.hashes,
+                        &mut self.indices,
+                    );
+                    super::hash_simd::write_rows(&self.indices, &IN_ORDER, width, events, out);
+                }
+            }
             return;
         }
         if self.backend.is_simd() {
@@ -262,7 +293,7 @@ impl BatchHasher {
                     &mut self.hashes,
                     &mut self.indices,
                 );
-                super::hash_simd::write_rows(&self.indices, width, self.laid, out);
+                super::hash_simd::write_rows(&self.indices, &LANE_OF, width, self.laid, out);
             };
             return;
         }

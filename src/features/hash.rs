@@ -115,6 +115,10 @@ enum Kind {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus AVX-512 F, BW and VL: byte-masked loads read a short key straight from its
+    /// slice (no scalar layout), rotates and masked blends are one instruction each.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Backend {
@@ -126,11 +130,33 @@ impl Backend {
     /// The fastest implementation this CPU supports. Detection is cheap but not free: call
     /// once and keep the result.
     pub fn detect() -> Self {
+        Self::available().last().unwrap_or(Backend::scalar())
+    }
+
+    /// Every implementation this CPU supports, the scalar reference first and the fastest
+    /// last: for tests and benches that compare them.
+    pub fn available() -> impl Iterator<Item = Backend> {
+        let mut all = vec![Backend::scalar()];
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
-            return Backend(Kind::Avx2);
+            all.push(Backend(Kind::Avx2));
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+            {
+                all.push(Backend(Kind::Avx512));
+            }
         }
-        Backend::scalar()
+        all.into_iter()
+    }
+
+    /// Whether this implementation has the AVX-512 (F, BW, VL) kernels; every SIMD backend
+    /// has the AVX2 ones.
+    pub fn is_avx512(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.0 == Kind::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Whether this is a SIMD implementation.
@@ -144,6 +170,8 @@ impl Backend {
             Kind::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             Kind::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx512 => "avx512",
         }
     }
 }

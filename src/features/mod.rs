@@ -42,19 +42,29 @@
 //! So the pipeline uses `featurize`; the design's 4× is not reached (see the README).
 //!
 //! The hash step alone, by feature count: [`BatchHasher`] (module `batch`) hashes eight
-//! events of one layout per AVX2 vector, one event per lane, crosses without gathers.
-//! `bench/hashing.rs` group `hash`, one run on the shared 2-core machine (load 3–11 from
-//! other builds), per 256 events, scalar reference (`hash_scalar` per key, `cross_mix`
-//! per cross) / `simd` (from the same byte slices, laying the keys out included) /
-//! `kernel` (keys already laid out by column): 4 features 5.88 / 5.33 (1.1×) / 1.78 µs
-//! (3.3×); 8: 11.9 / 11.9 (1.0×) / 4.10 (2.9×); contract 11: 18.1 / 17.5 (1.0×) / 4.52
-//! (4.0×); 16: 18.7 / 20.4 (0.9×) / 9.13 (2.0×); 32: 63.4 / 36.6 (1.7×) / 18.2 (3.5×).
-//! Laying a key out (its two words and length from the slice: ~20 scalar instructions)
-//! costs about as much as the reference's whole hash of a short key, so from bytes SIMD
-//! barely wins; the 4× of the design is reached by the kernel on the contract event only.
-//! In the same run, end to end per 256 events, reference / `featurize` / `featurize_simd`:
-//! contract 63.5 / 38.8 (1.6×) / 28.8 µs (2.2×), 16 features 72.1 / 40.4 (1.8×) / 37.4
-//! (1.9×). None
+//! events of one layout per vector, one event per lane, crosses without gathers. With AVX2
+//! the keys are first laid out by column by scalar code (two words and a length per key);
+//! with AVX-512 (F, BW, VL: [`Backend::is_avx512`], preferred by [`Backend::detect`]) each
+//! key is read from its slice into a 16-byte row by one byte-masked load, rows are
+//! transposed to blocks in registers, and each field's vector chain runs independently of
+//! the others' (module `hash_simd`, "From the bytes"). `bench/hashing.rs` group `hash`, one
+//! run of one build on the shared 2-core machine (Xeon with AVX-512; load 5–9 from other
+//! builds, so absolute figures are inflated and vary by tens of percent), per 256 events,
+//! scalar reference / `simd_avx2` (from bytes) / `simd_avx512` (from bytes) / `kernel_avx2`
+//! (keys already laid out): 4 features 11.4 / 24.9 / 15.3 / 8.2 µs; 8: 16.8 / 12.4 (1.4×)
+//! / 10.2 (1.7×) / 4.6 (3.7×); contract 11: 19.4 / 16.7 (1.2×) / 12.2 (1.6×) / 9.8 (2.0×);
+//! 16: 38.1 / 31.4 (1.2×) / 12.8 (3.0×) / 8.0 µs (4.8×); 32 (one 24-byte key, hashed by the
+//! scalar reference): 55.2 / 63.9 / 52.9 / 15.9 µs. A second run (load 4 falling to 2), 16
+//! features: 30.5 / 25.7 (1.2×) / 10.4 (2.9×) / 9.6 µs (3.2×). From the bytes, the design's
+//! 4× on a 16-feature event is not reached: 2.9–3.0× with AVX-512 (a standalone loop of the
+//! same code, best of 300: 1.9×), 1.2× with AVX2. The AVX-512 path's two passes cost about
+//! the same: the masked loads and stores of the layout (~1.3 ns a key) and the vector
+//! rounds. Whole featurization, reference / `featurize` / `featurize_simd` (AVX-512: the
+//! plan's lanes as masked-load rows, module `plan`), runs 1 and 2: contract event 41.8 /
+//! 40.2 / 41.1 µs and 26.9 / 23.1 / 22.6 µs; 16 features 72.2 / 47.7 (1.5×) / 35.1 µs (2.1×)
+//! and 45.4 / 28.8 (1.6×) / 26.8 µs (1.7×). The pipeline keeps `featurize`: its events have
+//! the contract layout, where SIMD gains at most a few percent, and
+//! featurization is ~3% of a replay's profile (README, "Replay against Vowpal Wabbit"). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
 //! its inline capacity, a `ctx` field name is seen for the first time (its seed is then
 //! cached, up to [`MAX_CACHED_FIELDS`] names) or a plan grows its buffers for a new layout.
@@ -453,6 +463,22 @@ impl Featurizer {
     /// 11-feature one, the layout of the replay stream (see the module docs, "Speed"), so the
     /// pipeline does not use it. Without SIMD it is [`Featurizer::featurize`].
     pub fn featurize_simd(&mut self, imp: &Impression<'_>, out: &mut Features) {
+        #[cfg(target_arch = "x86_64")]
+        if self.backend.is_avx512() {
+            let bias = self.bias();
+            let Featurizer {
+                schema,
+                cache,
+                plans,
+                ..
+            } = self;
+            // SAFETY: the backend is AVX-512, so `Backend::available` found AVX2 and
+            // AVX-512 F, BW and VL.
+            if !unsafe { plans.featurize_avx512(schema, cache, bias, imp, out) } {
+                self.featurize_direct(imp, out);
+            }
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if self.backend.is_simd() {
             let bias = self.bias();

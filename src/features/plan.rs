@@ -27,7 +27,7 @@ use ctrflow_dataflows::{Feature, Features};
 
 use super::hash::{hash_words, int_words, small_words};
 #[cfg(target_arch = "x86_64")]
-use super::hash_simd::{PRE, cross8, hash_columns};
+use super::hash_simd::{PRE, cross8, hash_columns, hash_rows, load_row};
 use super::{NO_SIDE, PositionCache, Schema, Transform, Value, cross_mix, hash_scalar};
 use crate::event::{CtxValue, Impression};
 
@@ -91,6 +91,8 @@ pub(super) struct Plans {
     layouts: Layouts,
     #[cfg(target_arch = "x86_64")]
     lanes: Columns,
+    #[cfg(target_arch = "x86_64")]
+    rows: Rows,
     words: Words,
     buf: [Feature; BUF],
 }
@@ -101,6 +103,8 @@ impl Default for Plans {
             layouts: Layouts::default(),
             #[cfg(target_arch = "x86_64")]
             lanes: Columns::default(),
+            #[cfg(target_arch = "x86_64")]
+            rows: Rows::default(),
             words: Words::default(),
             buf: [Feature {
                 index: 0,
@@ -154,6 +158,45 @@ impl Plans {
             &mut lanes.hashes,
         );
         let (hashes, values) = (&lanes.hashes[..n], &lanes.values[..n]);
+        emit::<true>(
+            plan,
+            categorical,
+            schema.mask,
+            hashes,
+            values,
+            buf,
+            bias,
+            out,
+        );
+        true
+    }
+
+    /// [`Plans::featurize_avx2`] with AVX-512: each key read from its slice into a 16-byte
+    /// row by one byte-masked load as it is laid (no scalar word assembly), the rows
+    /// transposed to blocks and hashed eight lanes at a time ([`hash_rows`]).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and AVX-512 F, BW and VL ([`super::Backend::is_avx512`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn featurize_avx512(
+        &mut self,
+        schema: &mut Schema,
+        cache: &mut PositionCache,
+        bias: Feature,
+        imp: &Impression<'_>,
+        out: &mut Features,
+    ) -> bool {
+        let Plans {
+            layouts, rows, buf, ..
+        } = self;
+        let Some((plan, categorical)) = layouts.fill(schema, cache, imp, rows) else {
+            return false;
+        };
+        let n = plan.lanes.min(MAX_LANES);
+        hash_rows(&rows.rows, &rows.seeds, &rows.lens, n, &mut rows.hashes);
+        let (hashes, values) = (&rows.hashes[..n], &rows.values[..n]);
         emit::<true>(
             plan,
             categorical,
@@ -427,6 +470,80 @@ impl Sink for Columns {
     #[inline(always)]
     fn known(&mut self, lane: usize, hash: u32, value: f32) {
         self.set(lane, hash, PRE, (0, 0), value);
+    }
+}
+
+/// The AVX-512 [`Sink`]: each key's first 16 bytes as a zero-padded row, read by one
+/// byte-masked load, hashed eight lanes at a time by [`hash_rows`]. Only
+/// [`Plans::featurize_avx512`] lays keys into it, so the CPU has AVX-512 whenever
+/// [`Sink::key`] runs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+struct Rows {
+    rows: [[u8; 16]; MAX_LANES],
+    seeds: [u32; MAX_LANES],
+    lens: [u32; MAX_LANES],
+    values: [f32; MAX_LANES],
+    hashes: [u32; MAX_LANES],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Default for Rows {
+    fn default() -> Self {
+        Rows {
+            rows: [[0; 16]; MAX_LANES],
+            seeds: [0; MAX_LANES],
+            lens: [0; MAX_LANES],
+            values: [0.0; MAX_LANES],
+            hashes: [0; MAX_LANES],
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows {
+    /// Lane `lane`: seed, length (or [`PRE`]), value; ignored past [`MAX_LANES`].
+    #[inline(always)]
+    fn set(&mut self, lane: usize, seed: u32, len: u32, value: f32) {
+        let lane = lane % MAX_LANES;
+        self.seeds[lane] = seed;
+        self.lens[lane] = len;
+        self.values[lane] = value;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sink for Rows {
+    #[inline(always)]
+    fn clear(&mut self) {}
+    #[inline(always)]
+    fn key(&mut self, lane: usize, seed: u32, key: &[u8]) {
+        if key.len() > 16 {
+            self.set(lane, hash_scalar(seed, key), PRE, 1.0);
+            return;
+        }
+        // SAFETY: only `Plans::featurize_avx512` lays keys here (type docs), and its caller
+        // guarantees AVX-512.
+        unsafe { load_row(key, &mut self.rows[lane % MAX_LANES]) };
+        self.set(lane, seed, key.len() as u32, 1.0);
+    }
+    #[inline(always)]
+    fn int(&mut self, lane: usize, seed: u32, i: i64) {
+        match int_words(i) {
+            Some((lo, hi, len)) => {
+                let row = u128::from(lo) | (u128::from(hi) << 64);
+                self.rows[lane % MAX_LANES] = row.to_le_bytes();
+                self.set(lane, seed, len as u32, 1.0);
+            }
+            None => {
+                let hash = hash_scalar(seed, itoa::Buffer::new().format(i).as_bytes());
+                self.set(lane, hash, PRE, 1.0);
+            }
+        }
+    }
+    #[inline(always)]
+    fn known(&mut self, lane: usize, hash: u32, value: f32) {
+        self.set(lane, hash, PRE, value);
     }
 }
 

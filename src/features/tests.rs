@@ -362,7 +362,7 @@ fn featurize_does_not_allocate_once_warm() {
         r#"{"type":"impression","id":"b","ts":2,"user":"a-much-longer-user-id-0123456789","item":"x","ctx":{"device":"android","position":12,"price":9.99,"_p_true":0.05,"category":"news","hour":0}}"#,
     ];
     let imps: Vec<Impression<'_>> = events.iter().map(|e| impression(e)).collect();
-    for backend in [Backend::detect(), Backend::scalar()] {
+    for backend in Backend::available() {
         let mut f = Featurizer::with_backend(&FeatureConfig::default(), backend).unwrap();
         let mut out = Features::new();
         for imp in &imps {
@@ -414,7 +414,7 @@ fn wide_events_and_many_crosses_match_the_reference() {
         imp("", "", &[]),
         imp("u", "i", &[("country", s("PL")), ("device", s("tv"))]),
     ];
-    for backend in [Backend::detect(), Backend::scalar()] {
+    for backend in Backend::available() {
         // 100 categorical fields (more than the SIMD lanes), and 22 crosses (more than one
         // vector of them), some of them with a long key, some with an absent side.
         let mut config = FeatureConfig {
@@ -462,7 +462,7 @@ fn wide_events_and_many_crosses_match_the_reference() {
 
 #[test]
 fn plans_follow_the_layouts_of_the_stream() {
-    for backend in [Backend::detect(), Backend::scalar()] {
+    for backend in Backend::available() {
         let mut f = Featurizer::with_backend(&FeatureConfig::default(), backend).unwrap();
         let contract = impression(CONTRACT_EVENT);
         for _ in 0..3 {
@@ -622,7 +622,7 @@ proptest! {
     ) {
         let imps: Vec<Impression<'_>> = batch.iter().map(to_imp).collect();
         let bits = |v: &Features| v.iter().map(|f| (f.index, f.value.to_bits())).collect::<Vec<_>>();
-        for backend in [Backend::detect(), Backend::scalar()] {
+        for backend in Backend::available() {
             let mut f = Featurizer::with_backend(&config, backend).unwrap();
             let mut reference = Features::new();
             // Dirty outputs: every path must clear them.
@@ -757,7 +757,7 @@ proptest! {
         bits in 1u32..=32,
         bytes in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..=24), 640),
     ) {
-        // Keys of every length up to 24 bytes, some past 16 (hashed before the vectors).
+        // Keys of every length up to 24 bytes, some past 16 (hashed apart from the vectors).
         let keys: Vec<&[u8]> = bytes.iter().cycle().take(events * seeds.len()).map(Vec::as_slice).collect();
         let mask = u32::MAX >> (32 - bits);
         let width = seeds.len() + crosses.len();
@@ -767,7 +767,9 @@ proptest! {
             want.extend(hashes.iter().map(|h| h & mask));
             want.extend(crosses.iter().map(|c| cross_mix(c.seed, hashes[c.a], hashes[c.b]) & mask));
         }
-        for backend in [Backend::detect(), Backend::scalar()] {
+        // Every backend this CPU has: scalar, AVX2 (columns laid by scalar code) and AVX-512
+        // (keys read from their slices by masked loads).
+        for backend in Backend::available() {
             let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits);
             prop_assert_eq!(hasher.width(), width);
             // Twice, with dirty outputs and stale lanes from the first call.
