@@ -8,7 +8,7 @@
 # The binary lives outside the clone ($CTRFLOW_CACHE, default ~/.cache/ctrflow) so every
 # run on this machine reuses it. Storage is SQLite (a file in DIR): messages survive a broker
 # restart, which the reconnect test relies on. CTRFLOW_BROKER_STORAGE=memory keeps messages in
-# memory instead (faster, and no stalls on a busy disk: the test suite and the benchmarks).
+# memory instead (faster; for benchmarks: its high watermarks lag the offsets it hands out).
 set -euo pipefail
 
 CACHE="${CTRFLOW_CACHE:-$HOME/.cache/ctrflow}"

@@ -23,10 +23,11 @@ trap cleanup EXIT
 
 # Build the broker (once) while nothing else competes for the cores, then start it.
 bash tests/broker.sh install
-# In-memory storage: no test restarts this broker (the reconnect test starts its own, with
-# SQLite), and SQLite's writes stall it when the disk is busy (a loaded machine saw 30 s
-# produce timeouts).
-CTRFLOW_BROKER_STORAGE=memory bash tests/broker.sh start "$broker_dir"
+# SQLite storage (tests/broker.sh). Not tansu 0.6.0's in-memory storage: its high
+# watermarks fall behind the offsets it hands out (a consumer committed 56,879 of a
+# partition whose high watermark it reported as 56,527), and the kill -9 tests wait for
+# committed offsets to reach the high watermark.
+bash tests/broker.sh start "$broker_dir"
 
 cargo test --workspace --all-targets --features ctrflow/kafka-it --no-fail-fast
 cargo test --workspace --doc
