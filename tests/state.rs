@@ -490,9 +490,10 @@ fn gh_4_killed_with_stubs_out_of_memory_the_worker_resumes_exactly() {
     let create = |topics: &[(&str, i32)]| crate::kafka_util::create_topics(&brokers, topics);
     let scenario = Scenario {
         impressions: 36_000,
-        // One: the scenario needs no more, and a debug build is slow. (With two, a loaded
-        // machine once made the source take a partition whose messages waited in the
-        // client's queue for idle; the source now decides on end-of-partition events.)
+        // One: with two, a debug build on a loaded machine can starve one partition's
+        // queue for longer than `idle_timeout_ms` at the start, and the source then takes
+        // it for idle and its first records for late (a known connector bug:
+        // `kafka::source::tests::a_partition_with_unread_messages_…`, ignored).
         partitions: 1,
         workers: 1,
         kills: 2,
