@@ -460,17 +460,8 @@ impl Committed {
 /// Waits until consumer group `group` has committed, for every partition of `topic`, the
 /// partition's end: everything was read and (with checkpoints) checkpointed.
 pub fn wait_committed(brokers: &str, group: &str, topic: &str, timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let count = partitions(&consumer, topic);
-    let mut list = TopicPartitionList::new();
-    for p in 0..count {
-        list.add_partition(topic, p);
-    }
+    let Committed { consumer, list } = Committed::new(brokers, group, topic);
+    let count = list.count() as i32;
     let deadline = Instant::now() + timeout;
     loop {
         let committed = consumer

@@ -1185,6 +1185,22 @@ impl Windows {
         }
     }
 
+    /// A stored impression back in memory as a stub: its body in memory while within the
+    /// budget, else left in the store; none once its label is decided or its window closed.
+    fn unstore(&mut self, stored: Pending) -> Stub {
+        let (mut stub, body) = stored.split();
+        stub.stored = true;
+        stub.body = if stub.decided || stub.closed {
+            BodyRef::DEAD
+        } else if self.bodies.resident() < self.budget {
+            self.bodies.insert(body)
+        } else {
+            self.spilled += 1;
+            BodyRef::SPILLED
+        };
+        stub
+    }
+
     /// Brings the chunk of sequence number `cursor` back into memory if it is out, and the
     /// next one: a cursor entering a chunk finds it read one chunk ahead.
     fn read_ahead(&mut self, cursor: u64) {
@@ -1225,17 +1241,7 @@ impl Windows {
                     "pending impression {seq} of worker {worker} left memory but is not in the store"
                 );
             };
-            let (mut stub, body) = stored.split();
-            stub.stored = true;
-            stub.body = if stub.decided || stub.closed {
-                BodyRef::DEAD
-            } else if self.bodies.resident() < self.budget {
-                self.bodies.insert(body)
-            } else {
-                self.spilled += 1;
-                BodyRef::SPILLED
-            };
-            entries.push((id, stub));
+            entries.push((id, self.unstore(stored)));
         }
         for seq in self.ring.restore_chunk(n, entries) {
             let hash = self.ring.get_seq(seq).map_or(0, |(id, _)| id_hash(id));
@@ -1809,16 +1815,7 @@ impl Windows {
                 room -= len;
             }
             for (id, stored) in values.into_iter().flatten() {
-                let (mut entry, body) = stored.split();
-                entry.stored = true;
-                entry.body = if entry.decided || entry.closed {
-                    BodyRef::DEAD
-                } else if self.bodies.resident() < self.budget {
-                    self.bodies.insert(body)
-                } else {
-                    self.spilled += 1;
-                    BodyRef::SPILLED
-                };
+                let entry = self.unstore(stored);
                 self.push(id, entry);
             }
         }
