@@ -477,7 +477,7 @@ fn gh_5_a_feedback_outage_alert_arrives_on_the_alerts_topic() {
 #[test]
 fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
     let brokers = broker();
-    let topics = Topics::create(&brokers, 4);
+    let topics = Topics::with_examples(&brokers, 4);
     let dir = tempfile::tempdir().unwrap();
     let hostfile = dir.path().join("hosts");
     std::fs::write(
@@ -520,6 +520,17 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
         Duration::from_secs(5),
         Duration::from_secs(60),
     );
+    // Scores go out as impressions are read, labels only as the cluster's watermark passes
+    // them: on a loaded machine that lags the last score by seconds, and a stop does not
+    // expire what is pending. So wait for the examples (one per label) to stop growing, or
+    // to reach what the stream's end allows (~8/9 of the impressions, see below), first.
+    wait_for(
+        &brokers,
+        &topics.examples,
+        generated.impressions as usize * 85 / 100,
+        Duration::from_secs(10),
+        Duration::from_secs(120),
+    );
     let mut workers = workers.into_iter();
     let (first, second) = (workers.next().unwrap(), workers.next().unwrap());
     // A stop anywhere stops the cluster: SIGTERM to process 1, process 0 follows.
@@ -552,6 +563,15 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
     assert_eq!(sum("events"), generated.events);
     assert_eq!(sum("impressions"), generated.impressions);
     assert_eq!(sum("scores"), generated.impressions);
+    // Every example either process learned from went out, once.
+    let written = wait_for(
+        &brokers,
+        &topics.examples,
+        sum("examples") as usize,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    assert_eq!(written as u64, sum("examples"));
 
     // The model learned: logloss over both processes' examples below the entropy of the
     // base rate (measured 0.95 of it on a quiet machine, 0.98 on a loaded one, where the
