@@ -590,7 +590,7 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
     // the impressions when measured waiting for the examples to stop growing).
     assert!(
         count > 0.8 * generated.impressions as f64,
-        "{count} examples of {} impressions",
+        "{count} examples of {} impressions: {report_0} {report_1}",
         generated.impressions
     );
     let (q, logloss) = (positives / count, loss / count);
