@@ -182,7 +182,7 @@ impl FtrlModel {
     }
 
     fn from_params(params: Params, version: u64) -> Self {
-        let coords = (0..=params.bias).map(|_| AtomicU64::new(0)).collect();
+        let coords = super::zeroed_table(params.bias + 1);
         Self {
             shared: Arc::new(Shared {
                 params,
