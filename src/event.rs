@@ -483,6 +483,41 @@ mod fast {
         (p.at == p.bytes.len()).then_some(raw)
     }
 
+    /// The length of the string that starts `rest`: the bytes before its first `"`, `\\` or
+    /// control character, if that is a `"` (an escape or a control character: `None`).
+    /// Eight bytes at a time (SWAR): scanning strings was most of the byte-at-a-time
+    /// parser's instructions.
+    #[inline]
+    pub(super) fn string_len(rest: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        const QUOTES: u64 = ONES * b'"' as u64;
+        const BACKSLASHES: u64 = ONES * b'\\' as u64;
+        const SPACES: u64 = ONES * b' ' as u64;
+        let mut at = 0;
+        while let Some(chunk) = rest.get(at..at + 8) {
+            let w = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).ok()?);
+            let (q, b) = (w ^ QUOTES, w ^ BACKSLASHES);
+            // `x - 0x01…` borrows through a byte only if it is 0 (`x - 0x20…`: below 0x20),
+            // and `& !x` drops bytes with the high bit set: the lowest flagged byte of each
+            // term is exactly its first match (higher ones may be false), so the lowest of
+            // the three is the first byte that ends the fast string.
+            let found = (q.wrapping_sub(ONES) & !q
+                | b.wrapping_sub(ONES) & !b
+                | w.wrapping_sub(SPACES) & !w)
+                & HIGH;
+            if found != 0 {
+                at += (found.trailing_zeros() / 8) as usize;
+                return (rest[at] == b'"').then_some(at);
+            }
+            at += 8;
+        }
+        at += rest[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (rest[at] == b'"').then_some(at)
+    }
+
     impl<'a> Scan<'a> {
         /// Skips what serde_json skips between tokens.
         #[inline]
@@ -521,13 +556,7 @@ mod fast {
         fn string(&mut self) -> Option<&'a str> {
             self.expect(b'"')?;
             let start = self.at;
-            let rest = &self.bytes[start..];
-            let len = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            if rest[len] != b'"' {
-                return None;
-            }
+            let len = string_len(&self.bytes[start..])?;
             self.at = start + len + 1;
             // Quotes are ASCII, so both ends are character boundaries of valid UTF-8.
             self.text.get(start..start + len)
@@ -904,6 +933,23 @@ mod tests {
             let line: String = chars.into_iter().collect();
             let (fast, serde) = both_paths(&line);
             prop_assert_eq!(fast, serde, "{}", line);
+        });
+    }
+
+    #[test]
+    fn the_fast_string_scan_stops_where_a_byte_scan_stops() {
+        use proptest::prelude::*;
+        let naive = |rest: &[u8]| {
+            let at = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            (rest[at] == b'"').then_some(at)
+        };
+        let byte = prop::sample::select(vec![
+            b'"', b'\\', 0, 1, 0x1f, b' ', b'!', b'#', b'a', 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xff,
+        ]);
+        proptest!(|(bytes in proptest::collection::vec(byte, 0..40))| {
+            prop_assert_eq!(fast::string_len(&bytes), naive(&bytes));
         });
     }
 }
