@@ -4,7 +4,10 @@
 //! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
 //! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
 //! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
-//! not check each string again. A bad
+//! not check each string again. Events as producers write them (no escapes, plain numbers,
+//! the contract's fields) are read by a scanner that knows their shape (`fast`); every
+//! other payload, and so every bad one, goes through serde_json, which reads the same
+//! events to the same values. A bad
 //! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
 //! panics on any input.
 

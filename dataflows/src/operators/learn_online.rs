@@ -937,7 +937,9 @@ struct Windows {
     close_cursor: u64,
     /// Sequence number of every impression in the ring, found by the hash of its id
     /// ([`id_hash`]) and compared with the id in the ring: 8 bytes an entry rather than a
-    /// copy of the id, so that the index of a busy hour stays in cache.
+    /// copy of the id, so that the index of a busy hour stays in cache. Also holds stale
+    /// entries of forgotten impressions, which match no id, until it is full
+    /// ([`index_insert`]).
     index: HashTable<u64>,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
