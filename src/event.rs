@@ -4,7 +4,10 @@
 //! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
 //! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
 //! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
-//! not check each string again. A bad
+//! not check each string again. Events as producers write them (no escapes, plain numbers,
+//! the contract's fields) are read by a scanner that knows their shape (`fast`); every
+//! other payload, and so every bad one, goes through serde_json, which reads the same
+//! events to the same values. A bad
 //! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
 //! panics on any input.
 
@@ -166,6 +169,15 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event<'_>, DecodeError
     let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed {
         detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
     })?;
+    if let Some(raw) = fast::parse(text) {
+        return raw.finish();
+    }
+    decode_serde(text)
+}
+
+/// [`decode`] through serde_json: every payload the fast path ([`fast`]) declines, and so
+/// every bad one.
+fn decode_serde(text: &str) -> Result<Event<'_>, DecodeError> {
     let failure = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let result = EventSeed { failure: &failure }
@@ -389,6 +401,251 @@ impl<'de> de::Deserialize<'de> for CtxValueDe<'de> {
     }
 }
 
+/// The fast path of [`decode`]: the contract's events as producers write them, read by a
+/// scanner that knows their fields, without serde's visitor machinery (which was about
+/// half of decoding's time).
+///
+/// # Exactly serde's result, or none
+///
+/// It accepts a strict subset of JSON and returns `None` for anything outside it, which
+/// [`decode`] then reads through serde_json, so every error (and every unusual event)
+/// comes from the one path and reads the same. What it accepts, it reads to exactly the
+/// `RawEvent` serde's path builds:
+/// - one object of the known top-level fields (an unknown one: `None`), JSON whitespace
+///   anywhere serde allows it, a repeated field overwriting as in the visitor (`ctx`
+///   appending);
+/// - strings without escapes or control characters, borrowed as serde borrows them;
+/// - numbers without sign or exponent, at most 18 digits: an integer is what serde's `u64`
+///   gives (`ts` as `i64`, `dwell_ms` within `u32`, a `ctx` number as `u64 as f64`); a
+///   decimal `d.ddd` with a significand below 2^53 and at most 22 fraction digits is
+///   `significand / 10^k`, one correctly rounded division, which is serde_json's own
+///   formula here (and what a correctly rounding parser gives, since both operands are
+///   exact).
+///
+/// `tests::the_fast_path_reads_what_serde_reads` checks both paths agree on every kind of
+/// input, valid and not.
+mod fast {
+    use std::borrow::Cow;
+
+    use smallvec::SmallVec;
+
+    use super::{CtxValue, INLINE_CTX, RawEvent};
+
+    /// Powers of ten a decimal's significand is divided by (exact as `f64` up to 10^22).
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+
+    /// Digits accepted in one number: 10^18 - 1 fits a `u64` (and an `i64`) with no check.
+    const MAX_DIGITS: usize = 18;
+
+    /// A number as read: an integer, or a decimal's value.
+    enum Number {
+        Integer(u64),
+        Decimal(f64),
+    }
+
+    struct Scan<'a> {
+        text: &'a str,
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    /// `payload`'s fields, or `None` if it is outside the subset (see the module docs).
+    pub(super) fn parse(text: &str) -> Option<RawEvent<'_>> {
+        let mut p = Scan {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let mut raw = RawEvent::default();
+        p.expect(b'{')?;
+        if p.peek()? == b'}' {
+            p.at += 1;
+        } else {
+            loop {
+                let key = p.string()?;
+                p.expect(b':')?;
+                match key {
+                    "type" => raw.kind = Some(Cow::Borrowed(p.string()?)),
+                    "id" => raw.id = Some(Cow::Borrowed(p.string()?)),
+                    "user" => raw.user = Some(Cow::Borrowed(p.string()?)),
+                    "item" => raw.item = Some(Cow::Borrowed(p.string()?)),
+                    "ts" => raw.ts = Some(i64::try_from(p.integer()?).ok()?),
+                    "dwell_ms" => raw.dwell_ms = Some(u32::try_from(p.integer()?).ok()?),
+                    "ctx" => p.ctx(&mut raw.ctx)?,
+                    _ => return None,
+                }
+                if !p.next_member()? {
+                    break;
+                }
+            }
+        }
+        p.skip_whitespace();
+        (p.at == p.bytes.len()).then_some(raw)
+    }
+
+    /// The length of the string that starts `rest`: the bytes before its first `"`, `\\` or
+    /// control character, if that is a `"` (an escape or a control character: `None`).
+    /// Eight bytes at a time (SWAR): scanning strings was most of the byte-at-a-time
+    /// parser's instructions.
+    #[inline]
+    pub(super) fn string_len(rest: &[u8]) -> Option<usize> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        const QUOTES: u64 = ONES * b'"' as u64;
+        const BACKSLASHES: u64 = ONES * b'\\' as u64;
+        const SPACES: u64 = ONES * b' ' as u64;
+        let mut at = 0;
+        while let Some(chunk) = rest.get(at..at + 8) {
+            let w = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).ok()?);
+            let (q, b) = (w ^ QUOTES, w ^ BACKSLASHES);
+            // `x - 0x01…` borrows through a byte only if it is 0 (`x - 0x20…`: below 0x20),
+            // and `& !x` drops bytes with the high bit set: the lowest flagged byte of each
+            // term is exactly its first match (higher ones may be false), so the lowest of
+            // the three is the first byte that ends the fast string.
+            let found = (q.wrapping_sub(ONES) & !q
+                | b.wrapping_sub(ONES) & !b
+                | w.wrapping_sub(SPACES) & !w)
+                & HIGH;
+            if found != 0 {
+                at += (found.trailing_zeros() / 8) as usize;
+                return (rest[at] == b'"').then_some(at);
+            }
+            at += 8;
+        }
+        at += rest[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (rest[at] == b'"').then_some(at)
+    }
+
+    impl<'a> Scan<'a> {
+        /// Skips what serde_json skips between tokens.
+        #[inline]
+        fn skip_whitespace(&mut self) {
+            while let Some(&(b' ' | b'\n' | b'\t' | b'\r')) = self.bytes.get(self.at) {
+                self.at += 1;
+            }
+        }
+
+        /// The next token's first byte.
+        #[inline]
+        fn peek(&mut self) -> Option<u8> {
+            self.skip_whitespace();
+            self.bytes.get(self.at).copied()
+        }
+
+        #[inline]
+        fn expect(&mut self, byte: u8) -> Option<()> {
+            (self.peek()? == byte).then(|| self.at += 1)
+        }
+
+        /// After a member: `true` on `,`, `false` on the object's `}`.
+        #[inline]
+        fn next_member(&mut self) -> Option<bool> {
+            let more = match self.peek()? {
+                b',' => true,
+                b'}' => false,
+                _ => return None,
+            };
+            self.at += 1;
+            Some(more)
+        }
+
+        /// A string with no escape and no control character, borrowed from the payload.
+        #[inline]
+        fn string(&mut self) -> Option<&'a str> {
+            self.expect(b'"')?;
+            let start = self.at;
+            let len = string_len(&self.bytes[start..])?;
+            self.at = start + len + 1;
+            // Quotes are ASCII, so both ends are character boundaries of valid UTF-8.
+            self.text.get(start..start + len)
+        }
+
+        /// Digits `0` or `[1-9][0-9]*`, at most [`MAX_DIGITS`]; with the count read.
+        #[inline]
+        fn digits(&mut self, significand: &mut u64, count: &mut usize) -> Option<()> {
+            let start = self.at;
+            while let Some(&b @ b'0'..=b'9') = self.bytes.get(self.at) {
+                *significand = *significand * 10 + u64::from(b - b'0');
+                self.at += 1;
+                *count += 1;
+                if *count > MAX_DIGITS {
+                    return None;
+                }
+            }
+            (self.at > start).then_some(())
+        }
+
+        /// A number without sign or exponent.
+        fn number(&mut self) -> Option<Number> {
+            self.skip_whitespace();
+            let (mut significand, mut count) = (0u64, 0usize);
+            let first = self.at;
+            self.digits(&mut significand, &mut count)?;
+            // JSON allows one leading zero only ("0", "0.5"; not "05").
+            if self.bytes[first] == b'0' && count > 1 {
+                return None;
+            }
+            let number = match self.bytes.get(self.at) {
+                Some(&b'.') => {
+                    self.at += 1;
+                    let integer_digits = count;
+                    self.digits(&mut significand, &mut count)?;
+                    let fraction = count - integer_digits;
+                    if significand >= 1 << 53 || fraction >= POW10.len() {
+                        return None;
+                    }
+                    Number::Decimal(significand as f64 / POW10[fraction])
+                }
+                _ => Number::Integer(significand),
+            };
+            match self.bytes.get(self.at) {
+                Some(&(b'e' | b'E' | b'.' | b'-' | b'+')) => None,
+                _ => Some(number),
+            }
+        }
+
+        fn integer(&mut self) -> Option<u64> {
+            match self.number()? {
+                Number::Integer(n) => Some(n),
+                Number::Decimal(_) => None,
+            }
+        }
+
+        /// `ctx`: an object of strings and numbers, appended in order.
+        fn ctx(
+            &mut self,
+            out: &mut SmallVec<[(Cow<'a, str>, CtxValue<'a>); INLINE_CTX]>,
+        ) -> Option<()> {
+            self.expect(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let key = self.string()?;
+                self.expect(b':')?;
+                let value = match self.peek()? {
+                    b'"' => CtxValue::Str(Cow::Borrowed(self.string()?)),
+                    b'0'..=b'9' => CtxValue::Num(match self.number()? {
+                        Number::Integer(n) => n as f64,
+                        Number::Decimal(x) => x,
+                    }),
+                    _ => return None,
+                };
+                out.push((Cow::Borrowed(key), value));
+                if !self.next_member()? {
+                    return Some(());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +814,145 @@ mod tests {
         use proptest::prelude::*;
         proptest!(|(bytes in proptest::collection::vec(any::<u8>(), 0..200))| {
             let _ = decode(&bytes, 1 << 20);
+        });
+    }
+
+    /// `line` through `decode` (fast path first) and through serde alone, printed with
+    /// `Debug` so that even the sign of a zero must agree.
+    fn both_paths(line: &str) -> (String, String) {
+        (
+            format!("{:?}", decode(line.as_bytes(), DEFAULT_MAX_EVENT_BYTES)),
+            format!("{:?}", decode_serde(line)),
+        )
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_serde_reads() {
+        let contract = r#"{"type":"impression","id":"imp-0","ts":1763800000000,"user":"u42609","item":"v1","ctx":{"device":"android","country":"JP","position":3,"hour":8,"category":"diy","_p_true":0.0333962}}"#;
+        assert!(
+            fast::parse(contract).is_some(),
+            "the contract's events take it"
+        );
+        for line in [
+            contract,
+            r#"{"type":"click","id":"imp-81723","ts":1763800004012}"#,
+            r#"{"type":"skip","id":"a","ts":1,"dwell_ms":1277}"#,
+            r#"{"type":"like","id":"a","ts":0}"#,
+            r#" { "type" : "impression" , "id":"a","ts":5,"user":"u","item":"i","ctx": { "x" : 1.5 , "y":"z" } } "#,
+            "{\"type\":\"click\",\n\t\"id\":\"a\",\r\"ts\":1}\n",
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"a":1},"ctx":{"a":2}}"#,
+            r#"{"id":"a","ts":1,"type":"click","ts":2}"#,
+            r#"{"type":"impression","id":"żółw","ts":5,"user":"ü","item":"€","ctx":{"ключ":"значение"}}"#,
+            // Numbers at and beyond the subset's edges.
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":0,"q":0.0,"r":10.250,"s":999999999999999999}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":1234567890123456789}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":0.1234567890123456789}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":9007199254740993.5}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":0.00000000000000000000001}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":-0.0,"q":-3}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":1e3,"q":2.5E-3}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":05}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":1.}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":.5}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":1.2.3}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":1e999}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":true,"q":null}}"#,
+            r#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"p":[1]}}"#,
+            r#"{"type":"click","id":"a","ts":1.5}"#,
+            r#"{"type":"click","id":"a","ts":-1}"#,
+            r#"{"type":"click","id":"a","ts":9223372036854775808}"#,
+            r#"{"type":"click","id":"a","ts":"1"}"#,
+            r#"{"type":"skip","id":"a","ts":1,"dwell_ms":4294967296}"#,
+            r#"{"type":"skip","id":"a","ts":1,"dwell_ms":-1}"#,
+            r#"{"type":"skip","id":"a","ts":1}"#,
+            // Strings serde must read: escapes, control characters.
+            r#"{"type":"click","id":"a\"b","ts":1}"#,
+            r#"{"type":"click","id":"a\u0041","ts":1}"#,
+            "{\"type\":\"click\",\"id\":\"a\u{1}b\",\"ts\":1}",
+            "{\"type\":\"click\",\"id\":\"a\u{7f}b\",\"ts\":1}",
+            // Not the subset, or not JSON at all.
+            r#"{"type":"click","id":"a","ts":1,"extra":[1,{"x":2}]}"#,
+            r#"{"type":"click","id":"a","ts":1,}"#,
+            r#"{"type":"click","id":"a","ts":1} trailing"#,
+            r#"{"type":"click","id":"a","ts":1"#,
+            r#"{"type":"click" "id":"a","ts":1}"#,
+            r#"{"type":"nope","id":"a","ts":1}"#,
+            r#"{"type":1,"id":"a","ts":1}"#,
+            r#"{}"#,
+            r#"[]"#,
+            "",
+            " ",
+            "{",
+            r#"{"ctx":"#,
+        ] {
+            let (fast, serde) = both_paths(line);
+            assert_eq!(fast, serde, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_serde_reads_on_random_numbers_and_damage() {
+        use proptest::prelude::*;
+        let event = |p: &str, ts: &str| {
+            format!(
+                r#"{{"type":"impression","id":"i","ts":{ts},"user":"u","item":"v","ctx":{{"device":"ios","p":{p},"hour":3}}}}"#
+            )
+        };
+        // Decimal strings of every length around the subset's limits, and floats as Rust
+        // prints them (shortest round-trip form).
+        proptest!(|(int in "0|[1-9][0-9]{0,20}", frac in "[0-9]{0,25}", ts in "[0-9]{1,20}",
+                    x in any::<f64>())| {
+            let p = if frac.is_empty() { int.clone() } else { format!("{int}.{frac}") };
+            let line = event(&p, &ts);
+            let (fast, serde) = both_paths(&line);
+            prop_assert_eq!(fast, serde, "{}", line);
+            let line = event(&format!("{}", x.abs()), "1");
+            let (fast, serde) = both_paths(&line);
+            prop_assert_eq!(fast, serde, "{}", line);
+        });
+        // A valid event with a few bytes changed, inserted or removed.
+        let base: Vec<char> = event("0.0333962", "1763800000000").chars().collect();
+        let edit = (
+            0..base.len() + 1,
+            0..3u8,
+            prop::sample::select(
+                "\"\\{}[],:.-+eE0123456789 \tabnul\u{1}é"
+                    .chars()
+                    .collect::<Vec<_>>(),
+            ),
+        );
+        proptest!(|(edits in proptest::collection::vec(edit, 1..4))| {
+            let mut chars = base.clone();
+            for (at, kind, c) in edits {
+                let at = at.min(chars.len());
+                match kind {
+                    0 => chars.insert(at, c),
+                    1 if at < chars.len() => { chars.remove(at); }
+                    _ if at < chars.len() => chars[at] = c,
+                    _ => chars.push(c),
+                }
+            }
+            let line: String = chars.into_iter().collect();
+            let (fast, serde) = both_paths(&line);
+            prop_assert_eq!(fast, serde, "{}", line);
+        });
+    }
+
+    #[test]
+    fn the_fast_string_scan_stops_where_a_byte_scan_stops() {
+        use proptest::prelude::*;
+        let naive = |rest: &[u8]| {
+            let at = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            (rest[at] == b'"').then_some(at)
+        };
+        let byte = prop::sample::select(vec![
+            b'"', b'\\', 0, 1, 0x1f, b' ', b'!', b'#', b'a', 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xff,
+        ]);
+        proptest!(|(bytes in proptest::collection::vec(byte, 0..40))| {
+            prop_assert_eq!(fast::string_len(&bytes), naive(&bytes));
         });
     }
 }
