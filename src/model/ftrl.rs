@@ -47,9 +47,7 @@
 //! - With one worker it is exactly sequential FTRL, deterministic for a given input order.
 //!
 //! `f32` halves the memory of `f64` state (8 bytes per coordinate: 32 MiB at the default
-//! `bits = 22`) and keeps both halves in one atomic word. The table asks for transparent huge
-//! pages (`model::zeroed_table`): its accesses are random, and with 4 KiB
-//! pages nearly each is also a TLB miss. Its 24-bit mantissa means `n_i` of a
+//! `bits = 22`) and keeps both halves in one atomic word. Its 24-bit mantissa means `n_i` of a
 //! coordinate seen tens of millions of times stops growing by tiny `g²`; its learning rate is
 //! then already ~α/√n, so the effect is negligible.
 //!
@@ -184,7 +182,7 @@ impl FtrlModel {
     }
 
     fn from_params(params: Params, version: u64) -> Self {
-        let coords = super::zeroed_table(params.bias + 1);
+        let coords = (0..=params.bias).map(|_| AtomicU64::new(0)).collect();
         Self {
             shared: Arc::new(Shared {
                 params,

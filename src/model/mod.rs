@@ -31,7 +31,6 @@ pub mod logistic;
 pub mod sgd;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 
 use ctrflow_dataflows::Learner;
 use ctrflow_dataflows::record::Feature;
@@ -359,56 +358,6 @@ impl ModelHandle {
         }
     }
 }
-
-/// A table of `n` zeroed atomic words, backed by transparent huge pages where the OS
-/// allows.
-///
-/// The model is read and written at random coordinates (32 MiB at the default `bits`):
-/// with 4 KiB pages nearly every coordinate an example touches is also a TLB miss, and
-/// under a hypervisor each miss is a two-level page walk. 2 MiB pages cover the whole
-/// table with a few TLB entries. The memory comes fresh from the allocator's `calloc`
-/// (an untouched mapping), so asking for huge pages before the first write lets the
-/// kernel fault them in directly. Without THP (`never`, or not Linux) it is an ordinary
-/// zeroed table.
-pub(crate) fn zeroed_table(n: usize) -> Box<[AtomicU64]> {
-    use std::alloc::{Layout, alloc_zeroed, handle_alloc_error};
-    if n == 0 {
-        return Box::new([]);
-    }
-    let layout = Layout::array::<AtomicU64>(n).expect("a model table fits in memory");
-    // SAFETY: `layout` has a non-zero size. All-zero bytes are a valid `AtomicU64` (0), and
-    // the allocation is exactly `Layout::array::<AtomicU64>(n)` from the global allocator,
-    // which is what `Box<[AtomicU64]>` frees it with.
-    let table = unsafe {
-        let ptr = alloc_zeroed(layout);
-        if ptr.is_null() {
-            handle_alloc_error(layout);
-        }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-            ptr.cast::<AtomicU64>(),
-            n,
-        ))
-    };
-    advise_huge_pages(table.as_ptr().cast(), layout.size());
-    table
-}
-
-/// Asks the kernel to back `len` bytes at `ptr` with transparent huge pages (a hint: any
-/// failure is ignored, the memory works the same).
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(ptr: *const u8, len: usize) {
-    const HUGE: usize = 2 << 20;
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + len) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: `start..end` lies inside one live allocation; MADV_HUGEPAGE changes how
-        // the kernel backs it, never its contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: *const u8, _: usize) {}
 
 /// Asks the CPU to start loading `value`'s cache line; never faults, changes nothing.
 #[inline(always)]
