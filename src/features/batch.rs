@@ -1,5 +1,6 @@
 //! The hash step of several events of one layout at once: every key and every cross of up
-//! to eight events hashed together, one event per SIMD lane.
+//! to eight events (sixteen with AVX-512 and VBMI, [`BatchHasher::lanes`]) hashed
+//! together, one event per SIMD lane.
 //!
 //! # Why by event, not by key
 //!
@@ -26,7 +27,8 @@ use super::hash::{Backend, cross_mix, hash_scalar, hash_words, small_words};
 
 /// Most key positions (fields) of one layout.
 pub const MAX_FIELDS: usize = 32;
-/// Events hashed per vector: one per 32-bit lane of an AVX2 register.
+/// Events hashed per vector: one per 32-bit lane of an AVX2 register (the AVX-512 path with
+/// VBMI takes sixteen, module `hash_simd`).
 pub const LANES: usize = 8;
 /// Length of a lane whose hash is already known (in [`Columns::known`]). Negative as an
 /// `i32`, so the signed length compares of the kernel see no full block in it.
@@ -209,6 +211,16 @@ impl BatchHasher {
     /// The hashing implementation in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This hasher with AVX-512 held to eight events per vector (module `hash_simd`, "From
+    /// the bytes") even where the CPU has VBMI: for benches comparing the two paths.
+    pub fn eight_lanes(mut self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.wide = None;
+        }
+        self
     }
 
     /// Events [`BatchHasher::hash`] hashes per vector: 16 with AVX-512 and VBMI (module
