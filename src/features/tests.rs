@@ -791,6 +791,15 @@ proptest! {
                 hasher.hash_laid(out);
             }
             prop_assert_eq!(&out, &want, "{} lay + hash_laid", backend.name());
+            // The eight-lane AVX-512 path, which the sixteen-lane one replaces where the CPU
+            // has VBMI (the bench compares them).
+            if backend.is_avx512() {
+                let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits).eight_lanes();
+                prop_assert_eq!(hasher.lanes(), 8);
+                let mut out = vec![7u32; events * width];
+                hasher.hash(&keys, &mut out);
+                prop_assert_eq!(&out, &want, "avx512 eight lanes");
+            }
         }
     }
 }
