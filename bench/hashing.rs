@@ -1,18 +1,21 @@
 //! Feature hashing, scalar reference vs SIMD (AVX2, and AVX-512 when the CPU has them): the
 //! hash step alone, by feature count, and the whole featurizer on decoded events.
 //!
-//! `hash/{scalar,simd_avx2,simd_avx512,kernel_avx2}/{4,8,contract_11,16,32}`: the hash step
-//! alone over 256 events of one layout with varied values, as the featurizer hands it over:
-//! per event the keys (field seed + value bytes; integers as their decimal text) and the
-//! crosses (pairs of keys), out the bucket index of every key and cross. The feature count
+//! `hash/{scalar,simd_avx2,simd_avx512,simd_avx512x8,kernel_avx2}/{4,8,contract_11,16,32}`:
+//! the hash step alone over 256 events of one layout with varied values, as the featurizer
+//! hands it over: per event the keys (field seed + value bytes; integers as their decimal
+//! text) and the crosses (pairs of keys), out the bucket index of every key and cross. The feature count
 //! includes the bias, which is its seed and hashes nothing: `16` is the 16-feature event of
 //! `featurize` (12 keys, 3 crosses), `contract_11` the contract's (7 keys, 3 crosses), `32`
 //! has 24 keys (one of 24 bytes) and 7 crosses. Throughput is in events.
 //! - `scalar`: the reference, `hash_scalar` per key and `cross_mix` per cross in a plain loop;
-//! - `simd_<backend>`: `BatchHasher::hash`, eight events per vector, one per lane, from the
-//!   same byte slices, for every SIMD backend the CPU has: `avx2` lays each key out by column
-//!   with scalar code (its two 8-byte words and its length), `avx512` reads each key with one
-//!   byte-masked load; the layout is counted either way;
+//! - `simd_<backend>`: `BatchHasher::hash`, one event per lane, from the same byte slices,
+//!   for every SIMD backend the CPU has: `avx2` (eight events per vector) lays each key out
+//!   by column with scalar code (its two 8-byte words and its length), `avx512` reads each
+//!   key with one byte-masked load, sixteen events per 512-bit vector where the CPU has VBMI
+//!   (`BatchHasher::lanes`, printed), else eight; the layout is counted either way;
+//! - `simd_avx512x8`: where `avx512` runs sixteen events per vector, the eight-lane AVX-512
+//!   path (`BatchHasher::eight_lanes`) on the same keys, to compare the two;
 //! - `kernel_avx2`: `BatchHasher::hash_laid` alone, 32 times on the first eight events laid
 //!   once: the AVX2 vector hashing, the crosses and writing the indices out, without the
 //!   layout.
@@ -261,6 +264,9 @@ fn hash(c: &mut Criterion) {
         });
         for backend in Backend::available().filter(|b| b.is_simd()) {
             let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits);
+            if name == "16" {
+                eprintln!("{}: {} events per vector", backend.name(), hasher.lanes());
+            }
             let mut got = vec![0; EVENTS * width];
             hasher.hash(&keys, &mut got);
             assert_eq!(
@@ -271,6 +277,19 @@ fn hash(c: &mut Criterion) {
             );
             let id = format!("simd_{}", backend.name());
             group.bench_with_input(BenchmarkId::new(id, name), &keys, |b, keys| {
+                b.iter(|| {
+                    hasher.hash(black_box(keys), &mut got);
+                    black_box(&got);
+                })
+            });
+        }
+        // The eight-lane AVX-512 path where the sixteen-lane one runs, to compare them.
+        if simd.is_avx512() && BatchHasher::new(simd, &seeds, &crosses, bits).lanes() == 16 {
+            let mut hasher = BatchHasher::new(simd, &seeds, &crosses, bits).eight_lanes();
+            let mut got = vec![0; EVENTS * width];
+            hasher.hash(&keys, &mut got);
+            assert_eq!(got, want, "{name}: avx512x8 differs from the reference");
+            group.bench_with_input(BenchmarkId::new("simd_avx512x8", name), &keys, |b, keys| {
                 b.iter(|| {
                     hasher.hash(black_box(keys), &mut got);
                     black_box(&got);

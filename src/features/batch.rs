@@ -1,5 +1,6 @@
 //! The hash step of several events of one layout at once: every key and every cross of up
-//! to eight events hashed together, one event per SIMD lane.
+//! to eight events (sixteen with AVX-512 and VBMI, [`BatchHasher::lanes`]) hashed
+//! together, one event per SIMD lane.
 //!
 //! # Why by event, not by key
 //!
@@ -26,7 +27,8 @@ use super::hash::{Backend, cross_mix, hash_scalar, hash_words, small_words};
 
 /// Most key positions (fields) of one layout.
 pub const MAX_FIELDS: usize = 32;
-/// Events hashed per vector: one per 32-bit lane of an AVX2 register.
+/// Events hashed per vector: one per 32-bit lane of an AVX2 register (the AVX-512 path with
+/// VBMI takes sixteen, module `hash_simd`).
 pub const LANES: usize = 8;
 /// Length of a lane whose hash is already known (in [`Columns::known`]). Negative as an
 /// `i32`, so the signed length compares of the kernel see no full block in it.
@@ -118,6 +120,18 @@ impl Columns {
     }
 }
 
+/// Scratch of the sixteen-lane AVX-512 path.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+struct Wide {
+    laid: super::hash_simd::Laid16,
+    /// Per field, the hashes of the current sixteen events (before masking).
+    hashes: Box<[super::hash_simd::Lanes16]>,
+    /// Per key then cross, the indices of the current sixteen events; padded to a
+    /// multiple of sixteen.
+    indices: Box<[super::hash_simd::Lanes16]>,
+}
+
 /// Hashes the keys and crosses of a batch of events of one layout (module docs); one per
 /// worker, reused: nothing allocates after [`BatchHasher::new`].
 #[derive(Debug)]
@@ -127,9 +141,13 @@ pub struct BatchHasher {
     crosses: Box<[CrossPair]>,
     mask: u32,
     columns: Box<Columns>,
-    /// The keys as the AVX-512 path lays them.
+    /// The keys as the eight-lane AVX-512 path lays them.
     #[cfg(target_arch = "x86_64")]
     rows: Box<super::hash_simd::Laid>,
+    /// The sixteen-lane AVX-512 path (VBMI): its layout, hashes and indices, or `None`
+    /// where it does not run (module `hash_simd`, "Sixteen events per vector").
+    #[cfg(target_arch = "x86_64")]
+    wide: Option<Box<Wide>>,
     /// Per field, the hashes of the current eight events (before masking).
     hashes: Box<[Lanes]>,
     /// Per key then cross, the indices of the current eight events; padded to a multiple of
@@ -164,6 +182,19 @@ impl BatchHasher {
             columns: Box::default(),
             #[cfg(target_arch = "x86_64")]
             rows: Box::default(),
+            #[cfg(target_arch = "x86_64")]
+            wide: (backend.is_avx512()
+                && std::is_x86_feature_detected!("avx512vbmi")
+                && super::hash_simd::fat_pointers_are_ptr_len())
+            .then(|| {
+                use super::hash_simd::{Laid16, Lanes16};
+                let width = seeds.len() + crosses.len();
+                Box::new(Wide {
+                    laid: Laid16::default(),
+                    hashes: vec![Lanes16::default(); seeds.len()].into(),
+                    indices: vec![Lanes16::default(); width.next_multiple_of(16)].into(),
+                })
+            }),
             hashes: vec![Lanes::default(); seeds.len()].into(),
             // Padded to whole groups of eight for the transposes of `write_rows`.
             indices: vec![Lanes::default(); (seeds.len() + crosses.len()).next_multiple_of(LANES)]
@@ -182,6 +213,26 @@ impl BatchHasher {
         self.backend
     }
 
+    /// This hasher with AVX-512 held to eight events per vector (module `hash_simd`, "From
+    /// the bytes") even where the CPU has VBMI: for benches comparing the two paths.
+    pub fn eight_lanes(mut self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.wide = None;
+        }
+        self
+    }
+
+    /// Events [`BatchHasher::hash`] hashes per vector: 16 with AVX-512 and VBMI (module
+    /// `hash_simd`, "Sixteen events per vector"), 8 with AVX2 or AVX-512 alone, 1 scalar.
+    pub fn lanes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide.is_some() {
+            return 16;
+        }
+        if self.backend.is_simd() { LANES } else { 1 }
+    }
+
     /// Writes the indices of the events whose keys are `keys` (one per field, event after
     /// event) into `out`, [`BatchHasher::width`] per event: the keys' then the crosses'.
     /// With SIMD, [`BatchHasher::lay`] then [`BatchHasher::hash_laid`] per eight events;
@@ -197,6 +248,28 @@ impl BatchHasher {
         assert_eq!(keys.len(), events * fields, "keys must be whole events");
         assert_eq!(out.len(), events * width, "out must hold width() per event");
         if fields == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wide) = self.wide.as_deref_mut() {
+            let chunks = keys.chunks(16 * fields).zip(out.chunks_mut(16 * width));
+            for (keys, out) in chunks {
+                // SAFETY: `wide` exists only where the backend is AVX-512 (so AVX2 and
+                // AVX-512 F, BW and VL were found), VBMI was detected and
+                // `fat_pointers_are_ptr_len` held (`BatchHasher::new`).
+                unsafe {
+                    let events = super::hash_simd::hash_bytes16(
+                        &self.seeds,
+                        &self.crosses,
+                        self.mask,
+                        keys,
+                        &mut wide.laid,
+                        &mut wide.hashes,
+                        &mut wide.indices,
+                    );
+                    super::hash_simd::write_rows16(&wide.indices, width, events, out);
+                }
+            }
             return;
         }
         #[cfg(target_arch = "x86_64")]

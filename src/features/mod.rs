@@ -41,29 +41,36 @@
 //! hashes whose chains the CPU overlaps); the replay's events have the contract layout.
 //! So the pipeline uses `featurize`; the design's 4× is not reached (see the README).
 //!
-//! The hash step alone, by feature count: [`BatchHasher`] (module `batch`) hashes eight
-//! events of one layout per vector, one event per lane, crosses without gathers. With AVX2
-//! the keys are first laid out by column by scalar code (two words and a length per key);
-//! with AVX-512 (F, BW, VL: [`Backend::is_avx512`], preferred by [`Backend::detect`]) each
-//! key is read from its slice into a 16-byte row by one byte-masked load, rows are
-//! transposed to blocks in registers, and each field's vector chain runs independently of
-//! the others' (module `hash_simd`, "From the bytes"). `bench/hashing.rs` group `hash`, one
-//! run of one build on the shared 2-core machine (Xeon with AVX-512; load 5–9 from other
-//! builds, so absolute figures are inflated and vary by tens of percent), per 256 events,
-//! scalar reference / `simd_avx2` (from bytes) / `simd_avx512` (from bytes) / `kernel_avx2`
-//! (keys already laid out): 4 features 11.4 / 24.9 / 15.3 / 8.2 µs; 8: 16.8 / 12.4 (1.4×)
-//! / 10.2 (1.7×) / 4.6 (3.7×); contract 11: 19.4 / 16.7 (1.2×) / 12.2 (1.6×) / 9.8 (2.0×);
-//! 16: 38.1 / 31.4 (1.2×) / 12.8 (3.0×) / 8.0 µs (4.8×); 32 (one 24-byte key, hashed by the
-//! scalar reference): 55.2 / 63.9 / 52.9 / 15.9 µs. A second run (load 4 falling to 2), 16
-//! features: 30.5 / 25.7 (1.2×) / 10.4 (2.9×) / 9.6 µs (3.2×). From the bytes, the design's
-//! 4× on a 16-feature event is not reached: 2.9–3.0× with AVX-512 (a standalone loop of the
-//! same code, best of 300: 1.9×), 1.2× with AVX2. The AVX-512 path's two passes cost about
-//! the same: the masked loads and stores of the layout (~1.3 ns a key) and the vector
-//! rounds. Whole featurization, reference / `featurize` / `featurize_simd` (AVX-512: the
-//! plan's lanes as masked-load rows, module `plan`), runs 1 and 2: contract event 41.8 /
-//! 40.2 / 41.1 µs and 26.9 / 23.1 / 22.6 µs; 16 features 72.2 / 47.7 (1.5×) / 35.1 µs (2.1×)
-//! and 45.4 / 28.8 (1.6×) / 26.8 µs (1.7×). The pipeline keeps `featurize`: its events have
-//! the contract layout, where SIMD gains at most a few percent, and
+//! The hash step alone, by feature count: [`BatchHasher`] (module `batch`) hashes the
+//! events of one layout one event per lane, crosses without gathers. With AVX2 (eight
+//! events per vector) the keys are first laid out by column by scalar code (two words and a
+//! length per key). With AVX-512 (F, BW, VL: [`Backend::is_avx512`], preferred by
+//! [`Backend::detect`]) each key is read from its slice into a 16-byte row by one
+//! byte-masked load, and rows become blocks in registers; with VBMI as well it takes sixteen
+//! events per 512-bit vector and makes the masks of four keys at once from one load of
+//! their `&[u8]` pairs (module `hash_simd`, "Sixteen events per vector"), else eight
+//! (module `hash_simd`, "From the bytes"). `bench/hashing.rs` group `hash`, two runs of one
+//! build on the shared 2-core machine (Xeon with AVX-512 and VBMI; other developers' builds
+//! running: load 4.2–6.7 in run A, 4.5 falling to 2.7 in run B), per 256 events, scalar
+//! reference / `simd_avx512` (sixteen lanes, from bytes) / `simd_avx512x8` (the eight-lane
+//! path, same run), run A then run B: 4 features 6.3 / 6.8 (0.9×) / 4.9 µs and 6.9 / 2.5
+//! (2.7×) / 3.0 µs; 8: 16.3 / 7.4 (2.2×) / 14.8 and 7.2 / 4.6 (1.6×) / 5.7; contract 11:
+//! 20.0 / 6.9 (2.9×) / 12.0 and 10.3 / 4.1 (2.5×) / 6.3; 16: 35.0 / 6.2 (5.6×) / 8.8 and
+//! 13.6 / 5.6 (2.45×) / 9.0 µs; 32 (one 24-byte key, hashed by the scalar reference): 44.2 /
+//! 20.9 (2.1×) / 35.1 and 30.5 / 22.1 (1.4×) / 25.3 µs. On the 16-feature event the sixteen
+//! lanes are 1.4–1.6× the eight-lane path in the same run. Run A's 5.6× is the load's: its
+//! scalar reference took 35 µs against 13.6 in the quieter run B, where the ratio is 2.45×,
+//! as in a best-of-2000 loop of the same kernel outside criterion (2.4×). So the design's 4×
+//! from the bytes on a 16-feature event is not reached on this machine: about half of the
+//! time is still laying out the keys (a masked load and a store per key from separately
+//! allocated strings), half the vector rounds, whose 32-bit multiplies bound them. AVX2 from
+//! bytes stays near 1×. Whole featurization, reference / `featurize` / `featurize_simd`
+//! (unchanged: the plan's lanes as eight-lane masked-load rows, module `plan`), runs A and
+//! B: contract event 46.2 / 38.4 (1.2×) / 37.2 µs (1.24×) and 39.0 / 24.5 (1.6×) / 26.8 µs
+//! (1.46×); 16 features 90.0 / 66.6 (1.35×) / 62.9 µs (1.43×) and 67.2 / 39.9 (1.7×) / 41.7
+//! µs (1.6×). The pipeline keeps `featurize`, unchanged: [`BatchHasher`] needs a batch of
+//! events of one layout with their keys already gathered, which the pipeline does not have,
+//! its events have the contract layout, where SIMD gains at most a few percent, and
 //! featurization is ~3% of a replay's profile (README, "Replay against Vowpal Wabbit"). None
 //! allocates once its scratch buffers are warm, except when a caller's output grows past
 //! its inline capacity, a `ctx` field name is seen for the first time (its seed is then

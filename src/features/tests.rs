@@ -768,10 +768,16 @@ proptest! {
             want.extend(crosses.iter().map(|c| cross_mix(c.seed, hashes[c.a], hashes[c.b]) & mask));
         }
         // Every backend this CPU has: scalar, AVX2 (columns laid by scalar code) and AVX-512
-        // (keys read from their slices by masked loads).
+        // (keys read from their slices by masked loads; sixteen events per vector with
+        // VBMI). Up to 19 events: a whole vector of sixteen and a part of one.
         for backend in Backend::available() {
             let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits);
             prop_assert_eq!(hasher.width(), width);
+            // The sixteen-lane path runs wherever the CPU has it, so this covers it.
+            #[cfg(target_arch = "x86_64")]
+            if backend.is_avx512() && std::is_x86_feature_detected!("avx512vbmi") {
+                prop_assert_eq!(hasher.lanes(), 16);
+            }
             // Twice, with dirty outputs and stale lanes from the first call.
             for _ in 0..2 {
                 let mut out = vec![7u32; events * width];
@@ -785,6 +791,15 @@ proptest! {
                 hasher.hash_laid(out);
             }
             prop_assert_eq!(&out, &want, "{} lay + hash_laid", backend.name());
+            // The eight-lane AVX-512 path, which the sixteen-lane one replaces where the CPU
+            // has VBMI (the bench compares them).
+            if backend.is_avx512() {
+                let mut hasher = BatchHasher::new(backend, &seeds, &crosses, bits).eight_lanes();
+                prop_assert_eq!(hasher.lanes(), 8);
+                let mut out = vec![7u32; events * width];
+                hasher.hash(&keys, &mut out);
+                prop_assert_eq!(&out, &want, "avx512 eight lanes");
+            }
         }
     }
 }
