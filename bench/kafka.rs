@@ -2,7 +2,8 @@
 //! latency (p50/p99) at fixed input rates. Measured, never asserted.
 //!
 //! Run: `bash bench/kafka.sh` (starts a tansu broker, then `cargo bench --bench kafka`).
-//! Environment: `CTRFLOW_BENCH_IMPRESSIONS` (throughput run, default 300000; 0 skips it),
+//! Environment: `CTRFLOW_BENCH_IMPRESSIONS` (throughput run, default 300000, with the mock
+//! 60000: it keeps about 5 MB per partition and drops the oldest messages beyond; 0 skips it),
 //! `CTRFLOW_BENCH_RATES` (latency runs, events/s, default `10000,50000`),
 //! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
 //! (the bench's producer, default 5 = librdkafka's default: at 1 ms its client took ~50% of
@@ -83,7 +84,13 @@ fn main() {
             mock: None,
         }
     };
-    let impressions: u64 = env_or("CTRFLOW_BENCH_IMPRESSIONS", 300_000);
+    // The mock keeps about 5 MB per partition: 60k impressions (~95k events) fit in 4.
+    let default_impressions = if broker.mock.is_some() {
+        60_000
+    } else {
+        300_000
+    };
+    let impressions: u64 = env_or("CTRFLOW_BENCH_IMPRESSIONS", default_impressions);
     let seconds: u64 = env_or("CTRFLOW_BENCH_SECONDS", 20);
 
     if impressions > 0 {
@@ -247,6 +254,17 @@ fn throughput(broker: &Broker, impressions: u64) -> (u64, f64) {
         &AtomicU64::new(0),
     )
     .expect("fill the events topic");
+    // A broker that dropped the oldest messages before the worker started would leave it
+    // short of `stats.events` for ever (the wait below): librdkafka's mock keeps about
+    // 5 MB per partition (`rd_kafka_mock_partition` `max_size`). A fresh topic's low
+    // watermarks say (its high ones do not: tansu's memory storage reports them behind).
+    let deleted = deleted_events(brokers, &t.events);
+    assert!(
+        deleted == 0,
+        "the broker deleted the oldest {deleted} of the {} events produced (librdkafka's \
+         mock cluster keeps about 5 MB per partition); lower CTRFLOW_BENCH_IMPRESSIONS",
+        stats.events
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let running = start(&RunOptions {
@@ -264,6 +282,23 @@ fn throughput(broker: &Broker, impressions: u64) -> (u64, f64) {
     stop.store(true, Ordering::Relaxed);
     running.join().expect("clean stop");
     (stats.events, secs)
+}
+
+/// Messages deleted from the start of `topic` (its partitions' low watermarks: a fresh
+/// topic starts at 0).
+fn deleted_events(brokers: &str, topic: &str) -> u64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    (0..PARTITIONS)
+        .map(|p| {
+            let (low, _) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            low.max(0) as u64
+        })
+        .sum()
 }
 
 struct Latency {

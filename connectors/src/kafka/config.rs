@@ -123,8 +123,9 @@ pub struct ConsumerConfig {
     /// Messages taken per poll round before the worker moves on to process them.
     #[serde(default = "default_poll_batch")]
     pub poll_batch: usize,
-    /// A partition with no new message for this long no longer holds the watermark back
-    /// (otherwise one quiet partition would stall every attribution window).
+    /// A partition with no new message for this long, and everything it holds read, no
+    /// longer holds the watermark back (otherwise one quiet partition would stall every
+    /// attribution window); one whose messages wait unread is never idle.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// Where to start without a committed offset.

@@ -8,19 +8,66 @@
 //! The source also keeps the event-time watermark of its partitions: the minimum, over
 //! partitions that are not idle, of the newest event time read from each. The caller
 //! decodes payloads, so it reports each message's event time back from the callback.
+//!
+//! # Idleness
+//!
+//! A partition is idle when nothing was read from it for `consumer.idle_timeout_ms` *and*
+//! everything it holds has been handed on: its position as the application sees it (the
+//! next offset to hand on) has reached its high watermark. Both halves are needed. Silence
+//! alone is not idleness: a partition whose messages wait in the client's queue behind a
+//! busy partition's is silent, and taking it for idle would let the watermark pass records
+//! that then arrive late. Being caught up alone is not either: a partition read a moment
+//! ago may get more in a moment.
+//!
+//! The high watermark is the one the client keeps from its latest fetch response for the
+//! partition (`rd_kafka_get_watermark_offsets`: local, no request), read when the
+//! watermark is computed. What was fetched is below it, so a position at or past it means
+//! nothing is waiting in the client's queue either. Two other signals were tried and
+//! dropped:
+//! - The client's *fetch* position against the high watermark (session 9) runs ahead of
+//!   what the application read: everything fetched into the queue counts as read, which is
+//!   the starvation bug above. librdkafka's per-partition `fetchq_cnt` does not help: the
+//!   partitions' queues forward to the consumer's one queue and the statistic reports that
+//!   whole queue's length, for every partition.
+//! - Statistics (`app_offset` against `hi_offset`, every `statistics.interval.ms`) are
+//!   snapshots: one taken before data arrived, served after, makes a partition idle that has
+//!   data now; and a user setting the interval to 0 would have disabled idleness.
+//! - End-of-partition events (`enable.partition.eof`, session 10) also reach the context's
+//!   error callback as a warning per partition end, and some of them (at startup) arrive as
+//!   global errors without a partition, leaving a silent partition never idle.
+//!
+//! Positions: every partition's start is resolved when it is assigned (the checkpoint's
+//! offset, else the group's committed one, else the low or high watermark as
+//! `consumer.start` says), so that a partition with nothing to read, never read from, has a
+//! position to compare. The position is the larger of the next offset to hand on and the
+//! client's own application position, which moves past transaction markers (control
+//! records are never handed to the application), and, until the first message, the log
+//! start offset: a checkpoint's offset that retention has since deleted is reset by the
+//! client to the earliest message that exists.
+//!
+//! What it cannot see: a message produced to an idle partition is seen only once a fetch
+//! response brings it (loopback: a millisecond; while the client's queue is over
+//! `queued.min.messages`, fetches pause up to `fetch.queue.backoff.ms`), and while a
+//! broker is unreachable its partitions' high watermarks stand still, so its partitions go
+//! idle and what was produced meanwhile may arrive behind the watermark. That is what an
+//! idle timeout means; `input.allowed_lateness_ms` is the margin for it. An idle partition
+//! becomes active on its first unread message (its high watermark moves past its
+//! position), before the message is read: from then on it holds the watermark at its
+//! newest event time until its data is read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ffi::CString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message as _;
-use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::config::KafkaConfig;
+use super::config::{KafkaConfig, StartFrom};
 use crate::ConnectorError;
 
 /// One message of the input topic, borrowed for the duration of the callback.
@@ -62,84 +109,24 @@ pub struct SourceStats {
 #[derive(Debug)]
 struct Partition {
     id: i32,
-    /// Offset of the next message to read (last read + 1); -1 before the first read.
+    /// Offset of the next message to hand on: where reading started (resolved when the
+    /// partition was assigned), then last read + 1.
     next_offset: i64,
+    /// Nothing read from it since the source started.
+    unread: bool,
     /// Newest event time read; `i64::MIN` before the first event.
     max_ts: i64,
-    /// When the last message arrived.
+    /// When the last message arrived (or the source started).
     last_message: Instant,
     /// A message arrived in the current poll (`last_message` is set once per poll).
     touched: bool,
-    /// The client statistics last looked at (their `at_ms`).
-    stats_seen: u64,
-    /// Since when (`at_ms` of the first of them) every statistics report said this
-    /// partition was caught up, with no message since.
-    quiet_since_ms: Option<u64>,
-    /// Where the client's statistics last saw this partition, shared with its context.
-    seen: Arc<Seen>,
 }
 
-/// One partition as of the client's last statistics (every second).
+/// The client context: logs the client's errors (it retries by itself).
 #[derive(Debug)]
-struct Seen {
-    /// High watermark: the offset the next produced message gets (-1: unknown).
-    high: AtomicI64,
-    /// The client's fetch position (-1: unknown).
-    fetch: AtomicI64,
-    /// When these statistics came, in ms since the source started (0: never).
-    at_ms: AtomicU64,
-}
-
-impl Partition {
-    /// Whether statistics taken after the last message say everything the broker had was
-    /// read. A silent partition is idle only when caught up: one with a backlog that the
-    /// client's queue starves for a while (behind other partitions' messages) is not.
-    fn caught_up(&self, started: Instant) -> bool {
-        let at_ms = self.seen.at_ms.load(Ordering::Acquire);
-        let last_ms = self
-            .last_message
-            .saturating_duration_since(started)
-            .as_millis() as u64;
-        if at_ms <= last_ms {
-            return false;
-        }
-        let high = self.seen.high.load(Ordering::Relaxed);
-        if high < 0 {
-            return false;
-        }
-        if self.next_offset >= 0 {
-            self.next_offset >= high
-        } else {
-            // Nothing read yet: caught up when the client's fetcher found nothing to fetch.
-            self.seen.fetch.load(Ordering::Relaxed) >= high
-        }
-    }
-}
-
-/// The client context: keeps the high watermarks librdkafka reports in its statistics.
-#[derive(Debug)]
-pub struct SourceContext {
-    seen: Mutex<HashMap<i32, Arc<Seen>>>,
-    topic: String,
-    started: Instant,
-}
+pub struct SourceContext;
 
 impl ClientContext for SourceContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let Ok(seen) = self.seen.lock() else { return };
-        let at_ms = self.started.elapsed().as_millis() as u64 + 1;
-        for (id, partition) in &topic.partitions {
-            if let Some(slot) = seen.get(id) {
-                slot.high.store(partition.hi_offset, Ordering::Relaxed);
-                slot.fetch.store(partition.next_offset, Ordering::Relaxed);
-                slot.at_ms.store(at_ms, Ordering::Release);
-            }
-        }
-    }
-
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka client error (the client retries by itself).");
     }
@@ -154,12 +141,12 @@ const EMPTY_POLLS: u32 = 4;
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
+    /// `topic` for librdkafka's C API.
+    topic_c: CString,
     partitions: Vec<Partition>,
     /// Slot in `partitions` by partition id.
     slot: HashMap<i32, usize>,
     idle_timeout: Duration,
-    /// When the source started: the clock of [`Seen::at_ms`].
-    started: Instant,
     stats: Arc<SourceStats>,
     last_error_log: Option<Instant>,
     errors_since_log: u64,
@@ -186,35 +173,27 @@ impl KafkaSource {
         start: &HashMap<i32, i64>,
     ) -> Result<Self, ConnectorError> {
         let topic = config.topics.events.clone();
-        let started = Instant::now();
-        let context = SourceContext {
-            seen: Mutex::new(HashMap::new()),
-            topic: topic.clone(),
-            started,
-        };
-        let mut client = config.consumer_client();
-        if client.get("statistics.interval.ms").is_none() {
-            client.set("statistics.interval.ms", "1000");
-        }
-        let consumer: BaseConsumer<SourceContext> = client
-            .create_with_context(context)
+        let topic_c =
+            CString::new(topic.as_str()).map_err(|_| ConnectorError::TopicUnavailable {
+                topic: topic.clone(),
+                waited: Duration::ZERO,
+                last: "the name contains a NUL byte".to_owned(),
+            })?;
+        let consumer: BaseConsumer<SourceContext> = config
+            .consumer_client()
+            .create_with_context(SourceContext)
             .map_err(|e| ConnectorError::kafka("creating the consumer", e))?;
-        let count = partition_count(
-            &consumer,
-            &topic,
-            Duration::from_millis(config.consumer.startup_timeout_ms),
-        )?;
+        let timeout = Duration::from_millis(config.consumer.startup_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let count = partition_count(&consumer, &topic, timeout)?;
         let mine: Vec<i32> = (0..count)
             .filter(|p| *p as usize % workers.max(1) == worker)
             .collect();
+        let starts = resolve_starts(&consumer, config, &mine, start, deadline)?;
         let mut assignment = TopicPartitionList::new();
-        for &p in &mine {
+        for &(p, offset) in &starts {
             assignment
-                .add_partition_offset(
-                    &topic,
-                    p,
-                    start.get(&p).map_or(Offset::Stored, |&o| Offset::Offset(o)),
-                )
+                .add_partition_offset(&topic, p, Offset::Offset(offset))
                 .map_err(|e| ConnectorError::kafka("assigning partitions", e))?;
         }
         consumer
@@ -222,42 +201,30 @@ impl KafkaSource {
             .map_err(|e| ConnectorError::kafka("assigning partitions", e))?;
         drop(assignment);
         let now = Instant::now();
-        let mut partitions = Vec::with_capacity(mine.len());
-        let mut slot = HashMap::with_capacity(mine.len());
-        {
-            let mut seen = consumer
-                .context()
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (i, &id) in mine.iter().enumerate() {
-                let shared = Arc::new(Seen {
-                    high: AtomicI64::new(-1),
-                    fetch: AtomicI64::new(-1),
-                    at_ms: AtomicU64::new(0),
-                });
-                seen.insert(id, Arc::clone(&shared));
-                slot.insert(id, i);
-                partitions.push(Partition {
-                    id,
-                    next_offset: start.get(&id).copied().unwrap_or(-1),
-                    max_ts: i64::MIN,
-                    last_message: now,
-                    touched: false,
-                    stats_seen: 0,
-                    quiet_since_ms: None,
-                    seen: shared,
-                });
-            }
-        }
-        tracing::info!(topic, worker, partitions = ?mine, "Reading.");
+        let slot = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, _))| (id, i))
+            .collect();
+        let partitions = starts
+            .iter()
+            .map(|&(id, offset)| Partition {
+                id,
+                next_offset: offset,
+                unread: true,
+                max_ts: i64::MIN,
+                last_message: now,
+                touched: false,
+            })
+            .collect();
+        tracing::info!(topic, worker, partitions = ?starts, "Reading (partition, offset).");
         Ok(Self {
             consumer,
             topic,
+            topic_c,
             partitions,
             slot,
             idle_timeout: Duration::from_millis(config.consumer.idle_timeout_ms),
-            started,
             stats: Arc::new(SourceStats::default()),
             last_error_log: None,
             errors_since_log: 0,
@@ -348,7 +315,7 @@ impl KafkaSource {
             for p in &mut self.partitions {
                 if std::mem::take(&mut p.touched) {
                     p.last_message = now;
-                    p.quiet_since_ms = None;
+                    p.unread = false;
                 }
             }
         }
@@ -357,33 +324,22 @@ impl KafkaSource {
 
     /// Where this worker's partitions stand in event time.
     ///
-    /// A partition is idle once the client's statistics (every second) have said, for
-    /// `idle_timeout`, that it is caught up, with no message since. Silence alone is not
-    /// enough: a partition whose first fetch is still on its way, or that the client's
-    /// queue starves behind other partitions, is silent without being idle, and treating
-    /// it as idle would make everything it then delivers late.
+    /// A partition is idle when nothing was read from it for `idle_timeout` and its
+    /// position has reached the high watermark of the client's latest fetch response
+    /// (module doc, § Idleness): one whose messages wait unread in the client's queue, or
+    /// whose first fetch has not come back, is never idle.
     pub fn time(&mut self) -> SourceTime {
         if self.partitions.is_empty() {
             return SourceTime::Unassigned;
         }
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let idle_ms = self.idle_timeout.as_millis() as u64;
+        let now = Instant::now();
         let mut active = None::<i64>;
         let mut read_any = false;
-        for p in &mut self.partitions {
-            let at_ms = p.seen.at_ms.load(Ordering::Acquire);
-            if at_ms != p.stats_seen {
-                p.stats_seen = at_ms;
-                if p.caught_up(self.started) {
-                    p.quiet_since_ms.get_or_insert(at_ms);
-                } else {
-                    p.quiet_since_ms = None;
-                }
-            }
-            let idle = p
-                .quiet_since_ms
-                .is_some_and(|since| now_ms.saturating_sub(since) >= idle_ms);
+        for i in 0..self.partitions.len() {
+            let p = &self.partitions[i];
             read_any |= p.max_ts != i64::MIN;
+            let idle = now.saturating_duration_since(p.last_message) >= self.idle_timeout
+                && self.caught_up(p);
             if !idle {
                 if p.max_ts == i64::MIN {
                     return SourceTime::Unknown;
@@ -398,29 +354,70 @@ impl KafkaSource {
         }
     }
 
-    /// Next offsets to read, per partition, of everything read so far.
+    /// Whether everything `p` holds has been handed on: its position is at or past the
+    /// high watermark of the client's latest fetch response for it (`false` before the
+    /// first).
+    fn caught_up(&self, p: &Partition) -> bool {
+        let Some((low, high)) = self.watermarks(p.id) else {
+            return false;
+        };
+        // Until the first message, the client may have reset a start that retention
+        // deleted to the earliest message that exists.
+        let position = if p.unread {
+            p.next_offset.max(low)
+        } else {
+            p.next_offset
+        };
+        if position >= high {
+            return true;
+        }
+        // Behind: unless the gap is records the client never hands on (transaction
+        // markers), which move its own application position. Asked only here, for a silent
+        // partition that looks behind.
+        self.consumer.position().is_ok_and(|list| {
+            list.find_partition(&self.topic, p.id)
+                .and_then(|e| e.offset().to_raw())
+                .is_some_and(|app| app >= high)
+        })
+    }
+
+    /// The low and high watermarks of `partition` as of the client's latest fetch response
+    /// for it (a local read, no request); `None` before the first.
+    fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client handle lives as long as `self.consumer`, `topic_c` is a
+        // NUL-terminated string owned by `self`, and librdkafka only writes the two
+        // integers, under the partition's lock.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic_c.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+    }
+
+    /// Next offsets to read, per partition: where reading started, or after the last
+    /// message read.
     pub fn positions(&self) -> Vec<(i32, i64)> {
         self.partitions
             .iter()
-            .filter(|p| p.next_offset >= 0)
             .map(|p| (p.id, p.next_offset))
             .collect()
     }
 
-    /// Messages behind the high watermark, per partition, as of the client's last
-    /// statistics (every second); `None` until they are known.
+    /// Messages behind the high watermark, per partition, as of the client's latest fetch
+    /// response for it; `None` before the first.
     pub fn lag(&self) -> Vec<(i32, Option<i64>)> {
         self.partitions
             .iter()
             .map(|p| {
-                let high = p.seen.high.load(Ordering::Relaxed);
-                let lag = (high >= 0).then(|| {
-                    if p.next_offset >= 0 {
-                        (high - p.next_offset).max(0)
-                    } else {
-                        high
-                    }
-                });
+                let lag = self
+                    .watermarks(p.id)
+                    .map(|(_, high)| (high - p.next_offset).max(0));
                 (p.id, lag)
             })
             .collect()
@@ -500,6 +497,82 @@ fn partition_count(
     }
 }
 
+/// Where each of `partitions` starts: its offset in `start` (a checkpoint's), else the
+/// group's committed offset, else the low or high watermark as `consumer.start` says.
+/// Resolved here rather than left to the client, so that a partition never read from has
+/// a position to compare with its high watermark (module doc, § Idleness).
+fn resolve_starts(
+    consumer: &BaseConsumer<SourceContext>,
+    config: &KafkaConfig,
+    partitions: &[i32],
+    start: &HashMap<i32, i64>,
+    deadline: Instant,
+) -> Result<Vec<(i32, i64)>, ConnectorError> {
+    let topic = config.topics.events.as_str();
+    let missing: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !start.contains_key(p))
+        .collect();
+    let mut committed = HashMap::new();
+    if !missing.is_empty() {
+        let mut list = TopicPartitionList::new();
+        for &p in &missing {
+            list.add_partition(topic, p);
+        }
+        let found = retry(deadline, "reading the group's committed offsets", |wait| {
+            consumer.committed_offsets(list.clone(), wait)
+        })?;
+        for e in found.elements() {
+            if let Offset::Offset(offset) = e.offset() {
+                committed.insert(e.partition(), offset);
+            }
+        }
+    }
+    partitions
+        .iter()
+        .map(|&p| {
+            if let Some(&offset) = start.get(&p).or_else(|| committed.get(&p)) {
+                return Ok((p, offset));
+            }
+            let (low, high) = retry(deadline, "reading the partitions' watermarks", |wait| {
+                consumer.fetch_watermarks(topic, p, wait)
+            })?;
+            Ok((
+                p,
+                match config.consumer.start {
+                    StartFrom::Earliest => low,
+                    StartFrom::Latest => high,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Calls `request` (given how long it may wait) until it succeeds, with backoff, and fails
+/// with its last error at `deadline`.
+fn retry<T>(
+    deadline: Instant,
+    action: &'static str,
+    mut request: impl FnMut(Duration) -> KafkaResult<T>,
+) -> Result<T, ConnectorError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match request(remaining.clamp(Duration::from_millis(100), Duration::from_secs(5))) {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() + backoff >= deadline => {
+                return Err(ConnectorError::kafka(action, error));
+            }
+            Err(error) => {
+                tracing::info!(%error, "Retrying: {action}.");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::ClientConfig;
@@ -542,15 +615,13 @@ mod tests {
         std::str::from_utf8(m.payload).ok()?.parse().ok()
     }
 
-    /// A known bug (issue 3's note, session 9): a partition whose messages the client has
-    /// already fetched but the worker has not yet read (they wait in the client's queue
-    /// behind another partition's) is taken for idle — the client's fetch position says
-    /// "caught up" — and the watermark runs ahead of it (here to the read partition's 1000
-    /// while the other's 500s wait). Deciding on end-of-partition events instead fixes it
-    /// but librdkafka delivers some of them (at startup) as global errors without a
-    /// partition, which would leave a silent partition never idle; not fixed yet.
+    /// Issue 3's starvation bug: a partition whose messages the client has already
+    /// fetched but the worker has not yet read (they wait in the client's queue behind
+    /// another partition's) must not be taken for idle — the client's fetch position says
+    /// "caught up" — or the watermark runs ahead of it (here to the read partition's 1000
+    /// while the other's 500s wait). Read to its end, a partition goes idle; a new message
+    /// makes it active again.
     #[test]
-    #[ignore = "known bug: a fetched-but-unread partition is taken for idle (see its doc)"]
     fn a_partition_with_unread_messages_is_never_idle_and_a_read_one_goes_idle() {
         let cluster = MockCluster::new(1).unwrap();
         let brokers = cluster.bootstrap_servers();
@@ -594,5 +665,42 @@ mod tests {
             assert!(Instant::now() < deadline, "the new message never came");
         }
         assert_eq!(source.time(), SourceTime::Active(2000));
+    }
+
+    /// Waits (polling) until `source.time()` is `want`, for up to 10 s.
+    fn wait_for(source: &mut KafkaSource, want: SourceTime) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while source.time() != want {
+            assert!(
+                Instant::now() < deadline,
+                "never {want:?}: {:?}",
+                source.time()
+            );
+            source.poll(6, Duration::from_millis(50), ts);
+        }
+    }
+
+    /// A partition that never had a message has nothing to read: it goes idle after the
+    /// timeout (its start, resolved at assignment, is its high watermark), and the
+    /// watermark follows the other partition.
+    #[test]
+    fn a_partition_empty_from_the_start_goes_idle() {
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        cluster.create_topic("e", 2, 1).unwrap();
+        let mut source = source(&brokers, "e");
+        assert_eq!(source.positions(), vec![(0, 0), (1, 0)]);
+        // Past the idle timeout, both empty partitions are idle; nothing read: no time.
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(source.poll(6, Duration::from_millis(50), ts), 0);
+        assert_eq!(source.time(), SourceTime::Unknown);
+        // Partition 0 gets messages: the empty one does not hold the watermark.
+        produce(&brokers, "e", 0, &["1000", "1001"]);
+        wait_for(&mut source, SourceTime::Active(1001));
+        // Then both idle, and a new message on the empty one makes it active alone.
+        wait_for(&mut source, SourceTime::Idle);
+        produce(&brokers, "e", 1, &["1500"]);
+        wait_for(&mut source, SourceTime::Active(1500));
+        assert_eq!(source.positions(), vec![(0, 2), (1, 1)]);
     }
 }
