@@ -490,10 +490,11 @@ fn gh_4_killed_with_stubs_out_of_memory_the_worker_resumes_exactly() {
     let create = |topics: &[(&str, i32)]| crate::kafka_util::create_topics(&brokers, topics);
     let scenario = Scenario {
         impressions: 36_000,
-        // Two: a partition whose records wait in the client's queue behind the other's is
-        // not idle (`kafka::source::tests::a_partition_with_unread_messages_…`), however
-        // long a loaded debug build starves it.
-        partitions: 2,
+        // One: with two (the source's idleness no longer an obstacle since it was fixed,
+        // `kafka::source::tests::a_partition_with_unread_messages_…`), its precondition —
+        // chunks out of memory at the last restart — failed once in 4 runs beside the other
+        // kill tests; with one it held in every CI run.
+        partitions: 1,
         workers: 1,
         kills: 2,
         kill_after_ms: 0..1_000,
