@@ -256,7 +256,7 @@ pub struct GenArgs {
     /// Random seed; the same seed gives the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Index of the first impression under drift (imp-<K>); no drift if absent.
+    /// Index of the first impression under drift (`imp-<K>`); no drift if absent.
     #[arg(long, value_name = "K")]
     pub drift_at: Option<u64>,
     /// What drifts at --drift-at (comma-separated).

@@ -2,7 +2,7 @@
 //!
 //! Each timely worker reads its share of the file's blocks (see
 //! [`ctrflow_connectors::file::FileSource`]), decodes and featurizes its lines, and sends
-//! them into the dataflow at its watermark; [`LearnOnline`] routes every record to the
+//! them into the dataflow at its watermark; [`LearnOnline`](ctrflow_dataflows::operators::LearnOnline) routes every record to the
 //! worker that owns its impression, scores, joins labels and trains.
 //!
 //! # Workers and the model

@@ -3,7 +3,7 @@
 //! # The contract
 //!
 //! Every hashed index the model has ever seen depends on this spec, so it never changes
-//! without a model reset. The SIMD path ([`super::hash_simd`]) must be bit-identical to it.
+//! without a model reset. The SIMD path (`hash_simd`) must be bit-identical to it.
 //!
 //! - **Hash function.** `H(seed, bytes)` is MurmurHash3 x86_32 (Austin Appleby's public
 //!   algorithm, re-implemented here): little-endian 4-byte blocks

@@ -26,7 +26,7 @@ const BLOCKS: Table<u32, Vec<u64>> = Table::new(TableId::Model);
 const SHAPE: Table<u32, Shape> = Table::new(TableId::Model);
 const SHAPE_KEY: u32 = u32::MAX;
 /// The key base of a challenger's blocks: above every champion block (a model has fewer
-/// than 2^31 blocks) and below [`SHAPE_KEY`].
+/// than 2^31 blocks) and below `SHAPE_KEY`.
 pub const CHALLENGER: u32 = 0x8000_0000;
 
 /// What a stored model must agree with to be restored into a configured one.
