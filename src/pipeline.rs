@@ -267,12 +267,19 @@ fn build_inner(
                 ts: s.event_ts,
                 score: s.score,
             });
-            let labels = examples.map(|e| Observation::Label {
-                id: id_key(&e.id),
-                impression_ts: e.impression_ts,
+            // Labels carry their segment when it is the category the example has; else
+            // the detector joins them with it by the id's hash.
+            let carried = config.drift.segments.carried_by_labels();
+            let labels = examples.map(move |e| Observation::Label {
+                id: if carried { 0 } else { id_key(&e.id) },
                 label_ts: e.label_ts,
                 served: e.served,
                 label: e.label,
+                segment: if carried {
+                    e.category
+                } else {
+                    CompactString::default()
+                },
             });
             let sink = Rc::clone(&alerts);
             impressions
@@ -407,7 +414,7 @@ pub struct Ingest {
     /// Counts `ctx` values for data drift, when asked to ([`Ingest::sketching`]).
     sketch: Option<CtxSketch>,
     /// The `ctx` field whose value is each impression's segment, for per-segment concept
-    /// drift ([`crate::drift::segment`]), when asked to.
+    /// drift ([`crate::drift::segment`]), when asked to and labels do not carry it.
     segment_field: Option<CompactString>,
     /// `ctx` summaries and segments, for the drift detectors.
     summaries: Vec<Observation>,
@@ -432,8 +439,9 @@ impl Ingest {
         if config.drift.enabled && config.drift.data.enabled {
             self.sketch = Some(config.drift.data.sketch());
         }
-        if config.drift.enabled && config.drift.segments.enabled {
-            self.segment_field = Some(config.drift.segments.field.as_str().into());
+        let segments = &config.drift.segments;
+        if config.drift.enabled && segments.enabled && !segments.carried_by_labels() {
+            self.segment_field = Some(segments.field.as_str().into());
         }
         self
     }

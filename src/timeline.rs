@@ -490,7 +490,7 @@ mod tests {
         let mut out = Vec::new();
         let label = |ts, served, label| Observation::Label {
             id: 0,
-            impression_ts: ts - 10,
+            segment: Default::default(),
             label_ts: ts,
             served,
             label,

@@ -33,16 +33,19 @@ pub enum Observation {
     },
     /// An impression got its final label.
     Label {
-        /// A hash of the impression's id (the same hash as [`Observation::Segment`]'s).
+        /// A hash of the impression's id (the same hash as [`Observation::Segment`]'s), when
+        /// the label does not carry its segment.
         id: u64,
-        /// The impression's event time.
-        impression_ts: EventTime,
         /// Event time at which the label became final.
         label_ts: EventTime,
         /// The score served for it.
         served: f32,
         /// How the label was decided.
         label: LabelSource,
+        /// The impression's segment (value of the segmenting `ctx` field) when the label
+        /// carries it; empty: the detector finds it by `id`, from the impression's
+        /// [`Observation::Segment`].
+        segment: CompactString,
     },
     /// One worker's summary of the `ctx` values of the impressions it decoded lately; boxed
     /// (one per thousand impressions) so that the other, per-impression variants, which

@@ -225,6 +225,15 @@ const fn default_max_segments() -> usize {
     64
 }
 
+impl SegmentsConfig {
+    /// Whether labels carry their impression's segment: the label join keeps every
+    /// impression's `category` for its example, so for that field (the default) no
+    /// per-impression [`Observation::Segment`] is needed (see [`segment`]).
+    pub fn carried_by_labels(&self) -> bool {
+        self.field == "category"
+    }
+}
+
 impl Default for SegmentsConfig {
     fn default() -> Self {
         Self {
@@ -1049,7 +1058,7 @@ impl Drift {
                 label_ts,
                 served,
                 label,
-                ..
+                segment,
             } => {
                 if let Some(o) = &mut self.outage
                     && *label != LabelSource::Expired
@@ -1068,6 +1077,7 @@ impl Drift {
                     let settled = settled && self.examples >= self.concept_warmup;
                     g.label(
                         *id,
+                        segment,
                         with_logit,
                         positive,
                         *label_ts,
@@ -1136,7 +1146,7 @@ mod tests {
             if feedback && ts % 120 == 0 {
                 d.observe(&Observation::Label {
                     id: ts as u64,
-                    impression_ts: ts - 1000,
+                    segment: Default::default(),
                     label_ts: ts,
                     served: 0.04,
                     label: LabelSource::FastSkip,
@@ -1229,7 +1239,7 @@ mod tests {
             };
             out.push(Observation::Label {
                 id: i,
-                impression_ts: ts,
+                segment: Default::default(),
                 label_ts: ts + 5,
                 served: p as f32,
                 label,

@@ -36,7 +36,9 @@ use crate::store::{Backend, Batch, StateStore};
 use crate::table::TableId;
 
 /// Layout version of everything ctrflow stores; a store of another version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// 2: pending entries carry item and category. 3: the drift detectors' buffered label
+/// observations carry their segment instead of the impression's event time.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Key of the manifest in [`TableId::Meta`].
 const MANIFEST_KEY: &[u8] = b"manifest";

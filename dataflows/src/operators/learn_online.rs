@@ -425,6 +425,10 @@ struct Received {
     batches: Vec<Vec<Interaction>>,
     /// Emptied batches, kept for their capacity.
     spare: Vec<Vec<Interaction>>,
+    /// `(watermark, n)`: the first `n` batches hold no record ready at `watermark`. With
+    /// several workers the operator runs once per arriving batch while the watermark
+    /// stays; then only the new batches are looked at, not every buffered record again.
+    scanned: Option<(EventTime, usize)>,
 }
 
 /// A ready record's place in the processing order: `(ts, pos)`, then its arrival (batch,
@@ -468,9 +472,13 @@ impl Received {
     }
 
     /// The keys of the records with `ts < watermark`, in processing order.
-    fn ready(&self, watermark: EventTime, order: &mut Vec<OrderKey>) {
+    fn ready(&mut self, watermark: EventTime, order: &mut Vec<OrderKey>) {
         order.clear();
-        for (b, batch) in self.batches.iter().enumerate() {
+        let from = match self.scanned {
+            Some((at, n)) if at == watermark => n.min(self.batches.len()),
+            _ => 0,
+        };
+        for (b, batch) in self.batches.iter().enumerate().skip(from) {
             order.extend(
                 (batch.iter().enumerate())
                     .filter(|(_, x)| x.ts < watermark)
@@ -481,6 +489,8 @@ impl Received {
         if !order.is_sorted() {
             order.sort_unstable();
         }
+        // With some ready, `remove_ready` notes what is left.
+        self.scanned = order.is_empty().then_some((watermark, self.batches.len()));
     }
 
     /// Drops the `processed` records with `ts < watermark`, keeping the others in order.
@@ -500,6 +510,8 @@ impl Received {
             }
             false
         });
+        // What is left is not ready at `watermark`.
+        self.scanned = Some((watermark, self.batches.len()));
     }
 }
 
