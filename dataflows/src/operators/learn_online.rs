@@ -955,10 +955,6 @@ struct Windows {
     index: HashTable<u64>,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
-    /// Nothing falls due before this: [`close_before`](Self::close_before) up to it has
-    /// nothing to do (it runs before every record, and finding that out took three ring
-    /// lookups a record). Lowered by every new impression; `MIN`: not known.
-    idle_until: EventTime,
     /// Sequence numbers `persisted.0..persisted.1` are in the last checkpoint.
     persisted: (u64, u64),
     /// Persisted impressions changed since the last checkpoint.
@@ -999,7 +995,6 @@ impl Windows {
             close_cursor: 0,
             index: HashTable::new(),
             processed_to: EventTime::MIN,
-            idle_until: EventTime::MIN,
             persisted: (0, 0),
             dirty: Vec::new(),
         }
@@ -1042,9 +1037,6 @@ impl Windows {
 
     /// Appends impression `id` to the ring and the index (not yet in the index).
     fn push(&mut self, id: CompactString, entry: Stub) {
-        // Its provisional negative (or its window's end) may fall due before anything else.
-        let first_due = self.wait_ms.unwrap_or(self.window_ms).min(self.window_ms);
-        self.idle_until = self.idle_until.min(entry.ts.saturating_add(first_due));
         let seq = self.end();
         let hash = id_hash(&id);
         self.ring.push_back((id, entry));
@@ -1469,9 +1461,6 @@ impl Windows {
     /// impressions closed for a whole window.
     fn close_before<L: Learner, E>(&mut self, until: EventTime, step: &mut Step<'_, L, E>) {
         self.processed_to = self.processed_to.max(until);
-        if until <= self.idle_until && self.ring.spilled_chunks == 0 {
-            return;
-        }
         loop {
             if self.ring.spilled_chunks > 0 {
                 self.read_ahead(self.close_cursor);
@@ -1540,38 +1529,6 @@ impl Windows {
                     PENDING_IDS.delete(&mut spill.queued, &(spill.worker, id.to_string()));
                 }
             }
-        }
-        self.idle_until = self.next_due();
-    }
-
-    /// The earliest time at which a provisional negative, a window's end or a forgetting
-    /// falls due (each cursor's next impression; a window closes with its cursor, and so
-    /// the front impression is forgotten only after it closed); `MIN` if an impression a
-    /// cursor needs is out of memory.
-    fn next_due(&self) -> EventTime {
-        let at = |cursor: u64, after: EventTime| -> Option<EventTime> {
-            if cursor >= self.ring.end() {
-                return Some(EventTime::MAX);
-            }
-            let at = usize::try_from(cursor.checked_sub(self.ring.first)?).ok()?;
-            let (_, entry) = self.ring.get(at)?;
-            Some(entry.ts.saturating_add(after))
-        };
-        let forget = match self.ring.front() {
-            Some((_, front)) if front.closed => {
-                Some(front.ts.saturating_add(self.window_ms.saturating_mul(2)))
-            }
-            Some(_) => Some(EventTime::MAX),
-            None if self.ring.is_empty() => Some(EventTime::MAX),
-            None => None,
-        };
-        let wait = match self.wait_ms {
-            Some(wait_ms) => at(self.wait_cursor, wait_ms),
-            None => Some(EventTime::MAX),
-        };
-        match (wait, at(self.close_cursor, self.window_ms), forget) {
-            (Some(w), Some(c), Some(f)) => w.min(c).min(f),
-            _ => EventTime::MIN,
         }
     }
 }
