@@ -328,7 +328,17 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         phase("killed");
         epochs.push(inspect(&state_b)["checkpoint"]["epoch"].as_u64().unwrap());
     }
-    let worker = WorkerProcess::start(dir.path(), &config_b, workers);
+    // Told to stop only once it runs (a checkpoint of its own): the killed runs may have
+    // read and committed everything already, and a SIGTERM before the worker installed its
+    // handlers kills it (seen once: "exited signal: 15").
+    let before = newest_copy(&state_b);
+    let mut worker = WorkerProcess::start(dir.path(), &config_b, workers);
+    let deadline = std::time::Instant::now() + timeout;
+    while newest_copy(&state_b) <= before {
+        assert!(worker.is_running(), "the worker exited by itself");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     wait_committed(brokers, &group_b, &events, timeout);
     let report = worker.stop();
     phase("interrupted run done");
