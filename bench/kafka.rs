@@ -5,7 +5,9 @@
 //! Environment: `CTRFLOW_BENCH_IMPRESSIONS` (throughput run, default 300000, with the mock
 //! 60000: it keeps about 5 MB per partition and drops the oldest messages beyond; 0 skips it),
 //! `CTRFLOW_BENCH_RATES` (latency runs, events/s, default `10000,50000`),
-//! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
+//! `CTRFLOW_BENCH_SECONDS` (per latency run, default 20), `CTRFLOW_BENCH_SCORE_ON` (the
+//! worker's `label.score_on` for the latency runs, each rate run once per mode listed;
+//! default `watermark,arrival`; the throughput run uses `watermark`), `CTRFLOW_BENCH_PRODUCER_LINGER_MS`
 //! (the bench's producer, default 5 = librdkafka's default: at 1 ms its client took ~50% of
 //! a core at 50k events/s, which the worker and the broker then lacked), `CTRFLOW_BENCH_FETCH_WAIT_MS` (the worker's
 //! `fetch.wait.max.ms`, default 5), `CTRFLOW_BENCH_WORKER_LINGER_MS` (the worker's score
@@ -44,6 +46,7 @@ use ctrflow::generator::{EventKind, GenConfig, Generator};
 use ctrflow::produce::{KafkaTarget, produce};
 use ctrflow::run::{RunOptions, start};
 use ctrflow_connectors::kafka::{KafkaConfig, KafkaSink};
+use ctrflow_dataflows::operators::ScoreOn;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -101,13 +104,23 @@ fn main() {
         );
     }
     let rates = std::env::var("CTRFLOW_BENCH_RATES").unwrap_or_else(|_| "10000,50000".to_owned());
-    for rate in rates
+    let modes: Vec<ScoreOn> = std::env::var("CTRFLOW_BENCH_SCORE_ON")
+        .unwrap_or_else(|_| "watermark,arrival".to_owned())
+        .split(',')
+        .map(|m| match m.trim() {
+            "watermark" => ScoreOn::Watermark,
+            "arrival" => ScoreOn::Arrival,
+            other => panic!("CTRFLOW_BENCH_SCORE_ON: {other:?} is neither watermark nor arrival"),
+        })
+        .collect();
+    for (rate, score_on) in rates
         .split(',')
         .filter_map(|r| r.trim().parse::<f64>().ok())
+        .flat_map(|rate| modes.iter().map(move |m| (rate, *m)))
     {
-        let l = latency(&broker, rate, seconds);
+        let l = latency(&broker, rate, seconds, score_on);
         println!(
-            "latency at {rate:.0} events/s offered ({:.0} achieved), after the first {WARMUP_MS} ms: {} impressions ({} unscored), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (first {WARMUP_MS} ms: max {:.1} ms)",
+            "latency at {rate:.0} events/s offered ({:.0} achieved), score_on = {score_on:?}, after the first {WARMUP_MS} ms: {} impressions ({} unscored), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (first {WARMUP_MS} ms: max {:.1} ms)",
             l.achieved, l.count, l.unscored, l.p50, l.p90, l.p99, l.max, l.warmup_max
         );
         println!(
@@ -125,7 +138,9 @@ fn main() {
             .map(|(g, c)| format!("{g} {:.0}%", c * 100.0))
             .collect();
         println!("  CPU (share of one core): {}", cpu.join(", "));
-        if std::env::var("CTRFLOW_BENCH_ECHO").is_ok_and(|v| v == "1") {
+        if std::env::var("CTRFLOW_BENCH_ECHO").is_ok_and(|v| v == "1")
+            && modes.last() == Some(&score_on)
+        {
             let e = echo(&broker, rate, seconds);
             println!(
                 "  broker alone at {rate:.0} events/s ({:.0} achieved): produced → read back {} impressions ({} unread), p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; broker CPU {:.0}%",
@@ -198,8 +213,9 @@ fn topics(broker: &Broker, tag: &str) -> Topics {
 
 /// The worker's configuration for the bench: configs/local.toml's latency settings
 /// (no lateness allowance, 1 ms watermark steps, 1 ms producer linger, 5 ms fetch wait).
-fn config(brokers: &str, t: &Topics) -> PipelineConfig {
+fn config(brokers: &str, t: &Topics, score_on: ScoreOn) -> PipelineConfig {
     let mut config = PipelineConfig::default();
+    config.label.score_on = score_on;
     config.input.allowed_lateness_ms = 0;
     config.input.watermark_step_ms = 1;
     config.kafka.brokers = brokers.to_owned();
@@ -268,7 +284,7 @@ fn throughput(broker: &Broker, impressions: u64) -> (u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let running = start(&RunOptions {
-        config: config(brokers, &t),
+        config: config(brokers, &t, ScoreOn::Watermark),
         workers: WORKERS,
         stop: Arc::clone(&stop),
     })
@@ -541,8 +557,8 @@ fn cpu_times(broker: Option<u32>) -> BTreeMap<String, f64> {
     groups
 }
 
-fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
-    let t = topics(broker, &format!("lat{rate}"));
+fn latency(broker: &Broker, rate: f64, seconds: u64, score_on: ScoreOn) -> Latency {
+    let t = topics(broker, &format!("lat{rate}-{score_on:?}"));
     let brokers = broker.addr.as_str();
     let metrics = ctrflow::telemetry::install().expect("metrics recorder");
     let buckets_before = latency_buckets(&metrics.render());
@@ -551,7 +567,7 @@ fn latency(broker: &Broker, rate: f64, seconds: u64) -> Latency {
         .and_then(|p| p.parse().ok());
     let stop = Arc::new(AtomicBool::new(false));
     let running = start(&RunOptions {
-        config: config(brokers, &t),
+        config: config(brokers, &t, score_on),
         workers: WORKERS,
         stop: Arc::clone(&stop),
     })

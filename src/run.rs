@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ctrflow_connectors::kafka::{KafkaSink, KafkaSource, SourceTime};
-use ctrflow_dataflows::operators::{JoinStats, SpillStats, Watermark};
+use ctrflow_dataflows::operators::{JoinStats, ScoreOn, SpillStats, Watermark};
 use serde::Serialize;
 
 use crate::checkpoint::Checkpointer;
@@ -939,6 +939,7 @@ fn work(
         dataflow.advance_to(input_time);
     }
     let step = config.input.watermark_step_ms;
+    let on_arrival = config.label.score_on == ScoreOn::Arrival;
     let commit_every = Duration::from_millis(config.kafka.consumer.commit_interval_ms);
     let mut commits: VecDeque<(Watermark, Vec<(i32, i64)>)> = VecDeque::new();
     let mut last_snapshot = Instant::now();
@@ -1061,16 +1062,11 @@ fn work(
         }
         // The round's impressions older than the watermark just reached are scored by the
         // next step; the others once the watermark passes the newest of them.
+        // With `label.score_on = "arrival"` all of them are scored by the next step.
         let now_at = *dataflow.input.time();
-        let scored_now = impression_ts
-            .iter()
-            .filter(|&&ts| ts >= 0 && (ts as u64) < now_at)
-            .count();
-        let waiting_newest = impression_ts
-            .iter()
-            .copied()
-            .filter(|&ts| ts < 0 || ts as u64 >= now_at)
-            .max();
+        let waits = |ts: i64| !on_arrival && (ts < 0 || ts as u64 >= now_at);
+        let scored_now = impression_ts.iter().filter(|&&ts| !waits(ts)).count();
+        let waiting_newest = impression_ts.iter().copied().filter(|&ts| waits(ts)).max();
         let groups = [
             (now_at.max(sent_at + 1), scored_now),
             (

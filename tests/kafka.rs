@@ -43,6 +43,40 @@ fn a_hundred_thousand_events_give_exactly_one_score_per_impression() {
 }
 
 #[test]
+fn scored_on_arrival_every_impression_is_scored_before_the_watermark_reaches_it() {
+    let brokers = broker();
+    let topics = Topics::create(&brokers, 4);
+    let dir = tempfile::tempdir().unwrap();
+    // A watermark an hour behind the newest event: while the partitions are active, no
+    // impression is ever behind it, and no label is learned. Scored on the watermark,
+    // nothing would come out before the partitions go idle (then all at once, interleaved
+    // with learning); scored on arrival, every impression is scored as it is read, by a
+    // model that has learned nothing yet.
+    let extra = "[input]\nallowed_lateness_ms = 3600000\n[label]\nscore_on = \"arrival\"\n";
+    let worker = WorkerProcess::start(dir.path(), &topics.config(&brokers, extra), 2);
+    let generated = generate_into(&brokers, &topics.events, 3_000, 11, None);
+    let (report, scores) = worker.stop_when_scored(
+        &brokers,
+        &topics.scores,
+        generated.impressions as usize,
+        Duration::from_secs(120),
+    );
+    assert_eq!(report["impressions"], generated.impressions, "{report}");
+    assert_one_valid_score_per_impression(&scores, generated.impressions);
+    let learned: Vec<&serde_json::Value> = scores
+        .iter()
+        .filter(|s| s["model_version"] != 0)
+        .take(3)
+        .collect();
+    assert!(
+        learned.is_empty(),
+        "scored after the model learned (so not on arrival): {learned:?}"
+    );
+    // Labels are still learned, in event-time order, once the watermark moves.
+    assert!(report["examples"].as_u64().unwrap_or(0) > 0, "{report}");
+}
+
+#[test]
 fn malformed_messages_become_dead_letters_and_the_rest_is_unaffected() {
     let brokers = broker();
     let topics = Topics::with_examples(&brokers, 2);

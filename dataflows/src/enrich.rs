@@ -34,7 +34,10 @@ pub enum Signal {
 ///
 /// The dataflow calls these in event-time order, so the features an impression is scored
 /// with are the aggregates of every event before it and of none of its own feedback
-/// (which comes later); the impression keeps those features for training.
+/// (which comes later); the impression keeps those features for training. (With
+/// `label.score_on = "arrival"`, `enrich` runs when the impression arrives, on the
+/// aggregates of the events processed so far: all before the watermark, none of its own
+/// feedback.)
 pub trait Enrich {
     /// About to enrich impressions about `entities`: load what is not at hand, in one
     /// batched read.

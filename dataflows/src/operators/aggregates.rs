@@ -26,13 +26,19 @@
 //!
 //! # Batching
 //!
-//! Updates take effect at the first bucket boundary at or after the time they arrive, not
-//! at that time itself: the differential operators then see one time per bucket (with the
-//! updates of all the batches in it consolidated) however finely the watermark moves
-//! (`run` advances it per poll, `replay` per block), and their work per time (re-ranking
-//! a top-K shard, replaying a key's history) is done once per bucket. The price: between
-//! boundaries the aggregates lag by less than one bucket (the window's state, which a
-//! checkpoint stores, is always complete); when the input ends everything takes effect.
+//! Updates take effect at the first bucket boundary at or after their event time (an
+//! impression's `ts`, a click's label time) — or the time they arrive, if that is later (a
+//! late record) — not at that time itself: the differential operators then see one time per
+//! bucket (with the updates of all the batches in it consolidated) however finely the
+//! watermark moves (`run` advances it per poll, `replay` per block), and their work per time
+//! (re-ranking a top-K shard, replaying a key's history) is done once per bucket. The price:
+//! between boundaries the aggregates lag by less than one bucket (the window's state, which
+//! a checkpoint stores, is always complete); when the input ends everything takes effect.
+//! Event time, not arrival, so that what the aggregates show at a watermark does not depend
+//! on how reading was batched: a worker killed and restarted shows at its last checkpoint
+//! exactly what one never stopped does (arrival times differ between such runs; with them,
+//! a click arriving just before a boundary in one run and just after it in the other was
+//! shown in one checkpoint and not the other).
 //!
 //! # Shape
 //!
@@ -190,18 +196,21 @@ struct Bucket {
     items: BTreeMap<CompactString, u64>,
 }
 
-/// What `AggregatePrepare` sends to the window: one batch's sums of one bucket.
+/// What `AggregatePrepare` sends to the window: one batch's sums of one bucket that take
+/// effect at one boundary (`effect`, see the module docs, "Batching").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Delta {
     Category {
         bucket: i64,
         category: CompactString,
         counts: Counts,
+        effect: Watermark,
     },
     Item {
         bucket: i64,
         item: CompactString,
         clicks: u64,
+        effect: Watermark,
     },
 }
 
@@ -389,17 +398,20 @@ impl Aggregates {
     /// Adds `delta` to the window, unless its bucket retired before `time`; appends the
     /// differential updates it makes (at `time`) to `out`.
     fn insert(&mut self, delta: Delta, time: Watermark, out: &mut Vec<(Key, Watermark, isize)>) {
-        let bucket = match &delta {
-            Delta::Category { bucket, .. } | Delta::Item { bucket, .. } => *bucket,
+        let (bucket, effect) = match &delta {
+            Delta::Category { bucket, effect, .. } | Delta::Item { bucket, effect, .. } => {
+                (*bucket, *effect)
+            }
         };
-        if self.config.retire(bucket) <= time.max(self.retired_to) {
+        // Before `retire(bucket)` (a boundary) or not at all.
+        let time = self.config.boundary(time.max(effect));
+        let retire = self.config.retire(bucket);
+        if retire <= time || retire <= self.retired_to {
             if let Delta::Category { counts, .. } = delta {
                 self.late += counts.impressions + counts.clicks;
             }
             return;
         }
-        // Never after `retire(bucket)`: that is a boundary, and after `time`.
-        let time = self.config.boundary(time);
         let sums = self.window.entry(bucket).or_default();
         match delta {
             Delta::Category {
@@ -491,24 +503,30 @@ fn push_bucket(
 
 /// Moves the sums of one batch into `out`, emptying the maps.
 fn drain_sums(
-    categories: &mut FxHashMap<(i64, CompactString), Counts>,
-    items: &mut FxHashMap<(i64, CompactString), u64>,
+    categories: &mut FxHashMap<(i64, CompactString, Watermark), Counts>,
+    items: &mut FxHashMap<(i64, CompactString, Watermark), u64>,
     out: &mut Vec<Delta>,
 ) {
     out.extend(
         categories
             .drain()
-            .map(|((bucket, category), counts)| Delta::Category {
+            .map(|((bucket, category, effect), counts)| Delta::Category {
                 bucket,
                 category,
                 counts,
+                effect,
             }),
     );
-    out.extend(items.drain().map(|((bucket, item), clicks)| Delta::Item {
-        bucket,
-        item,
-        clicks,
-    }));
+    out.extend(
+        items
+            .drain()
+            .map(|((bucket, item, effect), clicks)| Delta::Item {
+                bucket,
+                item,
+                clicks,
+                effect,
+            }),
+    );
 }
 
 /// A top-K value: minus the item's clicks (so that the most clicked sorts first), the item.
@@ -591,15 +609,23 @@ impl<'scope> Aggregate<'scope> for Stream<'scope, Watermark, Vec<Score>> {
             "AggregatePrepare",
             move |_cap, _info| {
                 let config = prepare_config;
-                let mut categories: FxHashMap<(i64, CompactString), Counts> = FxHashMap::default();
-                let mut items: FxHashMap<(i64, CompactString), u64> = FxHashMap::default();
+                let mut categories: FxHashMap<(i64, CompactString, Watermark), Counts> =
+                    FxHashMap::default();
+                let mut items: FxHashMap<(i64, CompactString, Watermark), u64> =
+                    FxHashMap::default();
                 let mut out = Vec::new();
+                // When an update made at event time `ts` and sent at `sent` takes effect.
+                let bounds = config.clone();
+                let effect = move |ts: EventTime, sent: Watermark| {
+                    bounds.boundary(Watermark::try_from(ts).unwrap_or(0).max(sent))
+                };
                 move |scores, examples, output| {
                     scores.for_each(|cap, data| {
                         for s in data.iter() {
                             let bucket = config.bucket(s.event_ts);
+                            let at = effect(s.event_ts, cap.least().copied().unwrap_or(0));
                             categories
-                                .entry((bucket, s.category.clone()))
+                                .entry((bucket, s.category.clone(), at))
                                 .or_default()
                                 .impressions += 1;
                         }
@@ -609,11 +635,12 @@ impl<'scope> Aggregate<'scope> for Stream<'scope, Watermark, Vec<Score>> {
                     examples.for_each(|cap, data| {
                         for e in data.iter().filter(|e| e.label.is_positive()) {
                             let bucket = config.bucket(e.impression_ts);
+                            let at = effect(e.label_ts, cap.least().copied().unwrap_or(0));
                             categories
-                                .entry((bucket, e.category.clone()))
+                                .entry((bucket, e.category.clone(), at))
                                 .or_default()
                                 .clicks += 1;
-                            *items.entry((bucket, e.item.clone())).or_default() += 1;
+                            *items.entry((bucket, e.item.clone(), at)).or_default() += 1;
                         }
                         drain_sums(&mut categories, &mut items, &mut out);
                         output.session(&cap).give_iterator(out.drain(..));
@@ -848,9 +875,11 @@ mod tests {
     /// the top items change as their clicks leave it.
     fn window_slides(workers: usize) {
         let t = |m: i64| (m * MIN) as Watermark;
+        // Each batch sent at the first boundary its examples take effect at (they are of
+        // the minute before it).
         let batches = vec![
             (
-                t(1),
+                t(2),
                 vec![
                     example(MIN, "music", "a", true),
                     example(MIN + 5, "music", "a", true),
@@ -859,7 +888,7 @@ mod tests {
                 ],
             ),
             (
-                t(5),
+                t(6),
                 vec![
                     example(5 * MIN, "music", "b", true),
                     example(5 * MIN + 1, "news", "c", true),
@@ -964,6 +993,38 @@ mod tests {
         );
         assert_eq!(ctr(&reports[2], "music"), (1, 1));
         assert_eq!(top(&reports[2]), vec![("a", 1)]);
+    }
+
+    /// When an update takes effect follows its event time, not when it was sent: two runs
+    /// that send the same impression at different times before its `ts` (reading batched
+    /// differently) show the same aggregates at every watermark.
+    #[test]
+    fn updates_take_effect_by_event_time_not_arrival() {
+        let t = |m: i64| (m * MIN) as Watermark;
+        let runs: Vec<Vec<AggregatesReport>> = [t(1) + 500, t(2) + 50]
+            .into_iter()
+            .map(|sent| {
+                let batches = vec![
+                    (sent, vec![example(2 * MIN + 100, "music", "a", true)]),
+                    (t(2) + 1000, vec![]),
+                    (t(3), vec![]),
+                ];
+                run(1, config(), None, batches)
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect()
+            })
+            .collect();
+        for run in &runs {
+            assert!(run[0].category_ctr_1h.is_empty());
+            assert_eq!(
+                ctr(&run[1], "music"),
+                (0, 0),
+                "its boundary (3 min) is not passed, whether it was sent before 2 min or after"
+            );
+            assert_eq!(ctr(&run[2], "music"), (1, 1));
+        }
+        assert_eq!(runs[0][1..], runs[1][1..]);
     }
 
     #[test]

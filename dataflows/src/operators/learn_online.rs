@@ -7,7 +7,9 @@
 //! none after. Split into operators, a batch would be scored before the labels of the same
 //! batch were learned (or after), so serving would not see the freshest model. Keeping the
 //! three steps in one operator makes the order exact, and with one worker the whole run is
-//! deterministic.
+//! deterministic. That is `label.score_on = "watermark"`, the default; with `"arrival"`
+//! an impression is scored as soon as its batch reaches the operator, with the model of
+//! that moment, and only learned in event-time order ([`ScoreOn`]).
 //!
 //! # Event time
 //!
@@ -32,7 +34,7 @@ use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use compact_str::CompactString;
-use hashbrown::HashTable;
+use hashbrown::{HashMap, HashTable};
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
@@ -69,6 +71,12 @@ pub struct LabelConfig {
     /// (each label learned once, when final). See the module docs.
     #[serde(default)]
     pub delay_correction: DelayCorrection,
+    /// When an impression is scored: `"watermark"` (default: once the watermark passes
+    /// it, in event-time order — deterministic, but a score waits for every partition and
+    /// the allowed lateness) or `"arrival"` (as soon as it reaches its worker, with the model
+    /// of that moment). See [`ScoreOn`].
+    #[serde(default)]
+    pub score_on: ScoreOn,
     /// Memory for the bodies of pending impressions (the features each was scored with,
     /// its served score, item and category: about 270 bytes each), MiB. Beyond it, bodies
     /// the state store already holds (checkpointed, in `run` with `state.dir`; otherwise
@@ -110,6 +118,7 @@ impl Default for LabelConfig {
             window_ms: default_window_ms(),
             fast_skip_ms: default_fast_skip_ms(),
             delay_correction: DelayCorrection::default(),
+            score_on: ScoreOn::default(),
             pending_memory_mb: default_pending_memory_mb(),
             pending_stubs_memory_mb: default_pending_stubs_memory_mb(),
         }
@@ -333,11 +342,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
                 let mut held = Some(cap);
                 let mut out = Vec::new();
                 move |(input, frontier), output| {
-                    input.for_each(|_cap, data| {
-                        let state = &mut *join.state.borrow_mut();
-                        state.received += data.len() as u64;
-                        state.buffer.take_batch(data);
-                    });
+                    input.for_each(|_cap, data| join.receive(data, &mut out));
                     let Some(cap) = held.as_mut() else { return };
                     let watermark = frontier.frontier().iter().min().copied();
                     join.advance(watermark.unwrap_or(Watermark::MAX), &mut out);
@@ -372,6 +377,10 @@ pub struct JoinState {
     pub stats: JoinStats,
     /// Records received and not yet processed.
     buffer: Received,
+    /// With `score_on = "arrival"`: the impressions in `buffer` already scored, with the
+    /// score served (their features in `buffer` already carry the entity features).
+    arrived: HashMap<CompactString, f32, FxBuildHasher>,
+    score_on: ScoreOn,
     windows: Windows,
     schedule: Schedule,
     /// Records received since the worker started: a checkpoint waits until every record
@@ -386,6 +395,8 @@ impl JoinState {
             fast_skip_ms: config.fast_skip_ms,
             stats: JoinStats::default(),
             buffer: Received::default(),
+            arrived: HashMap::default(),
+            score_on: config.score_on,
             windows: Windows::new(config),
             schedule: Schedule::new(config.delay_correction),
             received: 0,
@@ -537,6 +548,65 @@ struct LabelJoin<L, E> {
 }
 
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
+    /// Takes a batch from the input; with `score_on = "arrival"`, scores its impressions
+    /// first (into `out`), dropping those already open or scored as duplicates.
+    fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Vec<Learned>) {
+        let state = &mut *self.state.borrow_mut();
+        state.received += data.len() as u64;
+        if state.score_on == ScoreOn::Arrival {
+            self.entities.clear();
+            self.entities
+                .extend(data.iter().filter_map(|x| match &x.kind {
+                    InteractionKind::Impression { entities, .. } => Some(*entities),
+                    _ => None,
+                }));
+            if !self.entities.is_empty() {
+                self.enrich.prepare(&self.entities);
+            }
+            let JoinState {
+                stats,
+                arrived,
+                windows,
+                schedule,
+                ..
+            } = state;
+            let (learner, enrich) = (&self.learner, &mut self.enrich);
+            let version = learner.version();
+            data.retain_mut(|Interaction { ts, id, kind, .. }| {
+                let InteractionKind::Impression {
+                    user,
+                    item,
+                    category,
+                    features,
+                    entities,
+                    ..
+                } = kind
+                else {
+                    return true;
+                };
+                if windows.is_open(id) || arrived.contains_key(id.as_str()) {
+                    stats.duplicate_impressions += 1;
+                    return false;
+                }
+                // Point in time: the aggregates of everything processed so far.
+                enrich.enrich(entities, *ts, features);
+                let score = schedule.serve(learner.predict(features));
+                out.push(Ok(Score {
+                    id: id.clone(),
+                    user: user.clone(),
+                    item: item.clone(),
+                    category: category.clone(),
+                    score,
+                    model_version: version,
+                    event_ts: *ts,
+                }));
+                arrived.insert(id.clone(), score);
+                true
+            });
+        }
+        state.buffer.take_batch(data);
+    }
+
     /// Processes every buffered record with `ts < watermark`, in order, then closes the
     /// windows that ended before `watermark`.
     fn advance(&mut self, watermark: Watermark, out: &mut Vec<Learned>) {
@@ -545,6 +615,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             fast_skip_ms,
             stats,
             buffer,
+            arrived,
             windows,
             schedule,
             ..
@@ -597,6 +668,12 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     reference,
                     entities,
                 } => {
+                    // Scored on arrival (`score_on = "arrival"`), with these features.
+                    let served = if arrived.is_empty() {
+                        None
+                    } else {
+                        arrived.remove(id.as_str())
+                    };
                     if windows.is_open(id) {
                         step.stats.duplicate_impressions += 1;
                         continue;
@@ -604,20 +681,27 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     let mut features = std::mem::take(features);
                     let (item, category, entities) =
                         (std::mem::take(item), std::mem::take(category), *entities);
-                    // Point in time: the aggregates of everything before this impression.
-                    step.enrich.enrich(&entities, ts, &mut features);
+                    let score = match served {
+                        Some(score) => score,
+                        None => {
+                            // Point in time: the aggregates of everything before this
+                            // impression.
+                            step.enrich.enrich(&entities, ts, &mut features);
+                            let score = step.schedule.serve(step.learner.predict(&features));
+                            step.out.push(Ok(Score {
+                                id: id.clone(),
+                                user: std::mem::take(user),
+                                item: item.clone(),
+                                category: category.clone(),
+                                score,
+                                model_version: step.learner.version(),
+                                event_ts: ts,
+                            }));
+                            score
+                        }
+                    };
                     step.enrich.record(&entities, ts, Signal::Impression);
-                    let score = step.schedule.serve(step.learner.predict(&features));
                     step.stats.impressions += 1;
-                    step.out.push(Ok(Score {
-                        id: id.clone(),
-                        user: std::mem::take(user),
-                        item: item.clone(),
-                        category: category.clone(),
-                        score,
-                        model_version: step.learner.version(),
-                        event_ts: ts,
-                    }));
                     let body = Body {
                         served: score,
                         features,
@@ -817,6 +901,31 @@ pub enum DelayCorrection {
     ProvisionalNegatives,
     /// Learn each label once, when it is final.
     None,
+}
+
+/// When an impression is scored (`label.score_on`).
+///
+/// Either way it is scored once, before its label is known, and learned from with exactly
+/// the features it was scored with; labels are learned in event-time order once the
+/// watermark passes them. What differs is which labels its score has seen, and how long it
+/// waits:
+/// - `Watermark` scores it when the watermark passes its `ts`, after every label final
+///   before it and none after. The run is deterministic (a replay gives the same scores
+///   bit for bit; after a crash the same scores again), but a score waits for the slowest
+///   partition and the allowed lateness.
+/// - `Arrival` scores it as soon as it reaches its worker, with the model and entity
+///   features of that moment (labels learned so far: final before the watermark). A score
+///   waits for nothing, but which labels it has seen depends on timing: scores of records
+///   read again after a crash may differ from the first ones, and so may what is learned
+///   from them (their served features). Still nothing is lost or applied twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreOn {
+    /// Once the watermark passes the impression, in event-time order.
+    #[default]
+    Watermark,
+    /// As soon as the impression reaches its worker.
+    Arrival,
 }
 
 /// What processing one record may touch besides the windows.
@@ -1537,6 +1646,10 @@ impl Windows {
 const OPERATORS: Table<(u32, u8), JoinRecord> = Table::new(TableId::Operators);
 /// The label join's part of a worker's [`TableId::Operators`] entries.
 const JOIN_PART: u8 = 0;
+/// Buffered impressions already scored (`score_on = "arrival"`), with the score served; in
+/// an entry of its own, so that checkpoints written before it existed still restore.
+const ARRIVED: Table<(u32, u8), Vec<(CompactString, f32)>> = Table::new(TableId::Operators);
+const ARRIVED_PART: u8 = 6;
 
 /// What a checkpoint keeps of a worker's [`JoinState`] besides its pending impressions.
 #[derive(Serialize, Deserialize)]
@@ -1680,6 +1793,10 @@ impl JoinState {
             processed_to: w.processed_to,
         };
         OPERATORS.put(batch, &(worker, JOIN_PART), &record);
+        let arrived: Vec<(CompactString, f32)> = (self.arrived.iter())
+            .map(|(id, score)| (id.clone(), *score))
+            .collect();
+        ARRIVED.put(batch, &(worker, ARRIVED_PART), &arrived);
     }
 
     /// The checkpoint [`checkpoint_into`](Self::checkpoint_into) wrote was committed: what
@@ -1752,6 +1869,10 @@ impl JoinState {
         };
         state.stats = record.stats;
         state.buffer = record.buffer.into();
+        state.arrived = (ARRIVED.get(store, &(worker, ARRIVED_PART))?)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         state.schedule = record.schedule;
         Ok(Some(state))
     }
@@ -2175,6 +2296,89 @@ mod tests {
         );
     }
 
+    /// Hands `records` to the join as one input batch (scored on it with `score_on =
+    /// "arrival"`), then advances to `watermark`.
+    fn receive(
+        join: &mut LabelJoin<Recorder, NoEnrich>,
+        records: Vec<Interaction>,
+        watermark: Watermark,
+    ) -> (Vec<Score>, Vec<Example>) {
+        let mut out = Vec::new();
+        join.receive(&mut records.clone(), &mut out);
+        join.advance(watermark, &mut out);
+        let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
+        (
+            scores.into_iter().flatten().collect(),
+            examples.into_iter().filter_map(Result::err).collect(),
+        )
+    }
+
+    fn arrival_join() -> LabelJoin<Recorder, NoEnrich> {
+        let config = LabelConfig {
+            score_on: ScoreOn::Arrival,
+            ..join_config(DelayCorrection::None)
+        };
+        labelled(Recorder::default(), config)
+    }
+
+    #[test]
+    fn on_arrival_an_impression_is_scored_at_once_and_learned_in_time_order() {
+        let mut j = arrival_join();
+        // b and its click are ahead of the watermark: b is scored on arrival, with the
+        // model of that moment (nothing learned yet); a's click, earlier, is learned now.
+        let (scores, _) = receive(
+            &mut j,
+            vec![
+                impression(10, "a", 1),
+                feedback(20, "a", InteractionKind::Click),
+                impression(30, "b", 2),
+                feedback(40, "b", InteractionKind::Click),
+            ],
+            25,
+        );
+        assert_eq!(
+            scores
+                .iter()
+                .map(|s| (s.id.as_str(), s.model_version))
+                .collect::<Vec<_>>(),
+            [("a", 0), ("b", 0)],
+            "both scored on arrival, before a's click was learned"
+        );
+        assert_eq!(j.learner.updates, [(vec![1], true)]);
+        // Once the watermark passes b and its click: learned with the features it was
+        // scored with and the score served, and not scored again.
+        let (scores, examples) = receive(&mut j, vec![], 41);
+        assert!(scores.is_empty(), "b is not scored twice");
+        assert_eq!(j.learner.updates, [(vec![1], true), (vec![2], true)]);
+        assert_eq!(examples.len(), 1);
+        assert_eq!((examples[0].id.as_str(), examples[0].served), ("b", 0.5));
+        // A score after a's click: the model of the moment it arrived.
+        let (scores, _) = receive(&mut j, vec![impression(50, "c", 3)], 41);
+        assert_eq!((scores[0].model_version, scores[0].score), (2, 0.25));
+        let stats = &j.state.borrow().stats;
+        assert_eq!(stats.impressions, 2, "c is counted once processed");
+        assert!(j.state.borrow().arrived.contains_key("c"));
+    }
+
+    #[test]
+    fn on_arrival_duplicates_are_scored_once() {
+        let mut j = arrival_join();
+        let (scores, _) = receive(
+            &mut j,
+            vec![impression(5, "a", 1), impression(0, "a", 1)],
+            1,
+        );
+        assert_eq!(scores.len(), 1, "the first to arrive is scored");
+        assert_eq!(scores[0].event_ts, 5);
+        // Processed (its window open), then again: still a duplicate.
+        let (scores, _) = receive(&mut j, vec![impression(7, "a", 1)], 10);
+        assert!(scores.is_empty());
+        let state = j.state.borrow();
+        assert_eq!(state.stats.duplicate_impressions, 2);
+        assert_eq!(state.stats.impressions, 1);
+        assert!(state.arrived.is_empty());
+    }
+
     fn provisional_join() -> LabelJoin<Recorder, NoEnrich> {
         let config = join_config(DelayCorrection::ProvisionalNegatives);
         labelled(Recorder::default(), config)
@@ -2457,7 +2661,7 @@ mod tests {
         let mut out = Vec::new();
         for (k, chunk) in records.chunks(37).enumerate() {
             j = at(k, j);
-            j.state.borrow_mut().buffer.extend(chunk.iter().cloned());
+            j.receive(&mut chunk.to_vec(), &mut out);
             // The watermark trails the chunk: part of it stays buffered.
             let watermark = chunk.first().map_or(0, |r| r.ts.max(0) as u64);
             j.advance(watermark, &mut out);
@@ -2468,8 +2672,15 @@ mod tests {
 
     #[test]
     fn a_join_restored_from_its_checkpoints_continues_exactly_like_one_never_stopped() {
-        for correction in [DelayCorrection::ProvisionalNegatives, DelayCorrection::None] {
-            let config = join_config(correction);
+        for (correction, score_on) in [
+            (DelayCorrection::ProvisionalNegatives, ScoreOn::Watermark),
+            (DelayCorrection::None, ScoreOn::Watermark),
+            (DelayCorrection::ProvisionalNegatives, ScoreOn::Arrival),
+        ] {
+            let config = LabelConfig {
+                score_on,
+                ..join_config(correction)
+            };
             let records = mixed_stream(600);
             let (expected, uninterrupted) = drive(
                 labelled(Recorder::default(), config.clone()),

@@ -10,6 +10,6 @@ pub use aggregates::{
 };
 pub use detect::{Detect, DetectState, Shards};
 pub use learn_online::{
-    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, SpillStats, SpillStore,
-    SpillTo, Watermark,
+    DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, ScoreOn, SpillStats,
+    SpillStore, SpillTo, Watermark,
 };
