@@ -523,7 +523,16 @@ fn gh_3_two_processes_form_one_cluster_and_score_every_impression_once() {
     // labels; small tables, so that each delta scan of a debug build is cheap.
     let extra = "[label]\nwindow_ms = 60000\n[features]\nbits = 18\n[model]\nbits = 18\n\
                  [cluster]\nsync_interval_ms = 20\n";
-    let config = topics.config(&brokers, extra);
+    // Event time runs ~135× faster than the clock here (9 minutes in ~4 s), so the idle
+    // rule's blind spot is wide: the processes start before the stream, their partitions go
+    // idle while empty, and one becomes active again only with its next fetch response
+    // (tansu answers a fetch after `fetch.wait.max.ms`, 500 ms), while the other process may
+    // already move the watermark past the 1-minute window; on a loaded CI run a quarter of
+    // the impressions arrived late that way. Not idle before the stream starts: 10 s.
+    let config = topics
+        .config(&brokers, extra)
+        .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 10000");
+    assert!(config.contains("idle_timeout_ms = 10000"), "{config}");
     let workers: Vec<WorkerProcess> = (0..2)
         .map(|p| {
             let dir = dir.path().join(p.to_string());
