@@ -163,6 +163,25 @@ fn scores_by_id(
     by_id
 }
 
+/// Starts a worker on `state` and waits (until `deadline`) for a checkpoint of its own:
+/// then it runs, with its signal handlers installed.
+fn start_checkpointed(
+    dir: &Path,
+    config: &str,
+    workers: usize,
+    state: &Path,
+    deadline: std::time::Instant,
+) -> WorkerProcess {
+    let before = newest_copy(state);
+    let mut worker = WorkerProcess::start(dir, config, workers);
+    while newest_copy(state) <= before {
+        assert!(worker.is_running(), "the worker exited by itself");
+        assert!(std::time::Instant::now() < deadline, "no checkpoint taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    worker
+}
+
 /// Creates topics (name, partitions) on the broker under test.
 pub type CreateTopics<'a> = dyn Fn(&[(&str, i32)]) + 'a;
 
@@ -302,15 +321,9 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     let mut epochs = Vec::new();
     let committed = spread_kills.then(|| Committed::new(brokers, &group_b, &events));
     for k in 0..kills {
-        let before = newest_copy(&state_b);
-        let mut worker = WorkerProcess::start(dir.path(), &config_b, workers);
         // Once this run has taken a checkpoint of its own, at a random moment after it.
         let deadline = std::time::Instant::now() + timeout;
-        while newest_copy(&state_b) <= before {
-            assert!(worker.is_running(), "the worker exited by itself");
-            assert!(std::time::Instant::now() < deadline, "no checkpoint taken");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut worker = start_checkpointed(dir.path(), &config_b, workers, &state_b, deadline);
         let share = generated.events as i64 * (k as i64 + 1) / (kills as i64 + 1);
         while committed.as_ref().is_some_and(|c| c.total() < share) {
             assert!(worker.is_running(), "the worker exited by itself");
@@ -331,14 +344,8 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     // Told to stop only once it runs (a checkpoint of its own): the killed runs may have
     // read and committed everything already, and a SIGTERM before the worker installed its
     // handlers kills it (seen once: "exited signal: 15").
-    let before = newest_copy(&state_b);
-    let mut worker = WorkerProcess::start(dir.path(), &config_b, workers);
     let deadline = std::time::Instant::now() + timeout;
-    while newest_copy(&state_b) <= before {
-        assert!(worker.is_running(), "the worker exited by itself");
-        assert!(std::time::Instant::now() < deadline, "no checkpoint taken");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let worker = start_checkpointed(dir.path(), &config_b, workers, &state_b, deadline);
     wait_committed(brokers, &group_b, &events, timeout);
     let report = worker.stop();
     phase("interrupted run done");

@@ -2068,13 +2068,15 @@ mod tests {
         }
     }
 
+    /// Hands `records` to the join as one input batch (scored on it with `score_on =
+    /// "arrival"`), then advances to `watermark`.
     fn run(
         join: &mut LabelJoin<Recorder, NoEnrich>,
-        records: Vec<Interaction>,
+        mut records: Vec<Interaction>,
         watermark: Watermark,
     ) -> (Vec<Score>, Vec<Example>) {
-        join.state.borrow_mut().buffer.extend(records);
         let mut out = Vec::new();
+        join.receive(&mut records, &mut out);
         join.advance(watermark, &mut out);
         let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
         (
@@ -2296,23 +2298,6 @@ mod tests {
         );
     }
 
-    /// Hands `records` to the join as one input batch (scored on it with `score_on =
-    /// "arrival"`), then advances to `watermark`.
-    fn receive(
-        join: &mut LabelJoin<Recorder, NoEnrich>,
-        records: Vec<Interaction>,
-        watermark: Watermark,
-    ) -> (Vec<Score>, Vec<Example>) {
-        let mut out = Vec::new();
-        join.receive(&mut records.clone(), &mut out);
-        join.advance(watermark, &mut out);
-        let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
-        (
-            scores.into_iter().flatten().collect(),
-            examples.into_iter().filter_map(Result::err).collect(),
-        )
-    }
-
     fn arrival_join() -> LabelJoin<Recorder, NoEnrich> {
         let config = LabelConfig {
             score_on: ScoreOn::Arrival,
@@ -2326,7 +2311,7 @@ mod tests {
         let mut j = arrival_join();
         // b and its click are ahead of the watermark: b is scored on arrival, with the
         // model of that moment (nothing learned yet); a's click, earlier, is learned now.
-        let (scores, _) = receive(
+        let (scores, _) = run(
             &mut j,
             vec![
                 impression(10, "a", 1),
@@ -2347,13 +2332,13 @@ mod tests {
         assert_eq!(j.learner.updates, [(vec![1], true)]);
         // Once the watermark passes b and its click: learned with the features it was
         // scored with and the score served, and not scored again.
-        let (scores, examples) = receive(&mut j, vec![], 41);
+        let (scores, examples) = run(&mut j, vec![], 41);
         assert!(scores.is_empty(), "b is not scored twice");
         assert_eq!(j.learner.updates, [(vec![1], true), (vec![2], true)]);
         assert_eq!(examples.len(), 1);
         assert_eq!((examples[0].id.as_str(), examples[0].served), ("b", 0.5));
         // A score after a's click: the model of the moment it arrived.
-        let (scores, _) = receive(&mut j, vec![impression(50, "c", 3)], 41);
+        let (scores, _) = run(&mut j, vec![impression(50, "c", 3)], 41);
         assert_eq!((scores[0].model_version, scores[0].score), (2, 0.25));
         let stats = &j.state.borrow().stats;
         assert_eq!(stats.impressions, 2, "c is counted once processed");
@@ -2363,7 +2348,7 @@ mod tests {
     #[test]
     fn on_arrival_duplicates_are_scored_once() {
         let mut j = arrival_join();
-        let (scores, _) = receive(
+        let (scores, _) = run(
             &mut j,
             vec![impression(5, "a", 1), impression(0, "a", 1)],
             1,
@@ -2371,7 +2356,7 @@ mod tests {
         assert_eq!(scores.len(), 1, "the first to arrive is scored");
         assert_eq!(scores[0].event_ts, 5);
         // Processed (its window open), then again: still a duplicate.
-        let (scores, _) = receive(&mut j, vec![impression(7, "a", 1)], 10);
+        let (scores, _) = run(&mut j, vec![impression(7, "a", 1)], 10);
         assert!(scores.is_empty());
         let state = j.state.borrow();
         assert_eq!(state.stats.duplicate_impressions, 2);
