@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ctrflow_connectors::file::{FileSource, JsonlSink};
+use ctrflow_connectors::file::{BlockReader, FileSource, JsonlSink, Poll};
 use ctrflow_dataflows::operators::{AggregatesReport, JoinStats, SpillStats, SpillTo};
 use ctrflow_dataflows::{Alert, Score};
 use serde::Serialize;
@@ -169,6 +169,27 @@ struct WorkerResult {
     aggregates: Option<AggregatesReport>,
 }
 
+/// The worker's next block; while the reading thread has none ready, the worker keeps
+/// its dataflow moving (another worker may be waiting on it).
+fn next_block(worker: &mut timely::worker::Worker, reader: &BlockReader) -> Poll {
+    loop {
+        match reader.poll() {
+            Poll::Pending => {
+                worker.step();
+                if let ready @ (Poll::Block(_) | Poll::Done | Poll::Failed(_)) =
+                    reader.wait(WAIT_FOR_BLOCK)
+                {
+                    return ready;
+                }
+            }
+            ready => return ready,
+        }
+    }
+}
+
+/// How long a worker waits for its next block between steps of its dataflow.
+const WAIT_FOR_BLOCK: Duration = Duration::from_micros(200);
+
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
 
@@ -226,7 +247,17 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
 
     let started = Instant::now();
     let workers = options.workers.max(1);
+    let readers: Mutex<Vec<Option<BlockReader>>> = Mutex::new(
+        source
+            .read_blocks(workers)
+            .with_context(|| format!("reading {}", options.input.display()))?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    );
+    let readers = Arc::new(readers);
     let results = {
+        let readers = Arc::clone(&readers);
         let config = config.clone();
         let source = Arc::clone(&source);
         let model = model.clone();
@@ -244,7 +275,6 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
         let timeline = Arc::clone(&timeline);
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
-            let peers = worker.peers();
             let sink = scores.clone();
             let mut line = Vec::new();
             let on_scores = move |batch: &[Score]| {
@@ -286,13 +316,22 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let mut max_ts = i64::MIN;
             let mut sent_at = std::collections::VecDeque::new();
             let mut dead = Vec::new();
-            let mut buf = Vec::new();
-            for block in source.share(index, peers) {
-                if let Err(error) = source.read(block, &mut buf) {
-                    read_error.get_or_init(|| error.to_string());
-                    break;
-                }
-                for (line, payload) in block.lines(&buf) {
+            let reader = readers
+                .lock()
+                .ok()
+                .and_then(|mut r| r.get_mut(index).and_then(Option::take))
+                .expect("one block reader per worker");
+            loop {
+                let filled = match next_block(worker, &reader) {
+                    Poll::Block(filled) => filled,
+                    Poll::Failed(error) => {
+                        read_error.get_or_init(|| error.to_string());
+                        break;
+                    }
+                    Poll::Done | Poll::Pending => break,
+                };
+                let block = filled.block;
+                for (line, payload) in filled.lines() {
                     events += 1;
                     match ingest.record(payload, line) {
                         Ok(record) => {
@@ -332,6 +371,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 if index == 0 {
                     bar.set_position(done);
                 }
+                reader.recycle(filled);
             }
             for summary in ingest.take_summaries(true) {
                 dataflow.send_summary(summary);

@@ -4,4 +4,4 @@ mod sink;
 mod source;
 
 pub use sink::JsonlSink;
-pub use source::{Block, FileSource, FileSourceConfig};
+pub use source::{Block, BlockReader, FileSource, FileSourceConfig, FilledBlock, Poll};

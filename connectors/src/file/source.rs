@@ -1,21 +1,16 @@
 //! A JSON Lines file as a partitioned source.
 //!
-//! The file is cut into blocks at line boundaries in one streaming pass; worker `i` of `n`
-//! reads blocks `i, i + n, i + 2n, ...`, so all workers move through event time together
-//! (a file written in time order stays roughly in time order across workers). A block is
-//! read with one positioned read into the worker's own reusable buffer, and payloads are
-//! borrowed from that buffer: reading allocates nothing per line and makes one syscall per
-//! block.
-//!
-//! Why not a memory map: the mapped pages of a file count in the process's resident set,
-//! and `MADV_DONTNEED` on blocks already read did not reliably give them back (on this
-//! kernel a 1.4 GB replay ended with most of the file resident). Reading into a buffer
-//! keeps the footprint at `workers × block` whatever the file size; the bytes go through
-//! the page cache, which the kernel reclaims as it sees fit.
+//! One thread reads the file front to back and cuts it into blocks of whole lines (about
+//! `block_bytes` each); worker `i` of `n` gets blocks `i, i + n, i + 2n, ...`, so all
+//! workers move through event time together (a file written in time order stays roughly in
+//! time order across workers). Each block arrives as its own buffer, which the worker gives
+//! back for reuse: payloads are borrowed from it, nothing is allocated per line, and the
+//! file is read once with a few large read calls per block.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,44 +87,33 @@ impl Block {
     }
 }
 
-/// A JSON Lines file, cut into blocks. Shared by all workers of a process.
+/// A JSON Lines file to be read into blocks by [`FileSource::read_blocks`].
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
     file: File,
     len: usize,
-    blocks: Vec<Block>,
+    block_bytes: usize,
 }
 
-/// Bytes read at a time by the pass that finds the blocks.
-const SCAN_BYTES: usize = 1 << 20;
+/// Blocks a worker's queue holds before the reading thread waits for it.
+const QUEUED_BLOCKS: usize = 4;
 
 impl FileSource {
-    /// Opens `path` and finds its blocks and their line numbers (one streaming pass).
+    /// Opens `path`.
     pub fn open(path: &Path, config: &FileSourceConfig) -> Result<Self, ConnectorError> {
         let error = |action, source| ConnectorError::File {
             action,
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(|e| error("opening", e))?;
-        let mut cutter = Cutter::new(config.block_bytes.max(1));
-        let mut chunk = vec![0; SCAN_BYTES];
-        loop {
-            let n = match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(error("reading", e)),
-            };
-            cutter.feed(&chunk[..n]);
-        }
-        let (blocks, len) = cutter.finish();
+        let file = File::open(path).map_err(|e| error("opening", e))?;
+        let len = file.metadata().map_err(|e| error("reading", e))?.len() as usize;
         Ok(Self {
             path: path.to_owned(),
             file,
             len,
-            blocks,
+            block_bytes: config.block_bytes.max(1),
         })
     }
 
@@ -143,113 +127,206 @@ impl FileSource {
         self.len
     }
 
-    /// Whether the file is empty.
+    /// Whether the file was empty when it was opened.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// All blocks, in file order.
-    pub fn blocks(&self) -> &[Block] {
-        &self.blocks
-    }
-
-    /// The blocks worker `index` of `peers` reads, in file order.
-    pub fn share(&self, index: usize, peers: usize) -> impl Iterator<Item = Block> + '_ {
-        self.blocks
-            .iter()
-            .copied()
-            .skip(index)
-            .step_by(peers.max(1))
-    }
-
-    /// Reads `block` into `buf` (replacing its contents; the buffer is reused, so a worker
-    /// allocates only when a block is larger than any before). Iterate its lines with
-    /// [`Block::lines`].
-    pub fn read(&self, block: Block, buf: &mut Vec<u8>) -> Result<(), ConnectorError> {
-        buf.resize(block.len(), 0);
-        read_at(&self.file, buf, block.start as u64).map_err(|source| ConnectorError::File {
-            action: "reading",
-            path: self.path.clone(),
-            source,
-        })
+    /// Starts a thread that reads the file once, front to back, cuts it into blocks of
+    /// whole lines, and hands block `k` to reader `k % peers` (readers `0..peers`, in the
+    /// returned order). The thread stops at the end of the file, on a read error (which
+    /// every reader then receives), or when a reader is dropped.
+    ///
+    /// Why a thread: the workers get their bytes without a read call of their own, and the
+    /// file is read once, as it is cut, rather than scanned for line ends before the run and
+    /// read again during it; each reader's queue is short, so a few blocks per worker are in
+    /// memory whatever the file size. Why not a memory map: mapped pages count in the
+    /// process's resident set, and `MADV_DONTNEED` on blocks already read did not reliably
+    /// give them back (on this kernel a 1.4 GB replay ended with most of the file resident).
+    pub fn read_blocks(&self, peers: usize) -> Result<Vec<BlockReader>, ConnectorError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|source| ConnectorError::File {
+                action: "reading",
+                path: self.path.clone(),
+                source,
+            })?;
+        let (spare_tx, spare_rx) = mpsc::channel();
+        let (senders, readers): (Vec<_>, Vec<_>) = (0..peers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::sync_channel(QUEUED_BLOCKS);
+                let reader = BlockReader {
+                    blocks: rx,
+                    spare: spare_tx.clone(),
+                };
+                (tx, reader)
+            })
+            .unzip();
+        let path = self.path.clone();
+        let target = self.block_bytes;
+        std::thread::Builder::new()
+            .name("ctrflow:read".into())
+            .spawn(move || read_file(file, &path, target, &senders, &spare_rx))
+            .map_err(|source| ConnectorError::File {
+                action: "starting a thread to read",
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(readers)
     }
 }
 
+/// One worker's share of a file's blocks, in file order.
+#[derive(Debug)]
+pub struct BlockReader {
+    blocks: Receiver<Result<FilledBlock, ConnectorError>>,
+    spare: Sender<Vec<u8>>,
+}
+
+/// What [`BlockReader::poll`] found.
+#[derive(Debug)]
+pub enum Poll {
+    /// The next block.
+    Block(FilledBlock),
+    /// None read yet.
+    Pending,
+    /// No more blocks: the file is read (or the reading thread is gone).
+    Done,
+    /// Reading failed; there will be no more blocks.
+    Failed(ConnectorError),
+}
+
+impl BlockReader {
+    /// The next block, without waiting for it.
+    pub fn poll(&self) -> Poll {
+        match self.blocks.try_recv() {
+            Ok(Ok(block)) => Poll::Block(block),
+            Ok(Err(error)) => Poll::Failed(error),
+            Err(TryRecvError::Empty) => Poll::Pending,
+            Err(TryRecvError::Disconnected) => Poll::Done,
+        }
+    }
+
+    /// The next block, waiting at most `timeout` for it ([`Poll::Pending`] if none came).
+    pub fn wait(&self, timeout: Duration) -> Poll {
+        match self.blocks.recv_timeout(timeout) {
+            Ok(Ok(block)) => Poll::Block(block),
+            Ok(Err(error)) => Poll::Failed(error),
+            Err(RecvTimeoutError::Timeout) => Poll::Pending,
+            Err(RecvTimeoutError::Disconnected) => Poll::Done,
+        }
+    }
+
+    /// Gives a read block's buffer back to the reading thread, which reuses it.
+    pub fn recycle(&self, block: FilledBlock) {
+        // The thread may have finished; then the buffer is simply dropped.
+        let _ = self.spare.send(block.bytes);
+    }
+}
+
+/// A block with its bytes.
+#[derive(Debug)]
+pub struct FilledBlock {
+    /// Where it is in the file.
+    pub block: Block,
+    bytes: Vec<u8>,
+}
+
+impl FilledBlock {
+    /// The block's non-empty lines with their 1-based line numbers (see [`Block::lines`]).
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.block.lines(&self.bytes)
+    }
+}
+
+/// Bytes read past a block's target size, to find its last line end.
+const READ_BYTES: usize = 4 * 1024;
+
+/// The reading thread: cuts `file` into blocks that end at the first line end at or after
+/// `target - 1` bytes into them (or at the end of the file) and sends them round-robin.
+fn read_file(
+    file: File,
+    path: &Path,
+    target: usize,
+    readers: &[SyncSender<Result<FilledBlock, ConnectorError>>],
+    spare: &Receiver<Vec<u8>>,
+) {
+    let mut carry: Vec<u8> = Vec::new();
+    let (mut start, mut first_line) = (0usize, 1u64);
+    for k in 0.. {
+        let mut bytes = spare.try_recv().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&carry);
+        carry.clear();
+        // Where this block's first newline at or after `target - 1` may be, as far as read.
+        let mut searched = 0;
+        let cut = loop {
+            let from = searched.max(target - 1);
+            if let Some(at) = bytes.get(from..).and_then(|b| memchr::memchr(b'\n', b)) {
+                break from + at + 1;
+            }
+            searched = bytes.len();
+            let len = bytes.len();
+            // Up to the target and a little past it, where the block's last line likely
+            // ends: what is read beyond the cut is copied to the next block.
+            bytes.resize(len + target.saturating_sub(len) + READ_BYTES, 0);
+            let n = loop {
+                match read_at(&file, &mut bytes[len..], (start + len) as u64) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        for reader in readers {
+                            let source = std::io::Error::new(source.kind(), source.to_string());
+                            let failed = ConnectorError::File {
+                                action: "reading",
+                                path: path.to_owned(),
+                                source,
+                            };
+                            let _ = reader.send(Err(failed));
+                        }
+                        return;
+                    }
+                }
+            };
+            bytes.truncate(len + n);
+            if n == 0 {
+                break len;
+            }
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        carry.extend_from_slice(&bytes[cut..]);
+        bytes.truncate(cut);
+        let block = Block {
+            start,
+            end: start + cut,
+            first_line,
+        };
+        start += cut;
+        first_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+        let reader = &readers[k % readers.len()];
+        if reader.send(Ok(FilledBlock { block, bytes })).is_err() {
+            // The worker stopped: so does the run.
+            return;
+        }
+    }
+}
+
+/// One positioned read: the source's own position, not the file handle's, so each
+/// [`FileSource::read_blocks`] reads the whole file.
 #[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
 }
 
 #[cfg(not(unix))]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = file.try_clone()?;
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
     file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)
-}
-
-/// Cuts a stream of bytes into blocks of about `target` bytes that end at line ends.
-struct Cutter {
-    target: usize,
-    blocks: Vec<Block>,
-    /// Bytes seen so far.
-    pos: usize,
-    /// Where the open block starts, and the number of its first line.
-    start: usize,
-    first_line: u64,
-    /// Newlines seen so far.
-    newlines: u64,
-}
-
-impl Cutter {
-    fn new(target: usize) -> Self {
-        Self {
-            target,
-            blocks: Vec::new(),
-            pos: 0,
-            start: 0,
-            first_line: 1,
-            newlines: 0,
-        }
-    }
-
-    fn feed(&mut self, chunk: &[u8]) {
-        let base = self.pos;
-        // A block ends at the first newline at or after `start + target - 1`.
-        let mut from = 0;
-        loop {
-            let want = (self.start + self.target - 1).max(base + from);
-            if want >= base + chunk.len() {
-                break;
-            }
-            let Some(at) = memchr::memchr(b'\n', &chunk[want - base..]) else {
-                break;
-            };
-            let end = want + at + 1;
-            self.newlines += memchr::memchr_iter(b'\n', &chunk[from..end - base]).count() as u64;
-            self.blocks.push(Block {
-                start: self.start,
-                end,
-                first_line: self.first_line,
-            });
-            self.start = end;
-            self.first_line = self.newlines + 1;
-            from = end - base;
-        }
-        self.newlines += memchr::memchr_iter(b'\n', &chunk[from..]).count() as u64;
-        self.pos += chunk.len();
-    }
-
-    fn finish(mut self) -> (Vec<Block>, usize) {
-        if self.start < self.pos {
-            self.blocks.push(Block {
-                start: self.start,
-                end: self.pos,
-                first_line: self.first_line,
-            });
-        }
-        (self.blocks, self.pos)
-    }
+    file.read(buf)
 }
 
 #[cfg(test)]
@@ -264,19 +341,60 @@ mod tests {
         (file, source)
     }
 
+    /// A block and its numbered lines, as a reader got them.
+    type Got = (Block, Vec<(u64, String)>);
+
+    /// Every reader's blocks with their lines, draining the readers in turn (the reading
+    /// thread waits on a full queue, as it would on a worker that is behind).
+    fn drain(source: &FileSource, peers: usize) -> Vec<Vec<Got>> {
+        let readers = source.read_blocks(peers).unwrap();
+        let mut got = vec![Vec::new(); peers];
+        let mut done = vec![false; peers];
+        while done.contains(&false) {
+            for (i, reader) in readers.iter().enumerate() {
+                match reader.wait(Duration::from_millis(1)) {
+                    Poll::Block(b) => {
+                        let lines = b
+                            .lines()
+                            .map(|(n, l)| (n, String::from_utf8(l.to_vec()).unwrap()))
+                            .collect();
+                        got[i].push((b.block, lines));
+                        reader.recycle(b);
+                    }
+                    Poll::Pending => {}
+                    Poll::Done => done[i] = true,
+                    Poll::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+        got
+    }
+
     fn all_lines(source: &FileSource, peers: usize) -> Vec<(u64, String)> {
-        let mut lines: Vec<_> = (0..peers)
-            .flat_map(|i| source.share(i, peers).collect::<Vec<_>>())
-            .flat_map(|b| {
-                let mut buf = Vec::new();
-                source.read(b, &mut buf).unwrap();
-                b.lines(&buf)
-                    .map(|(n, l)| (n, String::from_utf8(l.to_vec()).unwrap()))
-                    .collect::<Vec<_>>()
-            })
+        let mut lines: Vec<_> = drain(source, peers)
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, lines)| lines)
             .collect();
         lines.sort();
         lines
+    }
+
+    /// The blocks of `text`: each ends at the first newline at or after `target - 1` bytes
+    /// into it, or at the end.
+    fn expected_blocks(text: &str, target: usize) -> Vec<(usize, usize, u64)> {
+        let bytes = text.as_bytes();
+        let (mut blocks, mut start, mut line) = (Vec::new(), 0, 1);
+        while start < bytes.len() {
+            let want = start + target - 1;
+            let end = (want..bytes.len())
+                .find(|&i| bytes[i] == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            blocks.push((start, end, line));
+            line += bytes[start..end].iter().filter(|&&b| b == b'\n').count() as u64;
+            start = end;
+        }
+        blocks
     }
 
     #[test]
@@ -300,6 +418,34 @@ mod tests {
     }
 
     #[test]
+    fn blocks_end_at_line_ends_and_go_round_robin() {
+        let text: String = (0..500)
+            .map(|n| format!("line {n}{}\n", "y".repeat(n % 13)))
+            .collect();
+        // Targets below, around and above the 4 KiB read past a block's target.
+        for target in [1, 3, 40, 100, 999, 4000, 5000, 1 << 20] {
+            let (_f, source) = source(&text, target);
+            for peers in [1, 2, 3] {
+                let got = drain(&source, peers);
+                let mut blocks: Vec<_> = got
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, bs)| bs.iter().map(move |(b, _)| (i, *b)))
+                    .collect();
+                blocks.sort_by_key(|(_, b)| b.start);
+                let cut: Vec<_> = blocks
+                    .iter()
+                    .map(|(_, b)| (b.start, b.end, b.first_line))
+                    .collect();
+                assert_eq!(cut, expected_blocks(&text, target), "target {target}");
+                for (k, (reader, _)) in blocks.iter().enumerate() {
+                    assert_eq!(*reader, k % peers, "block {k} of target {target}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn blank_lines_crlf_and_a_missing_final_newline() {
         let (_f, source) = source("a\r\n\n  \nb", 2);
         assert_eq!(
@@ -309,41 +455,45 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_cut_the_same_whatever_the_read_size() {
-        // The streaming cut must equal a cut of the whole file at once.
-        let text: String = (0..500)
-            .map(|n| format!("line {n}{}\n", "y".repeat(n % 13)))
-            .collect();
-        for target in [1, 3, 40, 100, 999] {
-            let whole = {
-                let mut c = Cutter::new(target);
-                c.feed(text.as_bytes());
-                c.finish()
-            };
-            for chunk in [1, 7, 64, 4096] {
-                let mut c = Cutter::new(target);
-                for piece in text.as_bytes().chunks(chunk) {
-                    c.feed(piece);
-                }
-                assert_eq!(c.finish(), whole, "target {target}, chunk {chunk}");
-            }
-            let (blocks, len) = &whole;
-            assert_eq!(*len, text.len());
-            assert!(blocks.iter().all(|b| text.as_bytes()[b.end - 1] == b'\n'));
-            assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
-        }
+    fn a_line_longer_than_a_block_is_one_block() {
+        let long = "z".repeat(100_000);
+        let text = format!("a\n{long}\nb\n");
+        let (_f, source) = source(&text, 10);
+        let lines = all_lines(&source, 2);
+        assert_eq!(
+            lines,
+            vec![(1, "a".to_owned()), (2, long), (3, "b".to_owned())]
+        );
     }
 
     #[test]
     fn empty_file_and_missing_file() {
         let (_f, source) = source("", 10);
         assert!(source.is_empty());
-        assert_eq!(source.blocks().len(), 0);
+        assert!(drain(&source, 2).iter().all(Vec::is_empty));
         let err = FileSource::open(
             Path::new("/nonexistent/x.jsonl"),
             &FileSourceConfig::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn a_read_error_reaches_every_reader() {
+        // A directory opens, but reading it fails (EISDIR).
+        let dir = tempfile::tempdir().unwrap();
+        let source = FileSource::open(dir.path(), &FileSourceConfig::default()).unwrap();
+        for reader in source.read_blocks(3).unwrap() {
+            match reader.wait(Duration::from_secs(10)) {
+                Poll::Failed(e) => {
+                    assert!(
+                        e.to_string().contains(&*dir.path().to_string_lossy()),
+                        "{e}"
+                    )
+                }
+                other => panic!("expected the read error, got {other:?}"),
+            }
+        }
     }
 }
