@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -108,6 +109,19 @@ def vw_command(a, vw_file, preds=None):
     return cmd
 
 
+def time_vw(a, paths, out_dir):
+    """One timed VW run without -p: (wall seconds, peak RSS MiB, VW's own average loss)."""
+    cmd = vw_command(a, paths["vw"])
+    print("running VW:", " ".join(cmd[1:]), file=sys.stderr)
+    log = os.path.join(out_dir, "vw.log")
+    code, wall, rss = run_measured(cmd, os.path.join(out_dir, "vw.out"), log)
+    if code != 0:
+        sys.exit(f"VW failed with exit code {code}; see {log}")
+    with open(log) as f:
+        m = re.search(r"average loss = ([0-9.eE+-]+)", f.read())
+    return wall, rss, float(m.group(1)) if m else float("nan")
+
+
 def run_vw(a, paths, out_dir):
     # Interpreter start + pylibvw import + an empty workspace: the Python-wrapper overhead
     # that the `vw` binary would not have. Reported, not subtracted.
@@ -117,15 +131,7 @@ def run_vw(a, paths, out_dir):
     # VW's driver writes each prediction with its own write(2) call, which costs more than
     # the learning itself here; so the timed run has no -p, and an otherwise identical run
     # (single pass, deterministic: same predictions) writes them for AUC and logloss.
-    cmd = vw_command(a, paths["vw"])
-    print("running VW:", " ".join(cmd[1:]), file=sys.stderr)
-    log = os.path.join(out_dir, "vw.log")
-    code, wall, rss = run_measured(cmd, os.path.join(out_dir, "vw.out"), log)
-    if code != 0:
-        sys.exit(f"VW failed with exit code {code}; see {log}")
-    with open(log) as f:
-        m = re.search(r"average loss = ([0-9.eE+-]+)", f.read())
-    vw_avg_loss = float(m.group(1)) if m else float("nan")
+    wall, rss, vw_avg_loss = time_vw(a, paths, out_dir)
 
     preds = os.path.join(out_dir, "vw_preds.txt")
     print("running VW again with -p", preds, file=sys.stderr)
@@ -187,8 +193,8 @@ def run_ctrflow(a, events, out_dir, workers):
 
 ROWS = [
     ("examples", "examples", "{:,.0f}"),
-    ("examples/s (wall)", "examples_per_sec", "{:,.0f}"),
-    ("wall seconds", "wall_secs", "{:.2f}"),
+    ("examples/s (wall, median)", "examples_per_sec", "{:,.0f}"),
+    ("wall seconds (median)", "wall_secs", "{:.2f}"),
     ("  VW again, with -p preds", "wall_secs_with_p", "{:.2f}"),
     ("peak RSS MiB", "peak_rss_mib", "{:,.0f}"),
     ("progressive logloss", "logloss", "{:.5f}"),
@@ -242,24 +248,52 @@ def main():
     ap.add_argument("--bits", type=int, default=22)
     ap.add_argument("--skip-ctrflow", action="store_true")
     ap.add_argument("--workers", default="1,2", help="ctrflow worker counts to run, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times each program is timed, in turn; the table shows the median")
     a = ap.parse_args()
+    a.rounds = max(1, a.rounds)
     from importlib.metadata import version
     a.vw_version = version("vowpalwabbit")
     os.makedirs(a.out_dir, exist_ok=True)
 
     paths, _ = convert(a.events, a.out_dir)
+    # Round 1 also measures quality (VW's run with -p); every round times each program once,
+    # in turn, so that the machine's slow and fast spells fall on all of them alike.
     vw = run_vw(a, paths, a.out_dir)
+    walls = {"VW": [vw["wall_secs"]]}
     runs, why = [], "skipped (--skip-ctrflow)"
-    if not a.skip_ctrflow:
-        for workers in [int(w) for w in a.workers.split(",") if w]:
+    worker_counts = [] if a.skip_ctrflow else [int(w) for w in a.workers.split(",") if w]
+    for round_ in range(a.rounds):
+        if round_ > 0:
+            walls["VW"].append(time_vw(a, paths, a.out_dir)[0])
+        for workers in worker_counts:
+            name = f"ctrflow {workers}w"
             cf, why = run_ctrflow(a, a.events, a.out_dir, workers)
-            if cf is not None:
-                runs.append((f"ctrflow {workers}w", cf))
+            if cf is None:
+                continue
+            walls.setdefault(name, []).append(cf["wall_secs"])
+            if round_ == 0:
+                runs.append((name, cf))
+    # The table shows each program's median wall time over the rounds.
+    for row, name in [(vw, "VW")] + [(cf, name) for name, cf in runs]:
+        row["wall_secs"] = statistics.median(walls[name])
+        row["examples_per_sec"] = row["examples"] / row["wall_secs"]
+        row["walls"] = walls[name]
     cf = runs[0][1] if runs else None
 
     print()
     print(table(vw, runs, a))
     print()
+    if a.rounds > 1:
+        print(f"examples/s per round (the table: the median of {a.rounds}), ratio to VW's in the same round:")
+        for i in range(a.rounds):
+            line = f"  round {i + 1}: VW {vw['examples'] / walls['VW'][i]:>10,.0f}"
+            for name, row in runs:
+                if i < len(walls[name]):
+                    rate = row["examples"] / walls[name][i]
+                    line += f"   {name} {rate:>10,.0f} ({walls['VW'][i] / walls[name][i]:.2f}x)"
+            print(line)
+        print()
     print(f"VW: {' '.join(vw_command(a, 'events.vw')[3:])} (python -m vowpalwabbit: VW's C++ driver)")
     print(f"    FTRL alpha={a.alpha} beta={a.beta} lambda1={a.l1} lambda2={a.l2}, 2^{a.bits} weights; "
           f"{vw['positives']:,} positives ({vw['positives'] / vw['examples']:.2%})")
