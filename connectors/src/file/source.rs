@@ -59,8 +59,8 @@ impl Block {
         self.len() == 0
     }
 
-    /// The non-empty lines of `bytes` (this block's contents, as read by
-    /// [`FileSource::read`]) with their 1-based line numbers; a trailing `\r` is removed.
+    /// The non-empty lines of `bytes` (this block's contents, as [`FilledBlock`] holds
+    /// them) with their 1-based line numbers; a trailing `\r` is removed.
     pub fn lines(self, bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         let mut line = self.first_line;
         // `bytes.split(|&b| b == b'\n')`, with memchr's vectorized search for the line ends.
