@@ -225,6 +225,45 @@ fn gh_3_examples_out_holds_every_labelled_impression_as_served() {
     assert_eq!(positives, reported);
 }
 
+/// `--input` can be a pipe (`/dev/stdin`, a process substitution): the file is read once,
+/// front to back, and the replay is the replay of the file.
+#[test]
+fn a_replay_from_a_pipe_is_the_replay_of_the_file() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(dir.path(), "events.jsonl", 5_000, 7);
+    let model_file = dir.path().join("file.bin");
+    let from_file = replay_json(&input, &["--model-out", model_file.to_str().unwrap()]);
+    let model_pipe = dir.path().join("pipe.bin");
+    let mut child = ctrflow()
+        .args(["replay", "--json", "--input", "/dev/stdin", "--model-out"])
+        .arg(&model_pipe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(&input).unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let from_pipe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["events", "impressions", "logloss", "auc", "bad_events"] {
+        assert_eq!(from_pipe[key], from_file[key], "{key}");
+    }
+    assert_eq!(
+        std::fs::read(model_pipe).unwrap(),
+        std::fs::read(model_file).unwrap(),
+        "the same model, byte for byte"
+    );
+}
+
 #[test]
 fn a_missing_input_is_a_clear_error() {
     let output = ctrflow()

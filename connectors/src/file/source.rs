@@ -8,7 +8,9 @@
 //! file is read once with a few large read calls per block.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::time::Duration;
 
@@ -91,7 +93,8 @@ impl Block {
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
-    file: File,
+    /// The handle `open` made, until the first `read_blocks` takes it.
+    file: Mutex<Option<File>>,
     len: usize,
     block_bytes: usize,
 }
@@ -111,7 +114,7 @@ impl FileSource {
         let len = file.metadata().map_err(|e| error("reading", e))?.len() as usize;
         Ok(Self {
             path: path.to_owned(),
-            file,
+            file: Mutex::new(Some(file)),
             len,
             block_bytes: config.block_bytes.max(1),
         })
@@ -144,14 +147,19 @@ impl FileSource {
     /// process's resident set, and `MADV_DONTNEED` on blocks already read did not reliably
     /// give them back (on this kernel a 1.4 GB replay ended with most of the file resident).
     pub fn read_blocks(&self, peers: usize) -> Result<Vec<BlockReader>, ConnectorError> {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|source| ConnectorError::File {
-                action: "reading",
+        // Read from the start with plain sequential reads, so that a pipe works too
+        // (`--input /dev/stdin`, `--input <(zstdcat events.jsonl.zst)`): the handle opened
+        // by `open` the first time (a named pipe must not be closed and opened again), a new
+        // one after that.
+        let opened = self.file.lock().ok().and_then(|mut f| f.take());
+        let file = match opened {
+            Some(file) => file,
+            None => File::open(&self.path).map_err(|source| ConnectorError::File {
+                action: "opening",
                 path: self.path.clone(),
                 source,
-            })?;
+            })?,
+        };
         let (spare_tx, spare_rx) = mpsc::channel();
         let (senders, readers): (Vec<_>, Vec<_>) = (0..peers.max(1))
             .map(|_| {
@@ -272,7 +280,7 @@ fn read_file(
             // ends: what is read beyond the cut is copied to the next block.
             bytes.resize(len + target.saturating_sub(len) + READ_BYTES, 0);
             let n = loop {
-                match read_at(&file, &mut bytes[len..], (start + len) as u64) {
+                match (&file).read(&mut bytes[len..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(source) => {
@@ -312,21 +320,6 @@ fn read_file(
             return;
         }
     }
-}
-
-/// One positioned read: the source's own position, not the file handle's, so each
-/// [`FileSource::read_blocks`] reads the whole file.
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(not(unix))]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = file;
-    file.seek(SeekFrom::Start(offset))?;
-    file.read(buf)
 }
 
 #[cfg(test)]
