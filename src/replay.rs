@@ -173,21 +173,16 @@ struct WorkerResult {
 /// its dataflow moving (another worker may be waiting on it).
 fn next_block(worker: &mut timely::worker::Worker, reader: &BlockReader) -> Poll {
     loop {
-        match reader.poll() {
+        match reader.wait(WAIT_FOR_BLOCK) {
             Poll::Pending => {
                 worker.step();
-                if let ready @ (Poll::Block(_) | Poll::Done | Poll::Failed(_)) =
-                    reader.wait(WAIT_FOR_BLOCK)
-                {
-                    return ready;
-                }
             }
             ready => return ready,
         }
     }
 }
 
-/// How long a worker waits for its next block between steps of its dataflow.
+/// How long a worker waits for its next block before a step of its dataflow.
 const WAIT_FOR_BLOCK: Duration = Duration::from_micros(200);
 
 /// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.

@@ -446,15 +446,22 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
     phase("scores compared");
 }
 
+/// Creates topics (name, partitions) on the in-process `cluster`.
+fn create_on_mock<'a, C: rdkafka::ClientContext>(
+    cluster: &'a ctrflow_connectors::kafka::MockCluster<'_, C>,
+) -> impl Fn(&[(&str, i32)]) + 'a {
+    move |topics| {
+        for (name, partitions) in topics {
+            cluster.create_topic(name, *partitions, 1).unwrap();
+        }
+    }
+}
+
 #[test]
 fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
     let cluster = ctrflow_connectors::kafka::MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let create = |topics: &[(&str, i32)]| {
-        for (name, partitions) in topics {
-            cluster.create_topic(name, *partitions, 1).unwrap();
-        }
-    };
+    let create = create_on_mock(&cluster);
     for workers in [1, 2] {
         let scenario = Scenario {
             impressions: 6_000,
@@ -482,11 +489,7 @@ fn gh_4_killed_with_sigkill_the_worker_resumes_exactly_on_the_mock_broker() {
 fn gh_4_killed_with_sigkill_scoring_on_arrival_the_worker_learns_exactly() {
     let cluster = ctrflow_connectors::kafka::MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let create = |topics: &[(&str, i32)]| {
-        for (name, partitions) in topics {
-            cluster.create_topic(name, *partitions, 1).unwrap();
-        }
-    };
+    let create = create_on_mock(&cluster);
     let scenario = Scenario {
         impressions: 6_000,
         partitions: 2,

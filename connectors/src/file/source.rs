@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ pub struct BlockReader {
     spare: Sender<Vec<u8>>,
 }
 
-/// What [`BlockReader::poll`] found.
+/// What [`BlockReader::wait`] found.
 #[derive(Debug)]
 pub enum Poll {
     /// The next block.
@@ -206,16 +206,6 @@ pub enum Poll {
 }
 
 impl BlockReader {
-    /// The next block, without waiting for it.
-    pub fn poll(&self) -> Poll {
-        match self.blocks.try_recv() {
-            Ok(Ok(block)) => Poll::Block(block),
-            Ok(Err(error)) => Poll::Failed(error),
-            Err(TryRecvError::Empty) => Poll::Pending,
-            Err(TryRecvError::Disconnected) => Poll::Done,
-        }
-    }
-
     /// The next block, waiting at most `timeout` for it ([`Poll::Pending`] if none came).
     pub fn wait(&self, timeout: Duration) -> Poll {
         match self.blocks.recv_timeout(timeout) {
