@@ -194,16 +194,18 @@ fn build_inner(
     let timeline = context.timeline;
     let response = context.response;
     let detect = drift_input.is_some().then(|| {
-        let state = detect.unwrap_or_else(|| {
-            let drift = if config.drift.enabled {
-                Drift::new(&config.drift, config.label.window_ms)
-            } else {
-                Drift::new(&config.drift.all_off(), config.label.window_ms)
-            };
-            DetectState::new(drift)
-        });
+        let drift_config = if config.drift.enabled {
+            config.drift.clone()
+        } else {
+            config.drift.all_off()
+        };
+        let window_ms = config.label.window_ms;
+        let state =
+            detect.unwrap_or_else(|| DetectState::new(Drift::new(&drift_config, window_ms)));
         // Each worker runs its shards of the detectors (`DriftConfig::shards`).
-        let state = state.map(|drift| drift.for_worker(worker.index(), worker.peers()));
+        let state = state.map(|drift| {
+            drift.for_worker(worker.index(), worker.peers(), &drift_config, window_ms)
+        });
         Rc::new(RefCell::new(state.map(|drift| Watch {
             detectors: match timeline {
                 Some(output) => Watching::Recorded(Box::new(Timeline::new(

@@ -185,7 +185,8 @@ fn next_block(worker: &mut timely::worker::Worker, reader: &BlockReader) -> Poll
 /// How long a worker waits for its next block before a step of its dataflow.
 const WAIT_FOR_BLOCK: Duration = Duration::from_micros(200);
 
-/// Blocks a worker may read ahead of the slowest worker's progress; bounds buffered data.
+/// Rounds of blocks (as many blocks as workers) a worker may read ahead of the slowest
+/// worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
 
 /// How long a worker waiting for the others sleeps at most. Timely wakes it as soon as data
@@ -345,9 +346,17 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     dataflow.send_summary(summary);
                 }
                 dataflow.advance_to(config.input.watermark(max_ts));
-                sent_at.push_back(*dataflow.input.time());
-                while sent_at.len() > MAX_BLOCKS_AHEAD {
-                    let Some(t) = sent_at.pop_front() else { break };
+                // Blocks are taken in file order by whichever worker asks first: wait until
+                // the dataflow is past this worker's blocks `MAX_BLOCKS_AHEAD` rounds back.
+                sent_at.push_back((block.seq, *dataflow.input.time()));
+                let behind = (MAX_BLOCKS_AHEAD * workers) as u64;
+                while sent_at
+                    .front()
+                    .is_some_and(|&(seq, _)| seq + behind <= block.seq)
+                {
+                    let Some((_, t)) = sent_at.pop_front() else {
+                        break;
+                    };
                     // Park rather than spin while other workers catch up: on a busy
                     // machine a spinning worker takes the core the others need (the
                     // channels wake a parked worker when data or progress arrives).

@@ -803,11 +803,18 @@ const SEGMENT_SHARD: usize = 1;
 
 impl DriftConfig {
     /// How [`Drift`]'s detectors split over workers (see the `Detect` operator): the
-    /// per-segment detector apart when it is on. Both shards count impressions and
-    /// settled labels ([`Drift`]'s shared state), so both get every impression and label;
-    /// segments go to the segment shard alone, `ctx` summaries to the main one.
+    /// per-segment detector apart when it is on and its segments come as observations of
+    /// their own. Both shards count impressions and settled labels ([`Drift`]'s shared
+    /// state), so both get every impression and label; segments go to the segment shard
+    /// alone, `ctx` summaries to the main one.
+    ///
+    /// When labels carry their segment (the default field, `category`), one shard: there
+    /// the per-segment detector costs ~60 ns per label (`cargo bench --bench drift`), less
+    /// than handing every impression and label to a second worker as well (measured on a
+    /// 2-worker replay of the generator's 2M impressions: 7% less CPU and 2.5% less wall
+    /// time with one shard).
     pub fn shards(&self) -> Shards {
-        if self.enabled && self.segments.enabled {
+        if self.enabled && self.segments.enabled && !self.segments.carried_by_labels() {
             let (main, segment) = (1 << MAIN_SHARD, 1 << SEGMENT_SHARD);
             Shards::new(main, segment, main | segment, main | segment)
         } else {
@@ -935,13 +942,28 @@ impl Drift {
 }
 
 impl Drift {
-    /// These detectors less those that worker `index` of `peers` does not run under
+    /// These detectors (made from `config`, for labels with an attribution window of
+    /// `label_window_ms`) less those that worker `index` of `peers` does not run under
     /// [`DriftConfig::shards`]: what that worker's `Detect` operator must hold. Also
-    /// applied to restored detectors, so that a checkpoint taken before the detectors
-    /// were sharded does not run one twice.
-    pub fn for_worker(mut self, index: usize, peers: usize) -> Self {
-        if !Shards::runs(SEGMENT_SHARD, index, peers) {
+    /// applied to restored detectors, so that a checkpoint taken with other shards runs
+    /// no detector twice; a per-segment detector that ran on another worker then starts
+    /// afresh on this one (and warms up again).
+    pub fn for_worker(
+        mut self,
+        index: usize,
+        peers: usize,
+        config: &DriftConfig,
+        label_window_ms: u64,
+    ) -> Self {
+        let segment_shard = if config.shards() == Shards::ONE {
+            MAIN_SHARD
+        } else {
+            SEGMENT_SHARD
+        };
+        if !Shards::runs(segment_shard, index, peers) {
             self.segments = None;
+        } else if self.segments.is_none() && config.enabled && config.segments.enabled {
+            self.segments = Drift::new(config, label_window_ms).segments;
         }
         if !Shards::runs(MAIN_SHARD, index, peers) {
             self.concept.clear();
@@ -1258,12 +1280,16 @@ mod tests {
         config.data.enabled = false;
         config.resolve_after_ms = 0;
         config.min_alert_interval_ms = 0;
+        // Segments as observations of their own, as for any field but `category`: the
+        // per-segment detector then runs on a shard of its own.
+        config.segments.field = "genre".into();
+        assert_ne!(config.shards(), Shards::ONE);
         let stream = segmented_stream(200_000, 100_000);
         // Feeds each worker's detectors its share, as the `Detect` operator routes it.
         let run = |peers: usize| -> Vec<(String, AlertState, EventTime)> {
             let shards = config.shards();
             let mut workers: Vec<Drift> = (0..peers)
-                .map(|w| Drift::new(&config, 1000).for_worker(w, peers))
+                .map(|w| Drift::new(&config, 1000).for_worker(w, peers, &config, 1000))
                 .collect();
             let mut alerts = Vec::new();
             let mut targets = [0; 8];
@@ -1287,9 +1313,9 @@ mod tests {
         };
         let one = run(1);
         assert!(
-            one.iter()
-                .any(|(m, s, _)| m.starts_with("discrimination{category=c")
-                    && *s == AlertState::Firing),
+            one.iter().any(
+                |(m, s, _)| m.starts_with("discrimination{genre=c") && *s == AlertState::Firing
+            ),
             "{one:#?}"
         );
         assert_eq!(run(2), one);
@@ -1298,15 +1324,26 @@ mod tests {
 
     #[test]
     fn each_worker_runs_its_shards() {
-        let config = DriftConfig::default();
+        let mut config = DriftConfig::default();
+        config.segments.field = "genre".into();
         let all = Drift::new(&config, 1000);
-        let main = all.clone().for_worker(0, 2);
-        let segments = all.clone().for_worker(1, 2);
+        let main = all.clone().for_worker(0, 2, &config, 1000);
+        let segments = all.clone().for_worker(1, 2, &config, 1000);
         assert!(main.segments.is_none() && main.outage.is_some() && !main.concept.is_empty());
         assert!(segments.segments.is_some() && segments.outage.is_none());
         assert!(segments.concept.is_empty() && segments.data.is_none());
-        let alone = all.for_worker(0, 1);
+        let alone = all.clone().for_worker(0, 1, &config, 1000);
         assert!(alone.segments.is_some() && alone.outage.is_some());
+        // Labels carry the default field's segments: one shard, on worker 0; restored from
+        // a checkpoint of two shards, worker 0 gets a fresh per-segment detector.
+        let carried = DriftConfig::default();
+        assert_eq!(carried.shards(), Shards::ONE);
+        let first = all.clone().for_worker(0, 2, &carried, 1000);
+        let second = all.for_worker(1, 2, &carried, 1000);
+        assert!(first.segments.is_some() && first.outage.is_some());
+        assert!(second.segments.is_none() && second.outage.is_none());
+        let restored = main.for_worker(0, 2, &carried, 1000);
+        assert!(restored.segments.is_some() && restored.outage.is_some());
         let mut off = config.clone();
         off.segments.enabled = false;
         assert_eq!(off.shards(), Shards::ONE);

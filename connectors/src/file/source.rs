@@ -1,18 +1,21 @@
 //! A JSON Lines file as a partitioned source.
 //!
 //! One thread reads the file front to back and cuts it into blocks of whole lines (about
-//! `block_bytes` each); worker `i` of `n` gets blocks `i, i + n, i + 2n, ...`, so all
-//! workers move through event time together (a file written in time order stays roughly in
-//! time order across workers). Each block arrives as its own buffer, which the worker gives
-//! back for reuse: payloads are borrowed from it, nothing is allocated per line, and the
-//! file is read once with a few large read calls per block.
+//! `block_bytes` each); each block goes to whichever worker asks for one next, so blocks
+//! are taken in file order and all workers move through event time together (a file
+//! written in time order stays roughly in time order across workers), while a worker with
+//! less else to do takes more of them. Each block arrives as its own buffer, which the
+//! worker gives back for reuse: payloads are borrowed from it, nothing is allocated per
+//! line, and the file is read once with a few large read calls per block.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver as SpareReceiver, Sender as SpareSender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +51,8 @@ pub struct Block {
     pub end: usize,
     /// 1-based number of the block's first line.
     pub first_line: u64,
+    /// The block's place in the file: 0 for the first block, 1 for the next, and so on.
+    pub seq: u64,
 }
 
 impl Block {
@@ -99,7 +104,7 @@ pub struct FileSource {
     block_bytes: usize,
 }
 
-/// Blocks a worker's queue holds before the reading thread waits for it.
+/// Blocks queued per worker before the reading thread waits for the workers.
 const QUEUED_BLOCKS: usize = 4;
 
 impl FileSource {
@@ -136,16 +141,20 @@ impl FileSource {
     }
 
     /// Starts a thread that reads the file once, front to back, cuts it into blocks of
-    /// whole lines, and hands block `k` to reader `k % peers` (readers `0..peers`, in the
-    /// returned order). The thread stops at the end of the file, on a read error (which
-    /// every reader then receives), or when a reader is dropped.
+    /// whole lines, and queues them in file order for `peers` readers (returned in
+    /// worker order): each block goes to the reader that asks first. The thread stops at
+    /// the end of the file, on a read error (which every reader then receives), or when
+    /// every reader is dropped.
     ///
     /// Why a thread: the workers get their bytes without a read call of their own, and the
     /// file is read once, as it is cut, rather than scanned for line ends before the run and
-    /// read again during it; each reader's queue is short, so a few blocks per worker are in
-    /// memory whatever the file size. Why not a memory map: mapped pages count in the
-    /// process's resident set, and `MADV_DONTNEED` on blocks already read did not reliably
-    /// give them back (on this kernel a 1.4 GB replay ended with most of the file resident).
+    /// read again during it; the queue is short, so a few blocks per worker are in memory
+    /// whatever the file size. Why one queue rather than block `k` to worker `k % peers`:
+    /// workers do unequal work (worker 0 runs the main drift detectors), and with fixed
+    /// shares the others waited for it; now they decode more of the input instead. Why
+    /// not a memory map: mapped pages count in the process's resident set, and
+    /// `MADV_DONTNEED` on blocks already read did not reliably give them back (on this
+    /// kernel a 1.4 GB replay ended with most of the file resident).
     pub fn read_blocks(&self, peers: usize) -> Result<Vec<BlockReader>, ConnectorError> {
         // Read from the start with plain sequential reads, so that a pipe works too
         // (`--input /dev/stdin`, `--input <(zstdcat events.jsonl.zst)`): the handle opened
@@ -160,22 +169,22 @@ impl FileSource {
                 source,
             })?,
         };
+        let peers = peers.max(1);
         let (spare_tx, spare_rx) = mpsc::channel();
-        let (senders, readers): (Vec<_>, Vec<_>) = (0..peers.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::sync_channel(QUEUED_BLOCKS);
-                let reader = BlockReader {
-                    blocks: rx,
-                    spare: spare_tx.clone(),
-                };
-                (tx, reader)
+        let (blocks_tx, blocks_rx) = crossbeam_channel::bounded(QUEUED_BLOCKS * peers);
+        let failed = Arc::new(OnceLock::new());
+        let readers = (0..peers)
+            .map(|_| BlockReader {
+                blocks: blocks_rx.clone(),
+                spare: spare_tx.clone(),
+                failed: Arc::clone(&failed),
+                path: self.path.clone(),
             })
-            .unzip();
-        let path = self.path.clone();
+            .collect();
         let target = self.block_bytes;
         std::thread::Builder::new()
             .name("ctrflow:read".into())
-            .spawn(move || read_file(file, &path, target, &senders, &spare_rx))
+            .spawn(move || read_file(file, target, &blocks_tx, &spare_rx, &failed))
             .map_err(|source| ConnectorError::File {
                 action: "starting a thread to read",
                 path: self.path.clone(),
@@ -185,11 +194,15 @@ impl FileSource {
     }
 }
 
-/// One worker's share of a file's blocks, in file order.
+/// One worker's end of a file's block queue: the blocks it takes come in file order.
 #[derive(Debug)]
 pub struct BlockReader {
-    blocks: Receiver<Result<FilledBlock, ConnectorError>>,
-    spare: Sender<Vec<u8>>,
+    blocks: Receiver<FilledBlock>,
+    spare: SpareSender<Vec<u8>>,
+    /// Why reading stopped early, once it has (`io::Error` is not `Clone`: its kind and
+    /// message, for every reader).
+    failed: Arc<OnceLock<(std::io::ErrorKind, String)>>,
+    path: PathBuf,
 }
 
 /// What [`BlockReader::wait`] found.
@@ -209,10 +222,16 @@ impl BlockReader {
     /// The next block, waiting at most `timeout` for it ([`Poll::Pending`] if none came).
     pub fn wait(&self, timeout: Duration) -> Poll {
         match self.blocks.recv_timeout(timeout) {
-            Ok(Ok(block)) => Poll::Block(block),
-            Ok(Err(error)) => Poll::Failed(error),
+            Ok(block) => Poll::Block(block),
             Err(RecvTimeoutError::Timeout) => Poll::Pending,
-            Err(RecvTimeoutError::Disconnected) => Poll::Done,
+            Err(RecvTimeoutError::Disconnected) => match self.failed.get() {
+                Some((kind, message)) => Poll::Failed(ConnectorError::File {
+                    action: "reading",
+                    path: self.path.clone(),
+                    source: std::io::Error::new(*kind, message.clone()),
+                }),
+                None => Poll::Done,
+            },
         }
     }
 
@@ -242,17 +261,17 @@ impl FilledBlock {
 const READ_BYTES: usize = 4 * 1024;
 
 /// The reading thread: cuts `file` into blocks that end at the first line end at or after
-/// `target - 1` bytes into them (or at the end of the file) and sends them round-robin.
+/// `target - 1` bytes into them (or at the end of the file) and queues them in order.
 fn read_file(
     file: File,
-    path: &Path,
     target: usize,
-    readers: &[SyncSender<Result<FilledBlock, ConnectorError>>],
-    spare: &Receiver<Vec<u8>>,
+    blocks: &Sender<FilledBlock>,
+    spare: &SpareReceiver<Vec<u8>>,
+    failed: &OnceLock<(std::io::ErrorKind, String)>,
 ) {
     let mut carry: Vec<u8> = Vec::new();
     let (mut start, mut first_line) = (0usize, 1u64);
-    for k in 0.. {
+    for seq in 0.. {
         let mut bytes = spare.try_recv().unwrap_or_default();
         bytes.clear();
         bytes.extend_from_slice(&carry);
@@ -274,15 +293,8 @@ fn read_file(
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(source) => {
-                        for reader in readers {
-                            let source = std::io::Error::new(source.kind(), source.to_string());
-                            let failed = ConnectorError::File {
-                                action: "reading",
-                                path: path.to_owned(),
-                                source,
-                            };
-                            let _ = reader.send(Err(failed));
-                        }
+                        // Every reader finds it once the queue is drained and closed.
+                        let _ = failed.set((source.kind(), source.to_string()));
                         return;
                     }
                 }
@@ -301,12 +313,12 @@ fn read_file(
             start,
             end: start + cut,
             first_line,
+            seq,
         };
         start += cut;
         first_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-        let reader = &readers[k % readers.len()];
-        if reader.send(Ok(FilledBlock { block, bytes })).is_err() {
-            // The worker stopped: so does the run.
+        if blocks.send(FilledBlock { block, bytes }).is_err() {
+            // Every worker stopped: so does the run.
             return;
         }
     }
@@ -401,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn blocks_end_at_line_ends_and_go_round_robin() {
+    fn blocks_end_at_line_ends_and_each_reader_gets_its_blocks_in_file_order() {
         let text: String = (0..500)
             .map(|n| format!("line {n}{}\n", "y".repeat(n % 13)))
             .collect();
@@ -410,22 +422,47 @@ mod tests {
             let (_f, source) = source(&text, target);
             for peers in [1, 2, 3] {
                 let got = drain(&source, peers);
-                let mut blocks: Vec<_> = got
+                for (i, blocks) in got.iter().enumerate() {
+                    assert!(
+                        blocks.is_sorted_by_key(|(b, _)| b.start),
+                        "reader {i} of {peers}, target {target}"
+                    );
+                }
+                let mut cut: Vec<_> = got
                     .iter()
-                    .enumerate()
-                    .flat_map(|(i, bs)| bs.iter().map(move |(b, _)| (i, *b)))
+                    .flatten()
+                    .map(|(b, _)| (b.start, b.end, b.first_line))
                     .collect();
-                blocks.sort_by_key(|(_, b)| b.start);
-                let cut: Vec<_> = blocks
-                    .iter()
-                    .map(|(_, b)| (b.start, b.end, b.first_line))
-                    .collect();
+                cut.sort_unstable();
                 assert_eq!(cut, expected_blocks(&text, target), "target {target}");
-                for (k, (reader, _)) in blocks.iter().enumerate() {
-                    assert_eq!(*reader, k % peers, "block {k} of target {target}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_that_asks_more_often_gets_more_blocks() {
+        let text: String = (0..400).map(|n| format!("line {n}\n")).collect();
+        let (_f, source) = source(&text, 16);
+        let readers = source.read_blocks(2).unwrap();
+        // Reader 0 asks three times for each time reader 1 asks.
+        let (mut got, mut done) = ([0usize; 2], [false; 2]);
+        while done.contains(&false) {
+            for i in [0, 0, 0, 1] {
+                if done[i] {
+                    continue;
+                }
+                match readers[i].wait(Duration::from_secs(10)) {
+                    Poll::Block(b) => {
+                        got[i] += 1;
+                        readers[i].recycle(b);
+                    }
+                    Poll::Done => done[i] = true,
+                    other => panic!("{other:?}"),
                 }
             }
         }
+        assert_eq!(got[0] + got[1], expected_blocks(&text, 16).len());
+        assert!(got[0] > 2 * got[1], "{got:?}");
     }
 
     #[test]
