@@ -211,8 +211,9 @@ pub struct Scenario {
     pub window_ms: Option<u64>,
     /// Entity features on (they cost most of a debug build's time).
     pub entity_features: bool,
-    /// Kill `k` of `n` only once `k / (n + 1)` of the events are checkpointed: every
-    /// restart then starts from further into the stream, whatever the machine's speed.
+    /// Kill `k` of `n` (from 1) only once `k / (n + 2)` of the events are checkpointed:
+    /// every restart then starts from further into the stream, and the last with a good
+    /// share of it still to read, whatever the machine's speed.
     pub spread_kills: bool,
     /// `label.score_on = "arrival"`: scores depend on timing, so scores re-emitted after a
     /// restart may differ from the first ones (and from the uninterrupted run's); what is
@@ -324,7 +325,7 @@ pub fn killed_worker_ends_like_an_uninterrupted_one(
         // Once this run has taken a checkpoint of its own, at a random moment after it.
         let deadline = std::time::Instant::now() + timeout;
         let mut worker = start_checkpointed(dir.path(), &config_b, workers, &state_b, deadline);
-        let share = generated.events as i64 * (k as i64 + 1) / (kills as i64 + 1);
+        let share = generated.events as i64 * (k as i64 + 1) / (kills as i64 + 2);
         while committed.as_ref().is_some_and(|c| c.total() < share) {
             assert!(worker.is_running(), "the worker exited by itself");
             assert!(
@@ -558,7 +559,11 @@ fn gh_4_killed_with_stubs_out_of_memory_the_worker_resumes_exactly() {
         partitions: 1,
         workers: 1,
         kills: 2,
-        kill_after_ms: 0..1_000,
+        // Soon after the share is checkpointed: the rest of the stream takes a second or
+        // two, and a kill after its end restarts the worker from a checkpoint with its
+        // windows closed, not from one with chunks out of memory (with shares of 1/3 and
+        // 2/3 and up to 1 s later, the precondition failed in 5 of 5 runs in session 13).
+        kill_after_ms: 0..200,
         checkpoint_interval_ms: 500,
         aggregates: false,
         pending_memory_mb: 1,
