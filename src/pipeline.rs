@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 use ctrflow_dataflows::operators::{
-    Aggregate, Aggregates, Detect, DetectState, JoinState, LearnOnline, Watermark,
+    Aggregate, Aggregates, Detect, DetectState, JoinState, LearnOnline, Watermark, route,
 };
 use ctrflow_dataflows::{
     Alert, Detector, EventTime, Example, Features, Interaction, InteractionKind, Observation, Score,
@@ -47,8 +47,13 @@ pub type DriftInput = InputHandle<Watermark, CapacityContainerBuilder<Vec<Observ
 
 /// One worker's learning dataflow and the handles to drive and observe it.
 pub struct Dataflow {
-    /// Where records go in, at the worker's watermark.
+    /// Where records go in, at the worker's watermark (crossing to the worker that owns
+    /// their impression); [`Dataflow::send`] routes them between this and `local`.
     pub input: Input,
+    /// Records this worker owns, which skip the exchange ([`LearnOnline::learn_online_routed`]).
+    pub local: Input,
+    /// This worker's index and the number of workers, to route records.
+    worker: (u64, u64),
     /// Passes a time once every record before it is scored and learned from.
     pub probe: ProbeHandle<Watermark>,
     /// This worker's label join: its counters, and its state for checkpoints.
@@ -174,6 +179,7 @@ fn build_inner(
     on_alert: Option<OnAlert>,
 ) -> Dataflow {
     let mut input = Input::new();
+    let mut local = Input::new();
     let mut drift_input = on_alert.is_some().then(DriftInput::new);
     let alerts = Rc::new(RefCell::new(Vec::new()));
     let probe = ProbeHandle::new();
@@ -227,10 +233,12 @@ fn build_inner(
     let id = worker.next_dataflow_index();
     let index = worker.index();
     worker.dataflow::<Watermark, _, _>(|scope| {
+        let owned = local.to_stream(scope).container::<Vec<Interaction>>();
         let (scored, examples) = input
             .to_stream(scope)
             .container::<Vec<Interaction>>()
-            .learn_online(
+            .learn_online_routed(
+                owned,
                 Serving::new(model.handle(), response, index),
                 enrich,
                 Rc::clone(&join),
@@ -299,6 +307,8 @@ fn build_inner(
     });
     Dataflow {
         input,
+        local,
+        worker: (index as u64, worker.peers() as u64),
         probe,
         join,
         progressive,
@@ -368,10 +378,24 @@ impl Detector for Watch {
 }
 
 impl Dataflow {
+    /// Sends `record` at the inputs' time: by [`Dataflow::local`] if this worker owns its
+    /// impression, else by [`Dataflow::input`], across the exchange.
+    pub fn send(&mut self, record: Interaction) {
+        let (index, peers) = self.worker;
+        if peers <= 1 || route(&record.id) % peers == index {
+            self.local.send(record);
+        } else {
+            self.input.send(record);
+        }
+    }
+
     /// Moves every input to `t` (no-op for inputs already there).
     pub fn advance_to(&mut self, t: Watermark) {
         if t > *self.input.time() {
             self.input.advance_to(t);
+        }
+        if t > *self.local.time() {
+            self.local.advance_to(t);
         }
         if let Some(drift) = self.drift_input.as_mut()
             && t > *drift.time()
@@ -391,6 +415,7 @@ impl Dataflow {
     /// Sends what the inputs buffer at their current time.
     pub fn flush(&mut self) {
         self.input.flush();
+        self.local.flush();
         if let Some(drift) = self.drift_input.as_mut() {
             drift.flush();
         }
@@ -398,8 +423,8 @@ impl Dataflow {
 
     /// Closes every input: the dataflow finishes once what was sent is processed.
     pub fn close(&mut self) {
-        let input = std::mem::replace(&mut self.input, Input::new());
-        input.close();
+        std::mem::replace(&mut self.input, Input::new()).close();
+        std::mem::replace(&mut self.local, Input::new()).close();
         if let Some(drift) = self.drift_input.take() {
             drift.close();
         }

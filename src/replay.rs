@@ -332,7 +332,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                     match ingest.record(payload, line) {
                         Ok(record) => {
                             max_ts = max_ts.max(record.ts);
-                            dataflow.input.send(record);
+                            dataflow.send(record);
                         }
                         Err(error) => {
                             bad.record(At::Line { line }, &error);

@@ -975,11 +975,10 @@ fn work(
                 );
             }
         }
-        let input = &mut dataflow.input;
         let mut types = [0u64; 4];
         impression_ts.clear();
         let read_at = Instant::now();
-        let sent_at = *input.time();
+        let sent_at = *dataflow.input.time();
         // Never block in the client: waiting happens in `step_or_park` below, which also
         // wakes for other workers' records and progress.
         let read = source.poll(poll_batch, Duration::ZERO, |message| {
@@ -993,7 +992,7 @@ fn work(
                         impression_ts.push(ts);
                     }
                     newest = newest.max(ts);
-                    input.send(record);
+                    dataflow.send(record);
                     sent += 1;
                     Some(ts)
                 }

@@ -11,5 +11,5 @@ pub use aggregates::{
 pub use detect::{Detect, DetectState, Shards};
 pub use learn_online::{
     DelayCorrection, JoinState, JoinStats, LabelConfig, LearnOnline, ScoreOn, SpillStats,
-    SpillStore, SpillTo, Watermark,
+    SpillStore, SpillTo, Watermark, route,
 };
