@@ -47,11 +47,13 @@ pub type DriftInput = InputHandle<Watermark, CapacityContainerBuilder<Vec<Observ
 
 /// One worker's learning dataflow and the handles to drive and observe it.
 pub struct Dataflow {
-    /// Where records go in, at the worker's watermark (crossing to the worker that owns
-    /// their impression); [`Dataflow::send`] routes them between this and `local`.
-    pub input: Input,
-    /// Records this worker owns, which skip the exchange ([`LearnOnline::learn_online_routed`]).
-    pub local: Input,
+    /// Where records go in, at the worker's watermark ([`Dataflow::send`], which routes
+    /// them between the two, [`Dataflow::advance_to`], [`Dataflow::close`]): this one
+    /// crosses to the worker that owns each record's impression...
+    input: Input,
+    /// ...and this one takes the records this worker owns, which skip the exchange
+    /// ([`LearnOnline::learn_online_routed`]).
+    local: Input,
     /// This worker's index and the number of workers, to route records.
     worker: (u64, u64),
     /// Passes a time once every record before it is scored and learned from.
@@ -378,8 +380,8 @@ impl Detector for Watch {
 }
 
 impl Dataflow {
-    /// Sends `record` at the inputs' time: by [`Dataflow::local`] if this worker owns its
-    /// impression, else by [`Dataflow::input`], across the exchange.
+    /// Sends `record` at the inputs' time ([`Dataflow::time`]): straight to this worker's
+    /// label join if it owns the record's impression, else across the exchange.
     pub fn send(&mut self, record: Interaction) {
         let (index, peers) = self.worker;
         if peers <= 1 || route(&record.id) % peers == index {
@@ -387,6 +389,11 @@ impl Dataflow {
         } else {
             self.input.send(record);
         }
+    }
+
+    /// The time records are sent at: the worker's watermark.
+    pub fn time(&self) -> Watermark {
+        *self.input.time()
     }
 
     /// Moves every input to `t` (no-op for inputs already there).

@@ -348,7 +348,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 dataflow.advance_to(config.input.watermark(max_ts));
                 // Blocks are taken in file order by whichever worker asks first: wait until
                 // the dataflow is past this worker's blocks `MAX_BLOCKS_AHEAD` rounds back.
-                sent_at.push_back((block.seq, *dataflow.input.time()));
+                sent_at.push_back((block.seq, dataflow.time()));
                 let behind = (MAX_BLOCKS_AHEAD * workers) as u64;
                 while sent_at
                     .front()
@@ -382,7 +382,7 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             }
             // Let the dataflow catch up with the last watermark before the input closes, so
             // that the aggregates are those of that watermark.
-            let last = *dataflow.input.time();
+            let last = dataflow.time();
             while dataflow.probe.less_than(&last) {
                 worker.step_or_park(Some(PARK));
             }

@@ -978,7 +978,7 @@ fn work(
         let mut types = [0u64; 4];
         impression_ts.clear();
         let read_at = Instant::now();
-        let sent_at = *dataflow.input.time();
+        let sent_at = dataflow.time();
         // Never block in the client: waiting happens in `step_or_park` below, which also
         // wakes for other workers' records and progress.
         let read = source.poll(poll_batch, Duration::ZERO, |message| {
@@ -1049,11 +1049,11 @@ fn work(
         // Records sent at a time that did not move (late ones, or a watermark standing
         // still) would otherwise wait in the input's buffer for the next advance.
         dataflow.flush();
-        status.watermark[index].store(*dataflow.input.time(), Ordering::Relaxed);
+        status.watermark[index].store(dataflow.time(), Ordering::Relaxed);
         if let Some(link) = link.as_mut() {
             link.tick(PeerStatus {
                 peer: index as u32,
-                watermark: *dataflow.input.time(),
+                watermark: dataflow.time(),
                 idle,
                 newest,
                 stopped: false,
@@ -1062,7 +1062,7 @@ fn work(
         // The round's impressions older than the watermark just reached are scored by the
         // next step; the others once the watermark passes the newest of them.
         // With `label.score_on = "arrival"` all of them are scored by the next step.
-        let now_at = *dataflow.input.time();
+        let now_at = dataflow.time();
         let waits = |ts: i64| !on_arrival && (ts < 0 || ts as u64 >= now_at);
         let scored_now = impression_ts.iter().filter(|&&ts| !waits(ts)).count();
         let waiting_newest = impression_ts.iter().copied().filter(|&ts| waits(ts)).max();
@@ -1109,7 +1109,7 @@ fn work(
         // processed (or another worker lags), and how far in event time one worker's
         // learning can run ahead of another worker's scoring (they share the model).
         if read > 0 {
-            rounds.push_back(*dataflow.input.time());
+            rounds.push_back(dataflow.time());
         }
         while rounds.len() > MAX_ROUNDS_AHEAD
             && !stop.load(Ordering::Relaxed)
@@ -1141,7 +1141,7 @@ fn work(
         // (with checkpoints, at checkpoints instead).
         if checkpointer.is_none() && last_snapshot.elapsed() >= commit_every {
             last_snapshot = Instant::now();
-            let processed_at = past(newest, 1).max(*dataflow.input.time() + 1);
+            let processed_at = past(newest, 1).max(dataflow.time() + 1);
             commits.push_back((processed_at, source.positions()));
         }
         while let Some((t, _)) = commits.front()
@@ -1164,11 +1164,11 @@ fn work(
 
     // Everyone stops reading first, so that the newest event time and the workers' input
     // times are final...
-    status.watermark[index].store(*dataflow.input.time(), Ordering::SeqCst);
+    status.watermark[index].store(dataflow.time(), Ordering::SeqCst);
     status.stopped[index].store(true, Ordering::SeqCst);
     let last_status = PeerStatus {
         peer: index as u32,
-        watermark: *dataflow.input.time(),
+        watermark: dataflow.time(),
         idle: true,
         newest,
         stopped: true,
@@ -1270,7 +1270,7 @@ fn checkpoint_round(
     let index = worker.index();
     let started = Instant::now();
     dataflow.flush();
-    checkpointer.pause(index, sent, *dataflow.input.time());
+    checkpointer.pause(index, sent, dataflow.time());
     let watermark = loop {
         worker.step_or_park(Some(CHECKPOINT_WAIT));
         checkpointer.received(index, dataflow.join.borrow().received);
@@ -1293,7 +1293,7 @@ fn checkpoint_round(
         &dataflow.join.borrow(),
         &dataflow.progressive.borrow(),
         &positions,
-        (newest, *dataflow.input.time()),
+        (newest, dataflow.time()),
     );
     if index == 0 {
         while !checkpointer.all_contributed(round) {

@@ -62,11 +62,11 @@ fn gh_4_an_impression_is_scored_and_trained_without_its_own_feedback() {
         let mut ingest = Ingest::new(&config).unwrap();
         for (pos, line) in lines.iter().enumerate() {
             let record = ingest.record(line.as_bytes(), pos as u64).unwrap();
-            dataflow.input.send(record);
+            dataflow.send(record);
         }
         // Past every attribution window: every impression gets its label.
         let end = (T0 + 3_600_000) as u64;
-        dataflow.input.advance_to(end);
+        dataflow.advance_to(end);
         while dataflow.probe.less_than(&end) {
             worker.step();
         }
