@@ -811,8 +811,9 @@ impl DriftConfig {
     /// When labels carry their segment (the default field, `category`), one shard: there
     /// the per-segment detector costs ~60 ns per label (`cargo bench --bench drift`), less
     /// than handing every impression and label to a second worker as well (measured on a
-    /// 2-worker replay of the generator's 2M impressions: 7% less CPU and 2.5% less wall
-    /// time with one shard).
+    /// 2-worker replay of the generator's 2M impressions: 7% less CPU with one shard; the
+    /// wall time gains only once the other workers take more of the decoding, which the
+    /// replay's shared block queue lets them do).
     pub fn shards(&self) -> Shards {
         if self.enabled && self.segments.enabled && !self.segments.carried_by_labels() {
             let (main, segment) = (1 << MAIN_SHARD, 1 << SEGMENT_SHARD);
