@@ -955,7 +955,11 @@ impl Enrich for MaybeEntities {
         }
     }
     fn record(&mut self, entities: &Entities, ts: EventTime, signal: Signal) {
-        if let MaybeEntities::On(h) = self {
+        // An impression read while entity features were off (before a restart that turned
+        // them on) has no keys: its feedback counts for no entity.
+        if let MaybeEntities::On(h) = self
+            && *entities != Entities::NONE
+        {
             h.record(entities, ts, signal);
         }
     }
@@ -1190,6 +1194,18 @@ mod tests {
         assert_ne!(a.user_category, entities("u1", "i1", "news").user_category);
         assert_ne!(a.user_category, entities("u2", "i1", "music").user_category);
         assert_ne!(a.user, a.item);
+    }
+
+    #[test]
+    fn feedback_for_an_impression_read_without_entity_keys_counts_for_no_entity() {
+        let s = store(None);
+        let mut on = MaybeEntities::On(s.handle());
+        on.record(&Entities::NONE, 1000, Signal::Impression);
+        on.record(&Entities::NONE, 2000, Signal::Click);
+        assert_eq!(s.len(), 0, "no entity keyed by the missing keys");
+        on.record(&entities("u1", "i1", "music"), 3000, Signal::Click);
+        assert_eq!(s.len(), 3, "one entity of each kind");
+        assert_ne!(entities("", "", ""), Entities::NONE);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use ctrflow_dataflows::operators::{
     Aggregate, Aggregates, Detect, DetectState, JoinState, LearnOnline, Watermark, route,
 };
 use ctrflow_dataflows::{
-    Alert, Detector, EventTime, Example, Features, Interaction, InteractionKind, Observation, Score,
+    Alert, Detector, Entities, EventTime, Example, Features, Interaction, InteractionKind,
+    Observation, Score,
 };
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
@@ -445,6 +446,9 @@ pub struct Ingest {
     featurizer: Featurizer,
     features: Features,
     max_event_bytes: usize,
+    /// Whether impressions get their entity keys: only entity features use them, and
+    /// hashing them was 1.5% of a replay without.
+    entity_keys: bool,
     /// Counts `ctx` values for data drift, when asked to ([`Ingest::sketching`]).
     sketch: Option<CtxSketch>,
     /// The `ctx` field whose value is each impression's segment, for per-segment concept
@@ -461,6 +465,7 @@ impl Ingest {
             featurizer: Featurizer::new(&config.features)?,
             features: Features::new(),
             max_event_bytes: config.input.max_event_bytes,
+            entity_keys: config.features.entity.enabled,
             sketch: None,
             segment_field: None,
             summaries: Vec::new(),
@@ -511,16 +516,19 @@ impl Ingest {
             pos,
             &mut self.featurizer,
             &mut self.features,
+            self.entity_keys,
         ))
     }
 }
 
-/// Turns a decoded event into the dataflow's record, hashing an impression's features.
+/// Turns a decoded event into the dataflow's record, hashing an impression's features
+/// (and its entity keys, with `entity_keys`; else [`Entities::NONE`]).
 fn interaction(
     event: Event<'_>,
     pos: u64,
     featurizer: &mut Featurizer,
     features: &mut Features,
+    entity_keys: bool,
 ) -> Interaction {
     match event {
         Event::Impression(imp) => {
@@ -533,7 +541,11 @@ fn interaction(
                 Some(CtxValue::Str(c)) => c.as_ref(),
                 _ => "",
             };
-            let entities = crate::entity::entities(&imp.user, &imp.item, category);
+            let entities = if entity_keys {
+                crate::entity::entities(&imp.user, &imp.item, category)
+            } else {
+                Entities::NONE
+            };
             Interaction {
                 ts: imp.ts,
                 pos,

@@ -17,6 +17,16 @@ pub struct Entities {
     pub user_category: u64,
 }
 
+impl Entities {
+    /// No entities: the keys of an impression read while entity features were off (not
+    /// hashed then). A real key is a 64-bit hash, all three zero only by a 2^-192 chance.
+    pub const NONE: Entities = Entities {
+        user: 0,
+        item: 0,
+        user_category: 0,
+    };
+}
+
 /// What happened to an impression's entities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {

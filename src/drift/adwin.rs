@@ -122,9 +122,10 @@ impl Adwin {
     /// Adds `x`; returns the cut if the window was cut (the last one, when several).
     pub fn insert(&mut self, x: f64) -> Option<Cut> {
         if self.width > 0 {
+            // `(x - mean)² · n / (n + 1)` with `mean = sum / n`, in one division.
             let n = self.width as f64;
-            let d = x - self.sum / n;
-            self.m2 += d * d * n / (n + 1.0);
+            let d = x * n - self.sum;
+            self.m2 += d * d / (n * (n + 1.0));
         }
         self.width += 1;
         self.sum += x;
@@ -179,6 +180,11 @@ impl Adwin {
         let variance = self.m2 / total;
         let ln_term = (2.0 * total.ln().max(1.0) / self.delta).ln();
         let range = (self.high - self.low).max(f64::MIN_POSITIVE);
+        // The test `|u0 - u1| > ε` multiplied through by `n0·n1` (with `m = W / (n0·n1)`):
+        // `|s0·n1 - s1·n0| - (2/3)·R·W·ln > sqrt(2·W·σ²·ln · n0·n1)`, squared. No division
+        // and no square root per bucket: the scan is most of an insert's cost.
+        let spread = 2.0 * total * variance * ln_term;
+        let bias = 2.0 / 3.0 * range * total * ln_term;
         let mut n0 = 0u64;
         let mut s0 = 0.0;
         // Oldest first: highest row, from its back.
@@ -193,19 +199,22 @@ impl Adwin {
                 if n0 < self.min_side {
                     continue;
                 }
-                let (u0, u1) = (s0 / n0 as f64, (self.sum - s0) / n1 as f64);
-                let m = 1.0 / n0 as f64 + 1.0 / n1 as f64;
+                let (f0, f1) = (n0 as f64, n1 as f64);
+                let excess = (s0 * f1 - (self.sum - s0) * f0).abs() - bias;
+                if excess <= 0.0 || excess * excess <= spread * f0 * f1 {
+                    continue;
+                }
+                let (u0, u1) = (s0 / f0, (self.sum - s0) / f1);
+                let m = 1.0 / f0 + 1.0 / f1;
                 let epsilon =
                     (2.0 * m * variance * ln_term).sqrt() + 2.0 / 3.0 * range * m * ln_term;
-                if (u0 - u1).abs() > epsilon {
-                    let dropped = self.drop_oldest();
-                    return Some(Cut {
-                        old_mean: u0,
-                        new_mean: u1,
-                        epsilon,
-                        dropped,
-                    });
-                }
+                let dropped = self.drop_oldest();
+                return Some(Cut {
+                    old_mean: u0,
+                    new_mean: u1,
+                    epsilon,
+                    dropped,
+                });
             }
         }
         None

@@ -1606,6 +1606,20 @@ impl Windows {
         Some((at, entry.ts.saturating_add(after))).filter(|(_, t)| *t < until)
     }
 
+    /// For a cursor at ring position `at`: starts loading the body two strides ahead, and
+    /// the model coordinates of the one a stride ahead (its body loaded by then).
+    #[inline]
+    fn prefetch_ahead<L: Learner, E>(&self, at: usize, step: &Step<'_, L, E>) {
+        if let Some((_, far)) = self.ring.get(at + 2 * PREFETCH_AHEAD) {
+            self.bodies.prefetch(far.body);
+        }
+        if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD)
+            && let Some(body) = self.bodies.get(ahead.body)
+        {
+            step.learner.prefetch(&body.features);
+        }
+    }
+
     /// Learns the provisional negatives due, and closes the windows that ended, before
     /// `until`, in time order: undecided impressions become negatives. Then forgets the
     /// impressions closed for a whole window.
@@ -1623,11 +1637,7 @@ impl Windows {
             match (wait, close) {
                 (Some((at, w)), c) if c.is_none_or(|(_, c)| w <= c) => {
                     self.wait_cursor += 1;
-                    if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD)
-                        && let Some(body) = self.bodies.get(ahead.body)
-                    {
-                        step.learner.prefetch(&body.features);
-                    }
+                    self.prefetch_ahead(at, step);
                     if self.ring.get(at).is_some_and(|(_, e)| !e.decided) {
                         self.in_memory(at);
                         let Self { ring, bodies, .. } = self;
@@ -1641,6 +1651,7 @@ impl Windows {
                 }
                 (_, Some((at, deadline))) => {
                     self.close_cursor += 1;
+                    self.prefetch_ahead(at, step);
                     self.wait_cursor = self.wait_cursor.max(self.close_cursor);
                     if self.ring.get(at).is_some_and(|(_, e)| !e.decided) {
                         self.decide(at, LabelSource::Expired, deadline, step);
