@@ -350,6 +350,15 @@ impl ModelHandle {
         }
     }
 
+    /// For each handle when several workers share the model: holds back changes to
+    /// frequent coordinates and publishes them in batches (FTRL; see
+    /// [`FtrlHandle::hold_frequent_updates`]). SGD handles write through.
+    pub fn hold_frequent_updates(&mut self) {
+        if let ModelHandle::Ftrl(h) = self {
+            h.hold_frequent_updates();
+        }
+    }
+
     /// Publishes this handle's update count to the shared version.
     pub fn flush(&mut self) {
         match self {
