@@ -57,6 +57,11 @@ pub struct Dataflow {
     local: Input,
     /// This worker's index and the number of workers, to route records.
     worker: (u64, u64),
+    /// With more than 2 workers, per worker the records on their way there, sent as one
+    /// container when [`STAGED`] are: the exchange passes a container bound for one worker
+    /// on whole instead of copying its records apart ([`ctrflow_dataflows::operators::route`]).
+    /// With 2, every record that crosses goes to the same worker anyway.
+    staged: Vec<Vec<Interaction>>,
     /// Passes a time once every record before it is scored and learned from.
     pub probe: ProbeHandle<Watermark>,
     /// This worker's label join: its counters, and its state for checkpoints.
@@ -318,6 +323,11 @@ fn build_inner(
         input,
         local,
         worker: (index as u64, worker.peers() as u64),
+        staged: if worker.peers() > 2 {
+            (0..worker.peers()).map(|_| Vec::new()).collect()
+        } else {
+            Vec::new()
+        },
         probe,
         join,
         progressive,
@@ -386,15 +396,42 @@ impl Detector for Watch {
     }
 }
 
+/// Records staged per worker before they cross (with more than 2 workers).
+const STAGED: usize = 64;
+
 impl Dataflow {
     /// Sends `record` at the inputs' time ([`Dataflow::time`]): straight to this worker's
     /// label join if it owns the record's impression, else across the exchange.
     pub fn send(&mut self, record: Interaction) {
         let (index, peers) = self.worker;
-        if peers <= 1 || route(&record.id) % peers == index {
+        let owner = if peers <= 1 {
+            index
+        } else {
+            route(&record.id) % peers
+        };
+        if owner == index {
             self.local.send(record);
+        } else if let Some(staged) = self.staged.get_mut(owner as usize) {
+            if staged.capacity() == 0 {
+                // Sending a container leaves none behind: one allocation per container,
+                // not a doubling (and copy) per few records.
+                staged.reserve_exact(STAGED);
+            }
+            staged.push(record);
+            if staged.len() >= STAGED {
+                self.input.send_batch(staged);
+                staged.clear();
+            }
         } else {
             self.input.send(record);
+        }
+    }
+
+    /// Sends the records staged for other workers.
+    fn send_staged(&mut self) {
+        for staged in &mut self.staged {
+            self.input.send_batch(staged);
+            staged.clear();
         }
     }
 
@@ -406,6 +443,7 @@ impl Dataflow {
     /// Moves every input to `t` (no-op for inputs already there).
     pub fn advance_to(&mut self, t: Watermark) {
         if t > *self.input.time() {
+            self.send_staged();
             self.input.advance_to(t);
         }
         if t > *self.local.time() {
@@ -428,6 +466,7 @@ impl Dataflow {
 
     /// Sends what the inputs buffer at their current time.
     pub fn flush(&mut self) {
+        self.send_staged();
         self.input.flush();
         self.local.flush();
         if let Some(drift) = self.drift_input.as_mut() {
@@ -437,6 +476,7 @@ impl Dataflow {
 
     /// Closes every input: the dataflow finishes once what was sent is processed.
     pub fn close(&mut self) {
+        self.send_staged();
         std::mem::replace(&mut self.input, Input::new()).close();
         std::mem::replace(&mut self.local, Input::new()).close();
         if let Some(drift) = self.drift_input.take() {

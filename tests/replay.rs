@@ -142,6 +142,21 @@ fn bad_lines_are_counted_with_their_line_numbers_and_skipped() {
 fn several_workers_score_every_impression_once() {
     let dir = tempfile::tempdir().unwrap();
     let input = generate(dir.path(), "events.jsonl", 30_000, 11);
+    // The label join decides the same labels whichever worker owns an impression, and
+    // however its records crossed (2 workers: containers bound for one worker; 4: staged
+    // per worker).
+    const COUNTERS: [&str; 9] = [
+        "positive_click",
+        "positive_like",
+        "negative_fast_skip",
+        "negative_expired",
+        "slow_skip",
+        "duplicate_feedback",
+        "late_feedback",
+        "orphan_feedback",
+        "duplicate_impressions",
+    ];
+    let one = replay_json(&input, &["--workers", "1"]);
     for workers in ["2", "4"] {
         let scores = dir.path().join(format!("scores-{workers}.jsonl"));
         let report = replay_json(
@@ -167,6 +182,13 @@ fn several_workers_score_every_impression_once() {
             .collect();
         assert_eq!(ids.len(), 30_000, "{workers} workers");
         assert!(report["normalized_entropy"].as_f64().unwrap() < 1.0);
+        for counter in COUNTERS {
+            assert_eq!(
+                report[counter], one[counter],
+                "{counter}, {workers} workers"
+            );
+        }
+        assert!(one["positive_click"].as_u64().unwrap() > 100);
     }
 }
 

@@ -38,7 +38,7 @@ use hashbrown::{HashMap, HashTable};
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::Operator;
 
@@ -366,7 +366,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
             entities: Vec::new(),
             order: Vec::new(),
         };
-        let exchange = Exchange::new(|x: &Interaction| route(&x.id));
+        let exchange = super::route::routed();
         let learned: Stream<'scope, Watermark, Vec<Learned>> = self.binary_frontier(
             local,
             exchange,

@@ -4,6 +4,7 @@ pub mod aggregates;
 pub mod detect;
 pub mod learn_online;
 pub mod pending;
+pub mod route;
 
 pub use aggregates::{
     Aggregate, Aggregates, AggregatesConfig, AggregatesReport, CategoryCtr, Counts, ItemClicks,
