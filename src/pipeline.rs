@@ -57,10 +57,11 @@ pub struct Dataflow {
     local: Input,
     /// This worker's index and the number of workers, to route records.
     worker: (u64, u64),
-    /// With more than 2 workers, per worker the records on their way there, sent as one
-    /// container when [`STAGED`] are: the exchange passes a container bound for one worker
-    /// on whole instead of copying its records apart ([`ctrflow_dataflows::operators::route`]).
-    /// With 2, every record that crosses goes to the same worker anyway.
+    /// Per worker (this one included), the records on their way there, sent as one
+    /// container when [`STAGED`] are (and before the inputs advance or flush): the
+    /// exchange passes a container bound for one worker on whole instead of copying its
+    /// records apart ([`ctrflow_dataflows::operators::route`]), and each record is copied
+    /// once on the way in, not once more into timely's 8 KiB containers.
     staged: Vec<Vec<Interaction>>,
     /// Passes a time once every record before it is scored and learned from.
     pub probe: ProbeHandle<Watermark>,
@@ -323,11 +324,7 @@ fn build_inner(
         input,
         local,
         worker: (index as u64, worker.peers() as u64),
-        staged: if worker.peers() > 2 {
-            (0..worker.peers()).map(|_| Vec::new()).collect()
-        } else {
-            Vec::new()
-        },
+        staged: (0..worker.peers()).map(|_| Vec::new()).collect(),
         probe,
         join,
         progressive,
@@ -396,8 +393,10 @@ impl Detector for Watch {
     }
 }
 
-/// Records staged per worker before they cross (with more than 2 workers).
-const STAGED: usize = 64;
+/// Records staged per worker before they are sent: containers of ~90 KB (timely's own
+/// hold 8 KiB, 23 records). Measured, 2M impressions, alternated rounds: 2 workers −3.5%
+/// wall time at 64, 256 or 1,024 alike, 1 worker −1 to −2%.
+const STAGED: usize = 256;
 
 impl Dataflow {
     /// Sends `record` at the inputs' time ([`Dataflow::time`]): straight to this worker's
@@ -409,28 +408,32 @@ impl Dataflow {
         } else {
             route(&record.id) % peers
         };
-        if owner == index {
-            self.local.send(record);
-        } else if let Some(staged) = self.staged.get_mut(owner as usize) {
-            if staged.capacity() == 0 {
-                // Sending a container leaves none behind: one allocation per container,
-                // not a doubling (and copy) per few records.
-                staged.reserve_exact(STAGED);
-            }
-            staged.push(record);
-            if staged.len() >= STAGED {
+        let staged = &mut self.staged[owner as usize];
+        if staged.capacity() == 0 {
+            // Sending a container leaves none behind: one allocation per container, not a
+            // doubling (and copy) every few records.
+            staged.reserve_exact(STAGED);
+        }
+        staged.push(record);
+        if staged.len() >= STAGED {
+            if owner == index {
+                self.local.send_batch(staged);
+            } else {
                 self.input.send_batch(staged);
-                staged.clear();
             }
-        } else {
-            self.input.send(record);
+            staged.clear();
         }
     }
 
-    /// Sends the records staged for other workers.
+    /// Sends the records staged.
     fn send_staged(&mut self) {
-        for staged in &mut self.staged {
-            self.input.send_batch(staged);
+        let index = self.worker.0 as usize;
+        for (w, staged) in self.staged.iter_mut().enumerate() {
+            if w == index {
+                self.local.send_batch(staged);
+            } else {
+                self.input.send_batch(staged);
+            }
             staged.clear();
         }
     }
