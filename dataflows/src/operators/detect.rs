@@ -229,6 +229,11 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                     let mut workers = [0u32; 8];
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
+                        if shards == Shards::ONE {
+                            // Every observation to worker 0: no shard to look up.
+                            session.give_iterator(data.drain(..).map(|o| (0, o)));
+                            return;
+                        }
                         for o in data.drain(..) {
                             let n = shards.workers(&o, peers, &mut workers);
                             if let Some((&last, rest)) = workers[..n].split_last() {
