@@ -244,7 +244,7 @@ fn build_inner(
     let mut handle = model.handle();
     if worker.peers() > 1 {
         // Workers writing the same frequent coordinates take their cache lines from each
-        // other at every update; batching those writes was 10% of 2 workers' CPU.
+        // other at every update (up to 10% of 2 workers' CPU): each batches its writes.
         handle.hold_frequent_updates();
     }
     worker.dataflow::<Watermark, _, _>(|scope| {
@@ -399,8 +399,9 @@ impl Detector for Watch {
 const STAGED: usize = 256;
 
 impl Dataflow {
-    /// Sends `record` at the inputs' time ([`Dataflow::time`]): straight to this worker's
-    /// label join if it owns the record's impression, else across the exchange.
+    /// Sends `record` at the inputs' time ([`Dataflow::time`]) to the worker that owns its
+    /// impression: straight to this worker's label join, or across the exchange; staged
+    /// until [`STAGED`] go there, or the inputs advance, flush or close.
     pub fn send(&mut self, record: Interaction) {
         let (index, peers) = self.worker;
         let owner = if peers <= 1 {
