@@ -310,9 +310,9 @@ pub trait LearnOnline<'scope> {
 
     /// [`learn_online`](LearnOnline::learn_online) with a second input, `local`: records
     /// the worker sending them already owns (`route(id) % peers` is its index), which skip
-    /// the exchange. An exchange copies every record it passes (about 350 bytes each, the
-    /// features inline); with 2 workers half the records need not cross. The join is the
-    /// same whichever input a record comes by: it orders what it receives by `(ts, pos)`.
+    /// the exchange: with 2 workers half the records need not cross between threads at all
+    /// (those that do cross in whole containers, [`mod@super::route`]). The join is the same
+    /// whichever input a record comes by: it orders what it receives by `(ts, pos)`.
     fn learn_online_routed<L: Learner + 'static, E: Enrich + 'static>(
         self,
         local: Stream<'scope, Watermark, Vec<Interaction>>,
