@@ -83,8 +83,8 @@ pub struct EntityConfig {
     pub expire_after_ms: u64,
     /// Memory for entity counters per process, MiB (about [`ENTRY_BYTES`] per entity in
     /// memory). Beyond it the least recently used entities are evicted (with durable state
-    /// once checkpointed; otherwise through a scratch RocksDB, whose block cache takes a
-    /// quarter of this budget and memtables an eighth each) and read back when needed.
+    /// once checkpointed; otherwise through a scratch RocksDB, whose block cache takes an
+    /// eighth of this budget and memtables a sixteenth each) and read back when needed.
     /// Small by default so that memory is flat early in a stream: the active entities of
     /// a long stream do not fit in any fixed budget, and a miss is a cheap RocksDB read.
     #[serde(default = "default_cache_mb")]
@@ -113,9 +113,10 @@ const fn default_cache_mb() -> usize {
 /// Largest `cache_mb` (1 TiB).
 const MAX_CACHE_MB: usize = 1 << 20;
 
-/// Memory per entity in the in-memory cache: a 64-byte slot and its control byte, in a
-/// table with room for twice the cap (see `Shard::sized`), rounded up to a power of two.
-pub const ENTRY_BYTES: usize = 150;
+/// Memory per entity in the in-memory cache at its cap: a 64-byte slot and its control
+/// byte, in tables filled to 7/8 (hashbrown's most) when the cache is full and to between
+/// 3/4 and 7/8 as it evicts (see [`shard_caps`]).
+pub const ENTRY_BYTES: usize = 75;
 
 impl Default for EntityConfig {
     fn default() -> Self {
@@ -171,25 +172,33 @@ impl EntityConfig {
         problems
     }
 
-    /// Entities kept in memory (112k at the default with a scratch store, 224k with
-    /// durable state): all of `cache_mb` with durable state (RocksDB is tuned by
-    /// `[state]`), half of it with a scratch store (see [`Self::scratch_state`]).
-    pub fn cache_entries(&self, scratch: bool) -> usize {
+    /// Bytes of in-memory entity tables: all of `cache_mb` with durable state (RocksDB is
+    /// tuned by `[state]`), three quarters of it with a scratch store (see
+    /// [`Self::scratch_state`]).
+    pub fn cache_bytes(&self, scratch: bool) -> usize {
         let bytes = self.cache_mb.min(MAX_CACHE_MB) << 20;
-        let bytes = if scratch { bytes / 2 } else { bytes };
-        bytes / ENTRY_BYTES
+        if scratch { bytes / 4 * 3 } else { bytes }
     }
 
-    /// The scratch store's RocksDB settings: `state` with a quarter of `cache_mb` for the
-    /// block cache (the index and filter partitions of its files, and the hottest of the
-    /// evicted entities) and an eighth for the memtable (two of them at most while one
-    /// flushes), so a replay's memory stays within `cache_mb` however many entities it
-    /// evicts. Colder reads are served by the OS page cache. Uncompressed: counts barely
-    /// compress, and every miss would decompress a block (the files are temporary).
+    /// Entities kept in memory (about 340k at the default with a scratch store, 450k with
+    /// durable state): what [`Self::cache_bytes`] holds.
+    pub fn cache_entries(&self, scratch: bool) -> usize {
+        shard_caps(self.cache_bytes(scratch)).iter().sum()
+    }
+
+    /// The scratch store's RocksDB settings: `state` with an eighth of `cache_mb` for the
+    /// block cache (the index and filter partitions of its files; a data block cached
+    /// there holds one wanted entity among fifty, so memory does more as table slots) and
+    /// a sixteenth for the memtable (two of them at most while one flushes), so a replay's
+    /// memory stays within `cache_mb` however many entities it evicts. Data blocks are
+    /// read from the OS page cache. Uncompressed: counts barely compress, and every miss
+    /// would decompress a block (the files are temporary). Measured on the generator's
+    /// 2M impressions: tables at half, block cache at a quarter, memtables at an eighth
+    /// took 20% longer.
     pub fn scratch_state(&self, state: &StateConfig) -> StateConfig {
         StateConfig {
-            block_cache_mb: (self.cache_mb / 4).max(1),
-            write_buffer_mb: (self.cache_mb / 8).max(1),
+            block_cache_mb: (self.cache_mb / 8).max(1),
+            write_buffer_mb: (self.cache_mb / 16).max(1),
             compression: Compression::None,
             ..state.clone()
         }
@@ -375,10 +384,13 @@ struct Shard {
     /// clean entity became evictable): a batched read started under an older generation
     /// may be stale, and is not used.
     generation: u64,
-    /// The table has room for twice the cap (reserved when eviction first runs). Evicting
-    /// leaves tombstones, and when they use up its free slots hashbrown rehashes a table
-    /// at most half full in place but doubles a fuller one, however few entries it holds:
-    /// sized so, the table reaches its final size once, and memory stays flat.
+    /// Entities the shard holds before it evicts.
+    cap: usize,
+    /// The table has reached its final size (eviction has run). From then on, when
+    /// evictions' tombstones have used up its free slots, it is rebuilt at the same size
+    /// ([`Self::rebuild`]): hashbrown would rehash a table at most half full in place but
+    /// double a fuller one, however few entries it holds, so without this a table must be
+    /// kept half empty for memory to stay flat.
     sized: bool,
 }
 
@@ -399,7 +411,46 @@ fn slot_hash_of(slot: &(u64, Entry)) -> u64 {
     slot_hash(&(slot.1.kind, slot.0))
 }
 
+/// Bytes one slot of a shard's table takes: the key and entry, and a control byte.
+const SLOT_BYTES: usize = 65;
+
+/// Fewest slots in a shard's table.
+const MIN_SLOTS: usize = 32;
+
+/// Each shard's cap for `bytes` of tables. A table has a power of two of slots and holds
+/// at most 7/8 of them (hashbrown's load limit), which is the cap; so that the tables
+/// together use the budget instead of rounding it down by up to half, shards get either
+/// of the two powers of two around an even share.
+fn shard_caps(bytes: usize) -> [usize; SHARDS] {
+    let slots = bytes / SLOT_BYTES;
+    let even = (slots / SHARDS).max(MIN_SLOTS);
+    let base = if even.is_power_of_two() {
+        even
+    } else {
+        even.next_power_of_two() / 2
+    };
+    let doubled = (slots.saturating_sub(base * SHARDS) / base).min(SHARDS);
+    std::array::from_fn(|i| if i < doubled { 2 * base } else { base } / 8 * 7)
+}
+
 impl Shard {
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            cap,
+            ..Self::default()
+        }
+    }
+
+    /// Moves every entry into a fresh table of the final size: no tombstones, room for
+    /// `cap - len` inserts. Costs one shard's table twice for a moment (1/64 of the cache).
+    fn rebuild(&mut self) {
+        let old = std::mem::replace(&mut self.table, HashTable::with_capacity(self.cap));
+        for slot in old {
+            self.table
+                .insert_unique(slot_hash_of(&slot), slot, slot_hash_of);
+        }
+    }
+
     /// The next tick of the use clock (wrapping: ages are compared modulo 2^32).
     fn tick(&mut self) -> u32 {
         self.clock = self.clock.wrapping_add(1);
@@ -410,6 +461,10 @@ impl Shard {
     fn insert(&mut self, k: (u8, u64), agg: Aggregate, dirty: bool) {
         if !self.absent.is_empty() {
             self.absent.remove(&k);
+        }
+        // No free slot left, though below the cap: tombstones took them (see `sized`).
+        if self.sized && self.table.len() < self.cap && self.table.capacity() == self.table.len() {
+            self.rebuild();
         }
         let used = self.tick();
         let entry = Entry::new(k.0, &agg, dirty, used);
@@ -487,8 +542,6 @@ struct Shared {
     store: Option<StateStore>,
     /// `store` is a scratch store: evicted entities are written to it at once.
     spill: bool,
-    /// Entities a shard holds before it evicts.
-    shard_cap: usize,
     /// Entities written by eviction (scratch store only).
     spilled: AtomicU64,
     /// The scratch store's directory, removed when the store is dropped (after `store`:
@@ -554,10 +607,12 @@ impl EntityStore {
                 inv_half_lives: config.half_lives_ms.map(|h| 1.0 / h.max(1) as f64),
                 indices,
                 prior_logit: (p / (1.0 - p)).ln(),
-                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                shards: shard_caps(config.cache_bytes(scratch_dir.is_some()))
+                    .into_iter()
+                    .map(|cap| Mutex::new(Shard::with_cap(cap)))
+                    .collect(),
                 store,
                 spill: scratch_dir.is_some(),
-                shard_cap: (config.cache_entries(scratch_dir.is_some()) / SHARDS).max(16),
                 spilled: AtomicU64::new(0),
                 _scratch_dir: scratch_dir,
             }),
@@ -572,7 +627,9 @@ impl EntityStore {
     #[must_use]
     pub fn capped(mut self, entries: usize) -> Self {
         let shared = Arc::get_mut(&mut self.shared).expect("capped before the store is shared");
-        shared.shard_cap = (entries / SHARDS).max(16);
+        for shard in &shared.shards {
+            lock(shard).cap = (entries / SHARDS).max(16);
+        }
         self
     }
 
@@ -771,7 +828,7 @@ impl Shared {
     /// them back from, nothing is evicted. Called before inserting, so an entity just
     /// loaded is not the one evicted; amortized, a few entries examined per insert.
     fn evict(&self, shard: &mut Shard) {
-        let cap = self.shard_cap;
+        let cap = shard.cap;
         let Some(store) = &self.store else {
             return;
         };
@@ -779,7 +836,8 @@ impl Shared {
             return;
         }
         if !shard.sized {
-            let room = (2 * cap).saturating_sub(shard.len());
+            // Normally a no-op: the table doubled to its final size on its way to the cap.
+            let room = cap.saturating_sub(shard.len());
             shard.table.reserve(room, slot_hash_of);
             shard.sized = true;
         }
