@@ -194,6 +194,7 @@ def run_ctrflow(a, events, out_dir, workers):
 ROWS = [
     ("examples", "examples", "{:,.0f}"),
     ("examples/s (wall, median)", "examples_per_sec", "{:,.0f}"),
+    ("examples/s (wall, best round)", "best_examples_per_sec", "{:,.0f}"),
     ("wall seconds (median)", "wall_secs", "{:.2f}"),
     ("  VW again, with -p preds", "wall_secs_with_p", "{:.2f}"),
     ("peak RSS MiB", "peak_rss_mib", "{:,.0f}"),
@@ -274,10 +275,14 @@ def main():
             walls.setdefault(name, []).append(cf["wall_secs"])
             if round_ == 0:
                 runs.append((name, cf))
-    # The table shows each program's median wall time over the rounds.
+    # The table shows each program's median wall time over the rounds, and its best round:
+    # VW runs a parser thread beside its learner, and on 2 vCPUs their handoff has a slow
+    # mode (3x the wall time, ~170k context switches) that can take most rounds; its best
+    # round is what VW can do, and the fair comparison.
     for row, name in [(vw, "VW")] + [(cf, name) for name, cf in runs]:
         row["wall_secs"] = statistics.median(walls[name])
         row["examples_per_sec"] = row["examples"] / row["wall_secs"]
+        row["best_examples_per_sec"] = row["examples"] / min(walls[name])
         row["walls"] = walls[name]
     cf = runs[0][1] if runs else None
 
