@@ -1267,6 +1267,32 @@ mod tests {
     }
 
     #[test]
+    fn shard_tables_use_the_budget_without_exceeding_it() {
+        for mb in [1, 3, 24, 32, 100, 1000] {
+            let budget = mb << 20;
+            let caps = shard_caps(budget);
+            // Each cap fills a power-of-two table to hashbrown's 7/8, and sizes it.
+            let slots: usize = caps
+                .iter()
+                .map(|&cap| {
+                    let table = HashTable::<(u64, Entry)>::with_capacity(cap);
+                    assert_eq!(table.capacity(), cap, "{mb} MiB: a cap short of its table");
+                    cap / 7 * 8
+                })
+                .sum();
+            let bytes = slots * SLOT_BYTES;
+            assert!(bytes <= budget, "{mb} MiB: {bytes} bytes of tables");
+            assert!(
+                bytes * 100 >= budget * 95,
+                "{mb} MiB: only {bytes} bytes of tables"
+            );
+        }
+        let config = EntityConfig::default();
+        assert_eq!(config.cache_entries(true), 336_896);
+        assert_eq!(config.cache_entries(false), 451_584);
+    }
+
+    #[test]
     fn config_problems_name_their_keys() {
         assert!(EntityConfig::default().validate().is_empty());
         let bad = EntityConfig {
