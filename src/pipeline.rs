@@ -417,25 +417,26 @@ impl Dataflow {
         }
         staged.push(record);
         if staged.len() >= STAGED {
-            if owner == index {
-                self.local.send_batch(staged);
-            } else {
-                self.input.send_batch(staged);
-            }
-            staged.clear();
+            self.send_staged_for(owner as usize);
         }
+    }
+
+    /// Sends the records staged for worker `w`: its own straight to its label join, the
+    /// others' across the exchange.
+    fn send_staged_for(&mut self, w: usize) {
+        let staged = &mut self.staged[w];
+        if w as u64 == self.worker.0 {
+            self.local.send_batch(staged);
+        } else {
+            self.input.send_batch(staged);
+        }
+        staged.clear();
     }
 
     /// Sends the records staged.
     fn send_staged(&mut self) {
-        let index = self.worker.0 as usize;
-        for (w, staged) in self.staged.iter_mut().enumerate() {
-            if w == index {
-                self.local.send_batch(staged);
-            } else {
-                self.input.send_batch(staged);
-            }
-            staged.clear();
+        for w in 0..self.staged.len() {
+            self.send_staged_for(w);
         }
     }
 

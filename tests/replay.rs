@@ -157,6 +157,7 @@ fn several_workers_score_every_impression_once() {
         "duplicate_impressions",
     ];
     let one = replay_json(&input, &["--workers", "1"]);
+    assert!(one["positive_click"].as_u64().unwrap() > 100);
     for workers in ["2", "4"] {
         let scores = dir.path().join(format!("scores-{workers}.jsonl"));
         let report = replay_json(
@@ -188,7 +189,6 @@ fn several_workers_score_every_impression_once() {
                 "{counter}, {workers} workers"
             );
         }
-        assert!(one["positive_click"].as_u64().unwrap() > 100);
     }
 }
 
