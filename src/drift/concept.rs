@@ -60,16 +60,7 @@ impl LossMetric {
 
     /// The metric's value for one example; `mean_logit` centres `discrimination`.
     pub fn value(self, served: f64, positive: bool, mean_logit: f64) -> f64 {
-        use crate::model::logistic::{clamp_probability, entropy, logloss};
-        match self {
-            LossMetric::Logloss => logloss(served, positive),
-            LossMetric::RelativeLogloss => logloss(served, positive) - entropy(served),
-            LossMetric::Discrimination => {
-                let p = clamp_probability(served);
-                let y = f64::from(u8::from(positive));
-                -(y - p) * (logit(p) - mean_logit)
-            }
-        }
+        Served::new(served).value(self, positive, mean_logit)
     }
 }
 
@@ -137,28 +128,56 @@ impl Weights {
     }
 }
 
-/// A served score and its logit (of the clamped score): every detector watching an
-/// example takes the logit, so it is computed once per example.
+/// A served score with the logarithms every detector watching its example needs, computed
+/// once per example: `ln p` and `ln(1 - p)` of the clamped score give its logit and its
+/// logloss, and (for a score inside the clamp, as served scores are) its entropy: two
+/// logarithms where the detectors took five.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Served {
     /// The served score.
     pub p: f64,
     /// `logit(clamp_probability(p))`.
     pub logit: f64,
+    /// `ln` of the clamped score, and of one minus it.
+    ln_p: f64,
+    ln_q: f64,
 }
 
 impl Served {
-    /// `p` and its logit.
+    /// `p` and its logarithms.
     pub fn new(p: f64) -> Self {
+        let c = crate::model::logistic::clamp_probability(p);
+        let (ln_p, ln_q) = (c.ln(), (1.0 - c).ln());
         Self {
             p,
-            logit: logit(crate::model::logistic::clamp_probability(p)),
+            logit: ln_p - ln_q,
+            ln_p,
+            ln_q,
         }
     }
-}
 
-fn logit(p: f64) -> f64 {
-    (p / (1.0 - p)).ln()
+    /// `metric`'s value for this example ([`LossMetric::value`], from the logarithms
+    /// already taken; the same to the last bit for the two loglosses).
+    fn value(&self, metric: LossMetric, positive: bool, mean_logit: f64) -> f64 {
+        use crate::model::logistic::{clamp_probability, entropy};
+        let c = clamp_probability(self.p);
+        let logloss = if positive { -self.ln_p } else { -self.ln_q };
+        match metric {
+            LossMetric::Logloss => logloss,
+            LossMetric::RelativeLogloss => {
+                // `entropy` takes the score as is; inside the clamp that is `c`.
+                let h = if c == self.p {
+                    -(c * self.ln_p + (1.0 - c) * self.ln_q)
+                } else {
+                    entropy(self.p)
+                };
+                logloss - h
+            }
+            LossMetric::Discrimination => {
+                -(f64::from(u8::from(positive)) - c) * (self.logit - mean_logit)
+            }
+        }
+    }
 }
 
 /// Smoothing weight of a moving average with a half-life of `n` items.
@@ -213,22 +232,11 @@ impl ConceptDrift {
     ) {
         let s = self.settings;
         let (fast_weight, slow_weight) = self.weights.get(&s);
-        let Served {
-            p: served,
-            logit: l,
-        } = served;
         // The plain mean at first, then a slow moving average: a short stream (a small
         // segment) is centred on its own mean, not on its first example.
         let w = slow_weight.max(1.0 / (self.seen + 1) as f64);
-        self.mean_logit += w * (l - self.mean_logit);
-        let x = match self.metric {
-            // `value`, with the logit just computed (the same expression) not computed again.
-            LossMetric::Discrimination => {
-                let p = crate::model::logistic::clamp_probability(served);
-                -(f64::from(u8::from(positive)) - p) * (l - self.mean_logit)
-            }
-            metric => metric.value(served, positive, self.mean_logit),
-        };
+        self.mean_logit += w * (served.logit - self.mean_logit);
+        let x = served.value(self.metric, positive, self.mean_logit);
         self.seen += 1;
         if self.seen == 1 {
             self.slow = x;

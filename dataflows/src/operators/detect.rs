@@ -45,7 +45,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::detector::{Alert, Detector, Observation};
@@ -221,6 +221,11 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
         state: Rc<RefCell<DetectState<D>>>,
         shards: Shards,
     ) -> Stream<'scope, Watermark, Vec<Alert>> {
+        if shards == Shards::ONE {
+            // Every observation to worker 0, as it is: no shard to look up, and no copy
+            // tagged with its worker on the way.
+            return detect_in_order(self, Exchange::new(|_: &Observation| 0), state, |o| o);
+        }
         let peers = self.scope().peers();
         // On the sending worker: tag each observation with each worker that needs it.
         let routed: Stream<'scope, Watermark, Vec<(u32, Observation)>> =
@@ -229,11 +234,6 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                     let mut workers = [0u32; 8];
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
-                        if shards == Shards::ONE {
-                            // Every observation to worker 0: no shard to look up.
-                            session.give_iterator(data.drain(..).map(|o| (0, o)));
-                            return;
-                        }
                         for o in data.drain(..) {
                             let n = shards.workers(&o, peers, &mut workers);
                             if let Some((&last, rest)) = workers[..n].split_last() {
@@ -247,78 +247,95 @@ impl<'scope> Detect<'scope> for Stream<'scope, Watermark, Vec<Observation>> {
                 }
             });
         let exchange = Exchange::new(|(w, _): &(u32, Observation)| u64::from(*w));
-        routed.unary_frontier(exchange, "Detect", move |_cap, _info| {
-            let mut held = None;
-            let mut alerts = Vec::new();
-            let mut order: Vec<(EventTime, u8, usize)> = Vec::new();
-            // After a round at watermark `.0`, the first `.1` observations of the buffer
-            // were not ready: while the watermark stays, only later arrivals are looked at
-            // (with several workers the operator runs once per arriving batch, and scanning
-            // the whole buffer each time was a tenth of a 2-worker replay's detector).
-            let mut scanned: (EventTime, usize) = (EventTime::MIN, 0);
-            move |(input, frontier), output| {
-                let mut guard = state.borrow_mut();
-                let DetectState {
-                    detector,
-                    buffer,
-                    advanced,
-                } = &mut *guard;
-                input.for_each(|cap, data| {
-                    if held.is_none() {
-                        held = cap.retain_least(0);
-                    }
-                    buffer.extend(data.drain(..).map(|(_, o)| o));
-                });
-                let Some(cap) = held.as_mut() else { return };
-                let watermark = frontier.frontier().iter().min().copied();
-                let now = watermark.map_or(EventTime::MAX, |w| {
-                    EventTime::try_from(w).unwrap_or(EventTime::MAX)
-                });
-                // Only the ready observations are ordered, by their keys: `(ts, kind,
-                // position)` is unique, so sorting the 24-byte keys gives the order of a
-                // stable sort of the buffer by `(ts, kind)` without moving the (larger)
-                // observations; those not ready stay in arrival order, so ties keep
-                // arrival order across rounds too.
-                order.clear();
-                let from = if scanned.0 == now {
-                    scanned.1.min(buffer.len())
+        detect_in_order(routed, exchange, state, |(_, o)| o)
+    }
+}
+
+/// The detect operator itself: receives `stream`'s records through `pact`, buffers their
+/// observations (`observation` takes one out of a record) until the watermark passes
+/// them, and hands them to the detector in `(ts, kind)` order.
+fn detect_in_order<'scope, R, P, D>(
+    stream: Stream<'scope, Watermark, Vec<R>>,
+    pact: P,
+    state: Rc<RefCell<DetectState<D>>>,
+    observation: fn(R) -> Observation,
+) -> Stream<'scope, Watermark, Vec<Alert>>
+where
+    R: 'static,
+    P: ParallelizationContract<Watermark, Vec<R>>,
+    D: Detector + 'static,
+{
+    stream.unary_frontier(pact, "Detect", move |_cap, _info| {
+        let mut held = None;
+        let mut alerts = Vec::new();
+        let mut order: Vec<(EventTime, u8, usize)> = Vec::new();
+        // After a round at watermark `.0`, the first `.1` observations of the buffer
+        // were not ready: while the watermark stays, only later arrivals are looked at
+        // (with several workers the operator runs once per arriving batch, and scanning
+        // the whole buffer each time was a tenth of a 2-worker replay's detector).
+        let mut scanned: (EventTime, usize) = (EventTime::MIN, 0);
+        move |(input, frontier), output| {
+            let mut guard = state.borrow_mut();
+            let DetectState {
+                detector,
+                buffer,
+                advanced,
+            } = &mut *guard;
+            input.for_each(|cap, data| {
+                if held.is_none() {
+                    held = cap.retain_least(0);
+                }
+                buffer.extend(data.drain(..).map(observation));
+            });
+            let Some(cap) = held.as_mut() else { return };
+            let watermark = frontier.frontier().iter().min().copied();
+            let now = watermark.map_or(EventTime::MAX, |w| {
+                EventTime::try_from(w).unwrap_or(EventTime::MAX)
+            });
+            // Only the ready observations are ordered, by their keys: `(ts, kind,
+            // position)` is unique, so sorting the 24-byte keys gives the order of a
+            // stable sort of the buffer by `(ts, kind)` without moving the (larger)
+            // observations; those not ready stay in arrival order, so ties keep
+            // arrival order across rounds too.
+            order.clear();
+            let from = if scanned.0 == now {
+                scanned.1.min(buffer.len())
+            } else {
+                0
+            };
+            order.extend(
+                (buffer.iter().enumerate().skip(from))
+                    .filter(|(_, o)| o.ts() < now)
+                    .map(|(i, o)| (o.ts(), kind_order(o), i)),
+            );
+            if !order.is_empty() {
+                // Unique keys: any sort gives the same order; the stable one merges
+                // the sorted runs the workers' batches arrive in instead of
+                // partitioning them again.
+                order.sort();
+                detector.observe_all(order.iter().map(|&(_, _, i)| &buffer[i]));
+                if order.len() == buffer.len() {
+                    buffer.clear();
                 } else {
-                    0
-                };
-                order.extend(
-                    (buffer.iter().enumerate().skip(from))
-                        .filter(|(_, o)| o.ts() < now)
-                        .map(|(i, o)| (o.ts(), kind_order(o), i)),
-                );
-                if !order.is_empty() {
-                    // Unique keys: any sort gives the same order; the stable one merges
-                    // the sorted runs the workers' batches arrive in instead of
-                    // partitioning them again.
-                    order.sort();
-                    detector.observe_all(order.iter().map(|&(_, _, i)| &buffer[i]));
-                    if order.len() == buffer.len() {
-                        buffer.clear();
-                    } else {
-                        buffer.retain(|o| o.ts() >= now);
-                    }
-                }
-                scanned = (now, buffer.len());
-                if now > *advanced {
-                    // At the end of the input, evaluate up to the last observation seen.
-                    *advanced = now;
-                    detector.advance(now, &mut alerts);
-                }
-                if !alerts.is_empty() {
-                    output.session(&cap).give_iterator(alerts.drain(..));
-                }
-                match watermark {
-                    Some(w) if w > *cap.time() => cap.downgrade(&w),
-                    Some(_) => {}
-                    None => held = None,
+                    buffer.retain(|o| o.ts() >= now);
                 }
             }
-        })
-    }
+            scanned = (now, buffer.len());
+            if now > *advanced {
+                // At the end of the input, evaluate up to the last observation seen.
+                *advanced = now;
+                detector.advance(now, &mut alerts);
+            }
+            if !alerts.is_empty() {
+                output.session(&cap).give_iterator(alerts.drain(..));
+            }
+            match watermark {
+                Some(w) if w > *cap.time() => cap.downgrade(&w),
+                Some(_) => {}
+                None => held = None,
+            }
+        }
+    })
 }
 
 /// Ties in event time: data summaries, then segments and impressions, then labels, so an

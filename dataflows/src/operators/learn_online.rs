@@ -34,7 +34,7 @@ use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use compact_str::CompactString;
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
@@ -44,6 +44,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
+use super::id_index::IdIndex;
 use super::pending::{
     BODY_BYTES, Bodies, Body, BodyRef, CHUNK, PENDING, PENDING_IDS, Pending, Ring, STUB_BYTES,
     Spill, Stub,
@@ -85,10 +86,10 @@ pub struct LabelConfig {
     #[serde(default = "default_pending_memory_mb")]
     pub pending_memory_mb: u64,
     /// Memory for the stubs of pending impressions (id, event time, entity keys and flags,
-    /// with their share of the id index: about 90 bytes each), MiB. Beyond it, whole chunks
+    /// with their share of the id index: about 96 bytes each), MiB. Beyond it, whole chunks
     /// of stubs older than the newest impressions and younger than the closing ones leave
     /// memory for the same store as the bodies, and come back when their window closes (or
-    /// one by one, for their feedback). The default holds about 12M impressions.
+    /// one by one, for their feedback). The default holds about 11M impressions.
     #[serde(default = "default_pending_stubs_memory_mb")]
     pub pending_stubs_memory_mb: u64,
 }
@@ -365,6 +366,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
             example_features,
             entities: Vec::new(),
             order: Vec::new(),
+            hashes: Vec::new(),
         };
         let exchange = super::route::routed();
         let learned: Stream<'scope, Watermark, Vec<Learned>> = self.binary_frontier(
@@ -586,6 +588,8 @@ struct LabelJoin<L, E> {
     entities: Vec<Entities>,
     /// Scratch: the processing order of the ready records.
     order: Vec<OrderKey>,
+    /// Scratch: the [`id_hash`] of each record of `order`.
+    hashes: Vec<u64>,
 }
 
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
@@ -678,6 +682,12 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                 _ => None,
             }));
         self.enrich.prepare(&self.entities);
+        let hashes = &mut self.hashes;
+        hashes.clear();
+        hashes.extend(order.iter().map(|key| id_hash(&buffer.get(key).id)));
+        for &hash in hashes.iter().take(PREFETCH_AHEAD) {
+            windows.index.prefetch(hash);
+        }
         let mut step = Step {
             learner: &mut self.learner,
             enrich: &mut self.enrich,
@@ -686,13 +696,15 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             out,
             example_features: self.example_features,
         };
-        for (k, key) in order.iter().enumerate() {
-            // The model is far larger than the cache: start fetching the coordinates of an
-            // impression a few records ahead, so its score does not wait on memory.
-            if let Some(ahead) = order.get(k + PREFETCH_AHEAD)
-                && let InteractionKind::Impression { features, .. } = &buffer.get(ahead).kind
-            {
-                step.learner.prefetch(features);
+        for (k, (key, &hash)) in order.iter().zip(hashes.iter()).enumerate() {
+            // The model and the id index are far larger than the cache: start fetching the
+            // coordinates of an impression, and the index slot of any record, a few records
+            // ahead, so that neither its score nor its lookup waits on memory.
+            if let Some(ahead) = order.get(k + PREFETCH_AHEAD) {
+                windows.index.prefetch(hashes[k + PREFETCH_AHEAD]);
+                if let InteractionKind::Impression { features, .. } = &buffer.get(ahead).kind {
+                    step.learner.prefetch(features);
+                }
             }
             let &(_, _, b, i) = key;
             // What is kept of the record is taken out of it; the rest is dropped with its
@@ -715,7 +727,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     } else {
                         arrived.remove(id.as_str())
                     };
-                    if windows.is_open(id) {
+                    if windows.get_hashed(id, hash).is_some() {
                         step.stats.duplicate_impressions += 1;
                         continue;
                     }
@@ -750,7 +762,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         item,
                         category,
                     };
-                    if !windows.open(std::mem::take(id), ts, entities, body) {
+                    if !windows.open(std::mem::take(id), hash, ts, entities, body) {
                         // Its window closed before it arrived: no feedback can be trusted.
                         step.stats.late_impressions += 1;
                     }
@@ -764,7 +776,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         }
                         _ => None,
                     };
-                    let Some((at, entry)) = windows.get(id) else {
+                    let Some((at, entry)) = windows.get_hashed(id, hash) else {
                         step.stats.orphan_feedback += 1;
                         continue;
                     };
@@ -813,36 +825,14 @@ fn id_hash(id: &str) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Adds `seq` to the id index under `hash`; growing it rehashes the ids in `ring`.
-///
-/// # Forgotten impressions stay in the index until it is full
-///
-/// Removing a forgotten impression (two windows after it opened) from the index costs two
-/// cache misses, its control bytes and its slot, cold since it was inserted: measured at
-/// about 5% of a replay. So forgetting leaves the entry behind, stale: no lookup matches it,
-/// since its sequence number is before the ring's first (`Ring::get_seq` finds nothing).
-/// Stale entries are dropped all at once, in one sequential pass ([`HashTable::retain`]),
-/// when the next insert would otherwise grow or rehash the table: the only time the table
-/// calls the hasher below, which finds the id of a live entry in the ring but cannot find
-/// a stale one's, so no stale entry is ever rehashed. The table is as large as it would be
-/// without stale entries (its capacity follows the most live entries); should a purge free
-/// less than a quarter of it, it grows at once, so purges stay a constant cost per insert.
-fn index_insert(index: &mut HashTable<u64>, ring: &Ring, hash: u64, seq: u64) {
-    let rehash = |&seq: &u64| ring.get_seq(seq).map_or(0, |(id, _)| id_hash(id));
-    // `capacity() == len()`: no room left (tombstones included), the insert would rehash.
-    if index.len() == index.capacity() {
-        index.retain(|&mut s| s >= ring.first);
-        if index.len() > index.capacity() / 4 * 3 {
-            index.reserve(index.len(), rehash);
-        }
-    }
-    index.insert_unique(hash, seq, rehash);
-}
-
-/// Live entries of the id index: those not forgotten ([`index_insert`]).
-#[cfg(test)]
-fn index_live(index: &HashTable<u64>, ring: &Ring) -> usize {
-    index.iter().filter(|&&s| s >= ring.first).count()
+/// Adds `seq` to the id index under `hash`; a rebuild of the index (see [`IdIndex`]) reads
+/// the ids of the other impressions in memory from `ring`.
+fn index_insert(index: &mut IdIndex, ring: &Ring, hash: u64, seq: u64) {
+    index.insert(hash, seq, || {
+        (ring.first..ring.end())
+            .filter(move |&s| s != seq)
+            .filter_map(|s| ring.get_seq(s).map(|(id, _)| (id_hash(id), s)))
+    });
 }
 
 /// Stands in, while a chunk is read back, for an impression the chunk has loose.
@@ -1100,9 +1090,9 @@ struct Windows {
     /// Sequence number of every impression in the ring, found by the hash of its id
     /// ([`id_hash`]) and compared with the id in the ring: 8 bytes an entry rather than a
     /// copy of the id, so that the index of a busy hour stays in cache. Also holds stale
-    /// entries of forgotten impressions, which match no id, until it is full
-    /// ([`index_insert`]).
-    index: HashTable<u64>,
+    /// entries of forgotten impressions, which match no id, until it is half full
+    /// ([`IdIndex`]).
+    index: IdIndex,
     /// Windows ending before this are closed; records before it are processed.
     processed_to: EventTime,
     /// Sequence numbers `persisted.0..persisted.1` are in the last checkpoint.
@@ -1143,7 +1133,7 @@ impl Windows {
             stored_below: 0,
             wait_cursor: 0,
             close_cursor: 0,
-            index: HashTable::new(),
+            index: IdIndex::default(),
             processed_to: EventTime::MIN,
             persisted: (0, 0),
             dirty: Vec::new(),
@@ -1177,25 +1167,38 @@ impl Windows {
 
     /// The impression `id`'s ring position and stub.
     fn get(&self, id: &str) -> Option<(usize, &Stub)> {
+        self.get_hashed(id, id_hash(id))
+    }
+
+    /// [`get`](Self::get), with `hash = id_hash(id)` already computed.
+    #[inline]
+    fn get_hashed(&self, id: &str, hash: u64) -> Option<(usize, &Stub)> {
         let Self { ring, index, .. } = self;
-        let seq = *index.find(id_hash(id), |&seq| {
+        let seq = index.find(hash, ring.first, |seq| {
             ring.get_seq(seq).is_some_and(|(k, _)| k == id)
         })?;
         let at = usize::try_from(seq - ring.first).ok()?;
         ring.get(at).map(|(_, entry)| (at, entry))
     }
 
-    /// Appends impression `id` to the ring and the index (not yet in the index).
-    fn push(&mut self, id: CompactString, entry: Stub) {
+    /// Appends impression `id` (whose [`id_hash`] is `hash`) to the ring and the index (not
+    /// yet in the index).
+    fn push(&mut self, id: CompactString, hash: u64, entry: Stub) {
         let seq = self.end();
-        let hash = id_hash(&id);
         self.ring.push_back((id, entry));
         index_insert(&mut self.index, &self.ring, hash, seq);
     }
 
-    /// Opens the window of impression `id`, shown at `ts`; false if it had already closed
-    /// by its arrival.
-    fn open(&mut self, id: CompactString, ts: EventTime, entities: Entities, body: Body) -> bool {
+    /// Opens the window of impression `id` (whose [`id_hash`] is `hash`), shown at `ts`;
+    /// false if it had already closed by its arrival.
+    fn open(
+        &mut self,
+        id: CompactString,
+        hash: u64,
+        ts: EventTime,
+        entities: Entities,
+        body: Body,
+    ) -> bool {
         if ts.saturating_add(self.window_ms) < self.processed_to {
             return false;
         }
@@ -1208,7 +1211,7 @@ impl Windows {
             closed: false,
             stored: false,
         };
-        self.push(id, entry);
+        self.push(id, hash, entry);
         true
     }
 
@@ -1493,10 +1496,9 @@ impl Windows {
             }
             moved = true;
             self.chunks_spilled += 1;
+            // Their index entries stay behind, stale (no lookup matches an impression out
+            // of memory), until the index is rebuilt without them (see [`IdIndex`]).
             for (seq, (id, entry)) in range.zip(self.ring.spill_chunk(n)) {
-                if let Ok(found) = self.index.find_entry(id_hash(&id), |&s| s == seq) {
-                    found.remove();
-                }
                 PENDING_IDS.put(&mut spill.queued, &(spill.worker, id.to_string()), &seq);
                 if entry.body == BodyRef::SPILLED {
                     self.spilled -= 1;
@@ -1679,8 +1681,8 @@ impl Windows {
             let Some(((id, entry), hinted)) = self.ring.pop_front() else {
                 break;
             };
-            // Its index entry stays behind, stale, until the index is full: see
-            // [`index_insert`].
+            // Its index entry stays behind, stale, until the index is rebuilt: see
+            // [`IdIndex`].
             self.bodies.release(entry.body);
             if let Some(spill) = self.spill.as_mut() {
                 if spill.to == SpillTo::Scratch && entry.stored {
@@ -2027,7 +2029,8 @@ impl Windows {
             }
             for (id, stored) in values.into_iter().flatten() {
                 let entry = self.unstore(stored);
-                self.push(id, entry);
+                let hash = id_hash(&id);
+                self.push(id, hash, entry);
             }
         }
         Ok(())
@@ -2070,6 +2073,7 @@ mod tests {
             example_features: false,
             entities: Vec::new(),
             order: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
@@ -2251,7 +2255,7 @@ mod tests {
                     w.ring.first
                 );
             }
-            assert_eq!(index_live(&w.index, &w.ring), w.ring.len());
+            assert_eq!(w.index.live(w.ring.first, w.ring.end()), w.ring.len());
             assert!(w.index.len() <= w.index.capacity());
         }
         let (first, end) = {
@@ -2629,6 +2633,7 @@ mod tests {
             example_features: true,
             entities: Vec::new(),
             order: Vec::new(),
+            hashes: Vec::new(),
         };
         // a (user 1) is clicked at 20, in the same batch; b (user 1) comes after the click,
         // c (user 2) after it too but for another user.

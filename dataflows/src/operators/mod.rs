@@ -2,6 +2,7 @@
 
 pub mod aggregates;
 pub mod detect;
+mod id_index;
 pub mod learn_online;
 pub mod pending;
 pub mod route;

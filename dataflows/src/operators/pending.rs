@@ -419,10 +419,10 @@ pub(super) const CHUNK: u64 = 4096;
 #[cfg(test)]
 pub(super) const CHUNK: u64 = 16;
 
-/// Bytes of one stub in memory: the ring's entry and its share of the id index (8 bytes
-/// and a control byte, at a load between 7/16 and 7/8). Ids beyond 24 bytes take more, on
-/// the heap.
-pub(super) const STUB_BYTES: usize = std::mem::size_of::<(CompactString, Stub)>() + 24;
+/// Bytes of one stub in memory: the ring's entry and its share of the id index (four
+/// 8-byte slots per impression in memory, see `id_index`). Ids beyond 24 bytes take more,
+/// on the heap.
+pub(super) const STUB_BYTES: usize = std::mem::size_of::<(CompactString, Stub)>() + 32;
 
 /// Where an impression id's stub is when it is out of memory: its sequence number, by
 /// worker and id. A hint, written when a chunk leaves memory and not by checkpoints: a

@@ -1,0 +1,238 @@
+//! The label join's index from impression id to the impression's sequence number in the
+//! ring of pending impressions (see `learn_online::Windows`).
+//!
+//! # Why not a `hashbrown` table
+//!
+//! Every record the join processes looks its id up: an impression to see whether it is a
+//! duplicate (an id never seen, so a probe of a cold part of the table), feedback to find
+//! its impression. With `hashbrown` a lookup read the control bytes and then the slot, two
+//! cache misses in a row, and the table offers no way to start loading them early. Here a
+//! slot packs a tag of the hash with the sequence number, probing is linear in one flat
+//! array, and the table is at most half full: a lookup reads one cache line (sometimes
+//! two), whose address the hash alone gives, so the join prefetches it a few records
+//! ahead ([`IdIndex::prefetch`]) and the lookup finds it in cache.
+//!
+//! # Forgotten impressions stay until the table is half full
+//!
+//! Impressions are forgotten (two windows after they opened) oldest first, and removing
+//! each from a linear-probing table would cost a cold access and a shift of its
+//! neighbours. So a forgotten impression's slot stays, stale: a lookup never matches it,
+//! because its sequence number is before the ring's first. When an insert would fill the
+//! table past half, it is rebuilt from the impressions still in memory (read in ring order),
+//! at a quarter full at most: the rebuild costs one insert per live impression and comes
+//! after as many inserts again, so inserts stay a constant cost each.
+
+/// Low bits of a slot: the sequence number, modulo 2^48 (see [`IdIndex::find`]).
+const SEQ_BITS: u32 = 48;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// The top bit of a slot, set in every occupied one, so that an occupied slot is never 0
+/// (an empty one). The 15 bits below it are a tag: bits 32 to 46 of the hash, which the
+/// slot's position (taken from the top bits) does not depend on.
+const TAG_SET: u64 = 1 << 63;
+/// Slots of the smallest table.
+const MIN_SLOTS: usize = 1024;
+/// Slots per impression in memory after a rebuild: a quarter full, so the next rebuild
+/// comes after as many inserts as it re-inserts (32 bytes of index per impression).
+const SLOTS_PER_ENTRY: usize = 4;
+
+/// Open addressing with linear probing; see the module docs.
+#[derive(Debug)]
+pub(super) struct IdIndex {
+    /// 0: empty; else `tag | (seq & SEQ_MASK)`.
+    slots: Box<[u64]>,
+    /// Occupied slots, stale ones included.
+    len: usize,
+}
+
+impl Default for IdIndex {
+    fn default() -> Self {
+        Self::with_slots(MIN_SLOTS)
+    }
+}
+
+/// The tag of `hash` with the occupied bit, above the sequence number (see [`TAG_SET`]).
+#[inline(always)]
+fn tag(hash: u64) -> u64 {
+    ((hash << (64 - SEQ_BITS)) | TAG_SET) & !SEQ_MASK
+}
+
+impl IdIndex {
+    fn with_slots(slots: usize) -> Self {
+        Self {
+            slots: vec![0; slots.max(MIN_SLOTS)].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// The slot a probe for `hash` starts at: the top bits of the hash scaled to the table
+    /// (Lemire's multiply-shift), so that a table need not be a power of two in size.
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The slot after `at`.
+    #[inline(always)]
+    fn next(&self, at: usize) -> usize {
+        if at + 1 == self.slots.len() {
+            0
+        } else {
+            at + 1
+        }
+    }
+
+    /// Occupied slots, stale ones included.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Occupied slots the table holds before it is rebuilt.
+    pub(super) fn capacity(&self) -> usize {
+        self.slots.len() / 2
+    }
+
+    /// Starts loading the cache line where a lookup or an insert of `hash` begins.
+    #[inline(always)]
+    pub(super) fn prefetch(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let slot = &self.slots[self.home(hash)];
+            // SAFETY: a prefetch is a hint; it reads nothing architecturally and cannot
+            // fault, and the address is that of a slot.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast::<i8>()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
+    /// The first sequence number under `hash` that `is` accepts. Slots keep sequence
+    /// numbers modulo 2^48: each is read back as the one in `first..first + 2^48`, which is
+    /// the true one for every impression not forgotten (the ring spans far fewer), and
+    /// past the ring's end for a forgotten one (so `is`, which looks it up in the ring,
+    /// rejects it).
+    #[inline]
+    pub(super) fn find(
+        &self,
+        hash: u64,
+        first: u64,
+        mut is: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let tag = tag(hash);
+        let mut at = self.home(hash);
+        loop {
+            let slot = self.slots[at];
+            if slot == 0 {
+                return None;
+            }
+            if slot & !SEQ_MASK == tag {
+                let seq = first + ((slot & SEQ_MASK).wrapping_sub(first) & SEQ_MASK);
+                if is(seq) {
+                    return Some(seq);
+                }
+            }
+            at = self.next(at);
+        }
+    }
+
+    /// Adds `seq` under `hash`. When the table would be more than half full it is first
+    /// rebuilt from `live`: the hashes and sequence numbers of the other impressions in
+    /// memory.
+    pub(super) fn insert<I: IntoIterator<Item = (u64, u64)>>(
+        &mut self,
+        hash: u64,
+        seq: u64,
+        live: impl FnOnce() -> I,
+    ) {
+        if self.len + 1 > self.capacity() {
+            let entries: Vec<(u64, u64)> = live().into_iter().collect();
+            let mut rebuilt = Self::with_slots((entries.len() + 1) * SLOTS_PER_ENTRY);
+            for (hash, seq) in entries {
+                rebuilt.put(hash, seq);
+            }
+            *self = rebuilt;
+        }
+        self.put(hash, seq);
+    }
+
+    #[inline]
+    fn put(&mut self, hash: u64, seq: u64) {
+        let mut at = self.home(hash);
+        while self.slots[at] != 0 {
+            at = self.next(at);
+        }
+        self.slots[at] = tag(hash) | (seq & SEQ_MASK);
+        self.len += 1;
+    }
+
+    /// Occupied slots whose sequence number, as [`IdIndex::find`] reads it back, is below
+    /// `end`: the live entries.
+    #[cfg(test)]
+    pub(super) fn live(&self, first: u64, end: u64) -> usize {
+        (self.slots.iter().filter(|&&s| s != 0))
+            .map(|&s| first + ((s & SEQ_MASK).wrapping_sub(first) & SEQ_MASK))
+            .filter(|&seq| seq < end)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hash whose top bits all collide (the same first slot) and whose tags collide too:
+    /// the probe and the check of each candidate must still find the right one.
+    fn colliding(n: u64) -> u64 {
+        (n % 3) << 40 | 5
+    }
+
+    #[test]
+    fn finds_each_entry_past_collisions_and_rebuilds_from_the_live_ones() {
+        let mut index = IdIndex::default();
+        let mut first = 0u64;
+        let hash = |n: u64| {
+            if n.is_multiple_of(10) {
+                colliding(n)
+            } else {
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            }
+        };
+        for seq in 0..10_000u64 {
+            // The ring keeps the last 300 impressions.
+            first = seq.saturating_sub(300);
+            let f = first;
+            index.insert(hash(seq), seq, || (f..seq).map(|s| (hash(s), s)));
+            assert!(index.len() <= index.capacity());
+        }
+        let end = 10_000;
+        for seq in 0..end {
+            let found = index.find(hash(seq), first, |s| s == seq && s >= first);
+            assert_eq!(found, (seq >= first).then_some(seq), "{seq}");
+        }
+        assert_eq!(index.live(first, end), (end - first) as usize);
+        assert!(
+            index.slots.len() <= 4096,
+            "rebuilt small: {}",
+            index.slots.len()
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_past_2_to_the_48_read_back_exactly() {
+        let mut index = IdIndex::default();
+        let hash = |seq: u64| seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let base = (1u64 << 50) - 5;
+        for seq in base..base + 10 {
+            index.insert(hash(seq), seq, Vec::new);
+        }
+        for seq in base..base + 10 {
+            assert_eq!(index.find(hash(seq), base, |s| s == seq), Some(seq));
+        }
+        // With the ring from `base + 1`, `base` is forgotten: it reads back past the ring's
+        // end, where the ring (here: a check of the range) finds nothing.
+        let live = |s: u64| (base + 1..base + 10).contains(&s);
+        assert_eq!(index.find(hash(base), base + 1, live), None);
+        assert_eq!(index.find(hash(base + 1), base + 1, live), Some(base + 1));
+    }
+}
