@@ -34,6 +34,8 @@ const MIN_SLOTS: usize = 1024;
 /// Slots per impression in memory after a rebuild: a quarter full, so the next rebuild
 /// comes after as many inserts as it re-inserts (32 bytes of index per impression).
 const SLOTS_PER_ENTRY: usize = 4;
+/// How many inserts ahead a rebuild prefetches their slots.
+const REBUILD_AHEAD: usize = 16;
 
 /// Open addressing with linear probing; see the module docs.
 #[derive(Debug)]
@@ -148,7 +150,11 @@ impl IdIndex {
         if self.len + 1 > self.capacity() {
             let entries: Vec<(u64, u64)> = live().into_iter().collect();
             let mut rebuilt = Self::with_slots((entries.len() + 1) * SLOTS_PER_ENTRY);
-            for (hash, seq) in entries {
+            for (k, &(hash, seq)) in entries.iter().enumerate() {
+                // The slots are scattered, so is every write: start them a few ahead.
+                if let Some(&(ahead, _)) = entries.get(k + REBUILD_AHEAD) {
+                    rebuilt.prefetch(ahead);
+                }
                 rebuilt.put(hash, seq);
             }
             *self = rebuilt;
