@@ -37,10 +37,11 @@ use compact_str::CompactString;
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
@@ -327,8 +328,15 @@ pub trait LearnOnline<'scope> {
     );
 }
 
-/// What the operator emits, split into scores and examples on the way out.
-type Learned = Result<Score, Example>;
+/// What the join emits in a batch, each kind for its own output: the scores of the
+/// impressions it scored, and the examples whose labels became final. Two containers
+/// handed on whole, rather than one of both kinds split by a second operator: each record
+/// is written once, not three times.
+#[derive(Debug, Default)]
+struct Emitted {
+    scores: Vec<Score>,
+    examples: Vec<Example>,
+}
 
 impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>> {
     fn learn_online<L: Learner + 'static, E: Enrich + 'static>(
@@ -368,44 +376,61 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
             order: Vec::new(),
             hashes: Vec::new(),
         };
-        let exchange = super::route::routed();
-        let learned: Stream<'scope, Watermark, Vec<Learned>> = self.binary_frontier(
-            local,
-            exchange,
-            Pipeline,
-            "LearnOnline",
-            move |cap, _info| {
-                // Held from the start: records restored from a checkpoint are in the buffer
-                // before any input arrives, and must still be emitted for.
-                let mut held = Some(cap);
-                let mut out = Vec::new();
-                move |(routed, routed_frontier), (local, local_frontier), output| {
-                    routed.for_each(|_cap, data| join.receive(data, &mut out));
-                    local.for_each(|_cap, data| join.receive(data, &mut out));
-                    let Some(cap) = held.as_mut() else { return };
-                    let watermark = (routed_frontier.frontier().iter())
-                        .chain(local_frontier.frontier().iter())
-                        .min()
-                        .copied();
-                    join.advance(watermark.unwrap_or(Watermark::MAX), &mut out);
-                    // Publish the model version once per batch, so that a checkpoint (taken
-                    // between steps) records every update applied.
-                    join.learner.flush();
-                    if !out.is_empty() {
-                        output.session(&cap).give_iterator(out.drain(..));
+        let mut builder = OperatorBuilder::new("LearnOnline".to_owned(), self.scope());
+        let mut routed = builder.new_input(self, super::route::routed());
+        let mut local = builder.new_input(local, Pipeline);
+        let (scores_output, scores) = builder.new_output();
+        let (examples_output, examples) = builder.new_output();
+        let mut scores_output =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Score>>>::from(scores_output);
+        let mut examples_output =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Example>>>::from(examples_output);
+        builder.build(move |mut capabilities| {
+            // One capability per output. Held from the start: records restored from a
+            // checkpoint are in the buffer before any input arrives, and must still be
+            // emitted for.
+            let mut held = capabilities.pop().zip(capabilities.pop());
+            let mut out = Emitted::default();
+            move |frontiers| {
+                routed.for_each(|_cap, data| join.receive(data, &mut out.scores));
+                local.for_each(|_cap, data| join.receive(data, &mut out.scores));
+                let Some((examples_cap, scores_cap)) = held.as_mut() else {
+                    return;
+                };
+                let (routed_frontier, local_frontier) =
+                    (frontiers[0].frontier(), frontiers[1].frontier());
+                let watermark = (routed_frontier.iter())
+                    .chain(local_frontier.iter())
+                    .min()
+                    .copied();
+                join.advance(watermark.unwrap_or(Watermark::MAX), &mut out);
+                // Publish the model version once per batch, so that a checkpoint (taken
+                // between steps) records every update applied.
+                join.learner.flush();
+                if !out.scores.is_empty() {
+                    let mut scores = scores_output.activate();
+                    scores.session(&*scores_cap).give_container(&mut out.scores);
+                }
+                if !out.examples.is_empty() {
+                    let mut examples = examples_output.activate();
+                    examples
+                        .session(&*examples_cap)
+                        .give_container(&mut out.examples);
+                }
+                match watermark {
+                    Some(w) if w > *scores_cap.time() => {
+                        scores_cap.downgrade(&w);
+                        examples_cap.downgrade(&w);
                     }
-                    match watermark {
-                        Some(w) if w > *cap.time() => cap.downgrade(&w),
-                        Some(_) => {}
-                        None => {
-                            join.learner.flush();
-                            held = None;
-                        }
+                    Some(_) => {}
+                    None => {
+                        join.learner.flush();
+                        held = None;
                     }
                 }
-            },
-        );
-        learned.ok_err(|x| x)
+            }
+        });
+        (scores, examples)
     }
 }
 
@@ -595,7 +620,7 @@ struct LabelJoin<L, E> {
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
     /// Takes a batch from the input; with `score_on = "arrival"`, scores its impressions
     /// first (into `out`), dropping those already open or scored as duplicates.
-    fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Vec<Learned>) {
+    fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Vec<Score>) {
         let state = &mut *self.state.borrow_mut();
         state.received += data.len() as u64;
         if state.score_on == ScoreOn::Arrival {
@@ -636,7 +661,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                 // Point in time: the aggregates of everything processed so far.
                 enrich.enrich(entities, *ts, features);
                 let score = schedule.serve(learner.predict(features));
-                out.push(Ok(Score {
+                out.push(Score {
                     id: id.clone(),
                     user: user.clone(),
                     item: item.clone(),
@@ -644,7 +669,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     score,
                     model_version: version,
                     event_ts: *ts,
-                }));
+                });
                 arrived.insert(id.clone(), score);
                 true
             });
@@ -654,7 +679,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
 
     /// Processes every buffered record with `ts < watermark`, in order, then closes the
     /// windows that ended before `watermark`.
-    fn advance(&mut self, watermark: Watermark, out: &mut Vec<Learned>) {
+    fn advance(&mut self, watermark: Watermark, out: &mut Emitted) {
         let state = &mut *self.state.borrow_mut();
         let JoinState {
             fast_skip_ms,
@@ -741,7 +766,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                             // impression.
                             step.enrich.enrich(&entities, ts, &mut features);
                             let score = step.schedule.serve(step.learner.predict(&features));
-                            step.out.push(Ok(Score {
+                            step.out.scores.push(Score {
                                 id: id.clone(),
                                 user: std::mem::take(user),
                                 item: item.clone(),
@@ -749,7 +774,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                                 score,
                                 model_version: step.learner.version(),
                                 event_ts: ts,
-                            }));
+                            });
                             score
                         }
                     };
@@ -965,7 +990,7 @@ struct Step<'a, L, E> {
     enrich: &'a mut E,
     schedule: &'a mut Schedule,
     stats: &'a mut JoinStats,
-    out: &'a mut Vec<Learned>,
+    out: &'a mut Emitted,
     example_features: bool,
 }
 
@@ -996,7 +1021,7 @@ impl<L: Learner, E> Step<'_, L, E> {
         if positive || !entry.provisional {
             self.learner.update(&body.features, positive);
         }
-        self.out.push(Err(Example {
+        self.out.examples.push(Example {
             id: id.clone(),
             impression_ts: entry.ts,
             label_ts,
@@ -1011,7 +1036,7 @@ impl<L: Learner, E> Step<'_, L, E> {
             } else {
                 Vec::new()
             },
-        }));
+        });
     }
 
     /// Learns the provisional negative of an impression still undecided after the wait.
@@ -2131,14 +2156,10 @@ mod tests {
         mut records: Vec<Interaction>,
         watermark: Watermark,
     ) -> (Vec<Score>, Vec<Example>) {
-        let mut out = Vec::new();
-        join.receive(&mut records, &mut out);
+        let mut out = Emitted::default();
+        join.receive(&mut records, &mut out.scores);
         join.advance(watermark, &mut out);
-        let (scores, examples): (Vec<_>, Vec<_>) = out.into_iter().partition(Result::is_ok);
-        (
-            scores.into_iter().flatten().collect(),
-            examples.into_iter().filter_map(Result::err).collect(),
-        )
+        (out.scores, out.examples)
     }
 
     #[test]
@@ -2645,11 +2666,11 @@ mod tests {
             feedback(50, "b", InteractionKind::Click),
             feedback(60, "c", InteractionKind::Click),
         ]);
-        let mut out = Vec::new();
+        let mut out = Emitted::default();
         j.advance(100, &mut out);
         let clicks_seen = |id: &str| {
-            out.iter()
-                .filter_map(|x| x.as_ref().err())
+            out.examples
+                .iter()
                 .find(|e| e.id == id)
                 .map(|e| {
                     e.features
@@ -2699,11 +2720,11 @@ mod tests {
         mut j: LabelJoin<Recorder, NoEnrich>,
         records: &[Interaction],
         mut at: impl FnMut(usize, LabelJoin<Recorder, NoEnrich>) -> LabelJoin<Recorder, NoEnrich>,
-    ) -> (Vec<Learned>, LabelJoin<Recorder, NoEnrich>) {
-        let mut out = Vec::new();
+    ) -> (Emitted, LabelJoin<Recorder, NoEnrich>) {
+        let mut out = Emitted::default();
         for (k, chunk) in records.chunks(37).enumerate() {
             j = at(k, j);
-            j.receive(&mut chunk.to_vec(), &mut out);
+            j.receive(&mut chunk.to_vec(), &mut out.scores);
             // The watermark trails the chunk: part of it stays buffered.
             let watermark = chunk.first().map_or(0, |r| r.ts.max(0) as u64);
             j.advance(watermark, &mut out);
@@ -2754,13 +2775,16 @@ mod tests {
                     j
                 },
             );
-            let key = |x: &Learned| match x {
-                Ok(s) => format!("s {} {} {}", s.id, s.score, s.model_version),
-                Err(e) => format!("e {} {:?} {} {}", e.id, e.label, e.label_ts, e.served),
-            };
+            let score = |s: &Score| format!("{} {} {}", s.id, s.score, s.model_version);
+            let example =
+                |e: &Example| format!("{} {:?} {} {}", e.id, e.label, e.label_ts, e.served);
             assert_eq!(
-                got.iter().map(key).collect::<Vec<_>>(),
-                expected.iter().map(key).collect::<Vec<_>>()
+                got.scores.iter().map(score).collect::<Vec<_>>(),
+                expected.scores.iter().map(score).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                got.examples.iter().map(example).collect::<Vec<_>>(),
+                expected.examples.iter().map(example).collect::<Vec<_>>()
             );
             assert_eq!(restarted.learner.updates, uninterrupted.learner.updates);
             assert_eq!(
@@ -2785,16 +2809,16 @@ mod tests {
     }
 
     /// What the join emitted, comparable across runs.
-    fn emitted(out: &[Learned]) -> Vec<String> {
-        out.iter()
-            .map(|x| match x {
-                Ok(s) => format!("s {} {} {}", s.id, s.score, s.model_version),
-                Err(e) => format!(
-                    "e {} {:?} {} {} {:?} {}",
-                    e.id, e.label, e.label_ts, e.served, e.features, e.item
-                ),
-            })
-            .collect()
+    fn emitted(out: &Emitted) -> Vec<String> {
+        let scores =
+            (out.scores.iter()).map(|s| format!("s {} {} {}", s.id, s.score, s.model_version));
+        let examples = out.examples.iter().map(|e| {
+            format!(
+                "e {} {:?} {} {} {:?} {}",
+                e.id, e.label, e.label_ts, e.served, e.features, e.item
+            )
+        });
+        scores.chain(examples).collect()
     }
 
     /// A scratch directory for a RocksDB store, removed on drop.
