@@ -29,8 +29,12 @@ const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 /// (an empty one). The 15 bits below it are a tag: bits 32 to 46 of the hash, which the
 /// slot's position (taken from the top bits) does not depend on.
 const TAG_SET: u64 = 1 << 63;
-/// Slots of the smallest table.
+/// Slots of the smallest table (in tests a handful, so that the label join's tests, with
+/// their few impressions, rebuild it often: while chunks are out of memory too).
+#[cfg(not(test))]
 const MIN_SLOTS: usize = 1024;
+#[cfg(test)]
+const MIN_SLOTS: usize = 16;
 /// Slots per impression in memory after a rebuild: a quarter full, so the next rebuild
 /// comes after as many inserts as it re-inserts (32 bytes of index per impression).
 const SLOTS_PER_ENTRY: usize = 4;
@@ -50,6 +54,13 @@ impl Default for IdIndex {
     fn default() -> Self {
         Self::with_slots(MIN_SLOTS)
     }
+}
+
+/// What `live` yields, out of the hot path of [`IdIndex::insert`].
+#[cold]
+#[inline(never)]
+fn collect<I: IntoIterator<Item = (u64, u64)>>(live: impl FnOnce() -> I) -> Vec<(u64, u64)> {
+    live().into_iter().collect()
 }
 
 /// The tag of `hash` with the occupied bit, above the sequence number (see [`TAG_SET`]).
@@ -148,18 +159,24 @@ impl IdIndex {
         live: impl FnOnce() -> I,
     ) {
         if self.len + 1 > self.capacity() {
-            let entries: Vec<(u64, u64)> = live().into_iter().collect();
-            let mut rebuilt = Self::with_slots((entries.len() + 1) * SLOTS_PER_ENTRY);
-            for (k, &(hash, seq)) in entries.iter().enumerate() {
-                // The slots are scattered, so is every write: start them a few ahead.
-                if let Some(&(ahead, _)) = entries.get(k + REBUILD_AHEAD) {
-                    rebuilt.prefetch(ahead);
-                }
-                rebuilt.put(hash, seq);
-            }
-            *self = rebuilt;
+            self.rebuild(collect(live));
         }
         self.put(hash, seq);
+    }
+
+    /// Replaces the table by one holding just `entries`, a quarter full.
+    #[cold]
+    #[inline(never)]
+    fn rebuild(&mut self, entries: Vec<(u64, u64)>) {
+        let mut rebuilt = Self::with_slots((entries.len() + 1) * SLOTS_PER_ENTRY);
+        for (k, &(hash, seq)) in entries.iter().enumerate() {
+            // The slots are scattered, so is every write: start them a few ahead.
+            if let Some(&(ahead, _)) = entries.get(k + REBUILD_AHEAD) {
+                rebuilt.prefetch(ahead);
+            }
+            rebuilt.put(hash, seq);
+        }
+        *self = rebuilt;
     }
 
     #[inline]
@@ -230,7 +247,7 @@ mod tests {
         let hash = |seq: u64| seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let base = (1u64 << 50) - 5;
         for seq in base..base + 10 {
-            index.insert(hash(seq), seq, Vec::new);
+            index.insert(hash(seq), seq, || (base..seq).map(|s| (hash(s), s)));
         }
         for seq in base..base + 10 {
             assert_eq!(index.find(hash(seq), base, |s| s == seq), Some(seq));

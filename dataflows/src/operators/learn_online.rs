@@ -851,12 +851,13 @@ fn id_hash(id: &str) -> u64 {
 }
 
 /// Adds `seq` to the id index under `hash`; a rebuild of the index (see [`IdIndex`]) reads
-/// the ids of the other impressions in memory from `ring`.
+/// the ids of the other impressions in memory from `ring` (in time proportional to them,
+/// however many chunks are out of memory).
 fn index_insert(index: &mut IdIndex, ring: &Ring, hash: u64, seq: u64) {
     index.insert(hash, seq, || {
-        (ring.first..ring.end())
-            .filter(move |&s| s != seq)
-            .filter_map(|s| ring.get_seq(s).map(|(id, _)| (id_hash(id), s)))
+        (ring.iter_seq())
+            .filter(move |&(s, _)| s != seq)
+            .map(|(s, (id, _))| (id_hash(id), s))
     });
 }
 

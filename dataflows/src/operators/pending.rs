@@ -613,12 +613,18 @@ impl Ring {
 
     /// Every impression in memory.
     pub fn iter(&self) -> impl Iterator<Item = &(CompactString, Stub)> {
+        self.iter_seq().map(|(_, entry)| entry)
+    }
+
+    /// Every impression in memory with its sequence number: those of the chunks in memory
+    /// in order, then the loose ones. Chunks out of memory cost nothing here.
+    pub fn iter_seq(&self) -> impl Iterator<Item = (u64, &(CompactString, Stub))> {
         let first = self.first;
         let chunks = self.chunks.iter().flat_map(move |c| {
-            let skip = first.saturating_sub(c.start) as usize;
-            c.entries.iter().skip(skip)
+            let skip = first.saturating_sub(c.start);
+            (c.start + skip..).zip(c.entries.iter().skip(skip as usize))
         });
-        chunks.chain(self.loose.values())
+        chunks.chain(self.loose.iter().map(|(&seq, entry)| (seq, entry)))
     }
 
     /// Whether `seq` is pending in a chunk out of memory and not loose.
