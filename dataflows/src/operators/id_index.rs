@@ -17,10 +17,13 @@
 //! Impressions are forgotten (two windows after they opened) oldest first, and removing
 //! each from a linear-probing table would cost a cold access and a shift of its
 //! neighbours. So a forgotten impression's slot stays, stale: a lookup never matches it,
-//! because its sequence number is before the ring's first. When an insert would fill the
-//! table past half, it is rebuilt from the impressions still in memory (read in ring order),
-//! at a quarter full at most: the rebuild costs one insert per live impression and comes
-//! after as many inserts again, so inserts stay a constant cost each.
+//! because its sequence number is before the ring's first. So does the slot of an
+//! impression whose chunk of the ring left memory (the ring finds no stub for it; the
+//! join finds it through the store's id hints, and it is indexed again when it comes
+//! back). When an insert would fill the table past half, it is rebuilt from the
+//! impressions in memory (chunk by chunk, then those brought back alone), at a quarter
+//! full at most: the rebuild costs one insert per impression in memory and comes after as
+//! many inserts again, so inserts stay a constant cost each.
 
 /// Low bits of a slot: the sequence number, modulo 2^48 (see [`IdIndex::find`]).
 const SEQ_BITS: u32 = 48;
