@@ -131,7 +131,7 @@ impl Weights {
 /// A served score with the logarithms every detector watching its example needs, computed
 /// once per example: `ln p` and `ln(1 - p)` of the clamped score give its logit and its
 /// logloss, and (for a score inside the clamp, as served scores are) its entropy: two
-/// logarithms where the detectors took five.
+/// logarithms where the detectors took four.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Served {
     /// The served score.
