@@ -66,6 +66,13 @@ fn collect<I: IntoIterator<Item = (u64, u64)>>(live: impl FnOnce() -> I) -> Vec<
     live().into_iter().collect()
 }
 
+/// The sequence number in occupied `slot`, read back as the one in `first..first + 2^48`
+/// (see [`IdIndex::find`]).
+#[inline(always)]
+fn seq_of(slot: u64, first: u64) -> u64 {
+    first + ((slot & SEQ_MASK).wrapping_sub(first) & SEQ_MASK)
+}
+
 /// The tag of `hash` with the occupied bit, above the sequence number (see [`TAG_SET`]).
 #[inline(always)]
 fn tag(hash: u64) -> u64 {
@@ -143,7 +150,7 @@ impl IdIndex {
                 return None;
             }
             if slot & !SEQ_MASK == tag {
-                let seq = first + ((slot & SEQ_MASK).wrapping_sub(first) & SEQ_MASK);
+                let seq = seq_of(slot, first);
                 if is(seq) {
                     return Some(seq);
                 }
@@ -197,7 +204,7 @@ impl IdIndex {
     #[cfg(test)]
     pub(super) fn live(&self, first: u64, end: u64) -> usize {
         (self.slots.iter().filter(|&&s| s != 0))
-            .map(|&s| first + ((s & SEQ_MASK).wrapping_sub(first) & SEQ_MASK))
+            .map(|&s| seq_of(s, first))
             .filter(|&seq| seq < end)
             .count()
     }
