@@ -17,8 +17,8 @@ use ctrflow_dataflows::operators::{
     Aggregate, Aggregates, Detect, DetectState, JoinState, LearnOnline, Watermark, route,
 };
 use ctrflow_dataflows::{
-    Alert, Detector, Entities, EventTime, Example, Features, Interaction, InteractionKind,
-    Observation, Score,
+    Alert, Detector, Entities, EventFeatures, EventTime, Example, Features, Interaction,
+    InteractionKind, Observation, Score,
 };
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
@@ -583,6 +583,7 @@ fn interaction(
 ) -> Interaction {
     match event {
         Event::Impression(imp) => {
+            features.clear();
             featurizer.featurize(&imp, features);
             let reference = match imp.ctx_get("_p_true") {
                 Some(CtxValue::Num(p)) if (0.0..=1.0).contains(p) => Some(*p as f32),
@@ -605,7 +606,7 @@ fn interaction(
                     user: imp.user.as_ref().into(),
                     item: imp.item.as_ref().into(),
                     category: category.into(),
-                    features: std::mem::take(features),
+                    features: EventFeatures::from_slice(features),
                     reference,
                     entities,
                 },

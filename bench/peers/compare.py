@@ -155,7 +155,7 @@ def run_vw(a, paths, out_dir):
     return row
 
 
-def run_ctrflow(a, events, out_dir, workers):
+def run_ctrflow(a, events, out_dir, workers, drift=True):
     binary = a.ctrflow
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         return None, f"no ctrflow binary at {binary} (build it: cargo build --release)"
@@ -163,16 +163,21 @@ def run_ctrflow(a, events, out_dir, workers):
     if probe.returncode != 0 or b"--input" not in probe.stdout:
         return None, f"{binary} has no `replay` subcommand yet"
     # The same features as VW's examples: entity features (ctrflow's incremental per-user,
-    # per-item counters, which VW's text examples do not carry) off.
-    config = os.path.join(out_dir, "ctrflow-same-features.toml")
+    # per-item counters, which VW's text examples do not carry) off. Without `drift`, the
+    # drift detectors (work VW does not do) off too: the core pipeline alone.
+    config = os.path.join(out_dir, "ctrflow-same-features.toml" if drift else "ctrflow-no-drift.toml")
     with open(config, "w") as f:
         f.write("[features.entity]\nenabled = false\n")
+        if not drift:
+            f.write("[drift]\nenabled = false\n")
     cmd = [binary, "replay", "--input", events, "--json", "--workers", str(workers), "--config", config]
     print("running ctrflow:", " ".join(cmd), file=sys.stderr)
-    stdout = os.path.join(out_dir, f"ctrflow-{workers}w.json")
-    code, wall, rss = run_measured(cmd, stdout, os.path.join(out_dir, f"ctrflow-{workers}w.log"))
+    tag = f"ctrflow-{workers}w" + ("" if drift else "-no-drift")
+    stdout = os.path.join(out_dir, f"{tag}.json")
+    log = os.path.join(out_dir, f"{tag}.log")
+    code, wall, rss = run_measured(cmd, stdout, log)
     if code != 0:
-        return None, f"ctrflow replay failed with exit code {code}; see {out_dir}/ctrflow.log"
+        return None, f"ctrflow replay failed with exit code {code}; see {log}"
     with open(stdout) as f:
         text = f.read()
     try:
@@ -249,6 +254,9 @@ def main():
     ap.add_argument("--bits", type=int, default=22)
     ap.add_argument("--skip-ctrflow", action="store_true")
     ap.add_argument("--workers", default="1,2", help="ctrflow worker counts to run, comma-separated")
+    ap.add_argument("--no-drift-workers", default="1,2",
+                    help="worker counts also run with the drift detectors off (VW has none), "
+                         "comma-separated; empty for none")
     ap.add_argument("--rounds", type=int, default=3,
                     help="times each program is timed, in turn; the table shows the median")
     a = ap.parse_args()
@@ -263,13 +271,14 @@ def main():
     vw = run_vw(a, paths, a.out_dir)
     walls = {"VW": [vw["wall_secs"]]}
     runs, why = [], "skipped (--skip-ctrflow)"
-    worker_counts = [] if a.skip_ctrflow else [int(w) for w in a.workers.split(",") if w]
+    variants = [] if a.skip_ctrflow else (
+        [(f"ctrflow {w}w", int(w), True) for w in a.workers.split(",") if w]
+        + [(f"{w}w, no drift", int(w), False) for w in a.no_drift_workers.split(",") if w])
     for round_ in range(a.rounds):
         if round_ > 0:
             walls["VW"].append(time_vw(a, paths, a.out_dir)[0])
-        for workers in worker_counts:
-            name = f"ctrflow {workers}w"
-            cf, why = run_ctrflow(a, a.events, a.out_dir, workers)
+        for name, workers, drift in variants:
+            cf, why = run_ctrflow(a, a.events, a.out_dir, workers, drift)
             if cf is None:
                 continue
             walls.setdefault(name, []).append(cf["wall_secs"])
@@ -311,8 +320,9 @@ def main():
     if cf is None:
         print(f"ctrflow: {why}")
     else:
-        print("ctrflow: `replay --input FILE --json`, its default model settings; "
-              "wall time includes reading and decoding the JSONL.")
+        print("ctrflow: `replay --input FILE --json`, its default model settings and drift "
+              "detectors (\"no drift\": `[drift] enabled = false`); wall time includes reading "
+              "and decoding the JSONL.")
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
         json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why}, f, indent=2)
 

@@ -17,5 +17,6 @@ pub use detector::{
 pub use enrich::{Enrich, Entities, NoEnrich, Signal};
 pub use learner::Learner;
 pub use record::{
-    EventTime, Example, Feature, Features, Interaction, InteractionKind, LabelSource, Score,
+    EventFeatures, EventTime, Example, Feature, Features, Interaction, InteractionKind,
+    LabelSource, Score,
 };

@@ -15,9 +15,20 @@ pub struct Feature {
     pub value: f32,
 }
 
-/// The hashed features of one impression. Inline up to 24 (a typical event has about 12,
-/// plus about 10 entity features), so the hot path does not allocate.
+/// The hashed features of one impression as it is scored and learned from. Inline up to 24
+/// (a typical event has about 12, plus about 10 entity features), so the hot path does not
+/// allocate.
 pub type Features = SmallVec<[Feature; 24]>;
+
+/// An impression's hashed features as they travel in an [`Interaction`]: the event's own
+/// (about 12), so inline up to 16. The entity features are appended when it is scored, into
+/// [`Features`]. Each record moves several times between decoding and the label join (and
+/// crosses to another worker's core with several workers): 64 bytes less of each (280
+/// instead of 344) made a replay ~2.5% faster.
+pub type EventFeatures = SmallVec<[Feature; EVENT_FEATURES_INLINE]>;
+
+/// Features an [`EventFeatures`] holds without a heap buffer.
+pub const EVENT_FEATURES_INLINE: usize = 16;
 
 /// Event time: epoch milliseconds, from the event's `ts`.
 pub type EventTime = i64;
@@ -52,8 +63,9 @@ pub enum InteractionKind {
         /// aggregates ([`crate::operators::Aggregate`]).
         category: CompactString,
         /// Hashed features, computed once: serving and training use exactly these (the
-        /// entity features are appended when it is scored).
-        features: Features,
+        /// entity features are appended when it is scored; with `score_on = "arrival"`,
+        /// to these).
+        features: EventFeatures,
         /// Keys of its entity features.
         entities: Entities,
         /// The true click probability, when the source knows it (the generator's

@@ -210,12 +210,12 @@ impl Params {
     /// The lazy FTRL weight of a coordinate holding `(z, n)`.
     #[inline(always)]
     fn weight(&self, z: f32, n: f32) -> f32 {
-        if z.abs() <= self.l1_f {
-            0.0
-        } else {
-            (self.l1_f.copysign(z) - z)
-                / (self.beta_over_alpha + n.sqrt() * self.inv_alpha + self.l2_f)
-        }
+        let w = (self.l1_f.copysign(z) - z)
+            / (self.beta_over_alpha + n.sqrt() * self.inv_alpha + self.l2_f);
+        // A select, not a branch: whether a coordinate is inside the L1 ball (its weight
+        // 0) is data-dependent, and a mispredicted branch per coordinate cost more than
+        // the root and the division (1 worker's replay: −2%).
+        std::hint::select_unpredictable(z.abs() > self.l1_f, w, 0.0)
     }
 }
 

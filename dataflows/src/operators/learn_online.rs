@@ -53,7 +53,10 @@ use super::pending::{
 pub use super::pending::{SpillStats, SpillStore, SpillTo};
 use crate::enrich::{Enrich, Entities, Signal};
 use crate::learner::Learner;
-use crate::record::{EventTime, Example, Interaction, InteractionKind, LabelSource, Score};
+use crate::record::{
+    EVENT_FEATURES_INLINE, EventFeatures, EventTime, Example, Feature, Features, Interaction,
+    InteractionKind, LabelSource, Score,
+};
 
 /// The timely timestamp: a watermark in epoch milliseconds.
 pub type Watermark = u64;
@@ -375,6 +378,8 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
             entities: Vec::new(),
             order: Vec::new(),
             hashes: Vec::new(),
+            scored: Features::new(),
+            spare_features: Vec::new(),
         };
         let mut builder = OperatorBuilder::new("LearnOnline".to_owned(), self.scope());
         let mut routed = builder.new_input(self, super::route::routed());
@@ -615,6 +620,28 @@ struct LabelJoin<L, E> {
     order: Vec<OrderKey>,
     /// Scratch: the [`id_hash`] of each record of `order`.
     hashes: Vec<u64>,
+    /// Scratch: an impression's features with its entity features, scored on arrival.
+    scored: Features,
+    /// Heap buffers of records' features that outgrew [`EventFeatures`] (scored on arrival
+    /// with entity features), kept for the next ones: see [`travelling`].
+    spare_features: Vec<Vec<Feature>>,
+}
+
+/// Most heap buffers of features [`LabelJoin`] keeps for reuse.
+const SPARE_FEATURES: usize = 4096;
+
+/// `features` as a record carries them: past [`EventFeatures`]' inline 16 on the heap, in
+/// a buffer from `spare` (given back when the record is processed) rather than a new
+/// allocation per impression.
+fn travelling(features: &[Feature], spare: &mut Vec<Vec<Feature>>) -> EventFeatures {
+    if features.len() <= EVENT_FEATURES_INLINE {
+        return EventFeatures::from_slice(features);
+    }
+    let mut buffer = spare.pop().unwrap_or_default();
+    buffer.clear();
+    buffer.extend_from_slice(features);
+    // A capacity past 16 stays on the heap: no copy.
+    EventFeatures::from_vec(buffer)
 }
 
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
@@ -641,6 +668,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                 ..
             } = state;
             let (learner, enrich) = (&self.learner, &mut self.enrich);
+            let (scored, spare) = (&mut self.scored, &mut self.spare_features);
             let version = learner.version();
             data.retain_mut(|Interaction { ts, id, kind, .. }| {
                 let InteractionKind::Impression {
@@ -659,8 +687,14 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     return false;
                 }
                 // Point in time: the aggregates of everything processed so far.
-                enrich.enrich(entities, *ts, features);
-                let score = schedule.serve(learner.predict(features));
+                scored.clear();
+                scored.extend_from_slice(features);
+                enrich.enrich(entities, *ts, scored);
+                let score = schedule.serve(learner.predict(scored));
+                // Learned from with these features.
+                if scored.len() > features.len() {
+                    *features = travelling(scored, spare);
+                }
                 out.push(Score {
                     id: id.clone(),
                     user: user.clone(),
@@ -713,6 +747,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         for &hash in hashes.iter().take(PREFETCH_AHEAD) {
             windows.index.prefetch(hash);
         }
+        let spare = &mut self.spare_features;
         let mut step = Step {
             learner: &mut self.learner,
             enrich: &mut self.enrich,
@@ -756,7 +791,14 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                         step.stats.duplicate_impressions += 1;
                         continue;
                     }
-                    let mut features = std::mem::take(features);
+                    let mut features = {
+                        let travelled = std::mem::take(features);
+                        let features = Features::from_slice(&travelled);
+                        if travelled.spilled() && spare.len() < SPARE_FEATURES {
+                            spare.push(travelled.into_vec());
+                        }
+                        features
+                    };
                     let (item, category, entities) =
                         (std::mem::take(item), std::mem::take(category), *entities);
                     let score = match served {
@@ -2100,6 +2142,8 @@ mod tests {
             entities: Vec::new(),
             order: Vec::new(),
             hashes: Vec::new(),
+            scored: Features::new(),
+            spare_features: Vec::new(),
         }
     }
 
@@ -2423,6 +2467,65 @@ mod tests {
         assert!(j.state.borrow().arrived.contains_key("c"));
     }
 
+    /// Appends 20 features (indices 100..120): with an event's own, more than a record's
+    /// [`EventFeatures`] hold inline.
+    struct Wide;
+
+    impl Enrich for Wide {
+        fn enrich(&mut self, _: &Entities, _: EventTime, features: &mut Features) {
+            features.extend((100..120).map(|index| Feature { index, value: 1.0 }));
+        }
+        fn record(&mut self, _: &Entities, _: EventTime, _: Signal) {}
+    }
+
+    #[test]
+    fn on_arrival_features_past_the_inline_ones_are_learned_as_scored_in_reused_buffers() {
+        let config = LabelConfig {
+            score_on: ScoreOn::Arrival,
+            ..join_config(DelayCorrection::None)
+        };
+        let mut j = LabelJoin {
+            learner: Recorder::default(),
+            enrich: Wide,
+            state: Rc::new(RefCell::new(JoinState::new(&config))),
+            example_features: false,
+            entities: Vec::new(),
+            order: Vec::new(),
+            hashes: Vec::new(),
+            scored: Features::new(),
+            spare_features: Vec::new(),
+        };
+        let enriched = |own: u32| [own].into_iter().chain(100..120).collect::<Vec<_>>();
+        for (ts, id, own) in [(10, "a", 1), (20, "b", 2), (30, "c", 3)] {
+            let mut out = Emitted::default();
+            let mut records = vec![
+                impression(ts, id, own),
+                feedback(ts + 1, id, InteractionKind::Click),
+            ];
+            j.receive(&mut records, &mut out.scores);
+            assert_eq!(out.scores.len(), 1, "{id} scored on arrival");
+            // The record carries the features it was scored with, on the heap: from a
+            // buffer given back by the impression before it, after the first.
+            let state = j.state.borrow();
+            let record = &state.buffer.batches.last().expect("the batch is kept")[0];
+            let InteractionKind::Impression { features, .. } = &record.kind else {
+                unreachable!()
+            };
+            assert!(features.spilled());
+            let indices: Vec<u32> = features.iter().map(|f| f.index).collect();
+            assert_eq!(indices, enriched(own));
+            drop(state);
+            assert!(
+                j.spare_features.is_empty(),
+                "{id}: the spare buffer was taken"
+            );
+            j.advance(ts as Watermark + 2, &mut out);
+            assert_eq!(j.learner.updates.last(), Some(&(enriched(own), true)));
+            assert_eq!(j.spare_features.len(), 1, "{id}: its buffer is given back");
+        }
+        assert_eq!(j.learner.updates.len(), 3);
+    }
+
     #[test]
     fn on_arrival_duplicates_are_scored_once() {
         let mut j = arrival_join();
@@ -2656,6 +2759,8 @@ mod tests {
             entities: Vec::new(),
             order: Vec::new(),
             hashes: Vec::new(),
+            scored: Features::new(),
+            spare_features: Vec::new(),
         };
         // a (user 1) is clicked at 20, in the same batch; b (user 1) comes after the click,
         // c (user 2) after it too but for another user.
