@@ -1683,7 +1683,11 @@ impl Windows {
         if let Some((_, far)) = self.ring.get(at + 2 * PREFETCH_AHEAD) {
             self.bodies.prefetch(far.body);
         }
+        // Only for an update: at the close cursor an impression whose provisional negative
+        // stands is not learned again, and a prefetch that is not needed takes the place
+        // of one that is (with the memory busy, the prefetches themselves wait).
         if let Some((_, ahead)) = self.ring.get(at + PREFETCH_AHEAD)
+            && !ahead.provisional
             && let Some(body) = self.bodies.get(ahead.body)
         {
             step.learner.prefetch(&body.features);
