@@ -497,7 +497,7 @@ impl JoinState {
 ///
 /// # Why batches, and keys
 ///
-/// A record is ~350 bytes (its hashed features are inline). A batch is taken from timely
+/// A record is 280 bytes (its hashed features are inline). A batch is taken from timely
 /// whole, without copying its records, and the records are processed in `(ts, pos)` order
 /// through a sorted array of 24-byte keys, not by sorting the records themselves: with
 /// several workers the batches of different senders interleave in event time, and sorting
