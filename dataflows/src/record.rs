@@ -21,10 +21,12 @@ pub struct Feature {
 pub type Features = SmallVec<[Feature; 24]>;
 
 /// An impression's hashed features as they travel in an [`Interaction`]: the event's own
-/// (about 12), so inline up to 16. The entity features are appended when it is scored, into
-/// [`Features`]. Each record moves several times between decoding and the label join (and
-/// crosses to another worker's core with several workers): 64 bytes less of each (280
-/// instead of 344) made a 1-worker replay 1.5–2% faster.
+/// (the contract's events have about 12), so inline up to 16; an event with more (a `ctx`
+/// of more than about ten fields) carries them in a heap buffer. The entity features are
+/// appended when it is scored, into [`Features`]. Each record moves several times between
+/// decoding and the label join (and crosses to another worker's core with several
+/// workers): 64 bytes less of each (280 instead of 344) made a 1-worker replay 1.5–2%
+/// faster.
 pub type EventFeatures = SmallVec<[Feature; EVENT_FEATURES_INLINE]>;
 
 /// Features an [`EventFeatures`] holds without a heap buffer.

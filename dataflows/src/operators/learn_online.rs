@@ -747,7 +747,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
         for &hash in hashes.iter().take(PREFETCH_AHEAD) {
             windows.index.prefetch(hash);
         }
-        let spare = &mut self.spare_features;
+        let (spare, score_on) = (&mut self.spare_features, state.score_on);
         let mut step = Step {
             learner: &mut self.learner,
             enrich: &mut self.enrich,
@@ -794,7 +794,11 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                     let mut features = {
                         let travelled = std::mem::take(features);
                         let features = Features::from_slice(&travelled);
-                        if travelled.spilled() && spare.len() < SPARE_FEATURES {
+                        // Only arrival scoring takes buffers from the pool.
+                        if travelled.spilled()
+                            && score_on == ScoreOn::Arrival
+                            && spare.len() < SPARE_FEATURES
+                        {
                             spare.push(travelled.into_vec());
                         }
                         features

@@ -6,11 +6,12 @@
 //! `Exchange` moves every record out of the container it is given and into a container per
 //! worker, whether or not they all go to the same one: for the label join's 280-byte
 //! records (their hashed features inline; 344 bytes when this was measured), two copies of
-//! each record that crosses, 3.4% of a 2-worker replay's CPU. The sender already knows where its records go (it keeps the
-//! ones it owns, [`LearnOnline::learn_online_routed`](super::LearnOnline)), so it can send
-//! containers bound for one worker each; [`Routed`] checks that they are (one hash per
-//! record, no copy) and passes such a container on as it is. A mixed container is split as
-//! `Exchange` splits it, so the pact is correct for any sender.
+//! each record that crosses, 3.4% of a 2-worker replay's CPU. The sender already knows
+//! where its records go (it keeps the ones it owns,
+//! [`LearnOnline::learn_online_routed`](super::LearnOnline)), so it can send containers
+//! bound for one worker each; [`Routed`] checks that they are (one hash per record, no copy)
+//! and passes such a container on as it is. A mixed container is split as `Exchange` splits
+//! it, so the pact is correct for any sender.
 
 use timely::communication::Push;
 use timely::container::{CapacityContainerBuilder, ContainerBuilder, PushInto};
