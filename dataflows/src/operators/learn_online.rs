@@ -370,17 +370,7 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
         Stream<'scope, Watermark, Vec<Score>>,
         Stream<'scope, Watermark, Vec<Example>>,
     ) {
-        let mut join = LabelJoin {
-            learner,
-            enrich,
-            state,
-            example_features,
-            entities: Vec::new(),
-            order: Vec::new(),
-            hashes: Vec::new(),
-            scored: Features::new(),
-            spare_features: Vec::new(),
-        };
+        let mut join = LabelJoin::new(learner, enrich, state, example_features);
         let mut builder = OperatorBuilder::new("LearnOnline".to_owned(), self.scope());
         let mut routed = builder.new_input(self, super::route::routed());
         let mut local = builder.new_input(local, Pipeline);
@@ -645,6 +635,21 @@ fn travelling(features: &[Feature], spare: &mut Vec<Vec<Feature>>) -> EventFeatu
 }
 
 impl<L: Learner, E: Enrich> LabelJoin<L, E> {
+    /// A join over `state`, with empty scratch.
+    fn new(learner: L, enrich: E, state: Rc<RefCell<JoinState>>, example_features: bool) -> Self {
+        Self {
+            learner,
+            enrich,
+            state,
+            example_features,
+            entities: Vec::new(),
+            order: Vec::new(),
+            hashes: Vec::new(),
+            scored: Features::new(),
+            spare_features: Vec::new(),
+        }
+    }
+
     /// Takes a batch from the input; with `score_on = "arrival"`, scores its impressions
     /// first (into `out`), dropping those already open or scored as duplicates.
     fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Vec<Score>) {
@@ -2142,17 +2147,12 @@ mod tests {
     const WINDOW: u64 = 1000;
 
     fn labelled(learner: Recorder, config: LabelConfig) -> LabelJoin<Recorder, NoEnrich> {
-        LabelJoin {
+        LabelJoin::new(
             learner,
-            enrich: NoEnrich,
-            state: Rc::new(RefCell::new(JoinState::new(&config))),
-            example_features: false,
-            entities: Vec::new(),
-            order: Vec::new(),
-            hashes: Vec::new(),
-            scored: Features::new(),
-            spare_features: Vec::new(),
-        }
+            NoEnrich,
+            Rc::new(RefCell::new(JoinState::new(&config))),
+            false,
+        )
     }
 
     /// The tests' label settings: the window [`WINDOW`], fast skips under 100 ms.
@@ -2492,17 +2492,8 @@ mod tests {
             score_on: ScoreOn::Arrival,
             ..join_config(DelayCorrection::None)
         };
-        let mut j = LabelJoin {
-            learner: Recorder::default(),
-            enrich: Wide,
-            state: Rc::new(RefCell::new(JoinState::new(&config))),
-            example_features: false,
-            entities: Vec::new(),
-            order: Vec::new(),
-            hashes: Vec::new(),
-            scored: Features::new(),
-            spare_features: Vec::new(),
-        };
+        let state = Rc::new(RefCell::new(JoinState::new(&config)));
+        let mut j = LabelJoin::new(Recorder::default(), Wide, state, false);
         let enriched = |own: u32| [own].into_iter().chain(100..120).collect::<Vec<_>>();
         for (ts, id, own) in [(10, "a", 1), (20, "b", 2), (30, "c", 3)] {
             let mut out = Emitted::default();
@@ -2759,17 +2750,8 @@ mod tests {
     #[test]
     fn an_impression_is_scored_and_trained_without_its_own_click() {
         let config = join_config(DelayCorrection::None);
-        let mut j = LabelJoin {
-            learner: Recorder::default(),
-            enrich: ClickCounter::default(),
-            state: Rc::new(RefCell::new(JoinState::new(&config))),
-            example_features: true,
-            entities: Vec::new(),
-            order: Vec::new(),
-            hashes: Vec::new(),
-            scored: Features::new(),
-            spare_features: Vec::new(),
-        };
+        let state = Rc::new(RefCell::new(JoinState::new(&config)));
+        let mut j = LabelJoin::new(Recorder::default(), ClickCounter::default(), state, true);
         // a (user 1) is clicked at 20, in the same batch; b (user 1) comes after the click,
         // c (user 2) after it too but for another user.
         j.state.borrow_mut().buffer.extend([
