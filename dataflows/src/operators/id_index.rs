@@ -24,6 +24,15 @@
 //! impressions in memory (chunk by chunk, then those brought back alone), at a quarter
 //! full at most: the rebuild costs one insert per impression in memory and comes after as
 //! many inserts again, so inserts stay a constant cost each.
+//!
+//! # Rebuilt in place
+//!
+//! Once the number of impressions in memory is steady, each rebuild wants the table at the
+//! size it already has, so it clears and refills the same table (from a vector of the live
+//! impressions kept for the next time) instead of allocating new ones. A fresh table of a
+//! few MiB came from the kernel each time: every page faulted on its first read and again
+//! on its first write, and with two workers each of those writes interrupted the other
+//! core to flush its TLB (over a quarter of a 2-worker replay's page faults).
 
 /// Low bits of a slot: the sequence number, modulo 2^48 (see [`IdIndex::find`]).
 const SEQ_BITS: u32 = 48;
@@ -51,19 +60,17 @@ pub(super) struct IdIndex {
     slots: Box<[u64]>,
     /// Occupied slots, stale ones included.
     len: usize,
+    /// Where a rebuild collects the live entries; kept, empty, for the next one.
+    entries: Vec<(u64, u64)>,
+    /// Tables allocated by rebuilds.
+    #[cfg(test)]
+    allocated: usize,
 }
 
 impl Default for IdIndex {
     fn default() -> Self {
         Self::with_slots(MIN_SLOTS)
     }
-}
-
-/// What `live` yields, out of the hot path of [`IdIndex::insert`].
-#[cold]
-#[inline(never)]
-fn collect<I: IntoIterator<Item = (u64, u64)>>(live: impl FnOnce() -> I) -> Vec<(u64, u64)> {
-    live().into_iter().collect()
 }
 
 /// The sequence number in occupied `slot`, read back as the one in `first..first + 2^48`
@@ -84,6 +91,9 @@ impl IdIndex {
         Self {
             slots: vec![0; slots.max(MIN_SLOTS)].into_boxed_slice(),
             len: 0,
+            entries: Vec::new(),
+            #[cfg(test)]
+            allocated: 0,
         }
     }
 
@@ -169,24 +179,40 @@ impl IdIndex {
         live: impl FnOnce() -> I,
     ) {
         if self.len + 1 > self.capacity() {
-            self.rebuild(collect(live));
+            self.rebuild(live);
         }
         self.put(hash, seq);
     }
 
-    /// Replaces the table by one holding just `entries`, a quarter full.
+    /// Refills the table with the entries `live` yields alone, a quarter full at most: the
+    /// same table when it is up to twice that size (see the module docs), else a new one.
     #[cold]
     #[inline(never)]
-    fn rebuild(&mut self, entries: Vec<(u64, u64)>) {
-        let mut rebuilt = Self::with_slots((entries.len() + 1) * SLOTS_PER_ENTRY);
+    fn rebuild<I: IntoIterator<Item = (u64, u64)>>(&mut self, live: impl FnOnce() -> I) {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.extend(live());
+        let wanted = ((entries.len() + 1) * SLOTS_PER_ENTRY).max(MIN_SLOTS);
+        if (wanted..=2 * wanted).contains(&self.slots.len()) {
+            self.slots.fill(0);
+        } else {
+            // An eighth more, so that the next rebuilds fit in this table while the count
+            // in memory wavers around its level.
+            self.slots = vec![0; wanted + wanted / 8].into_boxed_slice();
+            #[cfg(test)]
+            {
+                self.allocated += 1;
+            }
+        }
+        self.len = 0;
         for (k, &(hash, seq)) in entries.iter().enumerate() {
             // The slots are scattered, so is every write: start them a few ahead.
             if let Some(&(ahead, _)) = entries.get(k + REBUILD_AHEAD) {
-                rebuilt.prefetch(ahead);
+                self.prefetch(ahead);
             }
-            rebuilt.put(hash, seq);
+            self.put(hash, seq);
         }
-        *self = rebuilt;
+        entries.clear();
+        self.entries = entries;
     }
 
     #[inline]
@@ -231,13 +257,21 @@ mod tests {
                 n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             }
         };
+        let mut allocated_at_1000 = 0;
         for seq in 0..10_000u64 {
             // The ring keeps the last 300 impressions.
             first = seq.saturating_sub(300);
             let f = first;
             index.insert(hash(seq), seq, || (f..seq).map(|s| (hash(s), s)));
             assert!(index.len() <= index.capacity());
+            if seq == 1000 {
+                allocated_at_1000 = index.allocated;
+            }
         }
+        // With as many impressions in memory at each rebuild, every rebuild after the
+        // first few refills the same table (about thirty rebuilds here).
+        assert!(allocated_at_1000 > 0);
+        assert_eq!(index.allocated, allocated_at_1000, "rebuilt in place");
         let end = 10_000;
         for seq in 0..end {
             let found = index.find(hash(seq), first, |s| s == seq && s >= first);
