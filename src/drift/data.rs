@@ -610,26 +610,44 @@ pub struct CtxSketch {
 /// Integers `0..SMALL_INTEGERS` get their fine bucket from a table.
 const SMALL_INTEGERS: usize = 128;
 
-/// A name's length and first 8 bytes, which tell short names (most `ctx` field names)
-/// apart without a call to `memcmp` per field per impression.
-fn short_key(name: &str) -> (usize, u64) {
-    let mut prefix = 0u64;
-    for (i, &b) in name.as_bytes().iter().take(8).enumerate() {
-        prefix |= u64::from(b) << (8 * i);
+/// A string of at most 15 bytes (most `ctx` field names and categorical values: devices,
+/// countries, categories) as one integer: its bytes, then its length in the top byte. Two
+/// such strings are equal exactly when their integers are, so they are compared and
+/// hashed as integers, without a call to `memcmp` or hashing byte by byte; longer strings
+/// are `None` and go the slow way.
+#[inline]
+fn packed(s: &str) -> Option<u128> {
+    let bytes = s.as_bytes();
+    if bytes.len() > 15 {
+        return None;
     }
-    (name.len(), prefix)
+    let mut buf = [0u8; 16];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[15] = bytes.len() as u8;
+    Some(u128::from_le_bytes(buf))
+}
+
+/// The string [`packed`] into `key`.
+fn unpacked(key: u128) -> CompactString {
+    let buf = key.to_le_bytes();
+    let bytes = &buf[..usize::from(buf[15])];
+    // Packed from a `&str`, whole: valid UTF-8.
+    CompactString::from_utf8(bytes).expect("packed from a str")
 }
 
 /// One field's counts in the current batch.
 #[derive(Debug)]
 struct FieldCounts {
-    /// [`short_key`] of `name`.
-    key: (usize, u64),
+    /// `name` [`packed`], if it is short.
+    key: Option<u128>,
     name: CompactString,
     wanted: bool,
     /// Met in the current batch (fields not met in a batch are forgotten at its end, so
     /// that a stream of ever new field names does not grow the list).
     used: bool,
+    /// Counts of the values of at most 15 bytes, by their [`packed`] form.
+    short: FxHashMap<u128, u32>,
+    /// Counts of the longer values.
     categorical: FxHashMap<CompactString, u32>,
     /// Values beyond the cap on distinct values.
     overflow: u32,
@@ -637,9 +655,9 @@ struct FieldCounts {
 }
 
 impl FieldCounts {
-    /// Whether this is field `name`, whose [`short_key`] is `key`.
-    fn is(&self, key: (usize, u64), name: &str) -> bool {
-        self.key == key && (key.0 <= 8 || self.name == name)
+    /// Whether this is field `name`, whose [`packed`] form is `key`.
+    fn is(&self, key: Option<u128>, name: &str) -> bool {
+        self.key == key && (key.is_some() || self.name == name)
     }
 }
 
@@ -676,7 +694,7 @@ impl CtxSketch {
 
     /// The index in `seen` of `field`, the `position`-th field of its event; added when new.
     fn field(&mut self, position: usize, field: &str) -> usize {
-        let key = short_key(field);
+        let key = packed(field);
         let found = match self.seen.get(position) {
             Some(f) if f.is(key, field) => Some(position),
             _ => self.seen.iter().position(|f| f.is(key, field)),
@@ -687,6 +705,7 @@ impl CtxSketch {
                 name: field.into(),
                 wanted: self.wanted(field),
                 used: false,
+                short: FxHashMap::default(),
                 categorical: FxHashMap::default(),
                 overflow: 0,
                 numeric: FxHashMap::default(),
@@ -714,10 +733,18 @@ impl CtxSketch {
             }
             match value {
                 CtxValue::Str(s) => {
-                    if let Some(n) = counts.categorical.get_mut(s.as_ref()) {
+                    let s: &str = s.as_ref();
+                    let n = match packed(s) {
+                        Some(key) => counts.short.get_mut(&key),
+                        None => counts.categorical.get_mut(s),
+                    };
+                    if let Some(n) = n {
                         *n += 1;
                     } else if self.distinct < self.max_values {
-                        counts.categorical.insert(s.as_ref().into(), 1);
+                        match packed(s) {
+                            Some(key) => counts.short.insert(key, 1),
+                            None => counts.categorical.insert(s.into(), 1),
+                        };
                         self.distinct += 1;
                     } else {
                         counts.overflow += 1;
@@ -750,9 +777,13 @@ impl CtxSketch {
         for f in &mut self.seen {
             let name = &f.name;
             categorical.extend(
-                f.categorical
-                    .drain()
-                    .map(|(v, n)| (name.clone(), Some(v), n)),
+                (f.short.drain())
+                    .map(|(v, n)| (name.clone(), Some(unpacked(v)), n))
+                    .chain(
+                        f.categorical
+                            .drain()
+                            .map(|(v, n)| (name.clone(), Some(v), n)),
+                    ),
             );
             if f.overflow > 0 {
                 categorical.push((name.clone(), None, std::mem::take(&mut f.overflow)));
@@ -974,5 +1005,54 @@ mod tests {
         );
         assert_eq!(s.numeric, vec![("position".into(), numeric_bucket(3.0), 2)]);
         assert!(sketch.take().is_none());
+    }
+
+    #[test]
+    fn values_and_names_short_and_long_are_counted_apart_and_capped_together() {
+        // 15 bytes and under are packed into integers, longer ones are not: values equal in
+        // their first 15 bytes, an empty value, a NUL, multi-byte UTF-8, and field names
+        // differing past byte 15 stay apart, and the cap counts both kinds.
+        let lines: [&[u8]; 3] = [
+            br#"{"type":"impression","id":"a","ts":5,"user":"u","item":"i","ctx":{"a_long_field_name_1":"fifteen_bytes_x","a_long_field_name_2":"sixteen_bytes_xx","v":""}}"#,
+            br#"{"type":"impression","id":"b","ts":6,"user":"u","item":"i","ctx":{"a_long_field_name_1":"sixteen_bytes_xy","a_long_field_name_2":"sixteen_bytes_xx","v":"\u0000"}}"#,
+            br#"{"type":"impression","id":"c","ts":7,"user":"u","item":"i","ctx":{"a_long_field_name_1":"fifteen_bytes_x","a_long_field_name_2":"caf\u00e9","v":""}}"#,
+        ];
+        let summary = |cap| {
+            let mut sketch = CtxSketch::new(&[], &[], 3, 60_000, cap);
+            let mut summary = None;
+            for line in lines {
+                let crate::event::Event::Impression(imp) =
+                    crate::event::decode(line, 1 << 20).unwrap()
+                else {
+                    panic!()
+                };
+                summary = sketch.observe(&imp);
+            }
+            summary.expect("a batch of 3").categorical
+        };
+        let name = |n: u8| CompactString::from(format!("a_long_field_name_{n}"));
+        assert_eq!(
+            summary(100),
+            vec![
+                (name(1), Some("fifteen_bytes_x".into()), 2),
+                (name(1), Some("sixteen_bytes_xy".into()), 1),
+                (name(2), Some("caf\u{e9}".into()), 1),
+                (name(2), Some("sixteen_bytes_xx".into()), 2),
+                ("v".into(), Some("".into()), 2),
+                ("v".into(), Some("\0".into()), 1),
+            ]
+        );
+        // Three distinct values fit: the first three met (two short, one long).
+        assert_eq!(
+            summary(3),
+            vec![
+                (name(1), None, 1),
+                (name(1), Some("fifteen_bytes_x".into()), 2),
+                (name(2), None, 1),
+                (name(2), Some("sixteen_bytes_xx".into()), 2),
+                ("v".into(), None, 1),
+                ("v".into(), Some("".into()), 2),
+            ]
+        );
     }
 }
