@@ -208,23 +208,24 @@ struct RawEvent<'a> {
     dwell_ms: Option<u32>,
 }
 
+/// A required field is absent. Built only when it is (`ok_or_else`): an error made eagerly
+/// with `ok_or` was dropped again on every event, a call each time (its drop glue handles
+/// the variants that own strings), 0.7% of a replay's instructions.
+fn missing(field: &'static str) -> DecodeError {
+    DecodeError::MissingField { field }
+}
+
 impl<'a> RawEvent<'a> {
     #[inline(always)]
     fn finish(self) -> Result<Event<'a>, DecodeError> {
-        let kind = self
-            .kind
-            .ok_or(DecodeError::MissingField { field: "type" })?;
-        let id = self.id.ok_or(DecodeError::MissingField { field: "id" })?;
-        let ts = self.ts.ok_or(DecodeError::MissingField { field: "ts" })?;
+        let kind = self.kind.ok_or_else(|| missing("type"))?;
+        let id = self.id.ok_or_else(|| missing("id"))?;
+        let ts = self.ts.ok_or_else(|| missing("ts"))?;
         let feedback = |id, kind| Ok(Event::Feedback(Feedback { id, ts, kind }));
         match kind.as_ref() {
             "impression" => Ok(Event::Impression(Impression {
-                user: self
-                    .user
-                    .ok_or(DecodeError::MissingField { field: "user" })?,
-                item: self
-                    .item
-                    .ok_or(DecodeError::MissingField { field: "item" })?,
+                user: self.user.ok_or_else(|| missing("user"))?,
+                item: self.item.ok_or_else(|| missing("item"))?,
                 id,
                 ts,
                 ctx: self.ctx,
@@ -232,9 +233,7 @@ impl<'a> RawEvent<'a> {
             "click" => feedback(id, FeedbackKind::Click),
             "like" => feedback(id, FeedbackKind::Like),
             "skip" => {
-                let dwell_ms = self
-                    .dwell_ms
-                    .ok_or(DecodeError::MissingField { field: "dwell_ms" })?;
+                let dwell_ms = self.dwell_ms.ok_or_else(|| missing("dwell_ms"))?;
                 feedback(id, FeedbackKind::Skip { dwell_ms })
             }
             other => Err(DecodeError::UnknownType {
