@@ -212,6 +212,11 @@ impl IdIndex {
             self.put(hash, seq);
         }
         entries.clear();
+        // Kept for the next rebuild, but not at the size of a spike long gone.
+        let live = wanted / SLOTS_PER_ENTRY;
+        if entries.capacity() > 2 * live {
+            entries.shrink_to(live);
+        }
         self.entries = entries;
     }
 
