@@ -22,10 +22,11 @@ use ctrflow_dataflows::{
 };
 use serde::Serialize;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Concat;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Inspect, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+use timely::dataflow::{InputHandle, ProbeHandle, Stream};
 use timely::worker::Worker;
 
 use crate::config::PipelineConfig;
@@ -288,24 +289,46 @@ fn build_inner(
         if let (Some(drift_input), Some(detect), Some(mut on_alert)) =
             (drift_input.as_mut(), detect.as_ref(), on_alert)
         {
-            let impressions = scored.map(|s| Observation::Impression {
-                ts: s.event_ts,
-                score: s.score,
-            });
+            // One vector of observations per batch, handed on whole: the `Detect`
+            // operator moves batches (runs), not observations.
+            let impressions: Stream<'_, Watermark, Vec<Observation>> =
+                scored.unary(Pipeline, "ImpressionObservations", |_cap, _info| {
+                    |input, output| {
+                        input.for_each(|cap, batch| {
+                            let mut run: Vec<Observation> = (batch.iter())
+                                .map(|s| Observation::Impression {
+                                    ts: s.event_ts,
+                                    score: s.score,
+                                })
+                                .collect();
+                            output.session(&cap).give_container(&mut run);
+                        });
+                    }
+                });
             // Labels carry their segment when it is the category the example has; else
             // the detector joins them with it by the id's hash.
             let carried = config.drift.segments.carried_by_labels();
-            let labels = examples.map(move |e| Observation::Label {
-                id: if carried { 0 } else { id_key(&e.id) },
-                label_ts: e.label_ts,
-                served: e.served,
-                label: e.label,
-                segment: if carried {
-                    e.category
-                } else {
-                    CompactString::default()
-                },
-            });
+            let labels: Stream<'_, Watermark, Vec<Observation>> =
+                examples.unary(Pipeline, "LabelObservations", move |_cap, _info| {
+                    move |input, output| {
+                        input.for_each(|cap, batch| {
+                            let mut run: Vec<Observation> = (batch.iter_mut())
+                                .map(|e| Observation::Label {
+                                    id: if carried { 0 } else { id_key(&e.id) },
+                                    label_ts: e.label_ts,
+                                    served: e.served,
+                                    label: e.label,
+                                    segment: if carried {
+                                        std::mem::take(&mut e.category)
+                                    } else {
+                                        CompactString::default()
+                                    },
+                                })
+                                .collect();
+                            output.session(&cap).give_container(&mut run);
+                        });
+                    }
+                });
             let sink = Rc::clone(&alerts);
             impressions
                 .concat(labels)
