@@ -147,7 +147,7 @@ struct HeldSlot {
 /// module docs). A coordinate takes the slot `index % HOLD_SLOTS` if free, and keeps it.
 #[derive(Debug)]
 struct Held {
-    slots: Box<[HeldSlot]>,
+    slots: Box<[HeldSlot; HOLD_SLOTS]>,
     /// Slots with a change since the last publish.
     changed: Vec<u32>,
     updates: u32,
@@ -162,7 +162,7 @@ impl Held {
             changed: false,
         };
         Self {
-            slots: vec![free; HOLD_SLOTS].into_boxed_slice(),
+            slots: Box::new([free; HOLD_SLOTS]),
             changed: Vec::with_capacity(HOLD_SLOTS),
             updates: 0,
         }
@@ -216,6 +216,16 @@ impl Params {
         // 0) is data-dependent, and a mispredicted branch per coordinate cost more than
         // the root and the division (1 worker's replay: −2%).
         std::hint::select_unpredictable(z.abs() > self.l1_f, w, 0.0)
+    }
+
+    /// A coordinate's `(z, n)` after gradient `g` at weight `w`; `None` if not finite
+    /// (the update is dropped).
+    #[inline(always)]
+    fn next(&self, z: f32, n: f32, w: f32, g: f32) -> Option<(f32, f32)> {
+        let n_new = n + g * g;
+        let sigma = (n_new.sqrt() - n.sqrt()) * self.inv_alpha;
+        let z_new = z + g - sigma * w;
+        (z_new.is_finite() && n_new.is_finite()).then_some((z_new, n_new))
     }
 }
 
@@ -618,20 +628,19 @@ impl FtrlHandle {
 
     /// Applies gradient `g` to coordinate `i`, whose weight was `w` when the prediction was
     /// made: to the shared table, or (with `HOLD`, for a frequent coordinate) to the change
-    /// held back.
+    /// held back. One look at the coordinate's slot of held changes, not one to read and
+    /// one to write.
     #[inline(always)]
     fn step<const HOLD: bool>(&mut self, i: usize, w: f32, g: f32) {
-        let (z, n) = self.read::<HOLD>(i);
-        let n_new = n + g * g;
-        let sigma = (n_new.sqrt() - n.sqrt()) * self.p.inv_alpha;
-        let z_new = z + g - sigma * w;
-        if !(z_new.is_finite() && n_new.is_finite()) {
-            return;
-        }
+        let shared = unpack(self.shared.coords[i].load(Relaxed));
         if HOLD && let Some(held) = self.held.as_deref_mut() {
             let at = i % HOLD_SLOTS;
             let s = &mut held.slots[at];
             if s.index as usize == i {
+                let (z, n) = (shared.0 + s.dz, shared.1 + s.dn);
+                let Some((z_new, n_new)) = self.p.next(z, n, w, g) else {
+                    return;
+                };
                 s.dz += z_new - z;
                 s.dn += n_new - n;
                 if !s.changed {
@@ -640,12 +649,19 @@ impl FtrlHandle {
                 }
                 return;
             }
+            let Some((z_new, n_new)) = self.p.next(shared.0, shared.1, w, g) else {
+                return;
+            };
             if s.index == FREE && n_new >= FREQUENT_N {
                 // Held back from the next update on. (`i` < 2^31: `bits` is at most 30.)
                 s.index = i as u32;
             }
+            self.shared.coords[i].store(pack(z_new, n_new), Relaxed);
+            return;
         }
-        self.shared.coords[i].store(pack(z_new, n_new), Relaxed);
+        if let Some((z_new, n_new)) = self.p.next(shared.0, shared.1, w, g) {
+            self.shared.coords[i].store(pack(z_new, n_new), Relaxed);
+        }
     }
 
     /// Scores `x`, then learns from it with label `positive`; returns the score from
