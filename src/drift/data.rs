@@ -114,18 +114,56 @@ struct Slice {
 
 impl Slice {
     fn merge(&mut self, other: &Slice) {
-        if self.impressions == 0 {
-            self.from = other.from;
-        }
-        self.from = self.from.min(other.from);
-        self.to = self.to.max(other.to);
-        self.impressions += other.impressions;
+        self.merge_span(other);
         for (key, bins) in &other.fields {
             let mine = self.fields.entry(key.clone()).or_default();
             for (bin, n) in bins {
                 *mine.entry(bin.clone()).or_default() += n;
             }
         }
+    }
+
+    /// The span and impressions of [`merge`](Slice::merge).
+    fn merge_span(&mut self, other: &Slice) {
+        if self.impressions == 0 {
+            self.from = other.from;
+        }
+        self.from = self.from.min(other.from);
+        self.to = self.to.max(other.to);
+        self.impressions += other.impressions;
+    }
+
+    /// Takes back `other`'s counts, which were merged in: a bin whose count falls to 0
+    /// goes, and a field with no bin left, so the result is what merging the other slices
+    /// alone gives (a slice's counts are all positive). The span is left as it was.
+    fn remove(&mut self, other: &Slice) {
+        self.impressions -= other.impressions;
+        for (key, bins) in &other.fields {
+            let Some(mine) = self.fields.get_mut(key) else {
+                continue;
+            };
+            for (bin, n) in bins {
+                if let Some(count) = mine.get_mut(bin) {
+                    *count -= n;
+                    if *count == 0 {
+                        mine.remove(bin);
+                    }
+                }
+            }
+            if mine.is_empty() {
+                self.fields.remove(key);
+            }
+        }
+    }
+
+    /// Sets the span to that of `slices` merged.
+    fn set_span<'a>(&mut self, slices: impl Iterator<Item = &'a Slice>) {
+        let mut span = Slice::default();
+        for s in slices {
+            span.merge_span(s);
+        }
+        (self.from, self.to) = (span.from, span.to);
+        debug_assert_eq!(self.impressions, span.impressions);
     }
 }
 
@@ -139,6 +177,12 @@ pub struct DistributionDrift {
     current: Current,
     slices: VecDeque<Slice>,
     reference: Option<Slice>,
+    /// With a lagging reference, the reference and recent windows' counts, kept as the
+    /// slices slide by (a merge and a removal each per closed slice, not a merge of every
+    /// slice of both windows: the score's histogram has a few hundred bins); rebuilt from
+    /// the slices after a restore.
+    #[serde(skip)]
+    windows: Option<(Slice, Slice)>,
     episodes: BTreeMap<FieldKey, Episode>,
     /// Evaluations done (one per field per closed slice).
     pub evaluations: u64,
@@ -221,6 +265,7 @@ impl DistributionDrift {
             current: Current::default(),
             slices: VecDeque::new(),
             reference: None,
+            windows: None,
             episodes: BTreeMap::new(),
             evaluations: 0,
         }
@@ -282,9 +327,10 @@ impl DistributionDrift {
         }
         self.current.fold();
         let slice = std::mem::take(&mut self.current.slice);
-        self.slices.push_back(slice);
+        let owned_recent;
         let (reference, recent) = match settings.reference {
             Reference::Warmup => {
+                self.slices.push_back(slice);
                 if self.reference.is_none() {
                     if self.slices.len() < settings.reference_slices {
                         return;
@@ -302,22 +348,45 @@ impl DistributionDrift {
                 if self.slices.len() < settings.recent_slices {
                     return;
                 }
-                let Some(reference) = self.reference.clone() else {
+                let Some(reference) = self.reference.as_ref() else {
                     return;
                 };
-                (reference, merged(self.slices.iter()))
+                owned_recent = merged(self.slices.iter());
+                (reference, &owned_recent)
             }
             Reference::Lagging => {
-                let keep = settings.reference_slices + settings.lag_slices + settings.recent_slices;
+                let (r, l) = (settings.reference_slices, settings.recent_slices);
+                let keep = r + settings.lag_slices + l;
+                match &mut self.windows {
+                    Some((reference, recent)) if self.slices.len() == keep => {
+                        // One step: the oldest slice leaves the reference and the one after
+                        // it (the lag's first, or the recent window's) joins it; the recent
+                        // window's oldest leaves it and the new slice joins.
+                        reference.merge(&self.slices[r]);
+                        reference.remove(&self.slices[0]);
+                        recent.merge(&slice);
+                        recent.remove(&self.slices[keep - l]);
+                    }
+                    _ => self.windows = None,
+                }
+                self.slices.push_back(slice);
                 while self.slices.len() > keep {
                     self.slices.pop_front();
                 }
                 if self.slices.len() < keep {
+                    self.windows = None;
                     return;
                 }
-                let reference = merged(self.slices.iter().take(settings.reference_slices));
-                let recent = merged(self.slices.iter().skip(keep - settings.recent_slices));
-                (reference, recent)
+                let slices = &self.slices;
+                let (reference, recent) = self.windows.get_or_insert_with(|| {
+                    (
+                        merged(slices.iter().take(r)),
+                        merged(slices.iter().skip(keep - l)),
+                    )
+                });
+                reference.set_span(slices.iter().take(r));
+                recent.set_span(slices.iter().skip(keep - l));
+                (&*reference, &*recent)
             }
         };
         let now = recent.to;
@@ -954,6 +1023,53 @@ mod tests {
         direct.stats(&mut sa);
         deferred.stats(&mut sb);
         assert_eq!(sa, sb);
+    }
+
+    #[test]
+    fn sliding_windows_are_the_merged_slices() {
+        // Fields and values come and go, slices overlap in time, a restore drops the
+        // windows: after every closed slice they equal the merge of their slices.
+        let mut settings = settings(Reference::Lagging);
+        settings.lag_slices = 2;
+        settings.slice_impressions = 10;
+        let (r, l) = (settings.reference_slices, settings.recent_slices);
+        let mut d = DistributionDrift::new("ctx.", settings);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut out = Vec::new();
+        let mut checked = 0;
+        for i in 0..300i64 {
+            for _ in 0..1 + next(4) {
+                let field = format!("f{}", next(3));
+                if next(2) == 0 {
+                    let bin = Bin::Value(format!("v{}", next(6 + i as u64 / 50)).into());
+                    d.add(&(field.into(), false), bin, 1 + next(3));
+                } else {
+                    d.add_num(&(field.into(), true), next(20) as i32 - 10);
+                }
+            }
+            let ts = i * 100 - next(300) as i64;
+            d.add_impressions(1 + next(5), ts, ts + next(50) as i64);
+            d.maybe_evaluate(&TIMING, &mut out);
+            if i == 150 {
+                let mut bytes = Vec::new();
+                ctrflow_state::codec::encode_value(&d, &mut bytes);
+                d = ctrflow_state::codec::decode_value("operators", &bytes).unwrap();
+                assert!(d.windows.is_none());
+            }
+            if let Some((reference, recent)) = &d.windows {
+                let n = d.slices.len();
+                assert_eq!(*reference, merged(d.slices.iter().take(r)), "slice {i}");
+                assert_eq!(*recent, merged(d.slices.iter().skip(n - l)), "slice {i}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked} windows checked");
     }
 
     #[test]
