@@ -309,12 +309,22 @@ impl DistributionDrift {
 
     /// Adds a worker's summary.
     pub fn add_summary(&mut self, summary: &DataSummary) {
-        for (field, value, n) in &summary.categorical {
-            let bin = value.as_ref().map_or(Bin::Other, |v| Bin::Value(v.clone()));
-            self.add(&(field.clone(), false), bin, u64::from(*n));
+        // A summary's values come grouped by field (sorted): the field's bins are looked
+        // up once per field, not once per value (any order counts the same).
+        for group in summary.categorical.chunk_by(|a, b| a.0 == b.0) {
+            let field = (group[0].0.clone(), false);
+            let bins = self.current.slice.fields.entry(field).or_default();
+            for (_, value, n) in group {
+                let bin = value.as_ref().map_or(Bin::Other, |v| Bin::Value(v.clone()));
+                *bins.entry(bin).or_default() += u64::from(*n);
+            }
         }
-        for (field, bucket, n) in &summary.numeric {
-            self.add(&(field.clone(), true), Bin::Num(*bucket), u64::from(*n));
+        for group in summary.numeric.chunk_by(|a, b| a.0 == b.0) {
+            let field = (group[0].0.clone(), true);
+            let bins = self.current.slice.fields.entry(field).or_default();
+            for (_, bucket, n) in group {
+                *bins.entry(Bin::Num(*bucket)).or_default() += u64::from(*n);
+            }
         }
         self.add_impressions(summary.impressions, summary.from, summary.to);
     }
@@ -859,10 +869,17 @@ impl CtxSketch {
         if self.impressions == 0 {
             return None;
         }
+        // Sorted by field, then value: the fields in name order, each field's values
+        // sorted on their own (the keys are unique, so this is the order of sorting the
+        // whole lists, without comparing the field names of every pair).
+        let mut fields: Vec<usize> = (0..self.seen.len()).collect();
+        fields.sort_unstable_by(|&a, &b| self.seen[a].name.cmp(&self.seen[b].name));
         let mut categorical = Vec::new();
         let mut numeric = Vec::new();
-        for f in &mut self.seen {
+        for i in fields {
+            let f = &mut self.seen[i];
             let name = &f.name;
+            let start = categorical.len();
             categorical.extend(
                 (f.short.drain())
                     .map(|(v, n)| (name.clone(), Some(unpacked(v)), n))
@@ -875,11 +892,12 @@ impl CtxSketch {
             if f.overflow > 0 {
                 categorical.push((name.clone(), None, std::mem::take(&mut f.overflow)));
             }
+            categorical[start..].sort_unstable_by(|a, b| a.1.cmp(&b.1));
+            let start = numeric.len();
             numeric.extend(f.numeric.drain().map(|(b, n)| (name.clone(), b, n)));
+            numeric[start..].sort_unstable_by_key(|e| e.1);
         }
-        // The keys are unique, so the order is that of the fields and values alone.
-        categorical.sort_unstable();
-        numeric.sort_unstable();
+        debug_assert!(categorical.is_sorted() && numeric.is_sorted());
         self.seen.retain_mut(|f| std::mem::take(&mut f.used));
         let summary = DataSummary {
             from: self.from,
