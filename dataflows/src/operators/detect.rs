@@ -374,12 +374,16 @@ fn key(o: &Observation) -> Key {
 
 /// The ready parts of several runs merged in `(ts, kind)` order, ties to the run that
 /// arrived first (the heads are in arrival order). A linear scan of the heads per
-/// observation: a round has a few runs ready (the impressions, the labels and the `ctx`
-/// summaries of each worker batch the watermark passed).
+/// observation: a round usually has a few runs ready (the impressions, the labels and the
+/// `ctx` summaries of the batches the watermark passed); with more than [`MERGE_HEADS`]
+/// (runs piled up behind a watermark held back), their keys are sorted instead.
 struct Merge<'a> {
     /// Each run's key of its next observation, and its observations left.
-    heads: SmallVec<[(Key, &'a [Observation]); 8]>,
+    heads: SmallVec<[(Key, &'a [Observation]); MERGE_HEADS]>,
 }
+
+/// Most runs merged by scanning their heads.
+const MERGE_HEADS: usize = 8;
 
 impl<'a> Iterator for Merge<'a> {
     type Item = &'a Observation;
@@ -405,25 +409,28 @@ impl<'a> Iterator for Merge<'a> {
     }
 }
 
-/// Hands `detector` the observations of `runs` before `now`, in `(ts, kind)` order (ties
-/// to the run that arrived first), and forgets them; `ready` is scratch space.
+/// Hands `detector` the observations of `runs[from..]` before `now`, in `(ts, kind)` order
+/// (ties to the run that arrived first), and forgets them. The runs before `from` must
+/// have none before `now`.
 fn observe_before<D: Detector>(
     detector: &mut D,
     runs: &mut Vec<Run>,
+    from: usize,
     now: EventTime,
-    ready: &mut Vec<(usize, usize)>,
+    scratch: &mut Scratch,
 ) {
+    let Scratch { ready, order } = scratch;
     // A run is sorted, so its ready observations are a prefix: per run with some, its
     // index and how many.
     ready.clear();
-    ready.extend(runs.iter().enumerate().filter_map(|(i, r)| {
+    ready.extend(runs.iter().enumerate().skip(from).filter_map(|(i, r)| {
         let n = r.rest().partition_point(|o| o.ts() < now);
         (n > 0).then_some((i, n))
     }));
     match ready[..] {
         [] => return,
         [(i, n)] => detector.observe_all(runs[i].rest()[..n].iter()),
-        _ => detector.observe_all(Merge {
+        _ if ready.len() <= MERGE_HEADS => detector.observe_all(Merge {
             heads: (ready.iter())
                 .map(|&(i, n)| {
                     let part = &runs[i].rest()[..n];
@@ -431,11 +438,28 @@ fn observe_before<D: Detector>(
                 })
                 .collect(),
         }),
+        _ => {
+            // `(key, run, position)` is unique and in the order wanted.
+            order.clear();
+            for &(i, n) in ready.iter() {
+                let (observations, handed) = (&runs[i].observations, runs[i].handed);
+                order.extend((handed..handed + n).map(|at| (key(&observations[at]), i, at)));
+            }
+            order.sort_unstable();
+            detector.observe_all(order.iter().map(|&(_, i, at)| &runs[i].observations[at]));
+        }
     }
     for &(i, n) in ready.iter() {
         runs[i].handed += n;
     }
     runs.retain(|r| r.handed < r.observations.len());
+}
+
+/// Scratch space of [`observe_before`].
+#[derive(Default)]
+struct Scratch {
+    ready: Vec<(usize, usize)>,
+    order: Vec<(Key, usize, usize)>,
 }
 
 /// The detect operator itself: receives `stream`'s runs through `pact` (`run` takes one
@@ -455,7 +479,11 @@ where
     stream.unary_frontier(pact, "Detect", move |_cap, _info| {
         let mut held = None;
         let mut alerts = Vec::new();
-        let mut ready = Vec::new();
+        let mut scratch = Scratch::default();
+        // After a round at watermark `.0`, no run before index `.1` had an observation
+        // before it left: while the watermark stays (with several workers the operator
+        // runs once per arriving batch), only later arrivals are looked at.
+        let mut scanned: (EventTime, usize) = (EventTime::MIN, 0);
         move |(input, frontier), output| {
             let mut guard = state.borrow_mut();
             let DetectState {
@@ -479,7 +507,9 @@ where
             let now = watermark.map_or(EventTime::MAX, |w| {
                 EventTime::try_from(w).unwrap_or(EventTime::MAX)
             });
-            observe_before(detector, runs, now, &mut ready);
+            let from = if scanned.0 == now { scanned.1 } else { 0 };
+            observe_before(detector, runs, from.min(runs.len()), now, &mut scratch);
+            scanned = (now, runs.len());
             if now > *advanced {
                 // At the end of the input, evaluate up to the last observation seen.
                 *advanced = now;
@@ -729,6 +759,42 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), expected());
     }
 
+    /// Runs sent at once, more than the heads merged by scanning, all ready together.
+    #[test]
+    fn many_runs_ready_at_once_merge_in_the_same_order() {
+        let many: Vec<Vec<Observation>> = (0..20)
+            .map(|b| {
+                (0..10)
+                    .map(|i| {
+                        let ts = (i * 7 + b * 3) % 11;
+                        let v = (b * 10 + i) as f32;
+                        if i % 3 == 0 { label(ts, v) } else { imp(ts, v) }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut expected: Vec<Observation> = many.iter().flatten().cloned().collect();
+        expected.sort_by_key(key);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&log);
+        timely::execute(timely::Config::thread(), move |worker| {
+            let mut input = timely::dataflow::InputHandle::<
+                Watermark,
+                timely::container::CapacityContainerBuilder<Vec<Observation>>,
+            >::new();
+            let seen = std::sync::Arc::clone(&seen);
+            worker.dataflow::<Watermark, _, _>(|scope| {
+                input.to_stream(scope).detect(Log(seen));
+            });
+            for mut batch in many.clone() {
+                input.send_batch(&mut batch);
+                worker.step();
+            }
+        })
+        .unwrap();
+        assert_eq!(*log.lock().unwrap(), expected);
+    }
+
     #[test]
     fn pending_runs_survive_a_checkpoint_in_order() {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -739,9 +805,9 @@ mod tests {
                 handed: 0,
             });
         }
-        let mut ready = Vec::new();
+        let mut scratch = Scratch::default();
         let DetectState { detector, runs, .. } = &mut state;
-        observe_before(detector, runs, 5, &mut ready);
+        observe_before(detector, runs, 0, 5, &mut scratch);
         let before = log.lock().unwrap().len();
         assert_eq!(before, 4, "{:?}", log.lock().unwrap());
         assert_eq!(state.pending(), 13 - before);
@@ -752,7 +818,7 @@ mod tests {
         assert_eq!(restored.pending(), state.pending());
         let mut state = restored.map(|()| Log(std::sync::Arc::clone(&log)));
         let DetectState { detector, runs, .. } = &mut state;
-        observe_before(detector, runs, EventTime::MAX, &mut ready);
+        observe_before(detector, runs, 0, EventTime::MAX, &mut scratch);
         assert_eq!(state.pending(), 0);
         assert_eq!(*log.lock().unwrap(), expected());
     }
@@ -769,7 +835,7 @@ mod tests {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut state = restored.map(|()| Log(std::sync::Arc::clone(&log)));
         let DetectState { detector, runs, .. } = &mut state;
-        observe_before(detector, runs, EventTime::MAX, &mut Vec::new());
+        observe_before(detector, runs, 0, EventTime::MAX, &mut Scratch::default());
         let expected = vec![imp(1, 0.3), imp(5, 0.1), label(5, 0.1), label(5, 0.2)];
         assert_eq!(*log.lock().unwrap(), expected);
     }
