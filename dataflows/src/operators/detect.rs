@@ -736,8 +736,9 @@ mod tests {
         all
     }
 
-    #[test]
-    fn runs_merge_in_order_with_ties_to_the_run_that_arrived_first() {
+    /// What a detector sees when `batches` are sent one by one, each `(input time,
+    /// observations)`, the worker stepping until the watermark reaches each time.
+    fn detected(batches: Vec<(Watermark, Vec<Observation>)>) -> Vec<Observation> {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = std::sync::Arc::clone(&log);
         timely::execute(timely::Config::thread(), move |worker| {
@@ -749,50 +750,40 @@ mod tests {
             let probe = worker.dataflow::<Watermark, _, _>(|scope| {
                 input.to_stream(scope).detect(Log(seen)).probe().0
             });
-            for (at, mut batch) in batches() {
+            for (at, mut batch) in batches.clone() {
                 input.advance_to(at);
                 input.send_batch(&mut batch);
                 worker.step_while(|| probe.less_than(&at));
             }
         })
         .unwrap();
-        assert_eq!(*log.lock().unwrap(), expected());
+        std::mem::take(&mut *log.lock().unwrap())
     }
 
-    /// Runs sent at once, more than the heads merged by scanning, all ready together.
+    #[test]
+    fn runs_merge_in_order_with_ties_to_the_run_that_arrived_first() {
+        assert_eq!(detected(batches()), expected());
+    }
+
+    /// Runs sent at once, more than the heads merged by scanning, all ready together (at
+    /// the end of the input: the watermark stays at 0 until then).
     #[test]
     fn many_runs_ready_at_once_merge_in_the_same_order() {
-        let many: Vec<Vec<Observation>> = (0..20)
+        let many: Vec<(Watermark, Vec<Observation>)> = (0..20)
             .map(|b| {
-                (0..10)
+                let batch = (0..10)
                     .map(|i| {
                         let ts = (i * 7 + b * 3) % 11;
                         let v = (b * 10 + i) as f32;
                         if i % 3 == 0 { label(ts, v) } else { imp(ts, v) }
                     })
-                    .collect()
+                    .collect();
+                (0, batch)
             })
             .collect();
-        let mut expected: Vec<Observation> = many.iter().flatten().cloned().collect();
+        let mut expected: Vec<Observation> = many.iter().flat_map(|(_, b)| b.clone()).collect();
         expected.sort_by_key(key);
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = std::sync::Arc::clone(&log);
-        timely::execute(timely::Config::thread(), move |worker| {
-            let mut input = timely::dataflow::InputHandle::<
-                Watermark,
-                timely::container::CapacityContainerBuilder<Vec<Observation>>,
-            >::new();
-            let seen = std::sync::Arc::clone(&seen);
-            worker.dataflow::<Watermark, _, _>(|scope| {
-                input.to_stream(scope).detect(Log(seen));
-            });
-            for mut batch in many.clone() {
-                input.send_batch(&mut batch);
-                worker.step();
-            }
-        })
-        .unwrap();
-        assert_eq!(*log.lock().unwrap(), expected);
+        assert_eq!(detected(many), expected);
     }
 
     #[test]
