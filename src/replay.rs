@@ -169,22 +169,6 @@ struct WorkerResult {
     aggregates: Option<AggregatesReport>,
 }
 
-/// The worker's next block; while the reading thread has none ready, the worker keeps
-/// its dataflow moving (another worker may be waiting on it).
-fn next_block(worker: &mut timely::worker::Worker, reader: &BlockReader) -> Poll {
-    loop {
-        match reader.wait(WAIT_FOR_BLOCK) {
-            Poll::Pending => {
-                worker.step();
-            }
-            ready => return ready,
-        }
-    }
-}
-
-/// How long a worker waits for its next block before a step of its dataflow.
-const WAIT_FOR_BLOCK: Duration = Duration::from_micros(200);
-
 /// Rounds of blocks (as many blocks as workers) a worker may read ahead of the slowest
 /// worker's progress; bounds buffered data.
 const MAX_BLOCKS_AHEAD: usize = 8;
@@ -312,19 +296,19 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
             let mut max_ts = i64::MIN;
             let mut sent_at = std::collections::VecDeque::new();
             let mut dead = Vec::new();
-            let reader = readers
+            let mut reader = readers
                 .lock()
                 .ok()
                 .and_then(|mut r| r.get_mut(index).and_then(Option::take))
                 .expect("one block reader per worker");
             loop {
-                let filled = match next_block(worker, &reader) {
+                let filled = match reader.read_next() {
                     Poll::Block(filled) => filled,
                     Poll::Failed(error) => {
                         read_error.get_or_init(|| error.to_string());
                         break;
                     }
-                    Poll::Done | Poll::Pending => break,
+                    Poll::Done => break,
                 };
                 let block = filled.block;
                 for (line, payload) in filled.lines() {

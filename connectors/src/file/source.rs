@@ -1,21 +1,17 @@
 //! A JSON Lines file as a partitioned source.
 //!
-//! One thread reads the file front to back and cuts it into blocks of whole lines (about
-//! `block_bytes` each); each block goes to whichever worker asks for one next, so blocks
-//! are taken in file order and all workers move through event time together (a file
-//! written in time order stays roughly in time order across workers), while a worker with
-//! less else to do takes more of them. Each block arrives as its own buffer, which the
-//! worker gives back for reuse: payloads are borrowed from it, nothing is allocated per
-//! line, and the file is read once with a few large read calls per block.
+//! The workers share one cursor over the file: a worker that wants input reads the next
+//! block of whole lines (about `block_bytes`) itself, into a buffer of its own, while
+//! holding the cursor. So blocks are taken in file order and all workers move through
+//! event time together (a file written in time order stays roughly in time order across
+//! workers), while a worker with less else to do takes more of them. Payloads are
+//! borrowed from the block's buffer, nothing is allocated per line, and the file is read
+//! once with a few large read calls per block.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver as SpareReceiver, Sender as SpareSender};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,9 +100,6 @@ pub struct FileSource {
     block_bytes: usize,
 }
 
-/// Blocks queued per worker before the reading thread waits for the workers.
-const QUEUED_BLOCKS: usize = 4;
-
 impl FileSource {
     /// Opens `path`.
     pub fn open(path: &Path, config: &FileSourceConfig) -> Result<Self, ConnectorError> {
@@ -140,21 +133,21 @@ impl FileSource {
         self.len == 0
     }
 
-    /// Starts a thread that reads the file once, front to back, cuts it into blocks of
-    /// whole lines, and queues them in file order for `peers` readers (returned in
-    /// worker order): each block goes to the reader that asks first. The thread stops at
-    /// the end of the file, on a read error (which every reader then receives), or when
-    /// every reader is dropped.
+    /// One reader per worker (`peers` of them, in worker order) over one cursor: each
+    /// call of [`BlockReader::read_next`], on whichever reader, reads the next block of the
+    /// file. After a read error every reader returns it.
     ///
-    /// Why a thread: the workers get their bytes without a read call of their own, and the
-    /// file is read once, as it is cut, rather than scanned for line ends before the run and
-    /// read again during it; the queue is short, so a few blocks per worker are in memory
-    /// whatever the file size. Why one queue rather than block `k` to worker `k % peers`:
+    /// Why the worker reads: the block lands in the cache of the core that parses it (a
+    /// reading thread copied it into a buffer the worker then fetched from the other core,
+    /// and that thread took a share of the cores from the workers); a read of 256 KiB from
+    /// the page cache is ~1% of the time a worker spends on the block, and the cursor is
+    /// held for no longer. Why one cursor rather than block `k` to worker `k % peers`:
     /// workers do unequal work (worker 0 runs the main drift detectors), and with fixed
     /// shares the others waited for it; now they decode more of the input instead. Why
     /// not a memory map: mapped pages count in the process's resident set, and
     /// `MADV_DONTNEED` on blocks already read did not reliably give them back (on this
-    /// kernel a 1.4 GB replay ended with most of the file resident).
+    /// kernel a 1.4 GB replay ended with most of the file resident), and a file truncated
+    /// under a map kills the process (`SIGBUS`).
     pub fn read_blocks(&self, peers: usize) -> Result<Vec<BlockReader>, ConnectorError> {
         // Read from the start with plain sequential reads, so that a pipe works too
         // (`--input /dev/stdin`, `--input <(zstdcat events.jsonl.zst)`): the handle opened
@@ -169,76 +162,68 @@ impl FileSource {
                 source,
             })?,
         };
-        let peers = peers.max(1);
-        let (spare_tx, spare_rx) = mpsc::channel();
-        let (blocks_tx, blocks_rx) = crossbeam_channel::bounded(QUEUED_BLOCKS * peers);
-        let failed = Arc::new(OnceLock::new());
-        let readers = (0..peers)
+        let cursor = Arc::new(Mutex::new(Cursor {
+            file,
+            target: self.block_bytes,
+            carry: Vec::new(),
+            start: 0,
+            first_line: 1,
+            seq: 0,
+            end: None,
+        }));
+        Ok((0..peers.max(1))
             .map(|_| BlockReader {
-                blocks: blocks_rx.clone(),
-                spare: spare_tx.clone(),
-                failed: Arc::clone(&failed),
+                cursor: Arc::clone(&cursor),
+                spare: Vec::new(),
                 path: self.path.clone(),
             })
-            .collect();
-        let target = self.block_bytes;
-        std::thread::Builder::new()
-            .name("ctrflow:read".into())
-            .spawn(move || read_file(file, target, &blocks_tx, &spare_rx, &failed))
-            .map_err(|source| ConnectorError::File {
-                action: "starting a thread to read",
-                path: self.path.clone(),
-                source,
-            })?;
-        Ok(readers)
+            .collect())
     }
 }
 
-/// One worker's end of a file's block queue: the blocks it takes come in file order.
+/// One worker's end of a file's shared cursor: the blocks it takes come in file order.
 #[derive(Debug)]
 pub struct BlockReader {
-    blocks: Receiver<FilledBlock>,
-    spare: SpareSender<Vec<u8>>,
-    /// Why reading stopped early, once it has (`io::Error` is not `Clone`: its kind and
-    /// message, for every reader).
-    failed: Arc<OnceLock<(std::io::ErrorKind, String)>>,
+    cursor: Arc<Mutex<Cursor>>,
+    /// Buffers of blocks given back, for the next reads.
+    spare: Vec<Vec<u8>>,
     path: PathBuf,
 }
 
-/// What [`BlockReader::wait`] found.
+/// What [`BlockReader::read_next`] found.
 #[derive(Debug)]
 pub enum Poll {
     /// The next block.
     Block(FilledBlock),
-    /// None read yet.
-    Pending,
-    /// No more blocks: the file is read (or the reading thread is gone).
+    /// No more blocks: the file is read.
     Done,
     /// Reading failed; there will be no more blocks.
     Failed(ConnectorError),
 }
 
 impl BlockReader {
-    /// The next block, waiting at most `timeout` for it ([`Poll::Pending`] if none came).
-    pub fn wait(&self, timeout: Duration) -> Poll {
-        match self.blocks.recv_timeout(timeout) {
-            Ok(block) => Poll::Block(block),
-            Err(RecvTimeoutError::Timeout) => Poll::Pending,
-            Err(RecvTimeoutError::Disconnected) => match self.failed.get() {
-                Some((kind, message)) => Poll::Failed(ConnectorError::File {
-                    action: "reading",
-                    path: self.path.clone(),
-                    source: std::io::Error::new(*kind, message.clone()),
-                }),
-                None => Poll::Done,
-            },
+    /// Reads the next block of the file (the one after the last any reader took).
+    pub fn read_next(&mut self) -> Poll {
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        // A worker that panicked holding the cursor left it where it was: still usable.
+        let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        match cursor.read(&mut bytes) {
+            Ok(Some((block, len))) => Poll::Block(FilledBlock { block, bytes, len }),
+            Ok(None) => {
+                self.spare.push(bytes);
+                Poll::Done
+            }
+            Err((kind, message)) => Poll::Failed(ConnectorError::File {
+                action: "reading",
+                path: self.path.clone(),
+                source: std::io::Error::new(kind, message),
+            }),
         }
     }
 
-    /// Gives a read block's buffer back to the reading thread, which reuses it.
-    pub fn recycle(&self, block: FilledBlock) {
-        // The thread may have finished; then the buffer is simply dropped.
-        let _ = self.spare.send(block.bytes);
+    /// Gives a read block's buffer back, for this reader's next block.
+    pub fn recycle(&mut self, block: FilledBlock) {
+        self.spare.push(block.bytes);
     }
 }
 
@@ -247,80 +232,104 @@ impl BlockReader {
 pub struct FilledBlock {
     /// Where it is in the file.
     pub block: Block,
+    /// The block's bytes are `bytes[..len]`; the rest is a buffer kept for reuse.
     bytes: Vec<u8>,
+    len: usize,
 }
 
 impl FilledBlock {
     /// The block's non-empty lines with their 1-based line numbers (see [`Block::lines`]).
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
-        self.block.lines(&self.bytes)
+        self.block.lines(&self.bytes[..self.len])
     }
 }
 
 /// Bytes read past a block's target size, to find its last line end.
 const READ_BYTES: usize = 4 * 1024;
 
-/// The reading thread: cuts `file` into blocks that end at the first line end at or after
-/// `target - 1` bytes into them (or at the end of the file) and queues them in order.
-fn read_file(
+/// Where the shared reading of a file is.
+#[derive(Debug)]
+struct Cursor {
     file: File,
     target: usize,
-    blocks: &Sender<FilledBlock>,
-    spare: &SpareReceiver<Vec<u8>>,
-    failed: &OnceLock<(std::io::ErrorKind, String)>,
-) {
-    let mut carry: Vec<u8> = Vec::new();
-    let (mut start, mut first_line) = (0usize, 1u64);
-    for seq in 0.. {
-        let mut bytes = spare.try_recv().unwrap_or_default();
-        bytes.clear();
-        bytes.extend_from_slice(&carry);
-        carry.clear();
+    /// Bytes read past the last block's end: the start of the next.
+    carry: Vec<u8>,
+    /// The next block's offset, first line number and place.
+    start: usize,
+    first_line: u64,
+    seq: u64,
+    /// Set once the file is read to its end (`Ok`) or a read failed.
+    end: Option<Result<(), ReadFailure>>,
+}
+
+/// A failed read's kind and message, for every reader (`io::Error` is not `Clone`).
+type ReadFailure = (std::io::ErrorKind, String);
+
+impl Cursor {
+    /// Reads the next block into `bytes` (whose length is only grown, so that a reused
+    /// buffer is not zeroed again): a block ends at the first line end at or after
+    /// `target - 1` bytes into it, or at the end of the file. `None` at the end.
+    fn read(&mut self, bytes: &mut Vec<u8>) -> Result<Option<(Block, usize)>, ReadFailure> {
+        if let Some(Err(e)) = &self.end {
+            return Err(e.clone());
+        }
+        let target = self.target;
+        let mut filled = self.carry.len();
+        if bytes.len() < filled.max(target) + READ_BYTES {
+            bytes.resize(filled.max(target) + READ_BYTES, 0);
+        }
+        bytes[..filled].copy_from_slice(&self.carry);
+        self.carry.clear();
         // Where this block's first newline at or after `target - 1` may be, as far as read.
         let mut searched = 0;
         let cut = loop {
             let from = searched.max(target - 1);
-            if let Some(at) = bytes.get(from..).and_then(|b| memchr::memchr(b'\n', b)) {
+            if let Some(at) = bytes
+                .get(from..filled)
+                .and_then(|b| memchr::memchr(b'\n', b))
+            {
                 break from + at + 1;
             }
-            searched = bytes.len();
-            let len = bytes.len();
+            if self.end.is_some() {
+                break filled;
+            }
+            searched = filled;
             // Up to the target and a little past it, where the block's last line likely
-            // ends: what is read beyond the cut is copied to the next block.
-            bytes.resize(len + target.saturating_sub(len) + READ_BYTES, 0);
+            // ends: what is read beyond the cut is carried to the next block.
+            let want = filled.max(target) + READ_BYTES;
+            if bytes.len() < want {
+                bytes.resize(want, 0);
+            }
             let n = loop {
-                match (&file).read(&mut bytes[len..]) {
+                match (&self.file).read(&mut bytes[filled..want]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(source) => {
-                        // Every reader finds it once the queue is drained and closed.
-                        let _ = failed.set((source.kind(), source.to_string()));
-                        return;
+                    Err(e) => {
+                        let failed = (e.kind(), e.to_string());
+                        self.end = Some(Err(failed.clone()));
+                        return Err(failed);
                     }
                 }
             };
-            bytes.truncate(len + n);
             if n == 0 {
-                break len;
+                self.end = Some(Ok(()));
             }
+            filled += n;
         };
-        if bytes.is_empty() {
-            return;
+        if cut == 0 {
+            return Ok(None);
         }
-        carry.extend_from_slice(&bytes[cut..]);
-        bytes.truncate(cut);
+        self.carry.extend_from_slice(&bytes[cut..filled]);
         let block = Block {
-            start,
-            end: start + cut,
-            first_line,
-            seq,
+            start: self.start,
+            end: self.start + cut,
+            first_line: self.first_line,
+            seq: self.seq,
         };
-        start += cut;
-        first_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-        if blocks.send(FilledBlock { block, bytes }).is_err() {
-            // Every worker stopped: so does the run.
-            return;
-        }
+        self.start += cut;
+        self.first_line += memchr::memchr_iter(b'\n', &bytes[..cut]).count() as u64;
+        self.seq += 1;
+        Ok(Some((block, cut)))
     }
 }
 
@@ -339,15 +348,14 @@ mod tests {
     /// A block and its numbered lines, as a reader got them.
     type Got = (Block, Vec<(u64, String)>);
 
-    /// Every reader's blocks with their lines, draining the readers in turn (the reading
-    /// thread waits on a full queue, as it would on a worker that is behind).
+    /// Every reader's blocks with their lines, the readers taking one in turn.
     fn drain(source: &FileSource, peers: usize) -> Vec<Vec<Got>> {
-        let readers = source.read_blocks(peers).unwrap();
+        let mut readers = source.read_blocks(peers).unwrap();
         let mut got = vec![Vec::new(); peers];
         let mut done = vec![false; peers];
         while done.contains(&false) {
-            for (i, reader) in readers.iter().enumerate() {
-                match reader.wait(Duration::from_millis(1)) {
+            for (i, reader) in readers.iter_mut().enumerate() {
+                match reader.read_next() {
                     Poll::Block(b) => {
                         let lines = b
                             .lines()
@@ -356,7 +364,6 @@ mod tests {
                         got[i].push((b.block, lines));
                         reader.recycle(b);
                     }
-                    Poll::Pending => {}
                     Poll::Done => done[i] = true,
                     Poll::Failed(e) => panic!("{e}"),
                 }
@@ -443,7 +450,7 @@ mod tests {
     fn a_reader_that_asks_more_often_gets_more_blocks() {
         let text: String = (0..400).map(|n| format!("line {n}\n")).collect();
         let (_f, source) = source(&text, 16);
-        let readers = source.read_blocks(2).unwrap();
+        let mut readers = source.read_blocks(2).unwrap();
         // Reader 0 asks three times for each time reader 1 asks.
         let (mut got, mut done) = ([0usize; 2], [false; 2]);
         while done.contains(&false) {
@@ -451,7 +458,7 @@ mod tests {
                 if done[i] {
                     continue;
                 }
-                match readers[i].wait(Duration::from_secs(10)) {
+                match readers[i].read_next() {
                     Poll::Block(b) => {
                         got[i] += 1;
                         readers[i].recycle(b);
@@ -463,6 +470,53 @@ mod tests {
         }
         assert_eq!(got[0] + got[1], expected_blocks(&text, 16).len());
         assert!(got[0] > 2 * got[1], "{got:?}");
+    }
+
+    #[test]
+    fn readers_on_their_own_threads_take_every_block_once_in_file_order() {
+        let text: String = (0..20_000)
+            .map(|n| format!("{n} {}\n", "w".repeat(n % 31)))
+            .collect();
+        let (_f, source) = source(&text, 512);
+        let got: Vec<Vec<Got>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (source.read_blocks(3).unwrap().into_iter())
+                .map(|mut reader| {
+                    s.spawn(move || {
+                        let mut got = Vec::new();
+                        loop {
+                            match reader.read_next() {
+                                Poll::Block(b) => {
+                                    let lines = (b.lines())
+                                        .map(|(n, l)| (n, String::from_utf8(l.to_vec()).unwrap()))
+                                        .collect();
+                                    got.push((b.block, lines));
+                                    reader.recycle(b);
+                                }
+                                Poll::Done => return got,
+                                Poll::Failed(e) => panic!("{e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for blocks in &got {
+            assert!(blocks.is_sorted_by_key(|(b, _)| b.seq));
+        }
+        let mut blocks: Vec<_> = got.iter().flatten().collect();
+        blocks.sort_by_key(|(b, _)| b.seq);
+        let seqs: Vec<u64> = blocks.iter().map(|(b, _)| b.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        let cut: Vec<_> = (blocks.iter())
+            .map(|(b, _)| (b.start, b.end, b.first_line))
+            .collect();
+        assert_eq!(cut, expected_blocks(&text, 512));
+        let lines: Vec<_> = blocks.iter().flat_map(|(_, l)| l.iter().cloned()).collect();
+        let expected: Vec<_> = (text.lines().enumerate())
+            .map(|(i, l)| (i as u64 + 1, l.to_owned()))
+            .collect();
+        assert_eq!(lines, expected);
     }
 
     #[test]
@@ -504,8 +558,8 @@ mod tests {
         // A directory opens, but reading it fails (EISDIR).
         let dir = tempfile::tempdir().unwrap();
         let source = FileSource::open(dir.path(), &FileSourceConfig::default()).unwrap();
-        for reader in source.read_blocks(3).unwrap() {
-            match reader.wait(Duration::from_secs(10)) {
+        for mut reader in source.read_blocks(3).unwrap() {
+            match reader.read_next() {
                 Poll::Failed(e) => {
                     assert!(
                         e.to_string().contains(&*dir.path().to_string_lossy()),
