@@ -63,6 +63,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
+use super::chains::Chains;
 use crate::detector::{Alert, Detector, Observation};
 use crate::operators::Watermark;
 use crate::record::EventTime;
@@ -419,7 +420,12 @@ fn observe_before<D: Detector>(
     now: EventTime,
     scratch: &mut Scratch,
 ) {
-    let Scratch { ready, order } = scratch;
+    let Scratch {
+        ready,
+        order,
+        segments,
+        chains,
+    } = scratch;
     // A run is sorted, so its ready observations are a prefix: per run with some, its
     // index and how many.
     ready.clear();
@@ -439,13 +445,19 @@ fn observe_before<D: Detector>(
                 .collect(),
         }),
         _ => {
-            // `(key, run, position)` is unique and in the order wanted.
+            // `(key, run, position)` is unique and in the order wanted. Each run is a
+            // sorted segment, and one sender's runs follow one another: merged as chains.
             order.clear();
+            segments.clear();
             for &(i, n) in ready.iter() {
                 let (observations, handed) = (&runs[i].observations, runs[i].handed);
+                let start = order.len();
                 order.extend((handed..handed + n).map(|at| (key(&observations[at]), i, at)));
+                segments.push(start..order.len());
             }
-            order.sort_unstable();
+            if !chains.merge(order, segments) {
+                order.sort_unstable();
+            }
             detector.observe_all(order.iter().map(|&(_, i, at)| &runs[i].observations[at]));
         }
     }
@@ -460,6 +472,8 @@ fn observe_before<D: Detector>(
 struct Scratch {
     ready: Vec<(usize, usize)>,
     order: Vec<(Key, usize, usize)>,
+    segments: Vec<std::ops::Range<usize>>,
+    chains: Chains<(Key, usize, usize)>,
 }
 
 /// The detect operator itself: receives `stream`'s runs through `pact` (`run` takes one
@@ -765,18 +779,16 @@ mod tests {
         assert_eq!(detected(batches()), expected());
     }
 
-    /// Runs sent at once, more than the heads merged by scanning, all ready together (at
-    /// the end of the input: the watermark stays at 0 until then).
-    #[test]
-    fn many_runs_ready_at_once_merge_in_the_same_order() {
-        let many: Vec<(Watermark, Vec<Observation>)> = (0..20)
+    /// Sends `runs` runs of `len` observations at once, observation `i` of run `b` being
+    /// `observation(b, i, value)`, and checks the detector sees them all in `(ts, kind)`
+    /// order, ties to the run that arrived first. More runs than the heads merged by
+    /// scanning, all ready together (at the end of the input: the watermark stays at 0
+    /// until then).
+    fn runs_ready_at_once(runs: i64, len: i64, observation: impl Fn(i64, i64, f32) -> Observation) {
+        let many: Vec<(Watermark, Vec<Observation>)> = (0..runs)
             .map(|b| {
-                let batch = (0..10)
-                    .map(|i| {
-                        let ts = (i * 7 + b * 3) % 11;
-                        let v = (b * 10 + i) as f32;
-                        if i % 3 == 0 { label(ts, v) } else { imp(ts, v) }
-                    })
+                let batch = (0..len)
+                    .map(|i| observation(b, i, (b * 10 + i) as f32))
                     .collect();
                 (0, batch)
             })
@@ -784,6 +796,26 @@ mod tests {
         let mut expected: Vec<Observation> = many.iter().flat_map(|(_, b)| b.clone()).collect();
         expected.sort_by_key(key);
         assert_eq!(detected(many), expected);
+    }
+
+    #[test]
+    fn many_runs_ready_at_once_merge_in_the_same_order() {
+        runs_ready_at_once(20, 10, |b, i, v| {
+            let ts = (i * 7 + b * 3) % 11;
+            if i % 3 == 0 { label(ts, v) } else { imp(ts, v) }
+        });
+    }
+
+    /// Two senders' runs (impressions, labels), each sender's in order with ties at the
+    /// ends of its runs and across senders: merged as two chains.
+    #[test]
+    fn two_senders_runs_ready_at_once_merge_as_chains() {
+        // Sender b % 2; its runs cover ts 3k..=3k+3 (k its run count): the last ts of a
+        // run is the first of its next.
+        runs_ready_at_once(24, 4, |b, i, v| {
+            let ts = 3 * (b / 2) + i;
+            if b % 2 == 0 { imp(ts, v) } else { label(ts, v) }
+        });
     }
 
     #[test]

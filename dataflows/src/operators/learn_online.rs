@@ -45,6 +45,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use ctrflow_state::{Batch, StateError, StateStore, Table, TableId};
 
+use super::chains::Chains;
 use super::id_index::IdIndex;
 use super::pending::{
     BODY_BYTES, Bodies, Body, BodyRef, CHUNK, PENDING, PENDING_IDS, Pending, Ring, STUB_BYTES,
@@ -337,8 +338,80 @@ pub trait LearnOnline<'scope> {
 /// is written once, not three times.
 #[derive(Debug, Default)]
 struct Emitted {
-    scores: Vec<Score>,
-    examples: Vec<Example>,
+    scores: Chunks<Score>,
+    examples: Chunks<Example>,
+}
+
+/// Records to emit, in vectors of at most [`EMIT_CHUNK`]. Timely's local channels do not give a
+/// container back, so each step's vectors are new: one vector per step, grown push by push,
+/// was copied over several times (2% of a replay's instructions), and reserving for a
+/// whole step's records instead made allocations large enough to be mapped and unmapped
+/// each time (page faults, and with several workers the other cores interrupted to flush
+/// their TLBs). Chunks of a few tens of KiB are reused from the heap.
+#[derive(Debug)]
+struct Chunks<T> {
+    full: Vec<Vec<T>>,
+    current: Vec<T>,
+}
+
+/// Records per emitted vector.
+const EMIT_CHUNK: usize = 256;
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Self {
+            full: Vec::new(),
+            current: Vec::new(),
+        }
+    }
+}
+
+impl<T> Chunks<T> {
+    fn push(&mut self, record: T) {
+        if self.current.len() == EMIT_CHUNK {
+            self.full.push(std::mem::take(&mut self.current));
+        }
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(EMIT_CHUNK);
+        }
+        self.current.push(record);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.full.is_empty() && self.current.is_empty()
+    }
+
+    /// Every vector, full ones first, each left empty (without capacity) once handed on.
+    fn vectors(&mut self) -> impl Iterator<Item = &mut Vec<T>> {
+        self.full
+            .iter_mut()
+            .chain(std::iter::once(&mut self.current))
+    }
+
+    /// Forgets the vectors handed on.
+    fn clear(&mut self) {
+        self.full.clear();
+        self.current.clear();
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.full.iter().flatten().chain(&self.current)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    #[cfg(test)]
+    fn into_vec(self) -> Vec<T> {
+        self.full
+            .into_iter()
+            .flatten()
+            .chain(self.current)
+            .collect()
+    }
 }
 
 impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>> {
@@ -404,13 +477,17 @@ impl<'scope> LearnOnline<'scope> for Stream<'scope, Watermark, Vec<Interaction>>
                 join.learner.flush();
                 if !out.scores.is_empty() {
                     let mut scores = scores_output.activate();
-                    scores.session(&*scores_cap).give_container(&mut out.scores);
+                    let mut session = scores.session(&*scores_cap);
+                    out.scores.vectors().for_each(|v| session.give_container(v));
+                    out.scores.clear();
                 }
                 if !out.examples.is_empty() {
                     let mut examples = examples_output.activate();
-                    examples
-                        .session(&*examples_cap)
-                        .give_container(&mut out.examples);
+                    let mut session = examples.session(&*examples_cap);
+                    out.examples
+                        .vectors()
+                        .for_each(|v| session.give_container(v));
+                    out.examples.clear();
                 }
                 match watermark {
                     Some(w) if w > *scores_cap.time() => {
@@ -503,6 +580,10 @@ struct Received {
     /// several workers the operator runs once per arriving batch while the watermark
     /// stays; then only the new batches are looked at, not every buffered record again.
     scanned: Option<(EventTime, usize)>,
+    /// Scratch for [`Received::ready`]: each batch's ready keys (a segment of the order),
+    /// and for merging them.
+    segments: Vec<std::ops::Range<usize>>,
+    chains: Chains<OrderKey>,
 }
 
 /// A ready record's place in the processing order: `(ts, pos)`, then its arrival (batch,
@@ -548,19 +629,25 @@ impl Received {
     /// The keys of the records with `ts < watermark`, in processing order.
     fn ready(&mut self, watermark: EventTime, order: &mut Vec<OrderKey>) {
         order.clear();
+        self.segments.clear();
         let from = match self.scanned {
             Some((at, n)) if at == watermark => n.min(self.batches.len()),
             _ => 0,
         };
         for (b, batch) in self.batches.iter().enumerate().skip(from) {
+            let start = order.len();
             order.extend(
                 (batch.iter().enumerate())
                     .filter(|(_, x)| x.ts < watermark)
                     .map(|(i, x)| (x.ts, x.pos, b as u32, i as u32)),
             );
+            if order.len() > start {
+                self.segments.push(start..order.len());
+            }
         }
-        // One worker's records usually arrive in order: then nothing to sort.
-        if !order.is_sorted() {
+        // One worker's records usually arrive in order: then nothing to sort. With several
+        // the senders' batches interleave, each sender's in its own order: merge them.
+        if !order.is_sorted() && !self.chains.merge(order, &self.segments) {
             order.sort_unstable();
         }
         // With some ready, `remove_ready` notes what is left.
@@ -652,7 +739,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
 
     /// Takes a batch from the input; with `score_on = "arrival"`, scores its impressions
     /// first (into `out`), dropping those already open or scored as duplicates.
-    fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Vec<Score>) {
+    fn receive(&mut self, data: &mut Vec<Interaction>, out: &mut Chunks<Score>) {
         let state = &mut *self.state.borrow_mut();
         state.received += data.len() as u64;
         if state.score_on == ScoreOn::Arrival {
@@ -2202,6 +2289,91 @@ mod tests {
         }
     }
 
+    /// The keys `ready` gives for `batches` at `watermark` against a plain sort of them,
+    /// and again at a later watermark after removing the first ready ones.
+    fn check_ready(batches: &[Vec<(EventTime, u64)>], watermarks: [EventTime; 2]) {
+        let mut received = Received::default();
+        for batch in batches {
+            let mut records: Vec<Interaction> = (batch.iter())
+                .map(|&(ts, pos)| Interaction {
+                    pos,
+                    ..feedback(ts, "x", InteractionKind::Click)
+                })
+                .collect();
+            received.take_batch(&mut records);
+        }
+        let mut order = Vec::new();
+        for watermark in watermarks {
+            received.ready(watermark, &mut order);
+            let mut expected: Vec<OrderKey> = (received.batches.iter().enumerate())
+                .flat_map(|(b, batch)| {
+                    (batch.iter().enumerate())
+                        .filter(|(_, x)| x.ts < watermark)
+                        .map(move |(i, x)| (x.ts, x.pos, b as u32, i as u32))
+                })
+                .collect();
+            expected.sort();
+            assert_eq!(
+                order, expected,
+                "watermark {watermark}, batches {batches:?}"
+            );
+            received.remove_ready(watermark, order.len());
+        }
+    }
+
+    /// Batches of `senders` streams, each in its own `(ts, pos)` order, interleaved at
+    /// random, with ts ties across and within senders; `disorder` swaps two records in some
+    /// batches.
+    fn interleaved(seed: u64, senders: usize, disorder: bool) -> Vec<Vec<(EventTime, u64)>> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut clocks: Vec<(EventTime, u64)> = (0..senders as u64).map(|s| (0, s)).collect();
+        let mut batches = Vec::new();
+        for _ in 0..40 {
+            let sender = next(senders as u64) as usize;
+            let len = 1 + next(12) as usize;
+            let mut batch = Vec::with_capacity(len);
+            for _ in 0..len {
+                let (ts, pos) = &mut clocks[sender];
+                *ts += next(3) as EventTime;
+                *pos += senders as u64;
+                batch.push((*ts, *pos));
+            }
+            if disorder && len > 1 && next(4) == 0 {
+                batch.swap(0, len - 1);
+            }
+            batches.push(batch);
+        }
+        batches
+    }
+
+    #[test]
+    fn ready_records_come_in_order_whether_merged_or_sorted() {
+        for seed in 0..300 {
+            // Up to eight senders merge their chains; more, or a batch out of order, sort.
+            let senders = 1 + seed as usize % 11;
+            let batches = interleaved(seed, senders, seed % 3 == 0);
+            let end = batches.iter().flatten().map(|r| r.0).max().unwrap_or(0) + 1;
+            check_ready(&batches, [end / 2, end]);
+            check_ready(&batches, [end, end + 1]);
+        }
+    }
+
+    #[test]
+    fn interleaved_senders_and_a_batch_below_every_chain_come_out_in_order() {
+        // Sender A's records 0..6 and sender B's 100..106 in batches A, B, A, B: two chains,
+        // whichever batch comes first; and a batch below both chains starts a third.
+        let a = |from: u64| vec![(from as EventTime, from), (from as EventTime + 1, from + 1)];
+        check_ready(&[a(0), a(100), a(2), a(102), a(4), a(104)], [1000, 1001]);
+        check_ready(&[a(100), a(0), a(102), a(2), a(50), a(4)], [1000, 1001]);
+        check_ready(&[a(0), a(10), a(20), a(30), a(40), a(5)], [1000, 1001]);
+    }
+
     /// Hands `records` to the join as one input batch (scored on it with `score_on =
     /// "arrival"`), then advances to `watermark`.
     fn run(
@@ -2212,7 +2384,7 @@ mod tests {
         let mut out = Emitted::default();
         join.receive(&mut records, &mut out.scores);
         join.advance(watermark, &mut out);
-        (out.scores, out.examples)
+        (out.scores.into_vec(), out.examples.into_vec())
     }
 
     #[test]

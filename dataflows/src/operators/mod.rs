@@ -1,6 +1,7 @@
 //! ctrflow's operators, one per file, each an extension trait named after its verb.
 
 pub mod aggregates;
+mod chains;
 pub mod detect;
 mod id_index;
 pub mod learn_online;
