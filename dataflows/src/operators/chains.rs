@@ -91,10 +91,7 @@ impl<T: Ord + Copy + Default> Chains<T> {
                     best = k;
                 }
             }
-            let bound = (0..live)
-                .filter(|&k| k != best)
-                .map(|k| heads[k].key)
-                .min();
+            let bound = (0..live).filter(|&k| k != best).map(|k| heads[k].key).min();
             let head = &mut heads[best];
             loop {
                 merged.push(head.key);

@@ -581,8 +581,9 @@ struct Received {
     /// stays; then only the new batches are looked at, not every buffered record again.
     scanned: Option<(EventTime, usize)>,
     /// Scratch for [`Received::ready`]: each batch's ready keys (a segment of the order),
-    /// and for merging them.
+    /// that batch's index, and for merging them.
     segments: Vec<std::ops::Range<usize>>,
+    segment_batches: Vec<usize>,
     chains: Chains<OrderKey>,
 }
 
@@ -630,6 +631,7 @@ impl Received {
     fn ready(&mut self, watermark: EventTime, order: &mut Vec<OrderKey>) {
         order.clear();
         self.segments.clear();
+        self.segment_batches.clear();
         let from = match self.scanned {
             Some((at, n)) if at == watermark => n.min(self.batches.len()),
             _ => 0,
@@ -643,6 +645,7 @@ impl Received {
             );
             if order.len() > start {
                 self.segments.push(start..order.len());
+                self.segment_batches.push(b);
             }
         }
         // One worker's records usually arrive in order: then nothing to sort. With several
@@ -654,15 +657,23 @@ impl Received {
         self.scanned = order.is_empty().then_some((watermark, self.batches.len()));
     }
 
-    /// Drops the `processed` records with `ts < watermark`, keeping the others in order.
-    fn remove_ready(&mut self, watermark: EventTime, processed: usize) {
-        let all = processed == self.len();
+    /// Drops the records [`Received::ready`] found ready at `watermark` (its last call, at
+    /// the same watermark), keeping the others in order. Only the batches that had some
+    /// are looked at, and only those that had some left are filtered.
+    fn remove_ready(&mut self, watermark: EventTime) {
+        let mut ready = (self.segment_batches.iter())
+            .zip(&self.segments)
+            .map(|(&b, range)| (b, range.len()))
+            .peekable();
         let spare = &mut self.spare;
+        let mut b = 0;
         self.batches.retain_mut(|batch| {
-            if !all {
+            b += 1;
+            let Some((_, n)) = ready.next_if(|&(r, _)| r == b - 1) else {
+                return true;
+            };
+            if n < batch.len() {
                 batch.retain(|x| x.ts >= watermark);
-            }
-            if !all && !batch.is_empty() {
                 return true;
             }
             if spare.len() < SPARE_BATCHES {
@@ -970,7 +981,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
                 }
             }
         }
-        buffer.remove_ready(watermark, order.len());
+        buffer.remove_ready(watermark);
         windows.close_before(watermark, &mut step);
         windows.within_budget();
     }
@@ -2317,7 +2328,13 @@ mod tests {
                 order, expected,
                 "watermark {watermark}, batches {batches:?}"
             );
-            received.remove_ready(watermark, order.len());
+            received.remove_ready(watermark);
+            let left: Vec<(EventTime, u64)> = received.iter().map(|x| (x.ts, x.pos)).collect();
+            let expected: Vec<(EventTime, u64)> = (batches.iter().flatten())
+                .filter(|r| r.0 >= watermark)
+                .copied()
+                .collect();
+            assert_eq!(left, expected, "left after {watermark}");
         }
     }
 
