@@ -83,33 +83,25 @@ impl<T: Ord + Copy + Default> Chains<T> {
         merged.clear();
         merged.reserve(order.len());
         while live > 0 {
-            // The least head, and the least of the others: the least head's chain is taken
-            // until it passes that, one comparison per key (a chain's keys come in runs).
             let mut best = 0;
             for k in 1..live {
                 if heads[k].key < heads[best].key {
                     best = k;
                 }
             }
-            let bound = (0..live).filter(|&k| k != best).map(|k| heads[k].key).min();
             let head = &mut heads[best];
-            loop {
-                merged.push(head.key);
-                head.at += 1;
-                if head.at == head.end {
-                    head.segment += 1;
-                    let Some(&s) = chains[head.chain].segments.get(head.segment) else {
-                        live -= 1;
-                        heads.swap(best, live);
-                        break;
-                    };
-                    (head.at, head.end) = (segments[s].start, segments[s].end);
-                }
-                head.key = order[head.at];
-                if bound.is_some_and(|b| b < head.key) {
-                    break;
-                }
+            merged.push(head.key);
+            head.at += 1;
+            if head.at == head.end {
+                head.segment += 1;
+                let Some(&s) = chains[head.chain].segments.get(head.segment) else {
+                    live -= 1;
+                    heads.swap(best, live);
+                    continue;
+                };
+                (head.at, head.end) = (segments[s].start, segments[s].end);
             }
+            head.key = order[head.at];
         }
         std::mem::swap(order, merged);
         true
