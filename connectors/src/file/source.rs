@@ -205,7 +205,7 @@ impl BlockReader {
     /// Reads the next block of the file (the one after the last any reader took).
     pub fn read_next(&mut self) -> Poll {
         let mut bytes = self.spare.pop().unwrap_or_default();
-        // A worker that panicked holding the cursor left it where it was: still usable.
+        // Poisoned only by another worker's panic, which fails the run anyway: go on.
         let mut cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
         match cursor.read(&mut bytes) {
             Ok(Some((block, len))) => Poll::Block(FilledBlock { block, bytes, len }),

@@ -342,12 +342,12 @@ struct Emitted {
     examples: Chunks<Example>,
 }
 
-/// Records to emit, in vectors of at most [`EMIT_CHUNK`]. Timely's local channels do not give a
-/// container back, so each step's vectors are new: one vector per step, grown push by push,
-/// was copied over several times (2% of a replay's instructions), and reserving for a
-/// whole step's records instead made allocations large enough to be mapped and unmapped
-/// each time (page faults, and with several workers the other cores interrupted to flush
-/// their TLBs). Chunks of a few tens of KiB are reused from the heap.
+/// Records to emit, in vectors of at most [`EMIT_CHUNK`]. Timely's local channels do not
+/// give a container back, so each step's vectors are new: one vector per step, grown push
+/// by push, was copied over several times (2% of a replay's instructions), and reserving
+/// for a whole step's records instead made allocations large enough to be mapped and
+/// unmapped each time (page faults, and with several workers the other cores interrupted
+/// to flush their TLBs). Chunks of a few tens of KiB are reused from the heap.
 #[derive(Debug)]
 struct Chunks<T> {
     full: Vec<Vec<T>>,
