@@ -3,7 +3,8 @@
 //! An operator with several upstream workers receives their batches interleaved, each
 //! sender's in that sender's own order. Their keys, batch after batch, are sorted segments
 //! that fall into a few chains (one per sender, as a rule): merging the chains orders
-//! them in linear time, where a sort of the whole took 2.5% of a 2-worker replay's CPU.
+//! them in one pass (a scan of the few chains' heads per key), where a sort of the whole
+//! took 2.5% of a 2-worker replay's CPU samples (the merge: 1.8%).
 
 use std::ops::Range;
 
