@@ -4,7 +4,8 @@
 //! [`INLINE_CTX`] `ctx` fields inline, and so allocates nothing for a typical event. The
 //! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
 //! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
-//! not check each string again. Events as producers write them (no escapes, plain numbers,
+//! not check each string again; a line the scanner's first pass saw to be all ASCII needs
+//! no check. Events as producers write them (no escapes, plain numbers,
 //! the contract's fields) are read by a scanner that knows their shape (`fast`); every
 //! other payload, and so every bad one, goes through serde_json, which reads the same
 //! events to the same values. A bad
@@ -164,15 +165,16 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Event<'_>, DecodeError
             limit: max_bytes,
         });
     }
-    // JSON is UTF-8 (RFC 8259): checking the whole payload at once (an ASCII fast path a
-    // word at a time) lets the parser borrow every string without checking each again.
-    let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed {
+    // JSON is UTF-8 (RFC 8259): checking the whole payload at once lets the parser borrow
+    // every string without checking each again.
+    let (marked, text) = fast::Marked::text(payload);
+    let text = text.map_err(|e| DecodeError::Malformed {
         detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
     })?;
     // Filled in place: an event is ~500 bytes (its `ctx` inline), and each move of it was a
     // `memcpy` call (three per event, a tenth of a replay's instructions with the others).
     let mut raw = RawEvent::default();
-    if fast::parse(text, &mut raw).is_some() {
+    if fast::parse(text, &marked, &mut raw).is_some() {
         return raw.finish();
     }
     decode_serde(text)
@@ -469,17 +471,38 @@ mod fast {
 
     type Marks = [u64; MARKED_BYTES / 64];
 
-    /// Reads `payload`'s fields into `raw` (a default one); `None` if it is outside the
-    /// subset (see the module docs), leaving `raw` partly filled.
-    pub(super) fn parse<'a>(text: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
-        let mut marks = [0; MARKED_BYTES / 64];
-        let marked = mark(text.as_bytes(), &mut marks);
+    /// A line's string ends ([`mark`]), found before the line is known to be UTF-8.
+    pub(super) struct Marked {
+        marks: Marks,
+        marked: usize,
+    }
+
+    impl Marked {
+        /// Marks `bytes`, and reads them as text: without a UTF-8 check when marking saw
+        /// all of them and they are ASCII (a contract event), else with one. The check was
+        /// 2% of a replay's CPU time; the marking finds the high bits nearly for free.
+        pub(super) fn text(bytes: &[u8]) -> (Self, Result<&str, std::str::Utf8Error>) {
+            let mut marks = [0; MARKED_BYTES / 64];
+            let (marked, ascii) = mark(bytes, &mut marks);
+            let text = if ascii && marked == bytes.len() {
+                // SAFETY: every byte of `bytes` is below 0x80: ASCII, which is valid UTF-8.
+                Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+            } else {
+                std::str::from_utf8(bytes)
+            };
+            (Self { marks, marked }, text)
+        }
+    }
+
+    /// Reads `text`'s fields into `raw` (a default one), `marked` being its marks; `None`
+    /// if it is outside the subset (see the module docs), leaving `raw` partly filled.
+    pub(super) fn parse<'a>(text: &'a str, marked: &Marked, raw: &mut RawEvent<'a>) -> Option<()> {
         let mut p = Scan {
             text,
             bytes: text.as_bytes(),
             at: 0,
-            marks,
-            marked,
+            marks: marked.marks,
+            marked: marked.marked,
         };
         p.expect(b'{')?;
         if p.peek()? == b'}' {
@@ -543,46 +566,49 @@ mod fast {
     }
 
     /// Marks where strings may end in the first [`MARKED_BYTES`] of `bytes`, 64 bytes per
-    /// step; returns how many bytes it marked (0 without AVX-512BW). One pass over the line
-    /// instead of one per string: a contract event has ~20 strings, most under 8 bytes, and
-    /// finding each one's end was the parser's largest cost.
-    fn mark(bytes: &[u8], marks: &mut Marks) -> usize {
+    /// step; returns how many bytes it marked (0 without AVX-512BW), and whether they were
+    /// all ASCII. One pass over the line instead of one per string: a contract event has
+    /// ~20 strings, most under 8 bytes, and finding each one's end was the parser's largest
+    /// cost.
+    fn mark(bytes: &[u8], marks: &mut Marks) -> (usize, bool) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512bw") {
             // SAFETY: the CPU has AVX-512F and BW (AVX-512BW implies F).
             return unsafe { mark_avx512(bytes, marks) };
         }
         let _ = (bytes, marks);
-        0
+        (0, false)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn mark_avx512(bytes: &[u8], marks: &mut Marks) -> usize {
+    fn mark_avx512(bytes: &[u8], marks: &mut Marks) -> (usize, bool) {
         use std::arch::x86_64::*;
         let n = bytes.len().min(MARKED_BYTES);
         let quote = _mm512_set1_epi8(b'"' as i8);
         let backslash = _mm512_set1_epi8(b'\\' as i8);
         let space = _mm512_set1_epi8(b' ' as i8);
+        let mut high = 0;
         for (w, word) in marks.iter_mut().enumerate().take(n.div_ceil(64)) {
             let len = (n - 64 * w).min(64);
             let keep = u64::MAX >> (64 - len);
             // SAFETY: the mask selects bytes `64w..64w + len`, all inside `bytes`; masked-off
-            // bytes are neither read nor able to fault.
+            // bytes are neither read nor able to fault (they load as 0).
             let v = unsafe { _mm512_maskz_loadu_epi8(keep, bytes.as_ptr().add(64 * w).cast()) };
             *word = (_mm512_cmpeq_epi8_mask(v, quote)
                 | _mm512_cmpeq_epi8_mask(v, backslash)
                 | _mm512_cmplt_epu8_mask(v, space))
                 & keep;
+            high |= _mm512_movepi8_mask(v);
         }
-        n
+        (n, high == 0)
     }
 
     /// [`Scan::string_end`] on `bytes` from `start`, marked as `parse` marks a line.
     #[cfg(test)]
     pub(super) fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
         let mut marks = [0; MARKED_BYTES / 64];
-        let marked = mark(bytes, &mut marks);
+        let (marked, _) = mark(bytes, &mut marks);
         let p = Scan {
             text: "",
             bytes,
@@ -658,8 +684,10 @@ mod fast {
             let start = self.at;
             let end = self.string_end(start)?;
             self.at = end + 1;
-            // Quotes are ASCII, so both ends are character boundaries of valid UTF-8.
-            self.text.get(start..end)
+            // SAFETY: `start` follows a `"` and `end` is at one (`string_end` checks the byte,
+            // and searches from `start`): as quotes are ASCII, both are character boundaries
+            // of `text`, with `start <= end <= text.len()`.
+            Some(unsafe { self.text.get_unchecked(start..end) })
         }
 
         /// Digits `0` or `[1-9][0-9]*`, at most [`MAX_DIGITS`]; with the count read.
@@ -927,7 +955,12 @@ mod tests {
     fn the_fast_path_reads_what_serde_reads() {
         let contract = r#"{"type":"impression","id":"imp-0","ts":1763800000000,"user":"u42609","item":"v1","ctx":{"device":"android","country":"JP","position":3,"hour":8,"category":"diy","_p_true":0.0333962}}"#;
         assert!(
-            fast::parse(contract, &mut RawEvent::default()).is_some(),
+            fast::parse(
+                contract,
+                &fast::Marked::text(contract.as_bytes()).0,
+                &mut RawEvent::default()
+            )
+            .is_some(),
             "the contract's events take it"
         );
         for line in [
@@ -1074,5 +1107,33 @@ mod tests {
             let start = start.index(bytes.len());
             prop_assert_eq!(fast::string_end(&bytes, start), naive(&bytes, start));
         });
+    }
+
+    /// Reading a line as text skips the UTF-8 check only where marking proved it ASCII:
+    /// the result is `from_utf8`'s, for high bytes within, at the end of and past the
+    /// marked bytes, valid sequences or not.
+    #[test]
+    fn lines_read_as_text_are_what_from_utf8_reads() {
+        use proptest::prelude::*;
+        let byte = prop_oneof![
+            60 => Just(b'a'),
+            1 => prop::sample::select(vec![0x7f, 0x80, 0xa9, 0xc3, 0xe2, 0xff]),
+        ];
+        proptest!(|(bytes in proptest::collection::vec(byte, 0..700))| {
+            prop_assert_eq!(fast::Marked::text(&bytes).1, std::str::from_utf8(&bytes));
+        });
+        for at in [0, 63, 64, 511, 512, 599] {
+            let mut line = vec![b'a'; 600];
+            line[at] = 0xff;
+            assert_eq!(
+                fast::Marked::text(&line).1.unwrap_err().valid_up_to(),
+                at,
+                "invalid byte at {at}"
+            );
+            line[at..at + 1].copy_from_slice(b"\x7f");
+            assert!(fast::Marked::text(&line).1.is_ok());
+        }
+        let line = "{\"a\":\"caf\u{e9}\"}".as_bytes();
+        assert_eq!(fast::Marked::text(line).1, Ok("{\"a\":\"caf\u{e9}\"}"));
     }
 }

@@ -496,12 +496,14 @@ impl Ring {
     }
 
     /// The position in `chunks` of sequence number `seq`'s chunk.
+    #[inline]
     fn chunk_of(&self, seq: u64) -> Option<usize> {
         let base = self.chunks.front()?.start / CHUNK;
         usize::try_from((seq / CHUNK).checked_sub(base)?).ok()
     }
 
     /// The impression with sequence number `seq`, if it is pending and in memory.
+    #[inline]
     pub fn get_seq(&self, seq: u64) -> Option<&(CompactString, Stub)> {
         if seq < self.first || seq >= self.end {
             return None;
@@ -514,11 +516,13 @@ impl Ring {
     }
 
     /// The impression at position `at` (sequence number `first + at`), if in memory.
+    #[inline]
     pub fn get(&self, at: usize) -> Option<&(CompactString, Stub)> {
         self.get_seq(self.first + at as u64)
     }
 
     /// The impression at position `at`, if in memory, to change.
+    #[inline]
     pub fn get_mut(&mut self, at: usize) -> Option<&mut (CompactString, Stub)> {
         let seq = self.first + at as u64;
         if seq >= self.end {
