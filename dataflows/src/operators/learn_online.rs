@@ -1783,10 +1783,12 @@ impl Windows {
         Some((at, entry.ts.saturating_add(after))).filter(|(_, t)| *t < until)
     }
 
-    /// For a cursor at ring position `at`: starts loading the body two strides ahead, and
-    /// the model coordinates of the one a stride ahead (its body loaded by then).
+    /// For a cursor at ring position `at`: starts loading the ring entry four strides
+    /// ahead, the body of the one two strides ahead, and the model coordinates of the one
+    /// a stride ahead (each loaded by the time the next step needs it).
     #[inline]
     fn prefetch_ahead<L: Learner, E>(&self, at: usize, step: &Step<'_, L, E>) {
+        self.ring.prefetch(at + 4 * PREFETCH_AHEAD);
         if let Some((_, far)) = self.ring.get(at + 2 * PREFETCH_AHEAD) {
             self.bodies.prefetch(far.body);
         }
