@@ -509,8 +509,14 @@ mod fast {
             p.at += 1;
         } else {
             loop {
-                let key = p.string()?;
-                p.expect(b':')?;
+                let key = match p.known_key() {
+                    Some(key) => key,
+                    None => {
+                        let key = p.string()?;
+                        p.expect(b':')?;
+                        key
+                    }
+                };
                 match key {
                     "type" => raw.kind = Some(Cow::Borrowed(p.string()?)),
                     "id" => raw.id = Some(Cow::Borrowed(p.string()?)),
@@ -675,6 +681,27 @@ mod fast {
             };
             self.at += 1;
             Some(more)
+        }
+
+        /// A top-level key of the contract and its colon, if the next bytes are exactly one
+        /// (`"type":`, as producers write them), read by comparing them with it rather than
+        /// scanning for the string's end; anything else (whitespace first, another key, an
+        /// escape) is left for [`Scan::string`], which reads it to the same key.
+        #[inline]
+        fn known_key(&mut self) -> Option<&'static str> {
+            let rest = &self.bytes[self.at..];
+            let (literal, key): (&[u8], _) = match rest.get(1)? {
+                b't' if rest.starts_with(b"\"type\":") => (b"\"type\":", "type"),
+                b't' if rest.starts_with(b"\"ts\":") => (b"\"ts\":", "ts"),
+                b'i' if rest.starts_with(b"\"id\":") => (b"\"id\":", "id"),
+                b'i' if rest.starts_with(b"\"item\":") => (b"\"item\":", "item"),
+                b'u' if rest.starts_with(b"\"user\":") => (b"\"user\":", "user"),
+                b'c' if rest.starts_with(b"\"ctx\":") => (b"\"ctx\":", "ctx"),
+                b'd' if rest.starts_with(b"\"dwell_ms\":") => (b"\"dwell_ms\":", "dwell_ms"),
+                _ => return None,
+            };
+            self.at += literal.len();
+            Some(key)
         }
 
         /// A string with no escape and no control character, borrowed from the payload.
