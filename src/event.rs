@@ -39,6 +39,14 @@ pub enum Event<'a> {
 }
 
 impl Event<'_> {
+    /// The impression's id, or the id of the impression the feedback answers.
+    pub fn id(&self) -> &str {
+        match self {
+            Event::Impression(i) => &i.id,
+            Event::Feedback(f) => &f.id,
+        }
+    }
+
     /// Event time in epoch milliseconds.
     pub fn ts(&self) -> i64 {
         match self {

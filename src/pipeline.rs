@@ -426,22 +426,24 @@ impl Dataflow {
     /// impression: straight to this worker's label join, or across the exchange; staged
     /// until [`STAGED`] go there, or the inputs advance, flush or close.
     pub fn send(&mut self, record: Interaction) {
+        self.staging_for(&record.id).push(record);
+    }
+
+    /// The records staged for the worker that owns impression `id`, with room for one more
+    /// (sent on first if [`STAGED`] are there): [`Ingest::send`] builds its record there.
+    fn staging_for(&mut self, id: &str) -> &mut Vec<Interaction> {
         let (index, peers) = self.worker;
-        let owner = if peers <= 1 {
-            index
-        } else {
-            route(&record.id) % peers
-        };
-        let staged = &mut self.staged[owner as usize];
+        let owner = if peers <= 1 { index } else { route(id) % peers } as usize;
+        if self.staged[owner].len() >= STAGED {
+            self.send_staged_for(owner);
+        }
+        let staged = &mut self.staged[owner];
         if staged.capacity() == 0 {
             // Sending a container leaves none behind: one allocation per container, not a
             // doubling (and copy) every few records.
             staged.reserve_exact(STAGED);
         }
-        staged.push(record);
-        if staged.len() >= STAGED {
-            self.send_staged_for(owner as usize);
-        }
+        staged
     }
 
     /// Sends the records staged for worker `w`: its own straight to its label join, the
@@ -571,12 +573,52 @@ impl Ingest {
     /// The record of `payload`, found at position `pos` of its source, or why it is bad.
     pub fn record(&mut self, payload: &[u8], pos: u64) -> Result<Interaction, DecodeError> {
         let event = event::decode(payload, self.max_event_bytes)?;
-        if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), &event)
+        self.observe(&event);
+        Ok(interaction(
+            &event,
+            pos,
+            &mut self.featurizer,
+            &mut self.features,
+            self.entity_keys,
+        ))
+    }
+
+    /// [`Ingest::record`], staged in `dataflow` ([`Dataflow::send`]); returns the record
+    /// as staged. Built where it is staged: a record is ~280 bytes, and each move of it
+    /// on the way (out of `record`, out of its `Result`, into `send`) was a `memcpy`.
+    pub fn send<'d>(
+        &mut self,
+        payload: &[u8],
+        pos: u64,
+        dataflow: &'d mut Dataflow,
+    ) -> Result<&'d Interaction, DecodeError> {
+        // Borrowed where it was decoded: moving the event out of its `Result` was one more
+        // copy of ~500 bytes.
+        let decoded = event::decode(payload, self.max_event_bytes);
+        let event = match decoded {
+            Ok(ref event) => event,
+            Err(error) => return Err(error),
+        };
+        self.observe(event);
+        let staged = dataflow.staging_for(event.id());
+        staged.push(interaction(
+            event,
+            pos,
+            &mut self.featurizer,
+            &mut self.features,
+            self.entity_keys,
+        ));
+        Ok(&staged[staged.len() - 1])
+    }
+
+    /// Counts an impression's `ctx` values for data drift, and notes its segment.
+    fn observe(&mut self, event: &Event<'_>) {
+        if let (Some(sketch), Event::Impression(imp)) = (self.sketch.as_mut(), event)
             && let Some(summary) = sketch.observe(imp)
         {
             self.summaries.push(Observation::Data(Box::new(summary)));
         }
-        if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), &event)
+        if let (Some(field), Event::Impression(imp)) = (self.segment_field.as_deref(), event)
             && let Some(CtxValue::Str(value)) = imp.ctx_get(field)
         {
             self.summaries.push(Observation::Segment {
@@ -585,13 +627,6 @@ impl Ingest {
                 value: CompactString::from(value.as_ref()),
             });
         }
-        Ok(interaction(
-            &event,
-            pos,
-            &mut self.featurizer,
-            &mut self.features,
-            self.entity_keys,
-        ))
     }
 }
 

@@ -313,11 +313,8 @@ pub fn run(options: &ReplayOptions) -> anyhow::Result<ReplayReport> {
                 let block = filled.block;
                 for (line, payload) in filled.lines() {
                     events += 1;
-                    match ingest.record(payload, line) {
-                        Ok(record) => {
-                            max_ts = max_ts.max(record.ts);
-                            dataflow.send(record);
-                        }
+                    match ingest.send(payload, line, &mut dataflow) {
+                        Ok(record) => max_ts = max_ts.max(record.ts),
                         Err(error) => {
                             bad.record(At::Line { line }, &error);
                             if let Some(sink) = &dead_letters {

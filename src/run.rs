@@ -983,7 +983,7 @@ fn work(
         // wakes for other workers' records and progress.
         let read = source.poll(poll_batch, Duration::ZERO, |message| {
             let pos = position(message.partition, message.offset);
-            match ingest.record(message.payload, pos) {
+            match ingest.send(message.payload, pos, &mut dataflow) {
                 Ok(record) => {
                     let ts = record.ts;
                     let kind = event_type(&record.kind);
@@ -992,7 +992,6 @@ fn work(
                         impression_ts.push(ts);
                     }
                     newest = newest.max(ts);
-                    dataflow.send(record);
                     sent += 1;
                     Some(ts)
                 }
