@@ -5,12 +5,11 @@
 //! payload is checked to be UTF-8 once, as a whole, before parsing (invalid UTF-8 anywhere
 //! in it, even inside an ignored field, makes it malformed JSON), so that the parser need
 //! not check each string again; a line the scanner's first pass saw to be all ASCII needs
-//! no check. Events as producers write them (no escapes, plain numbers,
-//! the contract's fields) are read by a scanner that knows their shape (`fast`); every
-//! other payload, and so every bad one, goes through serde_json, which reads the same
-//! events to the same values. A bad
-//! event is a [`DecodeError`] value that names the field and what was wrong; nothing here
-//! panics on any input.
+//! no check. Events as producers write them (no escapes, plain numbers, the contract's
+//! fields) are read by a scanner that knows their shape (`fast`); every other payload, and
+//! so every bad one, goes through serde_json, which reads the same events to the same
+//! values. A bad event is a [`DecodeError`] value that names the field and what was wrong;
+//! nothing here panics on any input.
 
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -423,8 +423,9 @@ const STAGED: usize = 256;
 
 impl Dataflow {
     /// Sends `record` at the inputs' time ([`Dataflow::time`]) to the worker that owns its
-    /// impression: straight to this worker's label join, or across the exchange; staged
-    /// until [`STAGED`] go there, or the inputs advance, flush or close.
+    /// impression: straight to this worker's label join, or across the exchange; staged in
+    /// containers of [`STAGED`] (a full one goes when the next record for its worker comes,
+    /// or when the inputs advance, flush or close).
     pub fn send(&mut self, record: Interaction) {
         self.staging_for(&record.id).push(record);
     }
