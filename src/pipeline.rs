@@ -49,7 +49,7 @@ pub type DriftInput = InputHandle<Watermark, CapacityContainerBuilder<Vec<Observ
 
 /// One worker's learning dataflow and the handles to drive and observe it.
 pub struct Dataflow {
-    /// Where records go in, at the worker's watermark ([`Dataflow::send`], which routes
+    /// Where records go in, at the worker's watermark ([`Ingest::send`], which routes
     /// them between the two, [`Dataflow::advance_to`], [`Dataflow::close`]): this one
     /// crosses to the worker that owns each record's impression...
     input: Input,
@@ -422,16 +422,12 @@ impl Detector for Watch {
 const STAGED: usize = 256;
 
 impl Dataflow {
-    /// Sends `record` at the inputs' time ([`Dataflow::time`]) to the worker that owns its
-    /// impression: straight to this worker's label join, or across the exchange; staged in
-    /// containers of [`STAGED`] (a full one goes when the next record for its worker comes,
-    /// or when the inputs advance, flush or close).
-    pub fn send(&mut self, record: Interaction) {
-        self.staging_for(&record.id).push(record);
-    }
-
-    /// The records staged for the worker that owns impression `id`, with room for one more
-    /// (sent on first if [`STAGED`] are there): [`Ingest::send`] builds its record there.
+    /// The records staged for the worker that owns impression `id`, with room for one more:
+    /// [`Ingest::send`] builds its record there. Records go at the inputs' time
+    /// ([`Dataflow::time`]) to the worker that owns their impression, straight to this
+    /// worker's label join or across the exchange, in containers of [`STAGED`] (a full one
+    /// goes when the next record for its worker comes, or when the inputs advance, flush or
+    /// close).
     fn staging_for(&mut self, id: &str) -> &mut Vec<Interaction> {
         let (index, peers) = self.worker;
         let owner = if peers <= 1 { index } else { route(id) % peers } as usize;
@@ -571,22 +567,10 @@ impl Ingest {
         self.summaries.drain(..)
     }
 
-    /// The record of `payload`, found at position `pos` of its source, or why it is bad.
-    pub fn record(&mut self, payload: &[u8], pos: u64) -> Result<Interaction, DecodeError> {
-        let event = event::decode(payload, self.max_event_bytes)?;
-        self.observe(&event);
-        Ok(interaction(
-            &event,
-            pos,
-            &mut self.featurizer,
-            &mut self.features,
-            self.entity_keys,
-        ))
-    }
-
-    /// [`Ingest::record`], staged in `dataflow` ([`Dataflow::send`]); returns the record
-    /// as staged. Built where it is staged: a record is ~280 bytes, and each move of it
-    /// on the way (out of `record`, out of its `Result`, into `send`) was a `memcpy`.
+    /// Decodes `payload`, found at position `pos` of its source, and stages its record in
+    /// `dataflow`; returns the record as staged, or why the payload is bad. Built where it
+    /// is staged: a record is ~280 bytes, and each move of it on the way (out of a
+    /// function, out of its `Result`, into a send) was a `memcpy`.
     pub fn send<'d>(
         &mut self,
         payload: &[u8],

@@ -61,8 +61,9 @@ fn gh_4_an_impression_is_scored_and_trained_without_its_own_feedback() {
             pipeline::build(worker, &config, &model, context, |_| {}, Some(on_examples));
         let mut ingest = Ingest::new(&config).unwrap();
         for (pos, line) in lines.iter().enumerate() {
-            let record = ingest.record(line.as_bytes(), pos as u64).unwrap();
-            dataflow.send(record);
+            ingest
+                .send(line.as_bytes(), pos as u64, &mut dataflow)
+                .unwrap();
         }
         // Past every attribution window: every impression gets its label.
         let end = (T0 + 3_600_000) as u64;
