@@ -196,6 +196,26 @@ def run_ctrflow(a, events, out_dir, workers, drift=True):
     return row, None
 
 
+def run_pair(a, events, out_dir):
+    """Two `ctrflow replay --workers 1` at once, each a whole replay of the events, with the
+    drift detectors (as `run_ctrflow`'s 1-worker run); returns the wall seconds until both
+    are done, or None. The machine's ceiling for 2 workers: two processes sharing nothing
+    but the cores, caches and memory bandwidth."""
+    config = os.path.join(out_dir, "ctrflow-same-features.toml")
+    if not os.path.isfile(config):
+        return None
+    cmd = [a.ctrflow, "replay", "--input", events, "--json", "--workers", "1", "--config", config]
+    procs = []
+    start = time.perf_counter()
+    for i in range(2):
+        with open(os.path.join(out_dir, f"ctrflow-pair-{i}.json"), "wb") as out, \
+                open(os.path.join(out_dir, f"ctrflow-pair-{i}.log"), "wb") as err:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=err))
+    codes = [p.wait() for p in procs]
+    wall = time.perf_counter() - start
+    return wall if codes == [0, 0] else None
+
+
 ROWS = [
     ("examples", "examples", "{:,.0f}"),
     ("examples/s (wall, median)", "examples_per_sec", "{:,.0f}"),
@@ -241,6 +261,30 @@ def table(vw, runs, a):
     return "\n".join(lines)
 
 
+PAIR = "2 x 1w at once"
+
+
+def print_scaling(walls):
+    """2 workers against 1, by the median wall times, beside the machine's own ceiling: two
+    1-worker replays at once against one alone (each replays every event, so their
+    throughput is twice the events over the time both took)."""
+    med = {name: statistics.median(w) for name, w in walls.items()}
+    lines = []
+    for one, two in [("ctrflow 1w", "ctrflow 2w"), ("1w, no drift", "2w, no drift")]:
+        if one in med and two in med:
+            lines.append(f"  {two} / {one}: {med[one] / med[two]:.2f}x")
+    if PAIR in med and "ctrflow 1w" in med:
+        ceiling = 2 * med["ctrflow 1w"] / med[PAIR]
+        line = f"  two 1-worker replays at once / one alone: {ceiling:.2f}x (this machine's ceiling for 2 workers"
+        if "ctrflow 2w" in med:
+            line += f"; 2 workers reach {med['ctrflow 1w'] / med['ctrflow 2w'] / ceiling:.0%} of it"
+        lines.append(line + ")")
+    if lines:
+        print("Scaling, by the median wall times of the rounds:")
+        print("\n".join(lines))
+        print()
+
+
 def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "..", "target"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -257,6 +301,9 @@ def main():
     ap.add_argument("--no-drift-workers", default="1,2",
                     help="worker counts also run with the drift detectors off (VW has none), "
                          "comma-separated; empty for none")
+    ap.add_argument("--no-pair", action="store_true",
+                    help="do not time two 1-worker replays at once (the machine's ceiling for "
+                         "2 workers)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="times each program is timed, in turn; the table shows the median")
     a = ap.parse_args()
@@ -284,6 +331,11 @@ def main():
             walls.setdefault(name, []).append(cf["wall_secs"])
             if round_ == 0:
                 runs.append((name, cf))
+        # The pair is read against the 1-worker run with the detectors: only beside it.
+        if not a.no_pair and ("ctrflow 1w", 1, True) in variants:
+            wall = run_pair(a, a.events, a.out_dir)
+            if wall is not None:
+                walls.setdefault(PAIR, []).append(wall)
     # The table shows each program's median wall time over the rounds, and its best round:
     # VW runs a parser thread beside its learner, and on 2 vCPUs their handoff has a slow
     # mode (3x the wall time, ~170k context switches) that can take most rounds; its best
@@ -308,6 +360,7 @@ def main():
                     line += f"   {name} {rate:>10,.0f} ({walls['VW'][i] / walls[name][i]:.2f}x)"
             print(line)
         print()
+    print_scaling(walls)
     print(f"VW: {' '.join(vw_command(a, 'events.vw')[3:])} (python -m vowpalwabbit: VW's C++ driver)")
     print(f"    FTRL alpha={a.alpha} beta={a.beta} lambda1={a.l1} lambda2={a.l2}, 2^{a.bits} weights; "
           f"{vw['positives']:,} positives ({vw['positives'] / vw['examples']:.2%})")
@@ -324,7 +377,7 @@ def main():
               "detectors (\"no drift\": `[drift] enabled = false`); wall time includes reading "
               "and decoding the JSONL.")
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
-        json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why}, f, indent=2)
+        json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why, "walls": walls}, f, indent=2)
 
 
 if __name__ == "__main__":
