@@ -28,8 +28,25 @@ CROSSES = ["uc", "id", "pd"]
 TIME = "/usr/bin/time"
 
 
+def steal_secs():
+    """CPU time the hypervisor took from this VM's vCPUs so far (all of them, seconds; the
+    `steal` column of /proc/stat), or None where there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_since(before):
+    after = steal_secs()
+    return None if before is None or after is None else after - before
+
+
 def run_measured(cmd, stdout_path, stderr_path):
-    """Runs cmd; returns (exit code, wall seconds, peak RSS in MiB).
+    """Runs cmd; returns (exit code, wall seconds, peak RSS in MiB, seconds stolen from the
+    vCPUs meanwhile or None).
 
     Peak RSS comes from GNU time when present: the rusage of a child forked straight from
     this (large) Python process can report the parent's RSS at fork time instead of the
@@ -38,10 +55,12 @@ def run_measured(cmd, stdout_path, stderr_path):
     rss_file = stdout_path + ".maxrss"
     wrapped = [TIME, "-f", "%M", "-o", rss_file] + cmd if os.access(TIME, os.X_OK) else cmd
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        steal = steal_secs()
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        steal = steal_since(steal)
     proc.returncode = os.waitstatus_to_exitcode(status)
     rss_kib = usage.ru_maxrss
     if wrapped is not cmd:
@@ -49,7 +68,7 @@ def run_measured(cmd, stdout_path, stderr_path):
             # GNU time writes "Command exited with non-zero status N" first on failure.
             rss_kib = int(f.read().split()[-1])
         os.remove(rss_file)
-    return proc.returncode, wall, rss_kib / 1024.0
+    return proc.returncode, wall, rss_kib / 1024.0, steal
 
 
 def auc(scores, positive):
@@ -110,33 +129,34 @@ def vw_command(a, vw_file, preds=None):
 
 
 def time_vw(a, paths, out_dir):
-    """One timed VW run without -p: (wall seconds, peak RSS MiB, VW's own average loss)."""
+    """One timed VW run without -p: (wall seconds, peak RSS MiB, VW's own average loss,
+    seconds stolen from the vCPUs)."""
     cmd = vw_command(a, paths["vw"])
     print("running VW:", " ".join(cmd[1:]), file=sys.stderr)
     log = os.path.join(out_dir, "vw.log")
-    code, wall, rss = run_measured(cmd, os.path.join(out_dir, "vw.out"), log)
+    code, wall, rss, steal = run_measured(cmd, os.path.join(out_dir, "vw.out"), log)
     if code != 0:
         sys.exit(f"VW failed with exit code {code}; see {log}")
     with open(log) as f:
         m = re.search(r"average loss = ([0-9.eE+-]+)", f.read())
-    return wall, rss, float(m.group(1)) if m else float("nan")
+    return wall, rss, float(m.group(1)) if m else float("nan"), steal
 
 
 def run_vw(a, paths, out_dir):
     # Interpreter start + pylibvw import + an empty workspace: the Python-wrapper overhead
     # that the `vw` binary would not have. Reported, not subtracted.
-    _, startup, _ = run_measured(
+    _, startup, _, _ = run_measured(
         [sys.executable, "-c", "import vowpalwabbit; vowpalwabbit.Workspace('--quiet').finish()"],
         os.path.join(out_dir, "startup.out"), os.devnull)
     # VW's driver writes each prediction with its own write(2) call, which costs more than
     # the learning itself here; so the timed run has no -p, and an otherwise identical run
     # (single pass, deterministic: same predictions) writes them for AUC and logloss.
-    wall, rss, vw_avg_loss = time_vw(a, paths, out_dir)
+    wall, rss, vw_avg_loss, steal = time_vw(a, paths, out_dir)
 
     preds = os.path.join(out_dir, "vw_preds.txt")
     print("running VW again with -p", preds, file=sys.stderr)
     log_p = os.path.join(out_dir, "vw_p.log")
-    code, wall_p, _ = run_measured(vw_command(a, paths["vw"], preds),
+    code, wall_p, _, _ = run_measured(vw_command(a, paths["vw"], preds),
                                    os.path.join(out_dir, "vw_p.out"), log_p)
     if code != 0:
         sys.exit(f"VW failed with exit code {code}; see {log_p}")
@@ -146,7 +166,7 @@ def run_vw(a, paths, out_dir):
         sys.exit(f"VW wrote {len(p)} predictions for {len(y)} examples")
     row = {"examples": len(y), "wall_secs": wall, "examples_per_sec": len(y) / wall,
            "peak_rss_mib": rss, "startup_secs": startup, "wall_secs_with_p": wall_p,
-           "vw_average_loss": vw_avg_loss, **metrics(p, y)}
+           "vw_average_loss": vw_avg_loss, "steal_secs": steal, **metrics(p, y)}
     pt = np.load(paths["p_true"])
     if not np.isnan(pt).any():
         row["reference_logloss"] = logloss(pt, y)
@@ -175,7 +195,7 @@ def run_ctrflow(a, events, out_dir, workers, drift=True):
     tag = f"ctrflow-{workers}w" + ("" if drift else "-no-drift")
     stdout = os.path.join(out_dir, f"{tag}.json")
     log = os.path.join(out_dir, f"{tag}.log")
-    code, wall, rss = run_measured(cmd, stdout, log)
+    code, wall, rss, steal = run_measured(cmd, stdout, log)
     if code != 0:
         return None, f"ctrflow replay failed with exit code {code}; see {log}"
     with open(stdout) as f:
@@ -193,19 +213,21 @@ def run_ctrflow(a, events, out_dir, workers, drift=True):
     row["wall_secs"] = wall
     row["examples_per_sec"] = (report.get("impressions") or 0) / wall
     row["peak_rss_mib"] = rss
+    row["steal_secs"] = steal
     return row, None
 
 
 def run_pair(a, events, out_dir):
     """Two `ctrflow replay --workers 1` at once, each a whole replay of the events, with the
     drift detectors (as `run_ctrflow`'s 1-worker run); returns the wall seconds until both
-    are done, or None. The machine's ceiling for 2 workers: two processes sharing nothing
+    are done and the seconds stolen from the vCPUs meanwhile, or None. The machine's ceiling for 2 workers: two processes sharing nothing
     but the cores, caches and memory bandwidth."""
     config = os.path.join(out_dir, "ctrflow-same-features.toml")
     if not os.path.isfile(config):
         return None
     cmd = [a.ctrflow, "replay", "--input", events, "--json", "--workers", "1", "--config", config]
     procs = []
+    steal = steal_secs()
     start = time.perf_counter()
     for i in range(2):
         with open(os.path.join(out_dir, f"ctrflow-pair-{i}.json"), "wb") as out, \
@@ -213,7 +235,7 @@ def run_pair(a, events, out_dir):
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=err))
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - start
-    return wall if codes == [0, 0] else None
+    return (wall, steal_since(steal)) if codes == [0, 0] else None
 
 
 ROWS = [
@@ -285,6 +307,19 @@ def print_scaling(walls):
         print()
 
 
+def print_steal(steals, rounds):
+    """Per round, the CPU seconds the hypervisor took from the vCPUs while each program ran
+    (summed over the vCPUs): a round where a program lost seconds to it says so."""
+    if all(x is None for v in steals.values() for x in v):
+        return
+    print("CPU seconds stolen from the vCPUs by the hypervisor while each ran (/proc/stat):")
+    for i in range(rounds):
+        parts = [f"{name} {v[i]:.2f}" for name, v in steals.items()
+                 if i < len(v) and v[i] is not None]
+        print(f"  round {i + 1}: " + ", ".join(parts))
+    print()
+
+
 def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(HERE, "..", "..", "target"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -317,25 +352,30 @@ def main():
     # in turn, so that the machine's slow and fast spells fall on all of them alike.
     vw = run_vw(a, paths, a.out_dir)
     walls = {"VW": [vw["wall_secs"]]}
+    steals = {"VW": [vw["steal_secs"]]}
     runs, why = [], "skipped (--skip-ctrflow)"
     variants = [] if a.skip_ctrflow else (
         [(f"ctrflow {w}w", int(w), True) for w in a.workers.split(",") if w]
         + [(f"{w}w, no drift", int(w), False) for w in a.no_drift_workers.split(",") if w])
     for round_ in range(a.rounds):
         if round_ > 0:
-            walls["VW"].append(time_vw(a, paths, a.out_dir)[0])
+            wall, _, _, steal = time_vw(a, paths, a.out_dir)
+            walls["VW"].append(wall)
+            steals["VW"].append(steal)
         for name, workers, drift in variants:
             cf, why = run_ctrflow(a, a.events, a.out_dir, workers, drift)
             if cf is None:
                 continue
             walls.setdefault(name, []).append(cf["wall_secs"])
+            steals.setdefault(name, []).append(cf["steal_secs"])
             if round_ == 0:
                 runs.append((name, cf))
         # The pair is read against the 1-worker run with the detectors: only beside it.
         if not a.no_pair and ("ctrflow 1w", 1, True) in variants:
-            wall = run_pair(a, a.events, a.out_dir)
-            if wall is not None:
-                walls.setdefault(PAIR, []).append(wall)
+            pair = run_pair(a, a.events, a.out_dir)
+            if pair is not None:
+                walls.setdefault(PAIR, []).append(pair[0])
+                steals.setdefault(PAIR, []).append(pair[1])
     # The table shows each program's median wall time over the rounds, and its best round:
     # VW runs a parser thread beside its learner, and on 2 vCPUs their handoff has a slow
     # mode (3x the wall time, ~170k context switches) that can take most rounds; its best
@@ -360,6 +400,7 @@ def main():
                     line += f"   {name} {rate:>10,.0f} ({walls['VW'][i] / walls[name][i]:.2f}x)"
             print(line)
         print()
+    print_steal(steals, a.rounds)
     print_scaling(walls)
     print(f"VW: {' '.join(vw_command(a, 'events.vw')[3:])} (python -m vowpalwabbit: VW's C++ driver)")
     print(f"    FTRL alpha={a.alpha} beta={a.beta} lambda1={a.l1} lambda2={a.l2}, 2^{a.bits} weights; "
@@ -377,7 +418,8 @@ def main():
               "detectors (\"no drift\": `[drift] enabled = false`); wall time includes reading "
               "and decoding the JSONL.")
     with open(os.path.join(a.out_dir, "compare.json"), "w") as f:
-        json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why, "walls": walls}, f, indent=2)
+        json.dump({"vw": vw, "ctrflow": dict(runs), "ctrflow_note": why, "walls": walls,
+                   "steal_secs": steals}, f, indent=2)
 
 
 if __name__ == "__main__":
