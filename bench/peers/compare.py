@@ -157,7 +157,7 @@ def run_vw(a, paths, out_dir):
     print("running VW again with -p", preds, file=sys.stderr)
     log_p = os.path.join(out_dir, "vw_p.log")
     code, wall_p, _, _ = run_measured(vw_command(a, paths["vw"], preds),
-                                   os.path.join(out_dir, "vw_p.out"), log_p)
+                                      os.path.join(out_dir, "vw_p.out"), log_p)
     if code != 0:
         sys.exit(f"VW failed with exit code {code}; see {log_p}")
     p = np.fromfile(preds, sep=" ")
@@ -220,8 +220,9 @@ def run_ctrflow(a, events, out_dir, workers, drift=True):
 def run_pair(a, events, out_dir):
     """Two `ctrflow replay --workers 1` at once, each a whole replay of the events, with the
     drift detectors (as `run_ctrflow`'s 1-worker run); returns the wall seconds until both
-    are done and the seconds stolen from the vCPUs meanwhile, or None. The machine's ceiling for 2 workers: two processes sharing nothing
-    but the cores, caches and memory bandwidth."""
+    are done and the seconds stolen from the vCPUs meanwhile, or None. Two processes that
+    share only the cores, caches and memory: about the most 2 workers can expect of this
+    machine."""
     config = os.path.join(out_dir, "ctrflow-same-features.toml")
     if not os.path.isfile(config):
         return None
