@@ -697,17 +697,18 @@ mod fast {
         #[inline]
         fn known_key(&mut self) -> Option<&'static str> {
             let rest = &self.bytes[self.at..];
-            let (literal, key): (&[u8], _) = match rest.get(1)? {
-                b't' if rest.starts_with(b"\"type\":") => (b"\"type\":", "type"),
-                b't' if rest.starts_with(b"\"ts\":") => (b"\"ts\":", "ts"),
-                b'i' if rest.starts_with(b"\"id\":") => (b"\"id\":", "id"),
-                b'i' if rest.starts_with(b"\"item\":") => (b"\"item\":", "item"),
-                b'u' if rest.starts_with(b"\"user\":") => (b"\"user\":", "user"),
-                b'c' if rest.starts_with(b"\"ctx\":") => (b"\"ctx\":", "ctx"),
-                b'd' if rest.starts_with(b"\"dwell_ms\":") => (b"\"dwell_ms\":", "dwell_ms"),
+            let key = match rest.get(1)? {
+                b't' if rest.starts_with(b"\"type\":") => "type",
+                b't' if rest.starts_with(b"\"ts\":") => "ts",
+                b'i' if rest.starts_with(b"\"id\":") => "id",
+                b'i' if rest.starts_with(b"\"item\":") => "item",
+                b'u' if rest.starts_with(b"\"user\":") => "user",
+                b'c' if rest.starts_with(b"\"ctx\":") => "ctx",
+                b'd' if rest.starts_with(b"\"dwell_ms\":") => "dwell_ms",
                 _ => return None,
             };
-            self.at += literal.len();
+            // The key, its two quotes and the colon.
+            self.at += key.len() + 3;
             Some(key)
         }
 
