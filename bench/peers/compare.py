@@ -175,6 +175,15 @@ def run_vw(a, paths, out_dir):
     return row
 
 
+def replay_command(a, events, out_dir, workers, drift):
+    """`ctrflow replay` of `events` with `workers` workers and the config `run_ctrflow`
+    writes for `drift` (with or without the detectors); returns (command, config path)."""
+    config = os.path.join(out_dir, "ctrflow-same-features.toml" if drift else "ctrflow-no-drift.toml")
+    cmd = [a.ctrflow, "replay", "--input", events, "--json", "--workers", str(workers),
+           "--config", config]
+    return cmd, config
+
+
 def run_ctrflow(a, events, out_dir, workers, drift=True):
     binary = a.ctrflow
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
@@ -185,12 +194,11 @@ def run_ctrflow(a, events, out_dir, workers, drift=True):
     # The same features as VW's examples: entity features (ctrflow's incremental per-user,
     # per-item counters, which VW's text examples do not carry) off. Without `drift`, the
     # drift detectors (work VW does not do) off too: the core pipeline alone.
-    config = os.path.join(out_dir, "ctrflow-same-features.toml" if drift else "ctrflow-no-drift.toml")
+    cmd, config = replay_command(a, events, out_dir, workers, drift)
     with open(config, "w") as f:
         f.write("[features.entity]\nenabled = false\n")
         if not drift:
             f.write("[drift]\nenabled = false\n")
-    cmd = [binary, "replay", "--input", events, "--json", "--workers", str(workers), "--config", config]
     print("running ctrflow:", " ".join(cmd), file=sys.stderr)
     tag = f"ctrflow-{workers}w" + ("" if drift else "-no-drift")
     stdout = os.path.join(out_dir, f"{tag}.json")
@@ -223,10 +231,9 @@ def run_pair(a, events, out_dir):
     are done and the seconds stolen from the vCPUs meanwhile, or None. Two processes that
     share only the cores, caches and memory: about the most 2 workers can expect of this
     machine."""
-    config = os.path.join(out_dir, "ctrflow-same-features.toml")
+    cmd, config = replay_command(a, events, out_dir, 1, drift=True)
     if not os.path.isfile(config):
         return None
-    cmd = [a.ctrflow, "replay", "--input", events, "--json", "--workers", "1", "--config", config]
     procs = []
     steal = steal_secs()
     start = time.perf_counter()
