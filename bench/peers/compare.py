@@ -8,6 +8,7 @@ RSS from GNU time (`/usr/bin/time -f %M`), or os.wait4's rusage without it.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -101,18 +102,38 @@ def metrics(p, y):
     }
 
 
+def source_stamp(events):
+    """What the VW examples were converted from: the events file (path, size, modification
+    time) and the converter's own text. A conversion is reused only for the same stamp."""
+    st = os.stat(events)
+    with open(os.path.join(HERE, "to_vw.py"), "rb") as f:
+        converter = hashlib.sha256(f.read()).hexdigest()
+    return {"events": os.path.abspath(events), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "converter": converter}
+
+
 def convert(events, out_dir):
     paths = {k: os.path.join(out_dir, f) for k, f in
              [("vw", "events.vw"), ("labels", "labels.npy"), ("p_true", "p_true.npy")]}
-    fresh = all(os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(events)
-                for p in paths.values())
+    stamp_path = os.path.join(out_dir, "events.vw.source.json")
+    stamp = source_stamp(events)
+    try:
+        with open(stamp_path) as f:
+            fresh = json.load(f) == stamp and all(os.path.exists(p) for p in paths.values())
+    except (OSError, ValueError):
+        fresh = False
     if fresh:
-        print(f"reusing {paths['vw']} (newer than {events})", file=sys.stderr)
+        print(f"reusing {paths['vw']} (converted from this {events})", file=sys.stderr)
         return paths, None
+    # Removed first, written last: an interrupted conversion is never taken for a whole one.
+    if os.path.exists(stamp_path):
+        os.remove(stamp_path)
     print(f"converting {events} -> {paths['vw']} (not timed) ...", file=sys.stderr)
     t = time.perf_counter()
     counts = to_vw.convert(events, paths["vw"], paths["labels"], paths["p_true"])
     print(f"  {dict(counts)} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    with open(stamp_path, "w") as f:
+        json.dump(stamp, f)
     return paths, counts
 
 
@@ -377,6 +398,12 @@ def main():
             walls.setdefault(name, []).append(cf["wall_secs"])
             steals.setdefault(name, []).append(cf["steal_secs"])
             if round_ == 0:
+                # Both sides must have seen the same impressions, or the ratios compare
+                # different streams.
+                if cf["examples"] != vw["examples"]:
+                    sys.exit(f"{name} scored {cf['examples']:,} impressions of {a.events}, VW "
+                             f"learned from {vw['examples']:,} examples of {paths['vw']}: "
+                             f"not the same stream")
                 runs.append((name, cf))
         # The pair is read against the 1-worker run with the detectors: only beside it.
         if not a.no_pair and ("ctrflow 1w", 1, True) in variants:
