@@ -59,6 +59,7 @@ fn stream(impressions: usize) -> Vec<Observation> {
         let label = Observation::Label {
             id: 0,
             label_ts: ts + after,
+            at_input_end: false,
             served: score,
             label,
             segment: segments[rng.random_range(0..segments.len())].clone(),

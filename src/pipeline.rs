@@ -271,7 +271,12 @@ fn build_inner(
                 if let Ok((_, batch)) = event {
                     let mut metrics = metrics.borrow_mut();
                     for e in batch {
-                        metrics.observe(e.served, e.label.is_positive(), e.reference);
+                        let (p, positive) = (e.served, e.label.is_positive());
+                        if e.at_input_end {
+                            metrics.observe_overall(p, positive, e.reference);
+                        } else {
+                            metrics.observe(p, positive, e.reference);
+                        }
                     }
                     if let Some(out) = on_examples.as_mut() {
                         out(batch);
@@ -318,6 +323,7 @@ fn build_inner(
                                     label_ts: e.label_ts,
                                     served: e.served,
                                     label: e.label,
+                                    at_input_end: e.at_input_end,
                                     segment: if carried {
                                         std::mem::take(&mut e.category)
                                     } else {

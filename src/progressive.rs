@@ -15,7 +15,10 @@
 //!   (Bayes-optimal) log loss over the examples that had one: the floor to compare with.
 //!
 //! The same metrics are kept over a sliding window of the last `W` examples (default
-//! 100 000).
+//! 100 000), in the order their labels became final. Labels made final by the end of the
+//! input ([`Progressive::observe_overall`]) count overall but not in the window: they are
+//! the expiries of the last attribution window, all negatives, whose positives were final
+//! before them, and the window would read them as a falling click rate.
 //!
 //! # AUC with bounded memory
 //!
@@ -315,13 +318,7 @@ impl Progressive {
     /// out-of-range values are clamped to `[0, 1]`.
     #[inline]
     pub fn observe(&mut self, p: f32, positive: bool, reference: Option<f32>) {
-        let p = if p.is_nan() { 0.5 } else { p.clamp(0.0, 1.0) };
-        let loss = logloss(f64::from(p), positive);
-        let reference_loss = reference.map(|r| logloss(f64::from(r), positive));
-
-        self.overall.add(p, positive, loss, reference_loss);
-        self.overall_hist.add(p, positive);
-
+        let (p, loss, reference_loss) = self.observe_overall(p, positive, reference);
         if self.slices[self.current].0.count >= self.slice_len {
             self.rotate();
         }
@@ -329,6 +326,24 @@ impl Progressive {
         totals.add(p, positive, loss, reference_loss);
         hist.add(p, positive);
         self.window_hist.add(p, positive);
+    }
+
+    /// Records one example in the overall metrics only, not in the window: a label made
+    /// final by the end of the input (`Example::at_input_end`). Returns the clamped `p`,
+    /// its loss and the reference's.
+    #[inline]
+    pub fn observe_overall(
+        &mut self,
+        p: f32,
+        positive: bool,
+        reference: Option<f32>,
+    ) -> (f32, f64, Option<f64>) {
+        let p = if p.is_nan() { 0.5 } else { p.clamp(0.0, 1.0) };
+        let loss = logloss(f64::from(p), positive);
+        let reference_loss = reference.map(|r| logloss(f64::from(r), positive));
+        self.overall.add(p, positive, loss, reference_loss);
+        self.overall_hist.add(p, positive);
+        (p, loss, reference_loss)
     }
 
     /// Moves to the next slice, dropping its old contents from the window.
@@ -464,6 +479,29 @@ mod tests {
         assert!(close(perfect.summary().auc, 1.0));
         assert!(close(perfect.summary().auc_max_error, 0.0));
         assert!(close(reversed.summary().auc, 0.0));
+    }
+
+    #[test]
+    fn labels_of_the_input_end_count_overall_not_in_the_window() {
+        let mut m = Progressive::with_window(100, 4);
+        for i in 0..1000 {
+            m.observe(0.1, i % 10 == 0, Some(0.1));
+        }
+        // The end of the input closes the last windows: 60 negatives at once.
+        for _ in 0..60 {
+            m.observe_overall(0.1, false, Some(0.1));
+        }
+        let (all, window) = (m.summary(), m.window_summary());
+        assert_eq!(
+            (all.count, all.positives, all.reference_count),
+            (1060, 100, 1060)
+        );
+        assert_eq!((window.count, window.positives), (100, 10));
+        assert!(
+            (window.calibration.unwrap() - 1.0).abs() < 1e-6,
+            "{window:?}"
+        );
+        assert!(all.calibration.unwrap() > 1.05, "{all:?}");
     }
 
     #[test]

@@ -336,7 +336,7 @@ pub struct RunReport {
     pub events_per_sec: f64,
     /// Scores sent.
     pub scores: u64,
-    /// Messages the broker acknowledged (scores and dead letters).
+    /// Messages the broker acknowledged: scores, dead letters, alerts and examples.
     pub delivered: u64,
     /// Deliveries that failed and were sent again.
     pub failed_deliveries: u64,
@@ -1438,7 +1438,7 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "  outputs: {} scores, {} delivered, {} failed deliveries (sent again); {} bad events",
+            "  outputs: {} scores; {} messages delivered (scores, dead letters, alerts, examples), {} failed deliveries (sent again); {} bad events",
             self.scores, self.delivered, self.failed_deliveries, self.bad_events
         );
         for (reason, n) in &self.bad_events_by_reason {

@@ -345,11 +345,20 @@ impl Detector for Timeline {
                 self.impressions += 1;
                 self.sums.impressions += 1;
             }
-            Observation::Label { served, label, .. } => {
+            Observation::Label {
+                served,
+                label,
+                at_input_end,
+                ..
+            } => {
                 let positive = label.is_positive();
                 self.examples += 1;
                 if let Some(p) = self.progressive.as_mut() {
-                    p.observe(*served, positive, None);
+                    if *at_input_end {
+                        p.observe_overall(*served, positive, None);
+                    } else {
+                        p.observe(*served, positive, None);
+                    }
                     let s = &mut self.sums;
                     s.examples += 1;
                     s.positives += u64::from(positive);
@@ -492,6 +501,7 @@ mod tests {
             id: 0,
             segment: Default::default(),
             label_ts: ts,
+            at_input_end: false,
             served,
             label,
         };

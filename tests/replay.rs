@@ -247,6 +247,104 @@ fn gh_3_examples_out_holds_every_labelled_impression_as_served() {
     assert_eq!(positives, reported);
 }
 
+/// The recent window holds the last labels final in event time. When the input ends, every
+/// window still open closes at once, undecided: a burst of negatives (the last 30 minutes'
+/// expiries) whose positives came before it. They count overall but stay out of the
+/// window, or its calibration would read 15–40% high at the end of every replay.
+#[test]
+fn the_recent_window_leaves_out_the_labels_closed_by_the_end_of_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    // 5 impressions per second of event time: 100 minutes, the last 30 of them open at the end.
+    run_ok(
+        ctrflow()
+            .args([
+                "gen",
+                "--count",
+                "30000",
+                "--seed",
+                "11",
+                "--event-rate",
+                "5",
+                "--out",
+            ])
+            .arg(&input),
+    );
+    let config = dir.path().join("window.toml");
+    std::fs::write(&config, "[metrics]\nwindow = 5000\nwindow_slices = 5\n").unwrap();
+    let examples = dir.path().join("examples.jsonl");
+    let metrics = dir.path().join("metrics.jsonl");
+    let report = replay_json(
+        &input,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--examples-out",
+            examples.to_str().unwrap(),
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    let last_event = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    // With one worker, the examples are written in the order the metrics saw them. A window
+    // closed by an event has its deadline before that event; one still open at the end, at
+    // or after the last event.
+    let labels: Vec<(bool, bool)> = std::fs::read_to_string(&examples)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at_end =
+                e["label_source"] == "expired" && e["label_ts"].as_i64().unwrap() >= last_event;
+            (e["label"] == 1, at_end)
+        })
+        .collect();
+    let in_time: Vec<bool> = labels.iter().filter(|l| !l.1).map(|l| l.0).collect();
+    let at_end = labels.len() - in_time.len();
+    assert!(
+        at_end > 3000,
+        "{at_end} windows closed by the end of the input"
+    );
+    assert_eq!(report["examples"].as_u64().unwrap() as usize, labels.len());
+    // The window: full slices of 1000 and the one being filled, 4000..=5000 labels.
+    let current = (in_time.len() - 1) % 1000 + 1;
+    let window = &in_time[in_time.len() - (4000 + current)..];
+    let recent = &report["recent"];
+    let positives = window.iter().filter(|&&p| p).count();
+    assert_eq!(
+        recent["count"].as_u64().unwrap() as usize,
+        window.len(),
+        "{recent}"
+    );
+    assert_eq!(
+        recent["positives"].as_u64().unwrap() as usize,
+        positives,
+        "{recent}"
+    );
+    // The same number of labels counting the end's: none of them positive.
+    let with_end = &labels[labels.len() - window.len()..];
+    assert!(with_end.iter().filter(|l| l.0).count() < positives / 2);
+    let calibration = recent["calibration"].as_f64().unwrap();
+    assert!((0.8..1.25).contains(&calibration), "{recent}");
+    // The metrics over time end with the same window.
+    let records = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(records.lines().last().unwrap()).unwrap();
+    assert_eq!(last["examples"], report["examples"]);
+    assert_eq!(
+        (&last["recent"]["count"], &last["recent"]["positives"]),
+        (&recent["count"], &recent["positives"])
+    );
+}
+
 /// `--input` can be a pipe (`/dev/stdin`, a process substitution): the file is read once,
 /// front to back, and the replay is the replay of the file.
 #[test]

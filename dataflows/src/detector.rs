@@ -42,6 +42,8 @@ pub enum Observation {
         served: f32,
         /// How the label was decided.
         label: LabelSource,
+        /// The end of the input made it final ([`Example::at_input_end`](crate::Example)).
+        at_input_end: bool,
         /// The impression's segment (value of the segmenting `ctx` field) when the label
         /// carries it; empty: the detector finds it by `id`, from the impression's
         /// [`Observation::Segment`].

@@ -143,6 +143,12 @@ pub struct Example {
     pub item: CompactString,
     /// The item's category (empty when the impression had none).
     pub category: CompactString,
+    /// Whether the end of the input made the label final, not event time: the impression's
+    /// window would have closed after the last event, and it expired undecided then. Metrics
+    /// over a window of recent labels leave these out (the last `window_ms` of expiries at
+    /// once, all negatives, whose impressions' positives were counted before them, would
+    /// read as a falling click rate); overall metrics count them.
+    pub at_input_end: bool,
     /// The hashed features it was scored and trained with, when the dataflow was asked to
     /// emit them (the `examples` output); empty otherwise. A `Vec`, not [`Features`]: empty
     /// it costs 24 bytes in every record of the operator's output, where the inline vector

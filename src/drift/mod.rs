@@ -1082,6 +1082,7 @@ impl Drift {
                 served,
                 label,
                 segment,
+                ..
             } => {
                 if let Some(o) = &mut self.outage
                     && *label != LabelSource::Expired
@@ -1171,6 +1172,7 @@ mod tests {
                     id: ts as u64,
                     segment: Default::default(),
                     label_ts: ts,
+                    at_input_end: false,
                     served: 0.04,
                     label: LabelSource::FastSkip,
                 });
@@ -1264,6 +1266,7 @@ mod tests {
                 id: i,
                 segment: Default::default(),
                 label_ts: ts + 5,
+                at_input_end: false,
                 served: p as f32,
                 label,
             });

@@ -566,7 +566,8 @@ pub trait Aggregate<'scope> {
     /// };
     /// let example = |ts, item: &str, label| Example {
     ///     id: "i".into(), impression_ts: ts, label_ts: ts, served: 0.5, label,
-    ///     reference: None, item: item.into(), category: "music".into(), features: vec![],
+    ///     reference: None, item: item.into(), category: "music".into(),
+    ///     at_input_end: false, features: vec![],
     /// };
     /// let scores = vec![score(1_000, "a"), score(2_000, "b")];
     /// let examples = vec![example(1_000, "a", LabelSource::Click)];
@@ -776,6 +777,7 @@ mod tests {
             } else {
                 LabelSource::Expired
             },
+            at_input_end: false,
             reference: None,
             item: item.into(),
             category: category.into(),

@@ -664,6 +664,7 @@ mod tests {
                                 id: 1,
                                 segment: Default::default(),
                                 label_ts: ts,
+                                at_input_end: false,
                                 served: 0.5,
                                 label: crate::record::LabelSource::Click,
                             },
@@ -701,6 +702,7 @@ mod tests {
             id: 0,
             segment: Default::default(),
             label_ts: ts,
+            at_input_end: false,
             served,
             label: crate::record::LabelSource::Expired,
         };
@@ -720,6 +722,7 @@ mod tests {
             id: 0,
             segment: Default::default(),
             label_ts: ts,
+            at_input_end: false,
             served,
             label: crate::record::LabelSource::Expired,
         }

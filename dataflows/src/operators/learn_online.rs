@@ -858,6 +858,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             stats,
             out,
             example_features: self.example_features,
+            at_input_end: false,
         };
         for (k, (key, &hash)) in order.iter().zip(hashes.iter()).enumerate() {
             // The model and the id index are far larger than the cache: start fetching the
@@ -982,6 +983,7 @@ impl<L: Learner, E: Enrich> LabelJoin<L, E> {
             }
         }
         buffer.remove_ready(watermark);
+        step.at_input_end = watermark == EventTime::MAX;
         windows.close_before(watermark, &mut step);
         windows.within_budget();
     }
@@ -1142,6 +1144,8 @@ struct Step<'a, L, E> {
     stats: &'a mut JoinStats,
     out: &'a mut Emitted,
     example_features: bool,
+    /// The input has ended: the windows closing now close because no event will come.
+    at_input_end: bool,
 }
 
 impl<L: Learner, E> Step<'_, L, E> {
@@ -1177,6 +1181,7 @@ impl<L: Learner, E> Step<'_, L, E> {
             label_ts,
             served: body.served,
             label,
+            at_input_end: self.at_input_end,
             reference: body.reference,
             item: body.item.clone(),
             category: body.category.clone(),
@@ -2463,6 +2468,55 @@ mod tests {
                 examples[0].label_ts
             ),
             ("slow", LabelSource::Expired, WINDOW as i64)
+        );
+    }
+
+    #[test]
+    fn only_windows_closed_by_the_end_of_the_input_are_marked_so() {
+        let mut j = join();
+        let (_, examples) = run(
+            &mut j,
+            vec![
+                impression(0, "a", 1),
+                impression(WINDOW as i64 / 2, "b", 2),
+                impression(WINDOW as i64, "c", 3),
+                feedback(WINDOW as i64 + 10, "c", InteractionKind::Click),
+            ],
+            WINDOW + 100,
+        );
+        let marks = |examples: &[Example]| -> Vec<(String, LabelSource, bool)> {
+            let mut m: Vec<_> = (examples.iter())
+                .map(|e| (e.id.to_string(), e.label, e.at_input_end))
+                .collect();
+            m.sort_by(|x, y| x.0.cmp(&y.0));
+            m
+        };
+        assert_eq!(
+            marks(&examples),
+            [
+                ("a".into(), LabelSource::Expired, false),
+                ("c".into(), LabelSource::Click, false),
+            ]
+        );
+        // The last batch comes with the end of the input: its records close b's window in
+        // event time and decide e; only d is still open when no event can come any more.
+        let end = 2 * WINDOW as i64;
+        let (_, examples) = run(
+            &mut j,
+            vec![
+                impression(end, "d", 4),
+                impression(end, "e", 5),
+                feedback(end + 5, "e", InteractionKind::Click),
+            ],
+            Watermark::MAX,
+        );
+        assert_eq!(
+            marks(&examples),
+            [
+                ("b".into(), LabelSource::Expired, false),
+                ("d".into(), LabelSource::Expired, true),
+                ("e".into(), LabelSource::Click, false),
+            ]
         );
     }
 
