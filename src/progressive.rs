@@ -318,7 +318,7 @@ impl Progressive {
     /// out-of-range values are clamped to `[0, 1]`.
     #[inline]
     pub fn observe(&mut self, p: f32, positive: bool, reference: Option<f32>) {
-        let (p, loss, reference_loss) = self.observe_overall(p, positive, reference);
+        let (p, loss, reference_loss) = self.add_overall(p, positive, reference);
         if self.slices[self.current].0.count >= self.slice_len {
             self.rotate();
         }
@@ -329,10 +329,15 @@ impl Progressive {
     }
 
     /// Records one example in the overall metrics only, not in the window: a label made
-    /// final by the end of the input (`Example::at_input_end`). Returns the clamped `p`,
-    /// its loss and the reference's.
+    /// final by the end of the input (`Example::at_input_end`).
+    pub fn observe_overall(&mut self, p: f32, positive: bool, reference: Option<f32>) {
+        self.add_overall(p, positive, reference);
+    }
+
+    /// Adds an example to the overall metrics; returns the clamped `p`, its loss and the
+    /// reference's, for the window.
     #[inline]
-    pub fn observe_overall(
+    fn add_overall(
         &mut self,
         p: f32,
         positive: bool,
