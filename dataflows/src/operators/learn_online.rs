@@ -1370,7 +1370,12 @@ impl Windows {
     }
 
     /// Opens the window of impression `id` (whose [`id_hash`] is `hash`), shown at `ts`;
-    /// false if it had already closed by its arrival.
+    /// false if it had already closed by its arrival. A late impression still takes its
+    /// place in the ring, closed and decided (nothing to learn, no body), so that a copy of
+    /// it arriving later is a duplicate, not a second impression scored again, and its
+    /// feedback is late, not an orphan. Its stub is dated by the watermark it arrived at,
+    /// not its own `ts`: the ring stays in time order, and it is forgotten with the
+    /// impressions that arrived beside it, two windows on.
     fn open(
         &mut self,
         id: CompactString,
@@ -1379,20 +1384,22 @@ impl Windows {
         entities: Entities,
         body: Body,
     ) -> bool {
-        if ts.saturating_add(self.window_ms) < self.processed_to {
-            return false;
-        }
+        let late = ts.saturating_add(self.window_ms) < self.processed_to;
         let entry = Stub {
-            ts,
+            ts: if late { self.processed_to } else { ts },
             entities,
-            body: self.bodies.insert(body),
-            decided: false,
+            body: if late {
+                BodyRef::DEAD
+            } else {
+                self.bodies.insert(body)
+            },
+            decided: late,
             provisional: false,
-            closed: false,
+            closed: late,
             stored: false,
         };
         self.push(id, hash, entry);
-        true
+        !late
     }
 
     /// Makes `label` final for the undecided impression at `at`, and drops its body.
@@ -2666,6 +2673,27 @@ mod tests {
         assert_eq!(scores.len(), 1, "a late impression is still scored");
         assert!(examples.is_empty());
         assert_eq!(j.state.borrow().stats.late_impressions, 1);
+        // A copy of the late impression (a producer's resend) is a duplicate, not scored
+        // again; its feedback is late, not an orphan.
+        let (scores, examples) = run(
+            &mut j,
+            vec![
+                impression(10, "old", 3),
+                feedback(20, "old", InteractionKind::Click),
+            ],
+            5 * WINDOW + 2,
+        );
+        assert!(scores.is_empty(), "{scores:?}");
+        assert!(examples.is_empty());
+        let stats = j.state.borrow().stats.clone();
+        assert_eq!(
+            (
+                stats.duplicate_impressions,
+                stats.late_feedback,
+                stats.orphan_feedback
+            ),
+            (2, 1, 0)
+        );
         run(&mut j, vec![], Watermark::MAX);
         assert!(
             !j.learner.updates.iter().any(|(x, _)| x == &[3]),
