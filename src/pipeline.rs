@@ -271,12 +271,8 @@ fn build_inner(
                 if let Ok((_, batch)) = event {
                     let mut metrics = metrics.borrow_mut();
                     for e in batch {
-                        let (p, positive) = (e.served, e.label.is_positive());
-                        if e.at_input_end {
-                            metrics.observe_overall(p, positive, e.reference);
-                        } else {
-                            metrics.observe(p, positive, e.reference);
-                        }
+                        let positive = e.label.is_positive();
+                        metrics.observe_label(e.served, positive, e.reference, e.at_input_end);
                     }
                     if let Some(out) = on_examples.as_mut() {
                         out(batch);

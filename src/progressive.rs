@@ -16,7 +16,7 @@
 //!
 //! The same metrics are kept over a sliding window of the last `W` examples (default
 //! 100 000), in the order their labels became final. Labels made final by the end of the
-//! input ([`Progressive::observe_overall`]) count overall but not in the window: they are
+//! input ([`Progressive::observe_label`]) count overall but not in the window: they are
 //! the expiries of the last attribution window, all negatives, whose positives were final
 //! before them, and the window would read them as a falling click rate.
 //!
@@ -328,10 +328,20 @@ impl Progressive {
         self.window_hist.add(p, positive);
     }
 
-    /// Records one example in the overall metrics only, not in the window: a label made
-    /// final by the end of the input (`Example::at_input_end`).
-    pub fn observe_overall(&mut self, p: f32, positive: bool, reference: Option<f32>) {
-        self.add_overall(p, positive, reference);
+    /// [`observe`](Self::observe) for a label of the join: one the end of the input made
+    /// final (`Example::at_input_end`) counts in the overall metrics only, not the window.
+    pub fn observe_label(
+        &mut self,
+        p: f32,
+        positive: bool,
+        reference: Option<f32>,
+        at_input_end: bool,
+    ) {
+        if at_input_end {
+            self.add_overall(p, positive, reference);
+        } else {
+            self.observe(p, positive, reference);
+        }
     }
 
     /// Adds an example to the overall metrics; returns the clamped `p`, its loss and the
@@ -494,7 +504,7 @@ mod tests {
         }
         // The end of the input closes the last windows: 60 negatives at once.
         for _ in 0..60 {
-            m.observe_overall(0.1, false, Some(0.1));
+            m.observe_label(0.1, false, Some(0.1), true);
         }
         let (all, window) = (m.summary(), m.window_summary());
         assert_eq!(

@@ -354,11 +354,7 @@ impl Detector for Timeline {
                 let positive = label.is_positive();
                 self.examples += 1;
                 if let Some(p) = self.progressive.as_mut() {
-                    if *at_input_end {
-                        p.observe_overall(*served, positive, None);
-                    } else {
-                        p.observe(*served, positive, None);
-                    }
+                    p.observe_label(*served, positive, None, *at_input_end);
                     let s = &mut self.sums;
                     s.examples += 1;
                     s.positives += u64::from(positive);
